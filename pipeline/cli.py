@@ -1,0 +1,79 @@
+"""Command line: parse arguments, call the runner, map outcomes to exit codes.
+
+Exit codes: 0 audit passed; 1 audit completed and the policy failed; 2 bad usage,
+config or data (one line on stderr, no traceback); 3 unexpected error (traceback);
+130 interrupted (Ctrl-C or SIGTERM). Heavy libraries are imported only inside
+commands, so ``--help`` and user errors answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import traceback
+
+import click
+
+from pipeline.errors import Interrupted, UserError
+
+EXIT_PASS, EXIT_FAIL, EXIT_USER_ERROR, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(f"received signal {signum}")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Fairness audit pipeline for ReLU neural networks."""
+
+
+@cli.command()
+@click.option("--config", "config_path", default="configs/adult.yaml", show_default=True,
+              help="YAML config naming the data, model, training, policy and tracking.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@click.option("--reports-dir", default="reports", show_default=True,
+              help="Where reports/<run_id>/ is written.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr.")
+def run(config_path: str, tracking_uri: str | None, reports_dir: str, as_json: bool) -> None:
+    """Train, audit, gate and log one model. Exit 0 pass, 1 policy fail, 2 bad input."""
+    _setup_logging()
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    summary: dict = {"run_id": None, "verdict": None}
+    try:
+        from pipeline import runner
+
+        result = runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir)
+        summary, code = result.summary(), result.exit_code
+        if not as_json:
+            click.echo(f"verdict: {result.verdict.upper()} (exit {code})")
+            for fid in result.failed_findings:
+                click.echo(f"  failed: {fid}")
+            click.echo(f"report:  {result.report_html}")
+            click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
+    except UserError as err:
+        click.echo(f"error: {err}", err=True)
+        summary, code = {**summary, "error": str(err)}, EXIT_USER_ERROR
+    except (KeyboardInterrupt, Interrupted):
+        click.echo("error: interrupted; the MLflow run (if any) was ended as KILLED", err=True)
+        summary, code = {**summary, "error": "interrupted"}, EXIT_INTERRUPTED
+    except Exception as err:  # report, never swallow: traceback and a distinct exit code
+        traceback.print_exc()
+        summary, code = {**summary, "error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
+    if as_json:
+        click.echo(json.dumps({**summary, "exit_code": code}))
+    sys.exit(code)
+
+
+def main() -> None:
+    cli(prog_name="python -m pipeline")

@@ -1,0 +1,246 @@
+"""Typed, validated audit configuration loaded from YAML.
+
+One frozen dataclass per concern. Every key is checked once, here: unknown keys,
+wrong types and out-of-range values raise :class:`ConfigError` naming the file
+and the dotted key, what was found and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pipeline.errors import ConfigError
+
+DEFAULT_CONFIG = Path("configs/adult.yaml")
+
+
+def _check(**bounds):
+    """Field metadata: numeric bounds checked by the loader (ge, gt, le, lt)."""
+    return {"bounds": bounds}
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    path: str  # CSV (optionally .gz) or Parquet file, relative to the working directory
+    target: str  # column holding the label
+    positive_label: str  # value of `target` that is the favourable outcome (compared as text)
+    sensitive_features: tuple[str, ...]  # columns audited for group fairness
+    name: str = ""  # shown in reports and run names; defaults to the file's stem
+    sensitive_as_input: bool = False  # by default sensitive columns are used only to audit
+    drop: tuple[str, ...] = ()  # columns that are neither features nor audited
+    missing_values: tuple[str, ...] = ()  # markers read as missing, e.g. "?" in Adult
+    missing: Literal["category", "drop_rows"] = "category"  # how missing values are handled
+    intersections: bool = True  # also audit the intersection of all sensitive features
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test_size: float = field(default=0.3, metadata=_check(gt=0, lt=1))
+    stratify_by: tuple[str, ...] | None = None  # None: the target; []: no stratification
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_sizes: tuple[int, ...] = (64, 32)
+    relu: Literal["module", "functional"] = "module"  # nn.ReLU modules or F.relu calls
+    dropout: float = field(default=0.0, metadata=_check(ge=0, lt=1))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = field(default=20, metadata=_check(ge=1))
+    batch_size: int = field(default=256, metadata=_check(ge=1))
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = field(default=1e-3, metadata=_check(gt=0))
+    weight_decay: float = field(default=0.0, metadata=_check(ge=0))
+    early_stopping_patience: int = field(default=3, metadata=_check(ge=0))  # 0 disables
+    validation_fraction: float = field(default=0.1, metadata=_check(gt=0, lt=1))
+    seeds: tuple[int, ...] = (0,)  # one model per seed; the first is the audited model
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    decision_threshold: float = field(default=0.5, metadata=_check(gt=0, lt=1))
+    dormant_tau: float = field(default=0.1, metadata=_check(ge=0))  # Sokar et al. 2023
+    min_group_size: int = field(default=30, metadata=_check(ge=1))  # smaller groups are not gated
+    capacity_sample: int = field(default=2048, metadata=_check(ge=1))  # rows probed per epoch
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Gate thresholds; null disables a check."""
+
+    min_accuracy: float | None = field(default=0.75, metadata=_check(ge=0, le=1))
+    max_demographic_parity_difference: float | None = field(default=0.10, metadata=_check(ge=0, le=1))
+    min_demographic_parity_ratio: float | None = field(default=0.8, metadata=_check(ge=0, le=1))
+    max_equalized_odds_difference: float | None = field(default=0.10, metadata=_check(ge=0, le=1))
+    max_dead_fraction: float | None = field(default=0.10, metadata=_check(ge=0, le=1))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "fairness-audit"
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: DatasetConfig
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    audit: AuditConfig = AuditConfig()
+    policy: PolicyConfig = PolicyConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def load(path: str | Path) -> tuple[Config, dict]:
+    """Read and validate a YAML config; return the config and its normalized dict form."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: config file not found") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file: {err.strerror}") from err
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from err
+    if raw is None:
+        raw = {}
+    cfg = from_dict(raw, source=str(path))
+    return cfg, to_dict(cfg)
+
+
+def from_dict(raw: object, *, source: str = "<config>") -> Config:
+    """Validate a plain mapping into a :class:`Config`."""
+    return _build(Config, raw, source, prefix="")
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def flatten(cfg: Config) -> dict[str, str]:
+    """Dotted keys to text values, for ``mlflow.log_params``."""
+    flat: dict[str, str] = {}
+    for section, values in to_dict(cfg).items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return flat
+
+
+# --- validation ------------------------------------------------------------------------------
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _build(cls, raw, source: str, prefix: str):
+    where = f"{source}: {prefix[:-1]}" if prefix else source
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, raw)) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: {prefix}{unknown[0]}: unknown key; valid keys are: {', '.join(sorted(fields))}"
+        )
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: {key}: required key is missing")
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], source, key + ".")
+        else:
+            values[name] = _coerce(hint, raw[name], source, key)
+            _check_bounds(f, values[name], source, key)
+    return cls(**values)
+
+
+def _coerce(hint, value, source: str, key: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, source, key)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(map(str, args))
+            raise ConfigError(f"{source}: {key}: got {_describe(value)}; expected one of: {choices}")
+        return value
+    if origin is tuple:
+        item = args[0]
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single item where a list is expected
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key}: expected a list of {_plural(item)}, got {_describe(value)}")
+        return tuple(_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is str:
+        # Labels such as 1 or true in YAML are compared as text, so accept scalars.
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, bool):
+            return str(value).lower()
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    raise ConfigError(f"{source}: {key}: expected {_TYPE_WORDS[hint]}, got {_describe(value)}")
+
+
+def _check_bounds(f: dataclasses.Field, value, source: str, key: str) -> None:
+    bounds = f.metadata.get("bounds", {})
+    items = value if isinstance(value, tuple) else (value,)
+    tests = {
+        "ge": (lambda v, b: v >= b, "at least"),
+        "gt": (lambda v, b: v > b, "greater than"),
+        "le": (lambda v, b: v <= b, "at most"),
+        "lt": (lambda v, b: v < b, "less than"),
+    }
+    for item in items:
+        if item is None:
+            continue
+        for name, bound in bounds.items():
+            ok, words = tests[name]
+            if not ok(item, bound):
+                wanted = " and ".join(f"{tests[n][1]} {b}" for n, b in bounds.items())
+                raise ConfigError(f"{source}: {key}: got {item!r}; expected a value {wanted}")
+
+
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})" if value is not None else "nothing (null)"
+
+
+def _plural(hint) -> str:
+    return {int: "integers", str: "strings", float: "numbers"}.get(hint, "values")

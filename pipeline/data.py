@@ -1,0 +1,225 @@
+"""Data stage: read the table, check it against the config, split it, encode features.
+
+Everything returned is plain data: DataFrames, float32 arrays and small frozen
+dataclasses. The encoder is a plain mapping that can be saved next to the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config, DatasetConfig
+from pipeline.errors import DataError
+
+MISSING_CATEGORY = "(missing)"
+_READERS = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass(frozen=True)
+class Table:
+    """The dataset as loaded, with its provenance."""
+
+    frame: pd.DataFrame
+    name: str
+    path: str
+    sha256: str
+    rows_read: int
+    rows_dropped_missing: int
+    missing_by_column: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """One-hot for text columns, standardization for numeric ones; fitted on the training split."""
+
+    numeric: dict[str, tuple[float, float, float]]  # column -> (median, mean, std)
+    categorical: dict[str, tuple[str, ...]]  # column -> categories seen in training
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = list(self.numeric)
+        for col, cats in self.categorical.items():
+            names += [f"{col}={c}" for c in cats]
+        return names
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        parts = []
+        for col, (median, mean, std) in self.numeric.items():
+            values = frame[col].astype("float64").fillna(median).to_numpy()
+            parts.append(((values - mean) / std)[:, None])
+        for col, cats in self.categorical.items():
+            values = frame[col].astype("string").fillna(MISSING_CATEGORY).to_numpy()
+            parts.append(values[:, None] == np.asarray(cats, dtype=object)[None, :])
+        if not parts:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return np.hstack(parts).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"numeric": {k: list(v) for k, v in self.numeric.items()},
+                "categorical": {k: list(v) for k, v in self.categorical.items()}}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Encoded train and test data, labels and sensitive attributes (never model inputs unless asked)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    s_train: pd.DataFrame
+    x_test: np.ndarray
+    y_test: np.ndarray
+    s_test: pd.DataFrame
+    encoder: Encoder
+    feature_columns: list[str] = field(default_factory=list)
+
+
+def fingerprint(path: Path) -> str:
+    """SHA-256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load(cfg: DatasetConfig, *, source: str) -> Table:
+    """Read the dataset named by the config and check every column it names.
+
+    Raises
+    ------
+    DataError
+        Naming the config file and key, the column, and the columns that exist.
+    """
+    path = Path(cfg.path)
+    kind = _READERS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"{source}: dataset.path: cannot read '{path}'; expected a .csv, .csv.gz or .parquet file"
+        )
+    if not path.is_file():
+        raise DataError(f"{source}: dataset.path: file '{path}' not found")
+    markers = list(cfg.missing_values)
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(path, na_values=markers, keep_default_na=False, skipinitialspace=True)
+        else:
+            frame = pd.read_parquet(path)
+            if markers:
+                frame = frame.replace(markers, np.nan)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise DataError(f"{path}: cannot be read as {kind}: {str(err).splitlines()[0]}") from err
+    if frame.empty:
+        raise DataError(f"{path}: has no rows")
+
+    _check_columns(cfg, frame, source, path)
+    labels = frame[cfg.target].astype("string")
+    if cfg.positive_label not in set(labels.dropna()):
+        found = ", ".join(sorted(map(str, labels.dropna().unique()))[:20])
+        raise DataError(
+            f"{source}: dataset.positive_label: '{cfg.positive_label}' does not occur in column "
+            f"'{cfg.target}' of {path}; values are: {found}"
+        )
+    if labels.isna().any():
+        raise DataError(
+            f"{path}: column '{cfg.target}' has {int(labels.isna().sum())} missing labels; "
+            "expected every row to have one"
+        )
+
+    used = [c for c in frame.columns if c not in cfg.drop]
+    frame = frame[used]
+    missing = {c: int(n) for c, n in frame.isna().sum().items() if n}
+    rows_read = len(frame)
+    if cfg.missing == "drop_rows":
+        frame = frame.dropna().reset_index(drop=True)
+        if frame.empty:
+            raise DataError(f"{path}: every row has a missing value; use dataset.missing: category")
+    return Table(
+        frame=frame,
+        name=cfg.name or path.name.split(".")[0],
+        path=str(path),
+        sha256=fingerprint(path),
+        rows_read=rows_read,
+        rows_dropped_missing=rows_read - len(frame),
+        missing_by_column=missing,
+    )
+
+
+def _check_columns(cfg: DatasetConfig, frame: pd.DataFrame, source: str, path: Path) -> None:
+    columns = list(map(str, frame.columns))
+    listing = ", ".join(columns)
+    named = [("dataset.target", cfg.target)]
+    named += [("dataset.sensitive_features", c) for c in cfg.sensitive_features]
+    named += [("dataset.drop", c) for c in cfg.drop]
+    for key, col in named:
+        if col not in columns:
+            raise DataError(f"{source}: {key}: column '{col}' not found in {path}; columns are: {listing}")
+    if not cfg.sensitive_features:
+        raise DataError(f"{source}: dataset.sensitive_features: expected at least one column; columns are: {listing}")
+    clash = set(cfg.drop) & ({cfg.target} | set(cfg.sensitive_features))
+    if clash:
+        raise DataError(
+            f"{source}: dataset.drop: column '{sorted(clash)[0]}' is the target or a sensitive feature; "
+            "remove it from dataset.drop"
+        )
+
+
+def split(table: Table, cfg: Config, *, source: str) -> Split:
+    """Stratified train/test split, then an encoder fitted on the training rows only."""
+    from sklearn.model_selection import train_test_split
+
+    ds = cfg.dataset
+    frame = table.frame
+    strata_cols = [ds.target] if cfg.split.stratify_by is None else list(cfg.split.stratify_by)
+    for col in strata_cols:
+        if col not in frame.columns:
+            raise DataError(
+                f"{source}: split.stratify_by: column '{col}' not found in {table.path}; "
+                f"columns are: {', '.join(map(str, frame.columns))}"
+            )
+    strata = frame[strata_cols].astype("string").fillna(MISSING_CATEGORY).agg("|".join, axis=1) if strata_cols else None
+    try:
+        train_idx, test_idx = train_test_split(
+            np.arange(len(frame)), test_size=cfg.split.test_size, random_state=cfg.split.seed, stratify=strata
+        )
+    except ValueError as err:
+        raise DataError(f"{source}: split: cannot split {table.path}: {err}") from err
+
+    sensitive = list(ds.sensitive_features)
+    excluded = {ds.target} | (set() if ds.sensitive_as_input else set(sensitive))
+    features = [c for c in frame.columns if c not in excluded]
+    train, test = frame.iloc[np.sort(train_idx)], frame.iloc[np.sort(test_idx)]
+    encoder = fit_encoder(train[features])
+    y = (frame[ds.target].astype("string") == ds.positive_label).to_numpy(dtype=np.float32)
+    groups = frame[sensitive].astype("string").fillna(MISSING_CATEGORY)
+    return Split(
+        x_train=encoder.transform(train),
+        y_train=y[np.sort(train_idx)],
+        s_train=groups.iloc[np.sort(train_idx)].reset_index(drop=True),
+        x_test=encoder.transform(test),
+        y_test=y[np.sort(test_idx)],
+        s_test=groups.iloc[np.sort(test_idx)].reset_index(drop=True),
+        encoder=encoder,
+        feature_columns=features,
+    )
+
+
+def fit_encoder(frame: pd.DataFrame) -> Encoder:
+    """Learn medians, means, standard deviations and categories from training rows."""
+    numeric, categorical = {}, {}
+    for col in frame.columns:
+        series = frame[col]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            values = series.astype("float64")
+            median = float(values.median()) if values.notna().any() else 0.0
+            filled = values.fillna(median)
+            std = float(filled.std(ddof=0)) or 1.0
+            numeric[col] = (median, float(filled.mean()), std)
+        else:
+            cats = series.astype("string").fillna(MISSING_CATEGORY)
+            categorical[col] = tuple(sorted(cats.unique()))
+    return Encoder(numeric=numeric, categorical=categorical)

@@ -1,0 +1,191 @@
+"""Report stage: plots, a self-contained HTML report and a model card, all from the audit document.
+
+Pure functions of the audit dict: they return bytes and text; the runner writes them.
+Everything that comes from data (group names, column names) is escaped: Jinja2
+autoescaping for HTML, backslash escapes for Markdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+
+_TEMPLATES = Path(__file__).parent / "templates"
+RATE_COLUMNS = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate",
+                "false_negative_rate", "precision")
+RATE_LABELS = {"accuracy": "Accuracy", "selection_rate": "Selection rate", "true_positive_rate": "TPR",
+               "false_positive_rate": "FPR", "false_negative_rate": "FNR", "precision": "Precision"}
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    # Fixed metadata so the same audit gives the same bytes.
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _figure().close(fig)
+    return buf.getvalue()
+
+
+def plots(audit: dict) -> dict[str, bytes]:
+    """PNG images keyed by file name: group rates per audited feature, dead units over epochs, training loss."""
+    plt = _figure()
+    images = {}
+    for index, (feature, rows) in enumerate(audit["groups"].items(), start=1):
+        metrics = ("selection_rate", "true_positive_rate", "false_positive_rate")
+        height = max(2.2, 0.28 * len(rows) * len(metrics) + 1.0)
+        fig, ax = plt.subplots(figsize=(7, height))
+        labels = [_short(r["group"]) + ("" if r["eligible"] else " (small)") for r in rows]
+        bar = 0.8 / len(metrics)
+        for k, metric in enumerate(metrics):
+            values = [r[metric] if r[metric] is not None else 0.0 for r in rows]
+            ys = [i + k * bar for i in range(len(rows))]
+            bars = ax.barh(ys, values, height=bar, label=RATE_LABELS[metric])
+            for b, r in zip(bars, rows):
+                if r[metric] is None:
+                    ax.text(0.005, b.get_y() + bar / 2, "undefined", va="center", fontsize=7)
+                if not r["eligible"]:
+                    b.set_hatch("//")
+        ax.set_yticks([i + bar for i in range(len(rows))], labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("rate on the test split")
+        ax.set_title(f"Rates by {feature}")
+        ax.legend(fontsize=8, loc="lower right")
+        images[f"fairness_{index}.png"] = _png(fig)
+
+    timeline = audit["capacity"]["timeline"]
+    if timeline:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        layers = list(timeline[0]["dead_fraction"])
+        epochs = [t["epoch"] for t in timeline]
+        for i, layer in enumerate(layers, start=1):
+            ax.plot(epochs, [t["dead_fraction"][layer] for t in timeline], marker="o", label=f"layer {i} ({layer})")
+        threshold = audit["config"]["policy"]["max_dead_fraction"]
+        if threshold is not None:
+            ax.axhline(threshold, color="grey", linestyle="--", label="policy limit")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("fraction of units dead")
+        ax.set_title(f"Dead ReLU units during training ({audit['capacity']['timeline_sample_rows']} training rows)")
+        ax.legend(fontsize=8)
+        images["dead_units.png"] = _png(fig)
+
+    history = audit["training"]["history"]
+    if history:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker="o", label="training loss")
+        ax.plot([h["epoch"] for h in history], [h["val_loss"] for h in history], marker="o", label="validation loss")
+        ax.axvline(audit["training"]["best_epoch"], color="grey", linestyle=":", label="weights kept")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("binary cross-entropy")
+        ax.set_title("Training")
+        ax.legend(fontsize=8)
+        images["training.png"] = _png(fig)
+    return images
+
+
+def _short(text: str, width: int = 36) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fmt(value, kind: str = "rate") -> str:
+    """Numbers for people: rates as percentages, undefined as the word."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "undefined"
+    if kind == "rate":
+        return f"{value:.1%}"
+    if kind == "int":
+        return f"{int(value):,}"
+    return f"{value:.3f}"
+
+
+def render_html(audit: dict, images: dict[str, bytes]) -> str:
+    """The self-contained report: findings first, then tables and plots (images inlined)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    import yaml
+
+    inline = {name: base64.b64encode(png).decode("ascii") for name, png in images.items()}
+    findings = sorted(audit["findings"], key=lambda f: {"fail": 0, "not_evaluated": 1, "pass": 2}[f["status"]])
+    return env.get_template("report.html.j2").render(
+        audit=audit, findings=findings, images=inline, rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
+        fairness_images=[n for n in inline if n.startswith("fairness_")],
+        config_yaml=yaml.safe_dump(audit["config"], sort_keys=False),
+        counts={s: sum(f["status"] == s for f in audit["findings"]) for s in ("pass", "fail", "not_evaluated")},
+    )
+
+
+def _md(text) -> str:
+    text = str(text)
+    for ch in "\\`*_[]<>|#":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def model_card(audit: dict) -> str:
+    """A Markdown model card (Mitchell et al. 2019) generated from the audit."""
+    ds, m, ov, tr = audit["dataset"], audit["model"], audit["overall"], audit["training"]
+    sens = ", ".join(_md(s) for s in ds["sensitive_features"])
+    lines = [
+        f"# Model card: {_md(audit['run_name'])}",
+        "",
+        f"Audit verdict: **{audit['verdict'].upper()}** (run `{audit['run_id']}`, {audit['created']}).",
+        "",
+        "## Model details",
+        f"- Architecture: multilayer perceptron, hidden layers {m['hidden_sizes']}, ReLU as "
+        f"`{'nn.ReLU' if m['relu'] == 'module' else 'F.relu'}`, dropout {m['dropout']}, {m['parameters']:,} parameters.",
+        f"- Output: probability that `{_md(ds['target'])}` is `{_md(ds['positive_label'])}`; "
+        f"decision threshold {audit['config']['audit']['decision_threshold']}.",
+        f"- Training: {audit['config']['training']['optimizer']}, learning rate {audit['config']['training']['learning_rate']}, "
+        f"{tr['epochs_run']} epochs run, weights of epoch {tr['best_epoch']} kept (lowest validation loss), seed {tr['seed']}.",
+        f"- Software: " + ", ".join(f"{k} {v}" for k, v in audit["versions"].items()) + ".",
+        "",
+        "## Data",
+        f"- `{_md(ds['name'])}` from `{_md(ds['path'])}` (sha256 `{ds['sha256']}`), {ds['rows']:,} rows; "
+        f"{ds['train_rows']:,} for training (10% of which held out for early stopping), {ds['test_rows']:,} for this evaluation.",
+        f"- Sensitive features audited: {sens}. "
+        + ("They were **also model inputs**." if ds["sensitive_as_input"] else "They were **not** model inputs."),
+        f"- Missing values: {ds['rows_dropped_missing']:,} rows dropped; "
+        + (", ".join(f"{_md(k)}: {v:,}" for k, v in ds["missing_by_column"].items()) or "none")
+        + " missing values before handling.",
+        "",
+        "## Performance on the test split",
+        f"- Accuracy {fmt(ov['accuracy'])}, balanced accuracy {fmt(ov['balanced_accuracy'])}, "
+        f"ROC AUC {fmt(ov['roc_auc'], 'num')}, log loss {fmt(ov['log_loss'], 'num')}.",
+        f"- Base rate of `{_md(ds['positive_label'])}`: {fmt(ov['base_rate'])}; selection rate of the model: {fmt(ov['selection_rate'])}.",
+        "",
+        "## Fairness and capacity findings",
+    ]
+    lines += [f"- **{f['status'].replace('_', ' ').upper()}**: {_md(f['message'])}" for f in audit["findings"]]
+    seeds = audit["seeds"]
+    if len(seeds["seeds"]) > 1:
+        lines += ["", "## Variation across training seeds",
+                  f"Seeds {seeds['seeds']}; mean ± standard deviation:", ""]
+        for key, stats in seeds["metrics"].items():
+            if stats["mean"] is not None:
+                std = f" ± {stats['std']:.3f}" if stats["std"] is not None else ""
+                lines.append(f"- {_md(key)}: {stats['mean']:.3f}{std}")
+    lines += [
+        "",
+        "## Caveats",
+        f"- Groups with fewer than {audit['config']['audit']['min_group_size']} test rows are reported but not gated; "
+        "their rates are too noisy to judge.",
+        "- Point estimates only: differences of a few points may be noise on small groups.",
+        "- Fairness metrics are computed on the test split of the same data source; they say nothing about "
+        "populations or time periods the data does not cover. See the dataset's datasheet for known issues.",
+        "",
+    ]
+    return "\n".join(lines)

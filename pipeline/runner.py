@@ -1,0 +1,264 @@
+"""The runner: the one place that wires stages together and does I/O.
+
+``run`` validates config and data before anything is logged, so a user error
+never leaves a half-made MLflow run. Once the run has started, any exception ends
+it FAILED, and an interrupt (Ctrl-C, SIGTERM) ends it KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline import config as config_mod
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    run_name: str
+    verdict: str
+    exit_code: int
+    audit_json: Path
+    report_html: Path
+    tracking_uri: str
+    experiment_id: str
+    failed_findings: list[str]
+
+    def summary(self) -> dict:
+        return {"run_id": self.run_id, "run_name": self.run_name, "verdict": self.verdict,
+                "exit_code": self.exit_code, "audit_json": str(self.audit_json),
+                "report_html": str(self.report_html), "tracking_uri": self.tracking_uri,
+                "experiment_id": self.experiment_id, "failed_findings": self.failed_findings}
+
+
+class StageTimer:
+    """Wall time per named stage, for logs and the benchmark."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._start
+        self._start = now
+
+
+def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: str | None = None,
+        reports_dir: str | Path = "reports", timer: StageTimer | None = None) -> RunResult:
+    """Train, evaluate, check capacity, gate, report and log one audit."""
+    timer = timer or StageTimer()
+    source = str(config_path)
+    cfg, cfg_dict = config_mod.load(config_path)
+    from pipeline import data
+
+    table = data.load(cfg.dataset, source=source)
+    split = data.split(table, cfg, source=source)
+    logger.info("data: %s, %d rows (%d train, %d test), %d features",
+                table.path, len(table.frame), len(split.y_train), len(split.y_test), split.x_train.shape[1])
+    timer.lap("data")
+
+    from pipeline import tracking
+
+    uri = tracking.resolve_uri(tracking_uri)
+    timer.lap("imports")
+    run_name = _run_name(table.name, cfg)
+    with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent:
+        timer.lap("mlflow_logging")
+        seeds = [_train_and_audit(cfg, split, seed, timer) for seed in cfg.training.seeds]
+        primary = seeds[0]
+
+        from pipeline import policy
+
+        findings = policy.judge(cfg.policy, primary["evaluation"], primary["capacity_train"])
+        verdict = policy.verdict(findings)
+        audit = _audit_document(parent.info.run_id, run_name, cfg, cfg_dict, table, split, seeds, findings,
+                                verdict, uri)
+        timer.lap("evaluation")
+
+        from pipeline import report
+
+        out_dir = Path(reports_dir) / parent.info.run_id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plots = report.plots(audit)
+        for name, png in plots.items():
+            (out_dir / name).write_bytes(png)
+        (out_dir / "report.html").write_text(report.render_html(audit, plots), encoding="utf-8")
+        (out_dir / "model_card.md").write_text(report.model_card(audit), encoding="utf-8")
+        (out_dir / "audit.json").write_text(json.dumps(audit, indent=2, allow_nan=False), encoding="utf-8")
+        timer.lap("report")
+
+        tracking.log_audit(audit, seeds, primary["train"].model, split, table, out_dir, cfg)
+        timer.lap("mlflow_logging")
+
+    exit_code = 0 if verdict == "pass" else 1
+    return RunResult(
+        run_id=parent.info.run_id, run_name=run_name, verdict=verdict, exit_code=exit_code,
+        audit_json=(out_dir / "audit.json").resolve(), report_html=(out_dir / "report.html").resolve(),
+        tracking_uri=uri, experiment_id=parent.info.experiment_id,
+        failed_findings=[f.id for f in findings if f.status == "fail"],
+    )
+
+
+def _train_and_audit(cfg, split, seed: int, timer: StageTimer) -> dict:
+    """One seed: train in a nested MLflow run, then evaluate fairness and count dead units."""
+    import torch
+
+    from pipeline import capacity, fairness, model, tracking
+
+    with tracking.seed_run(seed) as child:
+        result = model.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
+                             audit_cfg=cfg.audit, seed=seed, on_epoch=_epoch_reporter(seed))
+        timer.lap("training")
+        proba = model.predict_proba(result.model, split.x_test)
+        evaluation = fairness.evaluate(split.y_test, proba, split.s_test,
+                                       threshold=cfg.audit.decision_threshold,
+                                       min_group_size=cfg.audit.min_group_size,
+                                       intersections=cfg.dataset.intersections)
+        timer.lap("evaluation")
+        probe = capacity.ReluProbe(result.model)
+        cap_train = capacity.measure(probe, torch.from_numpy(split.x_train), tau=cfg.audit.dormant_tau)
+        cap_test = capacity.measure(probe, torch.from_numpy(split.x_test), tau=cfg.audit.dormant_tau)
+        timer.lap("dead_units")
+        outcome = {"seed": seed, "train": result, "evaluation": evaluation,
+                   "capacity_train": cap_train, "capacity_test": cap_test, "run_id": child.info.run_id}
+        tracking.log_seed(outcome)
+        timer.lap("mlflow_logging")
+    return outcome
+
+
+def _epoch_reporter(seed: int) -> Callable:
+    """A progress bar on a terminal; one log line per epoch otherwise."""
+    tty = sys.stderr.isatty()
+
+    def report(rec, epochs: int) -> None:
+        dead = max(rec.dead_fraction.values(), default=0.0)
+        text = (f"seed {seed} epoch {rec.epoch}/{epochs} train_loss {rec.train_loss:.4f} "
+                f"val_loss {rec.val_loss:.4f} val_accuracy {rec.val_accuracy:.4f} max_dead {dead:.2f}")
+        if tty:
+            done = int(20 * rec.epoch / epochs)
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (20 - done)}] {text}\033[K")
+            if rec.epoch == epochs:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        else:
+            logger.info("%s", text)
+
+    return report
+
+
+def _run_name(dataset: str, cfg) -> str:
+    arch = "x".join(map(str, cfg.model.hidden_sizes))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{dataset}-mlp{arch}-{cfg.model.relu}-relu-{stamp}"
+
+
+def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findings, verdict, uri) -> dict:
+    """The versioned audit.json document: plain JSON data, NaN written as null."""
+    from pipeline import fairness, tracking
+
+    primary = seeds[0]
+    ev = primary["evaluation"]
+    train = primary["train"]
+    layers = [{"index": i, "layer": tr.layer, "units": tr.units, "train": tr.counts(), "test": te.counts()}
+              for i, (tr, te) in enumerate(zip(primary["capacity_train"], primary["capacity_test"]), start=1)]
+    return _clean({
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "run_name": run_name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "verdict": verdict,
+        "findings": [f.to_dict() for f in findings],
+        "overall": ev.overall,
+        "groups": {feature: table_.to_dict(orient="records") for feature, table_ in ev.groups.items()},
+        "disparities": {feature: {name: d.to_dict() for name, d in gaps.items()}
+                        for feature, gaps in ev.disparities.items()},
+        "capacity": {
+            "dormant_tau": cfg.audit.dormant_tau,
+            "layers": layers,
+            "timeline": [{"epoch": r.epoch, "dead_fraction": r.dead_fraction} for r in train.history],
+            "timeline_sample_rows": min(cfg.audit.capacity_sample, len(split.y_train)),
+        },
+        "training": {
+            "seed": train.seed,
+            "epochs_run": len(train.history),
+            "best_epoch": train.best_epoch,
+            "stopped_early": train.stopped_early,
+            "seconds": train.seconds,
+            "history": [{"epoch": r.epoch, "train_loss": r.train_loss, "val_loss": r.val_loss,
+                         "val_accuracy": r.val_accuracy} for r in train.history],
+        },
+        "seeds": _seed_summary(seeds),
+        "dataset": {
+            "name": table.name, "path": table.path, "sha256": table.sha256,
+            "rows": table.rows_read, "rows_used": len(table.frame),
+            "rows_dropped_missing": table.rows_dropped_missing, "missing_by_column": table.missing_by_column,
+            "train_rows": int(len(split.y_train)), "test_rows": int(len(split.y_test)),
+            "target": cfg.dataset.target, "positive_label": cfg.dataset.positive_label,
+            "sensitive_features": list(cfg.dataset.sensitive_features),
+            "sensitive_as_input": cfg.dataset.sensitive_as_input,
+            "feature_columns": split.feature_columns, "n_model_inputs": int(split.x_train.shape[1]),
+        },
+        "model": {"architecture": "ReLUMLP", "hidden_sizes": list(cfg.model.hidden_sizes),
+                  "relu": cfg.model.relu, "dropout": cfg.model.dropout,
+                  "parameters": sum(p.numel() for p in train.model.parameters())},
+        "config": cfg_dict,
+        "tracking_uri": uri,
+        "versions": tracking.package_versions(),
+        "metric_names": {"group_keys": "group/<feature>/<group>/<metric>", "sanitize": fairness.metric_key.__doc__},
+    })
+
+
+def _seed_summary(seeds: list[dict]) -> dict:
+    """Mean, standard deviation and values across seeds of the headline numbers."""
+    series: dict[str, list[float]] = {}
+    for outcome in seeds:
+        for key, value in seed_metrics(outcome).items():
+            series.setdefault(key, []).append(value)
+    summary = {}
+    for key, values in series.items():
+        finite = [v for v in values if not math.isnan(v)]
+        mean = sum(finite) / len(finite) if finite else math.nan
+        std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else math.nan
+        summary[key] = {"mean": mean, "std": std, "values": values}
+    return {"seeds": [o["seed"] for o in seeds], "metrics": summary}
+
+
+def seed_metrics(outcome: dict) -> dict[str, float]:
+    """The flat numbers of one seed's audit: overall, disparities, dead fractions."""
+    from pipeline.fairness import metric_key
+
+    ev = outcome["evaluation"]
+    metrics = {k: v for k, v in ev.overall.items() if k != "count"}
+    for feature, gaps in ev.disparities.items():
+        for name, d in gaps.items():
+            metrics[metric_key(name, feature)] = d.value
+    for i, layer in enumerate(outcome["capacity_train"], start=1):
+        metrics[f"dead_fraction/layer{i}"] = layer.dead_fraction
+        metrics[f"dormant_fraction/layer{i}"] = layer.dormant_fraction
+    return metrics
+
+
+def _clean(value):
+    """JSON-safe: NaN becomes None, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -1,0 +1,234 @@
+"""MLflow I/O for the runner: runs that always end, batched logging, readable names.
+
+Only the runner calls this module. Undefined metrics (NaN) are not logged: in
+MLflow a missing metric means "undefined", never 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline import config as config_mod
+from pipeline.errors import Interrupted
+from pipeline.fairness import metric_key
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+_PACKAGES = ("torch", "mlflow", "fairlearn", "scikit-learn", "numpy", "pandas")
+
+
+def resolve_uri(cli_uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
+    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@contextmanager
+def _ended_run(**kwargs) -> Iterator[mlflow.ActiveRun]:
+    """Start a run that ends FINISHED, FAILED on an exception, or KILLED on an interrupt."""
+    active = mlflow.start_run(**kwargs)
+    status = "FAILED"
+    try:
+        yield active
+        status = "FINISHED"
+    except (KeyboardInterrupt, Interrupted):
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+@contextmanager
+def audit_run(uri: str, experiment: str, run_name: str) -> Iterator[mlflow.ActiveRun]:
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        try:
+            experiment_id = client.create_experiment(experiment)
+        except MlflowException:  # created meanwhile by a concurrent run
+            experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    else:
+        experiment_id = found.experiment_id
+    with _ended_run(experiment_id=experiment_id, run_name=run_name) as active:
+        logger.info("mlflow: run %s (%s) in experiment '%s' at %s", active.info.run_id, run_name, experiment, uri)
+        yield active
+
+
+@contextmanager
+def seed_run(seed: int) -> Iterator[mlflow.ActiveRun]:
+    parent = mlflow.active_run()
+    with _ended_run(run_name=f"{parent.info.run_name}-seed{seed}", nested=True) as active:
+        mlflow.set_tag("seed", str(seed))
+        yield active
+
+
+def _log_metrics(run_id: str, values: dict[str, float], step: int = 0, timestamp: int | None = None) -> None:
+    _log_metric_list(run_id, [Metric(k, float(v), timestamp or int(time.time() * 1000), step)
+                              for k, v in values.items() if v is not None and not math.isnan(v)])
+
+
+def _log_metric_list(run_id: str, metrics: list[Metric]) -> None:
+    client = MlflowClient()
+    for start in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + _BATCH], synchronous=True)
+
+
+def log_seed(outcome: dict) -> None:
+    """A seed's nested run: per-epoch step metrics and its final numbers."""
+    from pipeline.runner import seed_metrics
+
+    run_id = outcome["run_id"]
+    now = int(time.time() * 1000)
+    steps = []
+    for rec in outcome["train"].history:
+        values = {"train_loss": rec.train_loss, "val_loss": rec.val_loss, "val_accuracy": rec.val_accuracy}
+        values.update({f"epoch_dead_fraction/layer{i}": f for i, f in enumerate(rec.dead_fraction.values(), 1)})
+        steps += [Metric(k, float(v), now, rec.epoch) for k, v in values.items()]
+    _log_metric_list(run_id, steps)
+    _log_metrics(run_id, seed_metrics(outcome))
+
+
+def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path, cfg) -> None:
+    """Everything about the audit, on the parent run, in batches."""
+    import pandas as pd
+
+    run_id = audit["run_id"]
+    mlflow.log_params(config_mod.flatten(cfg))
+    primary = seeds[0]
+    # The audited model's training curve, as step metrics on the parent run too.
+    now = int(time.time() * 1000)
+    steps = []
+    for rec in primary["train"].history:
+        steps += [Metric("train_loss", rec.train_loss, now, rec.epoch), Metric("val_loss", rec.val_loss, now, rec.epoch)]
+        steps += [Metric(f"epoch_dead_fraction/layer{i}", f, now, rec.epoch)
+                  for i, f in enumerate(rec.dead_fraction.values(), 1)]
+    _log_metric_list(run_id, steps)
+    _log_metrics(run_id, _audit_metrics(audit))
+
+    for feature, rows in audit["groups"].items():
+        mlflow.log_table(pd.DataFrame(rows), artifact_file=f"fairness/groups_{metric_key(feature)}.json")
+
+    dataset = mlflow.data.from_pandas(table.frame, source=table.path, name=table.name,
+                                      targets=cfg.dataset.target, digest=table.sha256[:20])
+    mlflow.log_input(dataset, context="training+evaluation")
+
+    _log_model(model, split.x_train.shape[1])
+    mlflow.log_dict(split.encoder.to_dict(), "model_inputs/encoder.json")
+    mlflow.log_artifacts(str(out_dir))
+
+    tags = {
+        "verdict": audit["verdict"],
+        "dataset": table.name,
+        "dataset_sha256": table.sha256,
+        "schema_version": str(audit["schema_version"]),
+        "mlflow.note.content": description(audit),
+        **{f"version.{k}": v for k, v in audit["versions"].items()},
+    }
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    mlflow.set_tags(tags)
+
+
+def _audit_metrics(audit: dict) -> dict[str, float]:
+    metrics = {k: v for k, v in audit["overall"].items() if v is not None}
+    for feature, rows in audit["groups"].items():
+        for row in rows:
+            for name in ("count", "positives", "negatives", "accuracy", "selection_rate", "true_positive_rate",
+                         "false_positive_rate", "false_negative_rate", "precision"):
+                metrics[metric_key("group", feature, row["group"], name)] = row[name]
+    for feature, gaps in audit["disparities"].items():
+        for name, gap in gaps.items():
+            metrics[metric_key(name, feature)] = gap["value"]
+    for layer in audit["capacity"]["layers"]:
+        for split_name in ("train", "test"):
+            for name in ("dead", "dead_fraction", "dormant", "dormant_fraction"):
+                metrics[f"{name}/layer{layer['index']}/{split_name}"] = layer[split_name][name]
+    if len(audit["seeds"]["seeds"]) > 1:
+        for key, stats in audit["seeds"]["metrics"].items():
+            metrics[f"seeds/{key}/mean"] = stats["mean"]
+            metrics[f"seeds/{key}/std"] = stats["std"]
+    metrics["findings_failed"] = sum(f["status"] == "fail" for f in audit["findings"])
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+def _log_model(model, n_features: int) -> None:
+    """The audited network in the 'pt2' graph format (no pickle), with a signature.
+
+    The input example is all zeros (mean numeric values, no category), so no
+    person's row is stored with the model.
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    example = np.zeros((2, n_features), dtype=np.float32)
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    mlflow.pytorch.log_model(
+        model, name="model", signature=infer_signature(example, output), input_example=example,
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={metadata.version('torch').split('+')[0]}",
+                          f"mlflow=={metadata.version('mlflow')}"],
+    )
+
+
+def description(audit: dict) -> str:
+    """The run page's Markdown description: the verdict and every failed finding."""
+    failed = [f for f in audit["findings"] if f["status"] == "fail"]
+    skipped = [f for f in audit["findings"] if f["status"] == "not_evaluated"]
+    lines = [f"## Audit verdict: **{audit['verdict'].upper()}**", ""]
+    ds = audit["dataset"]
+    lines.append(f"Dataset `{ds['name']}` ({ds['rows']} rows, sha256 `{ds['sha256'][:12]}…`), "
+                 f"{len(audit['findings'])} checks, {len(failed)} failed, {len(skipped)} not evaluated.")
+    if failed:
+        lines += ["", "### Failed checks"] + [f"- {_md(f['message'])}" for f in failed]
+    if skipped:
+        lines += ["", "### Not evaluated"] + [f"- {_md(f['message'])}" for f in skipped]
+    lines += ["", "The full report is the artifact `report.html`; the model card is `model_card.md`."]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """Neutralize Markdown and HTML that could come from data values (group names)."""
+    for ch in "\\`*_[]<>|#":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def package_versions() -> dict[str, str]:
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the pipeline's own source tree, when it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
