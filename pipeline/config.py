@@ -47,7 +47,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden_sizes: tuple[int, ...] = (64, 32)
+    hidden_sizes: tuple[int, ...] = field(default=(64, 32), metadata=_check(ge=1))  # units per layer
     relu: Literal["module", "functional"] = "module"  # nn.ReLU modules or F.relu calls
     dropout: float = field(default=0.0, metadata=_check(ge=0, lt=1))
 

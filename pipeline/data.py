@@ -181,7 +181,7 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
                 f"{source}: split.stratify_by: column '{col}' not found in {table.path}; "
                 f"columns are: {', '.join(map(str, frame.columns))}"
             )
-    strata = frame[strata_cols].astype("string").fillna(MISSING_CATEGORY).agg("|".join, axis=1) if strata_cols else None
+    strata = frame.groupby(strata_cols, dropna=False).ngroup().to_numpy() if strata_cols else None
     try:
         train_idx, test_idx = train_test_split(
             np.arange(len(frame)), test_size=cfg.split.test_size, random_state=cfg.split.seed, stratify=strata

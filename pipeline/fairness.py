@@ -20,47 +20,37 @@ GROUP_METRICS = ("count", "positives", "negatives", "accuracy", "selection_rate"
 INTERSECTION_JOIN = " & "
 
 
+def confusion_counts(y_true, y_pred) -> np.ndarray:
+    """[true positives, false positives, true negatives, false negatives] of 0/1 arrays."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    tp = np.sum((y_true == 1) & (y_pred == 1))
+    fp = np.sum((y_true == 0) & (y_pred == 1))
+    tn = np.sum((y_true == 0) & (y_pred == 0))
+    return np.array([tp, fp, tn, len(y_true) - tp - fp - tn], dtype=np.int64)
+
+
+def rates_from_counts(tp, fp, tn, fn) -> dict[str, np.ndarray]:
+    """Every group metric from confusion counts; a zero denominator gives NaN (undefined)."""
+    tp, fp, tn, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, tn, fn))
+
+    def rate(num, den):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+    n = tp + fp + tn + fn
+    return {
+        "count": n, "positives": tp + fn, "negatives": fp + tn,
+        "accuracy": rate(tp + tn, n),
+        "selection_rate": rate(tp + fp, n),
+        "true_positive_rate": rate(tp, tp + fn),
+        "false_positive_rate": rate(fp, fp + tn),
+        "false_negative_rate": rate(fn, tp + fn),
+        "precision": rate(tp, tp + fp),
+    }
+
+
 def _rate(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
-
-
-def count(y_true, y_pred) -> float:
-    return float(len(y_true))
-
-
-def positives(y_true, y_pred) -> float:
-    return float(np.sum(y_true == 1))
-
-
-def negatives(y_true, y_pred) -> float:
-    return float(np.sum(y_true == 0))
-
-
-def accuracy(y_true, y_pred) -> float:
-    return _rate(np.sum(y_true == y_pred), len(y_true))
-
-
-def selection_rate(y_true, y_pred) -> float:
-    return _rate(np.sum(y_pred == 1), len(y_pred))
-
-
-def true_positive_rate(y_true, y_pred) -> float:
-    return _rate(np.sum((y_true == 1) & (y_pred == 1)), np.sum(y_true == 1))
-
-
-def false_positive_rate(y_true, y_pred) -> float:
-    return _rate(np.sum((y_true == 0) & (y_pred == 1)), np.sum(y_true == 0))
-
-
-def false_negative_rate(y_true, y_pred) -> float:
-    return _rate(np.sum((y_true == 1) & (y_pred == 0)), np.sum(y_true == 1))
-
-
-def precision(y_true, y_pred) -> float:
-    return _rate(np.sum((y_true == 1) & (y_pred == 1)), np.sum(y_pred == 1))
-
-
-_METRIC_FUNCTIONS = {name: globals()[name] for name in GROUP_METRICS}
 
 
 @dataclass(frozen=True)
@@ -91,12 +81,13 @@ def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float) 
 
     y_pred = (proba >= threshold).astype(int)
     both_classes = len(np.unique(y_true)) == 2
+    rates = rates_from_counts(*confusion_counts(y_true, y_pred))
     return {
-        "accuracy": accuracy(y_true, y_pred),
+        "accuracy": float(rates["accuracy"]),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if both_classes else math.nan,
         "roc_auc": float(roc_auc_score(y_true, proba)) if both_classes else math.nan,
         "log_loss": float(log_loss(y_true, np.clip(proba, 1e-7, 1 - 1e-7), labels=[0, 1])),
-        "selection_rate": selection_rate(y_true, y_pred),
+        "selection_rate": float(rates["selection_rate"]),
         "base_rate": _rate(np.sum(y_true == 1), len(y_true)),
         "count": float(len(y_true)),
     }
@@ -107,12 +98,14 @@ def group_table(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame,
     """One row per group (or intersection of groups) with counts and rates, via MetricFrame."""
     from fairlearn.metrics import MetricFrame
 
-    frame = MetricFrame(metrics=_METRIC_FUNCTIONS, y_true=y_true, y_pred=y_pred,
+    # One MetricFrame call gives each group's confusion counts; every rate is derived from them.
+    frame = MetricFrame(metrics={"confusion": confusion_counts}, y_true=y_true, y_pred=y_pred,
                         sensitive_features=sensitive if sensitive.shape[1] > 1 else sensitive.iloc[:, 0])
-    table = frame.by_group.reset_index()
-    names = list(sensitive.columns)
-    table.insert(0, "group", table[names].astype(str).agg(INTERSECTION_JOIN.join, axis=1))
-    table = table.drop(columns=names)
+    by_group = frame.by_group["confusion"]
+    counts = np.stack(by_group.to_numpy())
+    table = pd.DataFrame(rates_from_counts(*counts.T))
+    index = by_group.index.to_frame(index=False).astype(str)
+    table.insert(0, "group", index.agg(INTERSECTION_JOIN.join, axis=1) if index.shape[1] > 1 else index.iloc[:, 0])
     for col in ("count", "positives", "negatives"):
         table[col] = table[col].astype(int)
     table["eligible"] = table["count"] >= min_group_size

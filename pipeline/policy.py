@@ -70,9 +70,9 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapaci
             t = policy.max_demographic_parity_difference
             gap = f"{dpd.value * 100:.1f} percentage points" if not math.isnan(dpd.value) else ""
             findings.append(_finding(f"demographic_parity_difference:{feature}", dpd.value, t, "<=", {
-                "pass": f"By {feature}, selection rates differ by {gap} between groups, within the allowed {t * 100:.0f}.",
+                "pass": f"By {feature}, selection rates differ by {gap} between groups, within the allowed {t * 100:.0f} points.",
                 "fail": f"By {feature}, the model selects '{dpd.best_group}' more often than '{dpd.worst_group}': "
-                        f"selection rates differ by {gap}, more than the allowed {t * 100:.0f}.",
+                        f"selection rates differ by {gap}, more than the allowed {t * 100:.0f} points.",
                 "not_evaluated": undefined,
             }))
         if policy.min_demographic_parity_ratio is not None:
@@ -89,9 +89,9 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapaci
             t = policy.max_equalized_odds_difference
             findings.append(_finding(f"equalized_odds_difference:{feature}", eod.value, t, "<=", {
                 "pass": f"By {feature}, true and false positive rates differ by at most "
-                        f"{_pp(eod.value)} between groups, within the allowed {t * 100:.0f}.",
+                        f"{_pp(eod.value)} between groups, within the allowed {t * 100:.0f} points.",
                 "fail": f"By {feature}, error rates are unequal: '{eod.worst_group}' and '{eod.best_group}' differ "
-                        f"by {_pp(eod.value)} in true or false positive rate, more than the allowed {t * 100:.0f}.",
+                        f"by {_pp(eod.value)} in true or false positive rate, more than the allowed {t * 100:.0f} points.",
                 "not_evaluated": undefined,
             }))
 

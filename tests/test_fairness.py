@@ -1,0 +1,420 @@
+"""Unit tests of the fairness stage against hand-counted confusion matrices and fairlearn."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import fairness
+
+# --- a hand-worked case ------------------------------------------------------------------------
+#
+# One audited feature, "grp", with four groups. Each block is (group, y_true, y_pred, rows):
+#
+#   group  TP  FN  FP  TN | count pos neg  accuracy  selection   TPR   FPR   FNR   precision
+#   A       4   1   2   3 |   10    5   5  7/10      6/10        4/5   2/5   1/5   4/6
+#   B       1   3   1   3 |    8    4   4  4/8       2/8         1/4   1/4   3/4   1/2
+#   C       1   0   1   1 |    3    1   2  2/3       2/3         1     1/2   0     1/2
+#   D       0   0   2   4 |    6    0   6  4/6       2/6         NaN   1/3   NaN   0/2
+#
+# D has no positives, so its TPR and FNR are undefined (0/0), never 0.
+# C has 3 rows: with min_group_size=5 it is not eligible and must not move any gap.
+_BLOCKS = [
+    ("A", 1, 1, 4), ("A", 1, 0, 1), ("A", 0, 1, 2), ("A", 0, 0, 3),
+    ("B", 1, 1, 1), ("B", 1, 0, 3), ("B", 0, 1, 1), ("B", 0, 0, 3),
+    ("C", 1, 1, 1), ("C", 0, 1, 1), ("C", 0, 0, 1),
+    ("D", 0, 1, 2), ("D", 0, 0, 4),
+]
+NAN = math.nan
+EXPECTED_ROWS = {
+    #     count pos neg  accuracy  selection  TPR    FPR    FNR    precision
+    "A": (10, 5, 5, 7 / 10, 6 / 10, 4 / 5, 2 / 5, 1 / 5, 4 / 6),
+    "B": (8, 4, 4, 4 / 8, 2 / 8, 1 / 4, 1 / 4, 3 / 4, 1 / 2),
+    "C": (3, 1, 2, 2 / 3, 2 / 3, 1.0, 1 / 2, 0.0, 1 / 2),
+    "D": (6, 0, 6, 4 / 6, 2 / 6, NAN, 1 / 3, NAN, 0.0),
+}
+
+
+def _hand_case(shuffle_seed: int = 7):
+    groups, y_true, y_pred = [], [], []
+    for group, t, p, n in _BLOCKS:
+        groups += [group] * n
+        y_true += [t] * n
+        y_pred += [p] * n
+    # Row order must not matter: shuffle with a fixed permutation.
+    order = np.random.default_rng(shuffle_seed).permutation(len(groups))
+    sensitive = pd.DataFrame({"grp": np.asarray(groups)[order]})
+    return np.asarray(y_true)[order], np.asarray(y_pred)[order], sensitive
+
+
+def _close(actual: float, expected: float) -> bool:
+    if math.isnan(expected):
+        return math.isnan(actual)
+    return actual == pytest.approx(expected, abs=1e-12)
+
+
+def test_group_table_columns_and_order():
+    y_true, y_pred, sensitive = _hand_case()
+    table = fairness.group_table(y_true, y_pred, sensitive, min_group_size=5)
+    assert list(table.columns) == ["group", *fairness.GROUP_METRICS, "eligible"]
+    assert table["group"].tolist() == ["A", "B", "C", "D"]
+
+
+@pytest.mark.parametrize("group", sorted(EXPECTED_ROWS))
+def test_group_table_matches_hand_counts(group):
+    y_true, y_pred, sensitive = _hand_case()
+    table = fairness.group_table(y_true, y_pred, sensitive, min_group_size=5).set_index("group")
+    row = table.loc[group]
+    for metric, expected in zip(fairness.GROUP_METRICS, EXPECTED_ROWS[group]):
+        assert _close(float(row[metric]), expected), (group, metric, row[metric], expected)
+    for col in ("count", "positives", "negatives"):
+        assert pd.api.types.is_integer_dtype(table[col])
+
+
+def test_group_without_positives_has_undefined_tpr_not_zero():
+    y_true, y_pred, sensitive = _hand_case()
+    table = fairness.group_table(y_true, y_pred, sensitive, min_group_size=5).set_index("group")
+    assert math.isnan(table.at["D", "true_positive_rate"])
+    assert math.isnan(table.at["D", "false_negative_rate"])
+    # Its FPR is defined (it has negatives) and its precision is a real 0 (2 predicted, 0 right).
+    assert table.at["D", "false_positive_rate"] == pytest.approx(1 / 3)
+    assert table.at["D", "precision"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("min_group_size", "eligible"),
+    [
+        (1, {"A", "B", "C", "D"}),
+        (3, {"A", "B", "C", "D"}),  # C has exactly 3 rows: count >= min_group_size
+        (4, {"A", "B", "D"}),
+        (6, {"A", "B", "D"}),  # D has exactly 6
+        (7, {"A", "B"}),
+        (9, {"A"}),
+        (11, set()),
+    ],
+)
+def test_eligibility_is_count_at_least_min_group_size(min_group_size, eligible):
+    y_true, y_pred, sensitive = _hand_case()
+    table = fairness.group_table(y_true, y_pred, sensitive, min_group_size=min_group_size)
+    assert set(table.loc[table["eligible"], "group"]) == eligible
+
+
+# Disparities by hand, min_group_size=5 (eligible A, B, D; C ignored):
+#   selection  A .6   B .25  D 1/3      -> DP difference .6-.25=.35 (A best, B worst, 3 groups)
+#                                          DP ratio .25/.6 = 5/12
+#   TPR        A .8   B .25  (D NaN)    -> gap .55 over 2 groups; ratio .25/.8 = .3125
+#   FPR        A .4   B .25  D 1/3      -> gap .15 over 3 groups; ratio .25/.4 = .625
+#   equalized odds difference = max(.55, .15) = .55 (from TPR: A best, B worst, 2 groups)
+#   equalized odds ratio      = min(.3125, .625) = .3125 (from TPR)
+#   equal opportunity difference = TPR gap = .55
+#
+# min_group_size=1 (C eligible too; selection C 2/3, TPR C 1, FPR C 1/2):
+#   selection  .6 .25 2/3 1/3           -> 2/3-1/4 = 5/12, C best, B worst, 4 groups; ratio 3/8
+#   TPR        .8 .25 1                 -> .75, C/B, 3 groups; ratio .25
+#   FPR        .4 .25 .5 1/3            -> .25, C/B, 4 groups; ratio .5
+#   EO difference .75 (TPR, 3 groups), EO ratio .25 (TPR, 3 groups)
+HAND_DISPARITIES = {
+    5: {
+        "demographic_parity_difference": (0.35, "A", "B", 3),
+        "demographic_parity_ratio": (5 / 12, "A", "B", 3),
+        "equalized_odds_difference": (0.55, "A", "B", 2),
+        "equalized_odds_ratio": (0.3125, "A", "B", 2),
+        "equal_opportunity_difference": (0.55, "A", "B", 2),
+    },
+    1: {
+        "demographic_parity_difference": (5 / 12, "C", "B", 4),
+        "demographic_parity_ratio": (3 / 8, "C", "B", 4),
+        "equalized_odds_difference": (0.75, "C", "B", 3),
+        "equalized_odds_ratio": (0.25, "C", "B", 3),
+        "equal_opportunity_difference": (0.75, "C", "B", 3),
+    },
+}
+
+
+@pytest.mark.parametrize("min_group_size", sorted(HAND_DISPARITIES))
+def test_disparities_match_hand_values(min_group_size):
+    y_true, y_pred, sensitive = _hand_case()
+    gaps = fairness.disparities(fairness.group_table(y_true, y_pred, sensitive, min_group_size=min_group_size))
+    expected = HAND_DISPARITIES[min_group_size]
+    assert set(gaps) == set(expected)
+    for name, (value, best, worst, n) in expected.items():
+        d = gaps[name]
+        assert d.metric == name
+        assert d.value == pytest.approx(value, abs=1e-12), name
+        assert (d.best_group, d.worst_group, d.groups_compared) == (best, worst, n), name
+
+
+def test_equalized_odds_follows_the_larger_fpr_gap():
+    # P: TP 1 FN 1 FP 9 TN 1  -> TPR 1/2, FPR 9/10
+    # Q: TP 3 FN 2 FP 1 TN 9  -> TPR 3/5, FPR 1/10
+    # TPR gap .1, FPR gap .8 -> EO difference .8, P best (higher FPR), Q worst.
+    # TPR ratio 5/6, FPR ratio 1/9 -> EO ratio 1/9 from FPR. Equal opportunity: TPR gap .1, Q best.
+    blocks = [("P", 1, 1, 1), ("P", 1, 0, 1), ("P", 0, 1, 9), ("P", 0, 0, 1),
+              ("Q", 1, 1, 3), ("Q", 1, 0, 2), ("Q", 0, 1, 1), ("Q", 0, 0, 9)]
+    rows = [(g, t, p) for g, t, p, n in blocks for _ in range(n)]
+    sensitive = pd.DataFrame({"g": [r[0] for r in rows]})
+    y_true = np.array([r[1] for r in rows])
+    y_pred = np.array([r[2] for r in rows])
+    gaps = fairness.disparities(fairness.group_table(y_true, y_pred, sensitive, min_group_size=1))
+    eod, eor, eop = (gaps["equalized_odds_difference"], gaps["equalized_odds_ratio"],
+                     gaps["equal_opportunity_difference"])
+    assert eod.value == pytest.approx(0.8) and (eod.best_group, eod.worst_group) == ("P", "Q")
+    assert eor.value == pytest.approx(1 / 9) and (eor.best_group, eor.worst_group) == ("P", "Q")
+    assert eop.value == pytest.approx(0.1) and (eop.best_group, eop.worst_group) == ("Q", "P")
+
+
+def test_disparities_undefined_with_one_eligible_group():
+    # min_group_size=9: only A (10 rows) is eligible, so there is nothing to compare.
+    y_true, y_pred, sensitive = _hand_case()
+    gaps = fairness.disparities(fairness.group_table(y_true, y_pred, sensitive, min_group_size=9))
+    for d in gaps.values():
+        assert math.isnan(d.value)
+        assert (d.best_group, d.worst_group) == (None, None)
+        assert d.groups_compared == 1
+        assert d.to_dict()["value"] is None
+
+
+def test_equal_opportunity_undefined_when_only_one_group_has_positives():
+    # A: 5 rows, 2 positives (TP 1 FN 1), 3 negatives (FP 1 TN 2); B: 5 negatives (FP 3 TN 2).
+    # Selection: A 2/5, B 3/5 -> DP difference .2 is defined; TPR only defined for A -> EO undefined.
+    rows = ([("A", 1, 1), ("A", 1, 0), ("A", 0, 1), ("A", 0, 0), ("A", 0, 0)]
+            + [("B", 0, 1)] * 3 + [("B", 0, 0)] * 2)
+    sensitive = pd.DataFrame({"g": [r[0] for r in rows]})
+    y_true = np.array([r[1] for r in rows])
+    y_pred = np.array([r[2] for r in rows])
+    gaps = fairness.disparities(fairness.group_table(y_true, y_pred, sensitive, min_group_size=1))
+    assert gaps["demographic_parity_difference"].value == pytest.approx(0.2)
+    assert gaps["demographic_parity_difference"].best_group == "B"
+    for name in ("equalized_odds_difference", "equalized_odds_ratio", "equal_opportunity_difference"):
+        assert math.isnan(gaps[name].value), name
+        assert gaps[name].groups_compared == 1, name
+
+
+# --- intersections through evaluate -------------------------------------------------------------
+#
+# sex x race, where the combination (M, y) does not occur at all. proba >= 0.5 is a positive
+# prediction (0.5 itself counts as positive).
+#   sex race  y  proba  pred
+#   F   x     1  0.9    1     TP
+#   F   x     0  0.5    1     FP   (exactly at the threshold)
+#   F   y     1  0.2    0     FN
+#   F   y     0  0.1    0     TN
+#   M   x     1  0.8    1     TP
+#   M   x     1  0.7    1     TP
+#   M   x     0  0.3    0     TN
+#
+#   group   count pos neg  selection  TPR   FPR
+#   F & x   2     1   1    1          1     1
+#   F & y   2     1   1    0          0     0
+#   M & x   3     2   1    2/3        1     0
+#   F       4     2   2    1/2        1/2   1/2
+#   M       3     2   1    2/3        1     0
+#   x       5     3   2    4/5        1     1/2
+#   y       2     1   1    0          0     0
+_INTERSECTION_ROWS = [
+    ("F", "x", 1, 0.9), ("F", "x", 0, 0.5), ("F", "y", 1, 0.2), ("F", "y", 0, 0.1),
+    ("M", "x", 1, 0.8), ("M", "x", 1, 0.7), ("M", "x", 0, 0.3),
+]
+
+
+def _intersection_case():
+    sensitive = pd.DataFrame({"sex": [r[0] for r in _INTERSECTION_ROWS],
+                              "race": [r[1] for r in _INTERSECTION_ROWS]})
+    y_true = np.array([r[2] for r in _INTERSECTION_ROWS], dtype=np.float32)
+    proba = np.array([r[3] for r in _INTERSECTION_ROWS])
+    return y_true, proba, sensitive
+
+
+def test_evaluate_with_intersections_adds_the_joint_feature():
+    y_true, proba, sensitive = _intersection_case()
+    ev = fairness.evaluate(y_true, proba, sensitive, threshold=0.5, min_group_size=1, intersections=True)
+    assert list(ev.groups) == ["sex", "race", "sex & race"]
+    assert list(ev.disparities) == ["sex", "race", "sex & race"]
+    table = ev.groups["sex & race"].set_index("group")
+    assert table.index.tolist() == ["F & x", "F & y", "M & x"]  # the empty (M, y) is not a group
+    expected = {"F & x": (2, 1, 1, 1.0, 1.0, 1.0), "F & y": (2, 1, 1, 0.0, 0.0, 0.0),
+                "M & x": (3, 2, 1, 2 / 3, 1.0, 0.0)}
+    for group, (n, pos, neg, sel, tpr, fpr) in expected.items():
+        row = table.loc[group]
+        assert (row["count"], row["positives"], row["negatives"]) == (n, pos, neg), group
+        assert row["selection_rate"] == pytest.approx(sel), group
+        assert row["true_positive_rate"] == pytest.approx(tpr), group
+        assert row["false_positive_rate"] == pytest.approx(fpr), group
+    # Selection 1, 0, 2/3 -> DP difference 1 between 'F & x' and 'F & y'.
+    dpd = ev.disparities["sex & race"]["demographic_parity_difference"]
+    assert (dpd.value, dpd.best_group, dpd.worst_group, dpd.groups_compared) == (1.0, "F & x", "F & y", 3)
+
+
+def test_evaluate_marginal_features_match_hand_counts():
+    y_true, proba, sensitive = _intersection_case()
+    ev = fairness.evaluate(y_true, proba, sensitive, threshold=0.5, min_group_size=1, intersections=True)
+    sex = ev.groups["sex"].set_index("group")
+    race = ev.groups["race"].set_index("group")
+    assert sex["count"].to_dict() == {"F": 4, "M": 3}
+    assert race["count"].to_dict() == {"x": 5, "y": 2}
+    assert sex.at["F", "selection_rate"] == pytest.approx(1 / 2)
+    assert race.at["x", "selection_rate"] == pytest.approx(4 / 5)
+    assert race.at["x", "false_positive_rate"] == pytest.approx(1 / 2)
+    # By sex: selection F 1/2, M 2/3; TPR F 1/2, M 1; FPR F 1/2, M 0 -> EO difference .5 (tie):
+    # both gaps are .5, and either way M is the better-off group on TPR and F on FPR.
+    gaps = ev.disparities["sex"]
+    assert gaps["demographic_parity_difference"].value == pytest.approx(2 / 3 - 1 / 2)
+    assert gaps["equal_opportunity_difference"].value == pytest.approx(1 / 2)
+    assert gaps["equalized_odds_difference"].value == pytest.approx(1 / 2)
+
+
+@pytest.mark.parametrize(
+    ("columns", "intersections", "features"),
+    [
+        (["sex", "race"], False, ["sex", "race"]),
+        (["sex"], True, ["sex"]),  # one feature: no intersection to add
+    ],
+)
+def test_evaluate_without_intersection(columns, intersections, features):
+    y_true, proba, sensitive = _intersection_case()
+    ev = fairness.evaluate(y_true, proba, sensitive[columns], threshold=0.5, min_group_size=1,
+                           intersections=intersections)
+    assert list(ev.groups) == features
+    assert list(ev.disparities) == features
+
+
+def test_evaluate_threshold_moves_predictions():
+    # At threshold 0.55, the 0.5 row of F & x becomes a TN: F & x selection drops from 1 to 1/2.
+    y_true, proba, sensitive = _intersection_case()
+    ev = fairness.evaluate(y_true, proba, sensitive, threshold=0.55, min_group_size=1, intersections=True)
+    table = ev.groups["sex & race"].set_index("group")
+    assert table.at["F & x", "selection_rate"] == pytest.approx(0.5)
+    assert table.at["F & x", "false_positive_rate"] == 0.0
+    assert ev.overall["selection_rate"] == pytest.approx(3 / 7)
+
+
+# --- overall metrics ----------------------------------------------------------------------------
+
+
+def test_overall_metrics_by_hand():
+    # y     1   1   0   0   1   0
+    # proba .9  .4  .6  .2  .7  .1   -> pred 1 0 1 0 1 0: TP 2, FN 1, FP 1, TN 2
+    y = np.array([1, 1, 0, 0, 1, 0])
+    proba = np.array([0.9, 0.4, 0.6, 0.2, 0.7, 0.1])
+    m = fairness.overall_metrics(y, proba, threshold=0.5)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    # AUC: of the 9 (positive, negative) pairs, .9 and .7 beat all three negatives, .4 beats .2 and .1.
+    assert m["roc_auc"] == pytest.approx(8 / 9)
+    expected_log_loss = -(math.log(0.9) + math.log(0.4) + math.log(0.7)
+                          + math.log(1 - 0.6) + math.log(1 - 0.2) + math.log(1 - 0.1)) / 6
+    assert m["log_loss"] == pytest.approx(expected_log_loss)
+    assert m["selection_rate"] == pytest.approx(3 / 6)
+    assert m["base_rate"] == pytest.approx(3 / 6)
+    assert m["count"] == 6
+
+
+def test_overall_metrics_against_sklearn():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 500)
+    proba = np.clip(0.35 * y + rng.uniform(0, 0.65, 500), 0.01, 0.99)
+    pred = (proba >= 0.4).astype(int)
+    m = fairness.overall_metrics(y, proba, threshold=0.4)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, proba))
+    assert m["log_loss"] == pytest.approx(log_loss(y, proba))
+    assert m["selection_rate"] == pytest.approx(pred.mean())
+    assert m["base_rate"] == pytest.approx(y.mean())
+
+
+def test_overall_metrics_single_class_leaves_auc_undefined():
+    y = np.array([1, 1, 1])
+    proba = np.array([0.9, 0.2, 0.6])
+    m = fairness.overall_metrics(y, proba, threshold=0.5)
+    assert math.isnan(m["roc_auc"])
+    assert math.isnan(m["balanced_accuracy"])
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    assert m["log_loss"] == pytest.approx(-(math.log(0.9) + math.log(0.2) + math.log(0.6)) / 3)
+
+
+# --- a second, independent implementation: fairlearn's own functions ---------------------------
+
+
+@pytest.fixture(scope="module")
+def random_case():
+    """4,000 rows, three large groups with different base and selection rates."""
+    rng = np.random.default_rng(42)
+    n = 4000
+    group = rng.choice(["g1", "g2", "g3"], size=n, p=[0.5, 0.3, 0.2])
+    base = {"g1": 0.3, "g2": 0.5, "g3": 0.2}
+    y = (rng.uniform(size=n) < np.vectorize(base.get)(group)).astype(int)
+    lift = {"g1": 0.25, "g2": 0.1, "g3": 0.4}
+    proba = np.clip(rng.uniform(size=n) * 0.7 + y * np.vectorize(lift.get)(group), 0, 1)
+    return y, proba, pd.DataFrame({"g": group})
+
+
+def test_disparities_agree_with_fairlearn(random_case):
+    import fairlearn.metrics as flm
+
+    y, proba, sensitive = random_case
+    pred = (proba >= 0.5).astype(int)
+    gaps = fairness.evaluate(y, proba, sensitive, threshold=0.5, min_group_size=30,
+                             intersections=False).disparities["g"]
+    s = sensitive["g"]
+    expected = {
+        "demographic_parity_difference": flm.demographic_parity_difference(y, pred, sensitive_features=s),
+        "demographic_parity_ratio": flm.demographic_parity_ratio(y, pred, sensitive_features=s),
+        "equalized_odds_difference": flm.equalized_odds_difference(y, pred, sensitive_features=s),
+        "equalized_odds_ratio": flm.equalized_odds_ratio(y, pred, sensitive_features=s),
+        "equal_opportunity_difference": flm.equal_opportunity_difference(y, pred, sensitive_features=s),
+    }
+    for name, value in expected.items():
+        assert gaps[name].value == pytest.approx(value, abs=1e-12), name
+        assert gaps[name].groups_compared == 3
+    # Sanity of the fixture: the gaps are not trivially zero.
+    assert expected["demographic_parity_difference"] > 0.05
+
+
+def test_group_table_agrees_with_sklearn_per_group(random_case):
+    from sklearn.metrics import confusion_matrix, precision_score, recall_score
+
+    y, proba, sensitive = random_case
+    pred = (proba >= 0.5).astype(int)
+    table = fairness.group_table(y, pred, sensitive, min_group_size=30).set_index("group")
+    for g in ("g1", "g2", "g3"):
+        mask = sensitive["g"].to_numpy() == g
+        tn, fp, fn, tp = confusion_matrix(y[mask], pred[mask], labels=[0, 1]).ravel()
+        assert table.at[g, "count"] == mask.sum()
+        assert table.at[g, "true_positive_rate"] == pytest.approx(recall_score(y[mask], pred[mask]))
+        assert table.at[g, "precision"] == pytest.approx(precision_score(y[mask], pred[mask]))
+        assert table.at[g, "false_positive_rate"] == pytest.approx(fp / (fp + tn))
+        assert table.at[g, "false_negative_rate"] == pytest.approx(fn / (fn + tp))
+
+
+# --- metric keys --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parts", "key"),
+    [
+        (("demographic_parity_difference", "sex"), "demographic_parity_difference/sex"),
+        (("equalized_odds_ratio", "sex & race"), "equalized_odds_ratio/sex_x_race"),
+        (("group", "race", "Amer-Indian-Eskimo", "selection_rate"),
+         "group/race/Amer-Indian-Eskimo/selection_rate"),
+        (("group", "native country", "Self-emp (inc)"), "group/native_country/Self-emp_inc"),
+        (("group", "workclass", "(missing)"), "group/workclass/missing"),
+        (("group", "income", "<=50K"), "group/income/50K"),
+        (("group", "a/b", "v1.2"), "group/a_b/v1.2"),  # '/' only ever separates parts
+        (("group", "???", ""), "group/_/_"),  # nothing left: a lone underscore, never empty
+    ],
+)
+def test_metric_key_sanitizes_each_part(parts, key):
+    assert fairness.metric_key(*parts) == key
+
+
+def test_disparity_to_dict_writes_nan_as_none():
+    d = fairness.Disparity("demographic_parity_difference", math.nan, None, None, 1)
+    assert d.to_dict() == {"value": None, "best_group": None, "worst_group": None, "groups_compared": 1}
+    d = fairness.Disparity("demographic_parity_difference", 0.25, "A", "B", 2)
+    assert d.to_dict() == {"value": 0.25, "best_group": "A", "worst_group": "B", "groups_compared": 2}
