@@ -111,6 +111,8 @@ def load(path: str | Path) -> tuple[Config, dict]:
         raise ConfigError(f"{path}: config file not found") from err
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from err
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

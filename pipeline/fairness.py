@@ -102,6 +102,8 @@ def group_table(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame,
     frame = MetricFrame(metrics={"confusion": confusion_counts}, y_true=y_true, y_pred=y_pred,
                         sensitive_features=sensitive if sensitive.shape[1] > 1 else sensitive.iloc[:, 0])
     by_group = frame.by_group["confusion"]
+    # MetricFrame lists every combination of feature values; an empty intersection holds NaN, not counts.
+    by_group = by_group[[isinstance(v, np.ndarray) for v in by_group]]
     counts = np.stack(by_group.to_numpy())
     table = pd.DataFrame(rates_from_counts(*counts.T))
     index = by_group.index.to_frame(index=False).astype(str)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ def audit_run(uri: str, experiment: str, run_name: str) -> Iterator[mlflow.Activ
     found = client.get_experiment_by_name(experiment)
     if found is None:
         try:
-            experiment_id = client.create_experiment(experiment)
+            experiment_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
         except MlflowException:  # created meanwhile by a concurrent run
             experiment_id = client.get_experiment_by_name(experiment).experiment_id
     else:
@@ -70,10 +71,19 @@ def audit_run(uri: str, experiment: str, run_name: str) -> Iterator[mlflow.Activ
         yield active
 
 
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """For a SQLite store, artifacts go next to the database file, not into the working directory."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (db.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)).as_uri()
+
+
 @contextmanager
 def seed_run(seed: int) -> Iterator[mlflow.ActiveRun]:
     parent = mlflow.active_run()
-    with _ended_run(run_name=f"{parent.info.run_name}-seed{seed}", nested=True) as active:
+    with _ended_run(run_name=f"{parent.info.run_name}-seed{seed}", nested=True,
+                    experiment_id=parent.info.experiment_id) as active:
         mlflow.set_tag("seed", str(seed))
         yield active
 

@@ -350,7 +350,9 @@ def random_case():
     base = {"g1": 0.3, "g2": 0.5, "g3": 0.2}
     y = (rng.uniform(size=n) < np.vectorize(base.get)(group)).astype(int)
     lift = {"g1": 0.25, "g2": 0.1, "g3": 0.4}
-    proba = np.clip(rng.uniform(size=n) * 0.7 + y * np.vectorize(lift.get)(group), 0, 1)
+    shift = {"g1": 0.0, "g2": 0.1, "g3": -0.05}
+    proba = rng.uniform(size=n) * 0.7 + y * np.vectorize(lift.get)(group) + np.vectorize(shift.get)(group)
+    proba = np.clip(proba, 0, 1)
     return y, proba, pd.DataFrame({"g": group})
 
 
