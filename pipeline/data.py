@@ -106,7 +106,8 @@ def load(cfg: DatasetConfig, *, source: str) -> Table:
     markers = list(cfg.missing_values)
     try:
         if kind == "csv":
-            frame = pd.read_csv(path, na_values=markers, keep_default_na=False, skipinitialspace=True)
+            # An empty field is always missing; other pandas defaults ("NA", "None") stay values.
+            frame = pd.read_csv(path, na_values=["", *markers], keep_default_na=False, skipinitialspace=True)
         else:
             frame = pd.read_parquet(path)
             if markers:

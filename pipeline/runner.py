@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline import config as config_mod
+from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
     timer = timer or StageTimer()
     source = str(config_path)
     cfg, cfg_dict = config_mod.load(config_path)
+    reports_dir = _writable_dir(Path(reports_dir))
     from pipeline import data
 
     table = data.load(cfg.dataset, source=source)
@@ -110,6 +112,14 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         tracking_uri=uri, experiment_id=parent.info.experiment_id,
         failed_findings=[f.id for f in findings if f.status == "fail"],
     )
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--reports-dir: cannot create directory '{path}': {err.strerror}") from err
+    return path
 
 
 def _train_and_audit(cfg, split, seed: int, timer: StageTimer) -> dict:

@@ -1,0 +1,399 @@
+"""Unit tests of the data stage: loading, checks against the config, splitting and encoding."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import config, data
+from pipeline.config import DatasetConfig
+from pipeline.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = "configs/test.yaml"  # the config path that messages must start with
+
+
+def people(n: int = 100) -> pd.DataFrame:
+    """A small census-like table with known strata and missing markers.
+
+    rid 0..99; sex F for rid % 10 < 6 (60 F, 40 M). Income >50K for the first 20 F and the
+    first 10 M rows, so the strata (income, sex) hold 20 (>50K, F), 40 (<=50K, F), 10 (>50K, M),
+    30 (<=50K, M) rows. workclass is "?" on rows with rid % 15 == 0 (7 rows: 0, 15, ..., 90).
+    """
+    rid = np.arange(n)
+    sex = np.where(rid % 10 < 6, "F", "M")
+    rank = pd.Series(rid).groupby(sex).cumcount().to_numpy()
+    income = np.where((sex == "F") & (rank < 20) | (sex == "M") & (rank < 10), ">50K", "<=50K")
+    workclass = np.where(rid % 15 == 0, "?", np.where(rid % 2 == 0, "Private", "State-gov"))
+    return pd.DataFrame({
+        "rid": rid,
+        "age": 20 + (rid * 7) % 45,
+        "workclass": workclass,
+        "race": np.where(rid % 4 == 0, "Black", "White"),
+        "sex": sex,
+        "weight": rid * 1000,
+        "income": income,
+    })
+
+
+def dataset_cfg(path: Path, **overrides) -> DatasetConfig:
+    values = {"path": str(path), "target": "income", "positive_label": ">50K",
+              "sensitive_features": ("sex", "race"), "missing_values": ("?",)}
+    return DatasetConfig(**{**values, **overrides})
+
+
+def full_cfg(path: Path, split: dict | None = None, **dataset) -> config.Config:
+    raw = {"dataset": {"path": str(path), "target": "income", "positive_label": ">50K",
+                       "sensitive_features": ["sex", "race"], "missing_values": ["?"], **dataset}}
+    if split is not None:
+        raw["split"] = split
+    return config.from_dict(raw, source=SOURCE)
+
+
+@pytest.fixture
+def csv_path(tmp_path) -> Path:
+    path = tmp_path / "people.csv"
+    people().to_csv(path, index=False)
+    return path
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)  # pandas gzips by the .gz suffix
+    return path
+
+
+@pytest.mark.parametrize("name", ["people.csv", "people.csv.gz", "people.parquet", "people.pq", "PEOPLE.CSV"])
+def test_formats_give_the_same_frame(tmp_path, name):
+    reference = data.load(dataset_cfg(_write(people(), tmp_path / "ref.csv")), source=SOURCE).frame
+    path = _write(people(), tmp_path / name)
+    if name.endswith(".gz"):
+        assert path.read_bytes()[:2] == b"\x1f\x8b"  # really gzipped
+    table = data.load(dataset_cfg(path), source=SOURCE)
+    pd.testing.assert_frame_equal(table.frame, reference)
+    assert table.rows_read == 100
+    assert table.name == "people" if name.islower() else "PEOPLE"
+
+
+def test_missing_marker_becomes_missing(csv_path):
+    table = data.load(dataset_cfg(csv_path), source=SOURCE)
+    missing_rows = table.frame.index[table.frame["workclass"].isna()].tolist()
+    assert missing_rows == [0, 15, 30, 45, 60, 75, 90]
+    assert "?" not in set(table.frame["workclass"].dropna())
+    assert table.missing_by_column == {"workclass": 7}
+    assert table.rows_dropped_missing == 0  # missing: category keeps the rows
+    assert len(table.frame) == 100
+
+
+def test_missing_marker_in_a_numeric_column(tmp_path):
+    frame = people(10).astype({"age": object})
+    frame.loc[[2, 5], "age"] = "?"
+    table = data.load(dataset_cfg(_write(frame, tmp_path / "p.csv")), source=SOURCE)
+    assert pd.api.types.is_float_dtype(table.frame["age"])
+    assert table.frame["age"].isna().tolist() == [i in (2, 5) for i in range(10)]
+    assert table.missing_by_column == {"age": 2, "workclass": 1}  # workclass '?' on rid 0
+
+
+def test_without_markers_question_mark_is_a_value(csv_path):
+    table = data.load(dataset_cfg(csv_path, missing_values=()), source=SOURCE)
+    assert (table.frame["workclass"] == "?").sum() == 7
+    assert table.missing_by_column == {}
+
+
+def test_missing_category_in_the_encoder(csv_path):
+    cfg = full_cfg(csv_path)
+    table = data.load(cfg.dataset, source=SOURCE)
+    sp = data.split(table, cfg, source=SOURCE)
+    assert sp.encoder.categorical["workclass"] == ("(missing)", "Private", "State-gov")
+    names = sp.encoder.feature_names
+    col = names.index("workclass=(missing)")
+    rid = _recover_rid(sp, sp.x_train)
+    expected = np.isin(rid, [0, 15, 30, 45, 60, 75, 90]).astype(np.float32)
+    np.testing.assert_array_equal(sp.x_train[:, col], expected)
+
+
+def test_missing_drop_rows_drops_and_counts(tmp_path):
+    frame = people(30)
+    frame.loc[3, "age"] = np.nan  # one more row with a missing value, in a numeric column
+    frame.loc[4, "weight"] = np.nan  # missing only in a dropped column: the row is kept
+    path = _write(frame, tmp_path / "p.csv")
+    table = data.load(dataset_cfg(path, missing="drop_rows", drop=("weight",)), source=SOURCE)
+    # '?' in workclass on rid 0 and 15, NaN age on rid 3 -> 3 rows dropped.
+    assert table.rows_read == 30
+    assert table.rows_dropped_missing == 3
+    assert len(table.frame) == 27
+    assert sorted(set(range(30)) - set(table.frame["rid"])) == [0, 3, 15]
+    assert table.frame.index.tolist() == list(range(27))
+    assert table.missing_by_column == {"age": 1, "workclass": 2}
+    assert "weight" not in table.frame.columns
+
+
+def test_drop_rows_with_every_row_missing(tmp_path):
+    frame = people(5)
+    frame["workclass"] = "?"
+    path = _write(frame, tmp_path / "p.csv")
+    with pytest.raises(DataError, match=r"every row has a missing value; use dataset.missing: category"):
+        data.load(dataset_cfg(path, missing="drop_rows"), source=SOURCE)
+
+
+def test_fingerprint_is_sha256_of_the_bytes(csv_path, tmp_path):
+    expected = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert data.fingerprint(csv_path) == expected
+    assert data.load(dataset_cfg(csv_path), source=SOURCE).sha256 == expected
+    # A one-byte change changes the fingerprint.
+    other = tmp_path / "other.csv"
+    other.write_bytes(csv_path.read_bytes().replace(b"State-gov", b"State-gox", 1))
+    assert data.fingerprint(other) == hashlib.sha256(other.read_bytes()).hexdigest() != expected
+
+
+def test_fingerprint_of_a_file_larger_than_one_read(tmp_path):
+    path = tmp_path / "big.bin"
+    payload = np.random.default_rng(0).bytes(3 * (1 << 20) + 17)  # read in 1 MiB chunks
+    path.write_bytes(payload)
+    assert data.fingerprint(path) == hashlib.sha256(payload).hexdigest()
+
+
+# --- errors that name the key, the column and the columns ----------------------------------------
+
+
+def _columns(path: Path) -> str:
+    return "rid, age, workclass, race, sex, weight, income"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"target": "salary"},
+         "{src}: dataset.target: column 'salary' not found in {path}; columns are: {cols}"),
+        ({"sensitive_features": ("gender",)},
+         "{src}: dataset.sensitive_features: column 'gender' not found in {path}; columns are: {cols}"),
+        ({"sensitive_features": ("sex", "ethnicity")},
+         "{src}: dataset.sensitive_features: column 'ethnicity' not found in {path}; columns are: {cols}"),
+        ({"drop": ("zip",)},
+         "{src}: dataset.drop: column 'zip' not found in {path}; columns are: {cols}"),
+        ({"sensitive_features": ()},
+         "{src}: dataset.sensitive_features: expected at least one column; columns are: {cols}"),
+        ({"drop": ("sex",)},
+         "{src}: dataset.drop: column 'sex' is the target or a sensitive feature; remove it from dataset.drop"),
+        ({"positive_label": "yes"},
+         "{src}: dataset.positive_label: 'yes' does not occur in column 'income' of {path}; values are: <=50K, >50K"),
+        ({"positive_label": ">50k"},  # labels are compared exactly, case included
+         "{src}: dataset.positive_label: '>50k' does not occur in column 'income' of {path}; values are: <=50K, >50K"),
+    ],
+    ids=["target", "sensitive", "second-sensitive", "drop-absent", "no-sensitive", "drop-sensitive",
+         "label", "label-case"],
+)
+def test_column_errors(csv_path, overrides, message):
+    expected = message.format(src=SOURCE, path=csv_path, cols=_columns(csv_path))
+    with pytest.raises(DataError, match=f"^{re.escape(expected)}$"):
+        data.load(dataset_cfg(csv_path, **overrides), source=SOURCE)
+
+
+@pytest.mark.parametrize("name", ["people.xlsx", "people.json", "people"])
+def test_unsupported_suffix(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=f"^{re.escape(SOURCE)}: dataset.path: cannot read '{re.escape(str(path))}'; "
+                                        r"expected a \.csv, \.csv\.gz or \.parquet file$"):
+        data.load(dataset_cfg(path), source=SOURCE)
+
+
+def test_file_not_found(tmp_path):
+    path = tmp_path / "absent.csv.gz"
+    with pytest.raises(DataError, match=f"^{re.escape(f'{SOURCE}: dataset.path: file {chr(39)}{path}{chr(39)} not found')}$"):
+        data.load(dataset_cfg(path), source=SOURCE)
+
+
+def test_unreadable_file_is_a_data_error(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="cannot be read as parquet"):
+        data.load(dataset_cfg(path), source=SOURCE)
+
+
+def test_missing_labels_are_an_error(tmp_path):
+    frame = people(10)
+    frame.loc[[1, 2], "income"] = "?"
+    path = _write(frame, tmp_path / "p.csv")
+    with pytest.raises(DataError, match="column 'income' has 2 missing labels"):
+        data.load(dataset_cfg(path), source=SOURCE)
+
+
+# --- split -------------------------------------------------------------------------------------
+
+
+def _recover_rid(sp: data.Split, x: np.ndarray) -> np.ndarray:
+    """The row id of each encoded row, by undoing the standardization of the 'rid' feature."""
+    median, mean, std = sp.encoder.numeric["rid"]
+    return np.rint(x[:, sp.encoder.feature_names.index("rid")] * std + mean).astype(int)
+
+
+def test_split_sizes_and_stratified_by_target(csv_path):
+    cfg = full_cfg(csv_path)
+    sp = data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
+    assert (len(sp.y_train), len(sp.y_test)) == (70, 30)
+    # 30 of 100 rows are >50K: exactly 9 of 30 test rows and 21 of 70 training rows.
+    assert (sp.y_test.sum(), sp.y_train.sum()) == (9, 21)
+    assert sp.x_train.dtype == sp.x_test.dtype == np.float32
+
+
+def test_split_stratified_by_target_and_sex(csv_path):
+    cfg = full_cfg(csv_path, split={"stratify_by": ["income", "sex"], "seed": 3})
+    sp = data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
+    strata = Counter(zip(sp.y_test.astype(int), sp.s_test["sex"]))
+    # 30% of each stratum: (>50K, F) 20 -> 6, (<=50K, F) 40 -> 12, (>50K, M) 10 -> 3, (<=50K, M) 30 -> 9.
+    assert strata == {(1, "F"): 6, (0, "F"): 12, (1, "M"): 3, (0, "M"): 9}
+
+
+def test_split_rows_labels_and_groups_line_up(csv_path):
+    frame = people()
+    cfg = full_cfg(csv_path, split={"seed": 5})
+    sp = data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
+    rid_train, rid_test = _recover_rid(sp, sp.x_train), _recover_rid(sp, sp.x_test)
+    assert sorted(np.concatenate([rid_train, rid_test]).tolist()) == list(range(100))
+    for rid, y, s in ((rid_train, sp.y_train, sp.s_train), (rid_test, sp.y_test, sp.s_test)):
+        np.testing.assert_array_equal(y, (frame.loc[rid, "income"] == ">50K").to_numpy(dtype=np.float32))
+        assert s["sex"].tolist() == frame.loc[rid, "sex"].tolist()
+        assert s["race"].tolist() == frame.loc[rid, "race"].tolist()
+        assert list(s.index) == list(range(len(rid)))
+
+
+def test_split_seed_changes_the_rows(csv_path):
+    a = data.split(data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 0}),
+                   source=SOURCE)
+    b = data.split(data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 1}),
+                   source=SOURCE)
+    c = data.split(data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 0}),
+                   source=SOURCE)
+    assert set(_recover_rid(a, a.x_test)) != set(_recover_rid(b, b.x_test))
+    np.testing.assert_array_equal(a.x_test, c.x_test)
+
+
+def test_encoder_is_fitted_on_training_rows_only(csv_path):
+    frame = people()
+    cfg = full_cfg(csv_path, split={"seed": 2})
+    sp = data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
+    train = frame.loc[_recover_rid(sp, sp.x_train)]
+    for col in ("age", "weight"):
+        values = train[col].to_numpy(dtype=float)
+        median, mean, std = sp.encoder.numeric[col]
+        assert (median, mean, std) == pytest.approx((np.median(values), values.mean(), values.std()))
+        # ... and differ from the statistics of all rows (otherwise this test proves nothing).
+        assert mean != pytest.approx(frame[col].mean())
+
+
+def test_category_seen_only_in_test_encodes_to_zeros(tmp_path):
+    frame = people()
+    frame.loc[frame["rid"] == 37, "workclass"] = "Never-worked"  # one row only
+    path = _write(frame, tmp_path / "p.csv")
+    for seed in range(30):
+        cfg = full_cfg(path, split={"seed": seed})
+        sp = data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
+        rid_test = _recover_rid(sp, sp.x_test)
+        if 37 in rid_test:
+            break
+    else:
+        pytest.fail("row 37 never landed in the test split")
+    assert "Never-worked" not in sp.encoder.categorical["workclass"]
+    block = [i for i, n in enumerate(sp.encoder.feature_names) if n.startswith("workclass=")]
+    row = sp.x_test[list(rid_test).index(37)]
+    assert row[block].tolist() == [0.0] * len(block)
+    # Every other test row has exactly one workclass column set.
+    others = np.delete(sp.x_test[:, block], list(rid_test).index(37), axis=0)
+    assert (others.sum(axis=1) == 1).all()
+
+
+def test_encoder_transform_by_hand():
+    train = pd.DataFrame({"n": [1.0, 2.0, np.nan, 5.0], "c": ["b", "a", "b", None]})
+    enc = data.fit_encoder(train)
+    # n: median of (1, 2, 5) = 2; filled (1, 2, 2, 5): mean 2.5, population std sqrt(2.25) = 1.5.
+    assert enc.numeric == {"n": (2.0, 2.5, 1.5)}
+    assert enc.categorical == {"c": ("(missing)", "a", "b")}
+    assert enc.feature_names == ["n", "c=(missing)", "c=a", "c=b"]
+    test = pd.DataFrame({"n": [4.0, np.nan], "c": ["zzz", None]})
+    np.testing.assert_allclose(enc.transform(test), [[1.0, 0, 0, 0], [-1 / 3, 1, 0, 0]], rtol=1e-6)
+    assert enc.to_dict() == {"numeric": {"n": [2.0, 2.5, 1.5]}, "categorical": {"c": ["(missing)", "a", "b"]}}
+
+
+def test_constant_numeric_column_does_not_divide_by_zero():
+    enc = data.fit_encoder(pd.DataFrame({"k": [3, 3, 3]}))
+    assert enc.numeric == {"k": (3.0, 3.0, 1.0)}
+    np.testing.assert_array_equal(enc.transform(pd.DataFrame({"k": [3, 4]})), [[0.0], [1.0]])
+
+
+@pytest.mark.parametrize("as_input", [False, True])
+def test_sensitive_features_are_inputs_only_when_asked(csv_path, as_input):
+    cfg = full_cfg(csv_path, sensitive_as_input=as_input, drop=["weight"])
+    sp = data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
+    names = sp.encoder.feature_names
+    sensitive_cols = [n for n in names if n.startswith(("sex=", "race="))]
+    if as_input:
+        assert sp.feature_columns == ["rid", "age", "workclass", "race", "sex"]
+        assert sensitive_cols == ["race=Black", "race=White", "sex=F", "sex=M"]
+    else:
+        assert sp.feature_columns == ["rid", "age", "workclass"]
+        assert sensitive_cols == []
+    assert not any(n.startswith("income") or n == "weight" for n in names)
+    assert sp.x_train.shape[1] == len(names)
+    assert list(sp.s_test.columns) == ["sex", "race"]  # always available to audit
+
+
+def test_sensitive_missing_values_become_a_group(tmp_path):
+    frame = people(40)
+    frame.loc[[1, 2, 3], "race"] = "?"
+    path = _write(frame, tmp_path / "p.csv")
+    cfg = full_cfg(path, split={"stratify_by": []})
+    sp = data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
+    groups = pd.concat([sp.s_train, sp.s_test])["race"]
+    assert (groups == "(missing)").sum() == 3
+    assert not groups.isna().any()
+
+
+def test_split_errors(csv_path, tmp_path):
+    cfg = full_cfg(csv_path, split={"stratify_by": ["income", "region"]})
+    table = data.load(cfg.dataset, source=SOURCE)
+    with pytest.raises(DataError, match=f"^{re.escape(SOURCE)}: split.stratify_by: column 'region' not found in "
+                                        f"{re.escape(str(csv_path))}; columns are: rid, age, workclass"):
+        data.split(table, cfg, source=SOURCE)
+    # A stratum of one row cannot be split.
+    frame = people(20)
+    frame.loc[0, "income"] = "unique"
+    path = _write(frame, tmp_path / "one.csv")
+    cfg = full_cfg(path)
+    with pytest.raises(DataError, match=f"^{re.escape(SOURCE)}: split: cannot split"):
+        data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
+
+
+# --- the shipped data ------------------------------------------------------------------------------
+
+
+def test_shipped_adult_data(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the config's data path is relative to the working directory
+    cfg, _ = config.load("configs/adult.yaml")
+    table = data.load(cfg.dataset, source="configs/adult.yaml")
+    assert table.rows_read == 32_561
+    assert len(table.frame) == 32_561  # missing: category keeps every row
+    assert table.name == "adult"
+    assert table.sha256 == hashlib.sha256((ROOT / "data/adult.csv.gz").read_bytes()).hexdigest()
+    assert "fnlwgt" not in table.frame.columns and "education" not in table.frame.columns
+    # Missing markers counted independently with the csv module.
+    with gzip.open(ROOT / "data/adult.csv.gz", "rt", newline="") as fh:
+        rows = list(csv.DictReader(fh, skipinitialspace=True))
+    assert len(rows) == 32_561
+    expected = Counter(col for row in rows for col, value in row.items() if value == "?")
+    assert table.missing_by_column == {c: n for c, n in expected.items() if c not in ("fnlwgt", "education")}
+    assert set(table.frame["income"]) == {"<=50K", ">50K"}
+    assert (table.frame["income"] == ">50K").sum() == sum(r["income"] == ">50K" for r in rows)
