@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -76,4 +77,14 @@ def run(config_path: str, tracking_uri: str | None, reports_dir: str, as_json: b
 
 
 def main() -> None:
-    cli(prog_name="python -m pipeline")
+    try:
+        cli(prog_name="python -m pipeline")
+    except SystemExit as done:
+        if "torch" in sys.modules:
+            # Interpreter teardown with torch and MLflow loaded takes ~2 s. By now every
+            # MLflow run is ended, every file written and closed: flush and leave.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(done.code if isinstance(done.code, int) else 1)
+        raise

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from fairlearn.metrics import MetricFrame
+from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
 
 GROUP_METRICS = ("count", "positives", "negatives", "accuracy", "selection_rate",
                  "true_positive_rate", "false_positive_rate", "false_negative_rate", "precision")
@@ -77,8 +79,6 @@ class Evaluation:
 
 def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float) -> dict[str, float]:
     """Accuracy, balanced accuracy, ROC AUC and log loss on the whole test split."""
-    from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
-
     y_pred = (proba >= threshold).astype(int)
     both_classes = len(np.unique(y_true)) == 2
     rates = rates_from_counts(*confusion_counts(y_true, y_pred))
@@ -96,8 +96,6 @@ def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float) 
 def group_table(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame, *,
                 min_group_size: int) -> pd.DataFrame:
     """One row per group (or intersection of groups) with counts and rates, via MetricFrame."""
-    from fairlearn.metrics import MetricFrame
-
     # One MetricFrame call gives each group's confusion counts; every rate is derived from them.
     frame = MetricFrame(metrics={"confusion": confusion_counts}, y_true=y_true, y_pred=y_pred,
                         sensitive_features=sensitive if sensitive.shape[1] > 1 else sensitive.iloc[:, 0])

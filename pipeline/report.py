@@ -12,6 +12,13 @@ import io
 import math
 from pathlib import Path
 
+import jinja2
+import matplotlib
+import yaml
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
 _TEMPLATES = Path(__file__).parent / "templates"
 RATE_COLUMNS = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate",
                 "false_negative_rate", "precision")
@@ -19,26 +26,16 @@ RATE_LABELS = {"accuracy": "Accuracy", "selection_rate": "Selection rate", "true
                "false_positive_rate": "FPR", "false_negative_rate": "FNR", "precision": "Precision"}
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     # Fixed metadata so the same audit gives the same bytes.
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _figure().close(fig)
+    plt.close(fig)
     return buf.getvalue()
 
 
 def plots(audit: dict) -> dict[str, bytes]:
     """PNG images keyed by file name: group rates per audited feature, dead units over epochs, training loss."""
-    plt = _figure()
     images = {}
     for index, (feature, rows) in enumerate(audit["groups"].items(), start=1):
         metrics = ("selection_rate", "true_positive_rate", "false_positive_rate")
@@ -111,13 +108,9 @@ def fmt(value, kind: str = "rate") -> str:
 
 def render_html(audit: dict, images: dict[str, bytes]) -> str:
     """The self-contained report: findings first, then tables and plots (images inlined)."""
-    import jinja2
-
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
-    import yaml
-
     inline = {name: base64.b64encode(png).decode("ascii") for name, png in images.items()}
     findings = sorted(audit["findings"], key=lambda f: {"fail": 0, "not_evaluated": 1, "pass": 2}[f["status"]])
     return env.get_template("report.html.j2").render(
@@ -151,7 +144,7 @@ def model_card(audit: dict) -> str:
         f"decision threshold {audit['config']['audit']['decision_threshold']}.",
         f"- Training: {audit['config']['training']['optimizer']}, learning rate {audit['config']['training']['learning_rate']}, "
         f"{tr['epochs_run']} epochs run, weights of epoch {tr['best_epoch']} kept (lowest validation loss), seed {tr['seed']}.",
-        f"- Software: " + ", ".join(f"{k} {v}" for k, v in audit["versions"].items()) + ".",
+        "- Software: " + ", ".join(f"{k} {v}" for k, v in audit["versions"].items()) + ".",
         "",
         "## Data",
         f"- `{_md(ds['name'])}` from `{_md(ds['path'])}` (sha256 `{ds['sha256']}`), {ds['rows']:,} rows; "

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -119,27 +120,27 @@ def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path
     import pandas as pd
 
     run_id = audit["run_id"]
+    # The model first: MLflow 3 links a logged model to the run's metrics, and reads each one's history.
+    _log_model(model, split.x_train.shape[1])
+    mlflow.log_dict(split.encoder.to_dict(), "model_inputs/encoder.json")
     mlflow.log_params(config_mod.flatten(cfg))
-    primary = seeds[0]
-    # The audited model's training curve, as step metrics on the parent run too.
+    # The audited model's training curve as step metrics, and every audit number, in one batch.
     now = int(time.time() * 1000)
-    steps = []
-    for rec in primary["train"].history:
-        steps += [Metric("train_loss", rec.train_loss, now, rec.epoch), Metric("val_loss", rec.val_loss, now, rec.epoch)]
-        steps += [Metric(f"epoch_dead_fraction/layer{i}", f, now, rec.epoch)
-                  for i, f in enumerate(rec.dead_fraction.values(), 1)]
-    _log_metric_list(run_id, steps)
-    _log_metrics(run_id, _audit_metrics(audit))
+    metrics = [Metric(k, float(v), now, 0) for k, v in _audit_metrics(audit).items()]
+    for rec in seeds[0]["train"].history:
+        metrics += [Metric("train_loss", rec.train_loss, now, rec.epoch), Metric("val_loss", rec.val_loss, now, rec.epoch)]
+        metrics += [Metric(f"epoch_dead_fraction/layer{i}", f, now, rec.epoch)
+                    for i, f in enumerate(rec.dead_fraction.values(), 1)]
+    _log_metric_list(run_id, metrics)
 
     for feature, rows in audit["groups"].items():
         mlflow.log_table(pd.DataFrame(rows), artifact_file=f"fairness/groups_{metric_key(feature)}.json")
-
-    dataset = mlflow.data.from_pandas(table.frame, source=table.path, name=table.name,
-                                      targets=cfg.dataset.target, digest=table.sha256[:20])
-    mlflow.log_input(dataset, context="training+evaluation")
-
-    _log_model(model, split.x_train.shape[1])
-    mlflow.log_dict(split.encoder.to_dict(), "model_inputs/encoder.json")
+    # The dataset by reference: name, source path, digest, schema and row count; never its rows.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hints on source resolution and int columns
+        dataset = mlflow.data.from_pandas(table.frame, source=table.path, name=table.name,
+                                          targets=cfg.dataset.target, digest=table.sha256[:20])
+        mlflow.log_input(dataset, context="training+evaluation")
     mlflow.log_artifacts(str(out_dir))
 
     tags = {
@@ -191,12 +192,11 @@ def _log_model(model, n_features: int) -> None:
     example = np.zeros((2, n_features), dtype=np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.log_model(
-        model, name="model", signature=infer_signature(example, output), input_example=example,
-        serialization_format="pt2",
-        pip_requirements=[f"torch=={metadata.version('torch').split('+')[0]}",
-                          f"mlflow=={metadata.version('mlflow')}"],
-    )
+    requirements = [f"torch=={metadata.version('torch').split('+')[0]}", f"mlflow=={metadata.version('mlflow')}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns does not apply
+        mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
+                                 input_example=example, serialization_format="pt2", pip_requirements=requirements)
 
 
 def description(audit: dict) -> str:

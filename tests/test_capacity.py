@@ -16,8 +16,7 @@ from pipeline.model import ReLUMLP
 #
 # 50 rows of 2 features, every value strictly positive: x0 in [0.5, 1.48], x1 in [1.0, 1.86].
 N_ROWS = 50
-X = torch.stack([0.5 + torch.arange(N_ROWS) / N_ROWS,
-                 1.0 + (torch.arange(N_ROWS) % 7) / 7], dim=1).float()
+X = torch.stack([0.5 + torch.arange(N_ROWS) / N_ROWS, 1.0 + (torch.arange(N_ROWS) % 7) / 7], dim=1).float()
 
 # --- layer 1: 5 units on positive inputs -------------------------------------------------------
 #   unit 0: w=( 1, 1), b= 0     -> x0+x1 > 0 always         alive
@@ -246,15 +245,15 @@ def test_dormancy_stats_and_scores_by_hand(form):
 @pytest.mark.parametrize(
     ("tau", "dormant"),
     [
-        (0.0, 1),      # only the dead unit (s=0 <= 0)
-        (0.06, 1),     # unit 1 (s=0.0625) just above tau
-        (0.0625, 2),   # ... exactly at tau: s <= tau is dormant
-        (0.07, 2),     # ... just below tau
-        (0.18, 2),     # unit 4 (s=0.1875) just above
+        (0.0, 1),  # only the dead unit (s=0 <= 0)
+        (0.06, 1),  # unit 1 (s=0.0625) just above tau
+        (0.0625, 2),  # ... exactly at tau: s <= tau is dormant
+        (0.07, 2),  # ... just below tau
+        (0.18, 2),  # unit 4 (s=0.1875) just above
         (0.1875, 3),
         (0.2, 3),
-        (0.25, 4),     # unit 2 (s=0.25) at tau
-        (4.49, 4),     # unit 3 (s=4.5) never dormant below 4.5
+        (0.25, 4),  # unit 2 (s=0.25) at tau
+        (4.49, 4),  # unit 3 (s=4.5) never dormant below 4.5
         (4.5, 5),
     ],
 )
@@ -268,8 +267,9 @@ def test_dormant_counts_around_tau(form, tau, dormant):
 
 def test_layer_capacity_from_plain_stats():
     # s = [0, 2, 1, 1] / mean 1 -> with tau 0.5: only unit 0 (dead); with tau 1: units 0, 2, 3.
-    stats = capacity.ActivationStats(layer="h", rows=10, fired=np.array([0.0, 3.0, 10.0, 1.0]),
-                                     mean_abs=np.array([0.0, 2.0, 1.0, 1.0]))
+    stats = capacity.ActivationStats(
+        layer="h", rows=10, fired=np.array([0.0, 3.0, 10.0, 1.0]), mean_abs=np.array([0.0, 2.0, 1.0, 1.0])
+    )
     assert capacity.layer_capacity(stats, tau=0.5) == capacity.LayerCapacity("h", 4, 1, 1)
     assert capacity.layer_capacity(stats, tau=1.0) == capacity.LayerCapacity("h", 4, 1, 3)
 
@@ -319,8 +319,14 @@ def _mlp_weights(n_features: int = 3, hidden=(6, 4), seed: int = 0) -> dict[str,
     b2 = torch.full((hidden[1],), 0.1)  # ... plus a positive bias: always > 0
     w2[2], b2[2] = 0.0, -0.5  # dead
     w_out = torch.randn(1, hidden[1], generator=g)
-    return {"hidden.0.weight": w1, "hidden.0.bias": b1, "hidden.1.weight": w2, "hidden.1.bias": b2,
-            "out.weight": w_out, "out.bias": torch.zeros(1)}
+    return {
+        "hidden.0.weight": w1,
+        "hidden.0.bias": b1,
+        "hidden.1.weight": w2,
+        "hidden.1.bias": b2,
+        "out.weight": w_out,
+        "out.bias": torch.zeros(1),
+    }
 
 
 def test_relumlp_module_and_functional_agree():
@@ -356,11 +362,11 @@ def test_relumlp_with_dropout_is_probed_in_eval_mode():
     probe = capacity.ReluProbe(model)
     first = probe.stats(x, batch_size=64)
     second = probe.stats(x, batch_size=64)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a.fired, b.fired)
     # Layer 2 must see the undropped layer-1 output: compare both layers with numpy.
     h1 = np.maximum(0, x.numpy() @ weights["hidden.0.weight"].numpy().T + weights["hidden.0.bias"].numpy())
     h2 = np.maximum(0, h1 @ weights["hidden.1.weight"].numpy().T + weights["hidden.1.bias"].numpy())
-    for stats, h in zip(first, (h1, h2)):
+    for stats, h in zip(first, (h1, h2), strict=True):
         np.testing.assert_array_equal(stats.fired, (h > 0).sum(0))
         np.testing.assert_allclose(stats.mean_abs, h.mean(0), rtol=1e-5)

@@ -35,19 +35,39 @@ def _write(tmp_path: Path, raw, name: str = "audit.yaml") -> Path:
 # (section, key, value, exact message after "<path>: ") -- each message says where, what was found, what is expected.
 BAD_VALUES = [
     # unknown keys, top level and nested: the message lists the valid keys
-    (None, "trainng", {}, "trainng: unknown key; valid keys are: audit, dataset, model, policy, split, tracking, training"),
+    (
+        None,
+        "trainng",
+        {},
+        "trainng: unknown key; valid keys are: audit, dataset, model, policy, split, tracking, training",
+    ),
     ("model", "activation", "relu", "model.activation: unknown key; valid keys are: dropout, hidden_sizes, relu"),
-    ("dataset", "sensitive", ["sex"], "dataset.sensitive: unknown key; valid keys are: drop, intersections, missing, "
-                                      "missing_values, name, path, positive_label, sensitive_as_input, "
-                                      "sensitive_features, target"),
+    (
+        "dataset",
+        "sensitive",
+        ["sex"],
+        "dataset.sensitive: unknown key; valid keys are: drop, intersections, missing, "
+        "missing_values, name, path, positive_label, sensitive_as_input, "
+        "sensitive_features, target",
+    ),
     # wrong types
     ("training", "epochs", "ten", "training.epochs: expected an integer, got 'ten' (str)"),
     ("training", "epochs", 2.0, "training.epochs: expected an integer, got 2.0 (float)"),
     ("training", "epochs", True, "training.epochs: expected an integer, got True (bool)"),
     ("model", "hidden_sizes", "big", "model.hidden_sizes[0]: expected an integer, got 'big' (str)"),
     ("model", "hidden_sizes", [64, "wide"], "model.hidden_sizes[1]: expected an integer, got 'wide' (str)"),
-    ("dataset", "sensitive_features", {"sex": 1}, "dataset.sensitive_features: expected a list of strings, got {'sex': 1} (dict)"),
-    ("dataset", "sensitive_as_input", "yes please", "dataset.sensitive_as_input: expected true or false, got 'yes please' (str)"),
+    (
+        "dataset",
+        "sensitive_features",
+        {"sex": 1},
+        "dataset.sensitive_features: expected a list of strings, got {'sex': 1} (dict)",
+    ),
+    (
+        "dataset",
+        "sensitive_as_input",
+        "yes please",
+        "dataset.sensitive_as_input: expected true or false, got 'yes please' (str)",
+    ),
     ("training", "learning_rate", "fast", "training.learning_rate: expected a number, got 'fast' (str)"),
     ("dataset", "target", None, "dataset.target: expected a string, got nothing (null)"),
     (None, "model", 3, "model: expected a mapping of keys, got 3 (int)"),
@@ -67,16 +87,27 @@ BAD_VALUES = [
     ("training", "epochs", 0, "training.epochs: got 0; expected a value at least 1"),
     ("training", "batch_size", -5, "training.batch_size: got -5; expected a value at least 1"),
     ("audit", "dormant_tau", -0.1, "audit.dormant_tau: got -0.1; expected a value at least 0"),
-    ("audit", "decision_threshold", 1, "audit.decision_threshold: got 1.0; expected a value greater than 0 and less than 1"),
+    (
+        "audit",
+        "decision_threshold",
+        1,
+        "audit.decision_threshold: got 1.0; expected a value greater than 0 and less than 1",
+    ),
     ("audit", "min_group_size", 0, "audit.min_group_size: got 0; expected a value at least 1"),
     ("policy", "min_accuracy", 1.5, "policy.min_accuracy: got 1.5; expected a value at least 0 and at most 1"),
-    ("policy", "max_dead_fraction", -0.01, "policy.max_dead_fraction: got -0.01; expected a value at least 0 and at most 1"),
+    (
+        "policy",
+        "max_dead_fraction",
+        -0.01,
+        "policy.max_dead_fraction: got -0.01; expected a value at least 0 and at most 1",
+    ),
     ("split", "test_size", float("nan"), "split.test_size: got nan; expected a value greater than 0 and less than 1"),
 ]
 
 
-@pytest.mark.parametrize(("section", "key", "value", "message"), BAD_VALUES,
-                         ids=[f"{s or 'top'}.{k}={v!r}" for s, k, v, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"), BAD_VALUES, ids=[f"{s or 'top'}.{k}={v!r}" for s, k, v, _ in BAD_VALUES]
+)
 def test_bad_value_is_a_config_error_naming_file_and_key(tmp_path, section, key, value, message):
     path = _write(tmp_path, _with(section, key, value))
     with pytest.raises(ConfigError, match=f"^{re.escape(f'{path}: {message}')}$"):
@@ -86,10 +117,14 @@ def test_bad_value_is_a_config_error_naming_file_and_key(tmp_path, section, key,
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"dataset": {"path": "d.csv", "positive_label": "1", "sensitive_features": ["s"]}},
-         "dataset.target: required key is missing"),
-        ({"dataset": {"target": "y", "positive_label": "1", "sensitive_features": ["s"]}},
-         "dataset.path: required key is missing"),
+        (
+            {"dataset": {"path": "d.csv", "positive_label": "1", "sensitive_features": ["s"]}},
+            "dataset.target: required key is missing",
+        ),
+        (
+            {"dataset": {"target": "y", "positive_label": "1", "sensitive_features": ["s"]}},
+            "dataset.path: required key is missing",
+        ),
         ({"model": {"relu": "module"}}, "dataset: required key is missing"),
         ("", "dataset: required key is missing"),  # an empty file is an empty mapping
         ("- 1\n- 2\n", r"expected a mapping of keys, got \[1, 2\] \(list\)"),
@@ -99,8 +134,17 @@ def test_bad_value_is_a_config_error_naming_file_and_key(tmp_path, section, key,
         ("dataset:\n  path: x\n\ttarget: y\n", "not valid YAML at line 3: found character '\\\\t'"),
         ("dataset: 1\n  b: 2\n", "not valid YAML at line 2: mapping values are not allowed here"),
     ],
-    ids=["no-target", "no-path", "no-dataset", "empty-file", "top-level-list", "top-level-scalar",
-         "yaml-unclosed", "yaml-tab", "yaml-indent"],
+    ids=[
+        "no-target",
+        "no-path",
+        "no-dataset",
+        "empty-file",
+        "top-level-list",
+        "top-level-scalar",
+        "yaml-unclosed",
+        "yaml-tab",
+        "yaml-indent",
+    ],
 )
 def test_bad_file_content(tmp_path, raw, message):
     path = _write(tmp_path, raw)
@@ -177,6 +221,7 @@ def test_empty_list_where_items_are_needed_is_rejected(tmp_path, section, key):
 
 
 # Defaults as documented in the config module's comments and README.
+# fmt: off
 DEFAULTS = {
     "dataset.name": "", "dataset.sensitive_as_input": False, "dataset.drop": (), "dataset.missing_values": (),
     "dataset.missing": "category", "dataset.intersections": True,
@@ -192,6 +237,7 @@ DEFAULTS = {
     "policy.max_dead_fraction": 0.10,
     "tracking.experiment": "fairness-audit",
 }
+# fmt: on
 
 
 def test_defaults_fill_in(tmp_path):
@@ -211,8 +257,12 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
     # One param per field of every section: 10 + 3 + 3 + 9 + 4 + 5 + 1.
     assert len(flat) == 35
-    assert set(flat) == {"dataset.path", "dataset.target", "dataset.positive_label",
-                         "dataset.sensitive_features"} | set(DEFAULTS)
+    assert set(flat) == {
+        "dataset.path",
+        "dataset.target",
+        "dataset.positive_label",
+        "dataset.sensitive_features",
+    } | set(DEFAULTS)
     assert flat["model.hidden_sizes"] == "16,8"
     assert flat["dataset.sensitive_features"] == "sex,race"
     assert flat["dataset.drop"] == ""

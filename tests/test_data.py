@@ -33,26 +33,41 @@ def people(n: int = 100) -> pd.DataFrame:
     rank = pd.Series(rid).groupby(sex).cumcount().to_numpy()
     income = np.where((sex == "F") & (rank < 20) | (sex == "M") & (rank < 10), ">50K", "<=50K")
     workclass = np.where(rid % 15 == 0, "?", np.where(rid % 2 == 0, "Private", "State-gov"))
-    return pd.DataFrame({
-        "rid": rid,
-        "age": 20 + (rid * 7) % 45,
-        "workclass": workclass,
-        "race": np.where(rid % 4 == 0, "Black", "White"),
-        "sex": sex,
-        "weight": rid * 1000,
-        "income": income,
-    })
+    return pd.DataFrame(
+        {
+            "rid": rid,
+            "age": 20 + (rid * 7) % 45,
+            "workclass": workclass,
+            "race": np.where(rid % 4 == 0, "Black", "White"),
+            "sex": sex,
+            "weight": rid * 1000,
+            "income": income,
+        }
+    )
 
 
 def dataset_cfg(path: Path, **overrides) -> DatasetConfig:
-    values = {"path": str(path), "target": "income", "positive_label": ">50K",
-              "sensitive_features": ("sex", "race"), "missing_values": ("?",)}
+    values = {
+        "path": str(path),
+        "target": "income",
+        "positive_label": ">50K",
+        "sensitive_features": ("sex", "race"),
+        "missing_values": ("?",),
+    }
     return DatasetConfig(**{**values, **overrides})
 
 
 def full_cfg(path: Path, split: dict | None = None, **dataset) -> config.Config:
-    raw = {"dataset": {"path": str(path), "target": "income", "positive_label": ">50K",
-                       "sensitive_features": ["sex", "race"], "missing_values": ["?"], **dataset}}
+    raw = {
+        "dataset": {
+            "path": str(path),
+            "target": "income",
+            "positive_label": ">50K",
+            "sensitive_features": ["sex", "race"],
+            "missing_values": ["?"],
+            **dataset,
+        }
+    }
     if split is not None:
         raw["split"] = split
     return config.from_dict(raw, source=SOURCE)
@@ -105,6 +120,31 @@ def test_missing_marker_in_a_numeric_column(tmp_path):
     assert pd.api.types.is_float_dtype(table.frame["age"])
     assert table.frame["age"].isna().tolist() == [i in (2, 5) for i in range(10)]
     assert table.missing_by_column == {"age": 2, "workclass": 1}  # workclass '?' on rid 0
+
+
+@pytest.mark.parametrize("markers", [(), ("?",)])
+def test_empty_csv_fields_are_missing_like_parquet_nulls(tmp_path, markers):
+    frame = people(12)
+    frame["age"] = frame["age"].astype(float)
+    frame.loc[[2, 7], "age"] = np.nan  # written to CSV as empty fields
+    frame.loc[5, "race"] = None
+    from_csv = data.load(dataset_cfg(_write(frame, tmp_path / "p.csv"), missing_values=markers), source=SOURCE)
+    from_pq = data.load(dataset_cfg(_write(frame, tmp_path / "p.parquet"), missing_values=markers), source=SOURCE)
+    assert pd.api.types.is_float_dtype(from_csv.frame["age"])  # still numeric, not text
+    assert from_csv.frame["age"].isna().sum() == 2
+    assert from_csv.frame["race"].isna().sum() == 1
+    assert from_csv.missing_by_column == from_pq.missing_by_column
+    assert from_csv.missing_by_column["age"] == 2 and from_csv.missing_by_column["race"] == 1
+    pd.testing.assert_frame_equal(from_csv.frame[["age", "race"]], from_pq.frame[["age", "race"]])
+
+
+def test_na_text_is_a_value_not_missing(tmp_path):
+    # "NA" (North America) or "None" are real categories; only the configured markers and empty fields are missing.
+    frame = people(6)
+    frame["region"] = ["NA", "EU", "None", "NA", "null", "EU"]
+    table = data.load(dataset_cfg(_write(frame, tmp_path / "p.csv")), source=SOURCE)
+    assert table.frame["region"].tolist() == ["NA", "EU", "None", "NA", "null", "EU"]
+    assert "region" not in table.missing_by_column
 
 
 def test_without_markers_question_mark_is_a_value(csv_path):
@@ -176,25 +216,43 @@ def _columns(path: Path) -> str:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"target": "salary"},
-         "{src}: dataset.target: column 'salary' not found in {path}; columns are: {cols}"),
-        ({"sensitive_features": ("gender",)},
-         "{src}: dataset.sensitive_features: column 'gender' not found in {path}; columns are: {cols}"),
-        ({"sensitive_features": ("sex", "ethnicity")},
-         "{src}: dataset.sensitive_features: column 'ethnicity' not found in {path}; columns are: {cols}"),
-        ({"drop": ("zip",)},
-         "{src}: dataset.drop: column 'zip' not found in {path}; columns are: {cols}"),
-        ({"sensitive_features": ()},
-         "{src}: dataset.sensitive_features: expected at least one column; columns are: {cols}"),
-        ({"drop": ("sex",)},
-         "{src}: dataset.drop: column 'sex' is the target or a sensitive feature; remove it from dataset.drop"),
-        ({"positive_label": "yes"},
-         "{src}: dataset.positive_label: 'yes' does not occur in column 'income' of {path}; values are: <=50K, >50K"),
-        ({"positive_label": ">50k"},  # labels are compared exactly, case included
-         "{src}: dataset.positive_label: '>50k' does not occur in column 'income' of {path}; values are: <=50K, >50K"),
+        ({"target": "salary"}, "{src}: dataset.target: column 'salary' not found in {path}; columns are: {cols}"),
+        (
+            {"sensitive_features": ("gender",)},
+            "{src}: dataset.sensitive_features: column 'gender' not found in {path}; columns are: {cols}",
+        ),
+        (
+            {"sensitive_features": ("sex", "ethnicity")},
+            "{src}: dataset.sensitive_features: column 'ethnicity' not found in {path}; columns are: {cols}",
+        ),
+        ({"drop": ("zip",)}, "{src}: dataset.drop: column 'zip' not found in {path}; columns are: {cols}"),
+        (
+            {"sensitive_features": ()},
+            "{src}: dataset.sensitive_features: expected at least one column; columns are: {cols}",
+        ),
+        (
+            {"drop": ("sex",)},
+            "{src}: dataset.drop: column 'sex' is the target or a sensitive feature; remove it from dataset.drop",
+        ),
+        (
+            {"positive_label": "yes"},
+            "{src}: dataset.positive_label: 'yes' does not occur in column 'income' of {path}; values are: <=50K, >50K",
+        ),
+        (
+            {"positive_label": ">50k"},  # labels are compared exactly, case included
+            "{src}: dataset.positive_label: '>50k' does not occur in column 'income' of {path}; values are: <=50K, >50K",
+        ),
     ],
-    ids=["target", "sensitive", "second-sensitive", "drop-absent", "no-sensitive", "drop-sensitive",
-         "label", "label-case"],
+    ids=[
+        "target",
+        "sensitive",
+        "second-sensitive",
+        "drop-absent",
+        "no-sensitive",
+        "drop-sensitive",
+        "label",
+        "label-case",
+    ],
 )
 def test_column_errors(csv_path, overrides, message):
     expected = message.format(src=SOURCE, path=csv_path, cols=_columns(csv_path))
@@ -206,14 +264,19 @@ def test_column_errors(csv_path, overrides, message):
 def test_unsupported_suffix(tmp_path, name):
     path = tmp_path / name
     path.write_text("a,b\n1,2\n")
-    with pytest.raises(DataError, match=f"^{re.escape(SOURCE)}: dataset.path: cannot read '{re.escape(str(path))}'; "
-                                        r"expected a \.csv, \.csv\.gz or \.parquet file$"):
+    with pytest.raises(
+        DataError,
+        match=f"^{re.escape(SOURCE)}: dataset.path: cannot read '{re.escape(str(path))}'; "
+        r"expected a \.csv, \.csv\.gz or \.parquet file$",
+    ):
         data.load(dataset_cfg(path), source=SOURCE)
 
 
 def test_file_not_found(tmp_path):
     path = tmp_path / "absent.csv.gz"
-    with pytest.raises(DataError, match=f"^{re.escape(f'{SOURCE}: dataset.path: file {chr(39)}{path}{chr(39)} not found')}$"):
+    with pytest.raises(
+        DataError, match=f"^{re.escape(f'{SOURCE}: dataset.path: file {chr(39)}{path}{chr(39)} not found')}$"
+    ):
         data.load(dataset_cfg(path), source=SOURCE)
 
 
@@ -253,7 +316,7 @@ def test_split_sizes_and_stratified_by_target(csv_path):
 def test_split_stratified_by_target_and_sex(csv_path):
     cfg = full_cfg(csv_path, split={"stratify_by": ["income", "sex"], "seed": 3})
     sp = data.split(data.load(cfg.dataset, source=SOURCE), cfg, source=SOURCE)
-    strata = Counter(zip(sp.y_test.astype(int), sp.s_test["sex"]))
+    strata = Counter(zip(sp.y_test.astype(int), sp.s_test["sex"], strict=True))
     # 30% of each stratum: (>50K, F) 20 -> 6, (<=50K, F) 40 -> 12, (>50K, M) 10 -> 3, (<=50K, M) 30 -> 9.
     assert strata == {(1, "F"): 6, (0, "F"): 12, (1, "M"): 3, (0, "M"): 9}
 
@@ -272,12 +335,15 @@ def test_split_rows_labels_and_groups_line_up(csv_path):
 
 
 def test_split_seed_changes_the_rows(csv_path):
-    a = data.split(data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 0}),
-                   source=SOURCE)
-    b = data.split(data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 1}),
-                   source=SOURCE)
-    c = data.split(data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 0}),
-                   source=SOURCE)
+    a = data.split(
+        data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 0}), source=SOURCE
+    )
+    b = data.split(
+        data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 1}), source=SOURCE
+    )
+    c = data.split(
+        data.load(full_cfg(csv_path).dataset, source=SOURCE), full_cfg(csv_path, split={"seed": 0}), source=SOURCE
+    )
     assert set(_recover_rid(a, a.x_test)) != set(_recover_rid(b, b.x_test))
     np.testing.assert_array_equal(a.x_test, c.x_test)
 
@@ -365,8 +431,11 @@ def test_sensitive_missing_values_become_a_group(tmp_path):
 def test_split_errors(csv_path, tmp_path):
     cfg = full_cfg(csv_path, split={"stratify_by": ["income", "region"]})
     table = data.load(cfg.dataset, source=SOURCE)
-    with pytest.raises(DataError, match=f"^{re.escape(SOURCE)}: split.stratify_by: column 'region' not found in "
-                                        f"{re.escape(str(csv_path))}; columns are: rid, age, workclass"):
+    with pytest.raises(
+        DataError,
+        match=f"^{re.escape(SOURCE)}: split.stratify_by: column 'region' not found in "
+        f"{re.escape(str(csv_path))}; columns are: rid, age, workclass",
+    ):
         data.split(table, cfg, source=SOURCE)
     # A stratum of one row cannot be split.
     frame = people(20)

@@ -22,12 +22,14 @@ from pipeline import fairness
 #
 # D has no positives, so its TPR and FNR are undefined (0/0), never 0.
 # C has 3 rows: with min_group_size=5 it is not eligible and must not move any gap.
+# fmt: off
 _BLOCKS = [
     ("A", 1, 1, 4), ("A", 1, 0, 1), ("A", 0, 1, 2), ("A", 0, 0, 3),
     ("B", 1, 1, 1), ("B", 1, 0, 3), ("B", 0, 1, 1), ("B", 0, 0, 3),
     ("C", 1, 1, 1), ("C", 0, 1, 1), ("C", 0, 0, 1),
     ("D", 0, 1, 2), ("D", 0, 0, 4),
 ]
+# fmt: on
 NAN = math.nan
 EXPECTED_ROWS = {
     #     count pos neg  accuracy  selection  TPR    FPR    FNR    precision
@@ -68,7 +70,7 @@ def test_group_table_matches_hand_counts(group):
     y_true, y_pred, sensitive = _hand_case()
     table = fairness.group_table(y_true, y_pred, sensitive, min_group_size=5).set_index("group")
     row = table.loc[group]
-    for metric, expected in zip(fairness.GROUP_METRICS, EXPECTED_ROWS[group]):
+    for metric, expected in zip(fairness.GROUP_METRICS, EXPECTED_ROWS[group], strict=True):
         assert _close(float(row[metric]), expected), (group, metric, row[metric], expected)
     for col in ("count", "positives", "negatives"):
         assert pd.api.types.is_integer_dtype(table[col])
@@ -152,15 +154,20 @@ def test_equalized_odds_follows_the_larger_fpr_gap():
     # Q: TP 3 FN 2 FP 1 TN 9  -> TPR 3/5, FPR 1/10
     # TPR gap .1, FPR gap .8 -> EO difference .8, P best (higher FPR), Q worst.
     # TPR ratio 5/6, FPR ratio 1/9 -> EO ratio 1/9 from FPR. Equal opportunity: TPR gap .1, Q best.
+    # fmt: off
     blocks = [("P", 1, 1, 1), ("P", 1, 0, 1), ("P", 0, 1, 9), ("P", 0, 0, 1),
               ("Q", 1, 1, 3), ("Q", 1, 0, 2), ("Q", 0, 1, 1), ("Q", 0, 0, 9)]
+    # fmt: on
     rows = [(g, t, p) for g, t, p, n in blocks for _ in range(n)]
     sensitive = pd.DataFrame({"g": [r[0] for r in rows]})
     y_true = np.array([r[1] for r in rows])
     y_pred = np.array([r[2] for r in rows])
     gaps = fairness.disparities(fairness.group_table(y_true, y_pred, sensitive, min_group_size=1))
-    eod, eor, eop = (gaps["equalized_odds_difference"], gaps["equalized_odds_ratio"],
-                     gaps["equal_opportunity_difference"])
+    eod, eor, eop = (
+        gaps["equalized_odds_difference"],
+        gaps["equalized_odds_ratio"],
+        gaps["equal_opportunity_difference"],
+    )
     assert eod.value == pytest.approx(0.8) and (eod.best_group, eod.worst_group) == ("P", "Q")
     assert eor.value == pytest.approx(1 / 9) and (eor.best_group, eor.worst_group) == ("P", "Q")
     assert eop.value == pytest.approx(0.1) and (eop.best_group, eop.worst_group) == ("Q", "P")
@@ -180,8 +187,7 @@ def test_disparities_undefined_with_one_eligible_group():
 def test_equal_opportunity_undefined_when_only_one_group_has_positives():
     # A: 5 rows, 2 positives (TP 1 FN 1), 3 negatives (FP 1 TN 2); B: 5 negatives (FP 3 TN 2).
     # Selection: A 2/5, B 3/5 -> DP difference .2 is defined; TPR only defined for A -> EO undefined.
-    rows = ([("A", 1, 1), ("A", 1, 0), ("A", 0, 1), ("A", 0, 0), ("A", 0, 0)]
-            + [("B", 0, 1)] * 3 + [("B", 0, 0)] * 2)
+    rows = [("A", 1, 1), ("A", 1, 0), ("A", 0, 1), ("A", 0, 0), ("A", 0, 0)] + [("B", 0, 1)] * 3 + [("B", 0, 0)] * 2
     sensitive = pd.DataFrame({"g": [r[0] for r in rows]})
     y_true = np.array([r[1] for r in rows])
     y_pred = np.array([r[2] for r in rows])
@@ -214,15 +220,16 @@ def test_equal_opportunity_undefined_when_only_one_group_has_positives():
 #   M       3     2   1    2/3        1     0
 #   x       5     3   2    4/5        1     1/2
 #   y       2     1   1    0          0     0
+# fmt: off
 _INTERSECTION_ROWS = [
     ("F", "x", 1, 0.9), ("F", "x", 0, 0.5), ("F", "y", 1, 0.2), ("F", "y", 0, 0.1),
     ("M", "x", 1, 0.8), ("M", "x", 1, 0.7), ("M", "x", 0, 0.3),
 ]
+# fmt: on
 
 
 def _intersection_case():
-    sensitive = pd.DataFrame({"sex": [r[0] for r in _INTERSECTION_ROWS],
-                              "race": [r[1] for r in _INTERSECTION_ROWS]})
+    sensitive = pd.DataFrame({"sex": [r[0] for r in _INTERSECTION_ROWS], "race": [r[1] for r in _INTERSECTION_ROWS]})
     y_true = np.array([r[2] for r in _INTERSECTION_ROWS], dtype=np.float32)
     proba = np.array([r[3] for r in _INTERSECTION_ROWS])
     return y_true, proba, sensitive
@@ -235,8 +242,11 @@ def test_evaluate_with_intersections_adds_the_joint_feature():
     assert list(ev.disparities) == ["sex", "race", "sex & race"]
     table = ev.groups["sex & race"].set_index("group")
     assert table.index.tolist() == ["F & x", "F & y", "M & x"]  # the empty (M, y) is not a group
-    expected = {"F & x": (2, 1, 1, 1.0, 1.0, 1.0), "F & y": (2, 1, 1, 0.0, 0.0, 0.0),
-                "M & x": (3, 2, 1, 2 / 3, 1.0, 0.0)}
+    expected = {
+        "F & x": (2, 1, 1, 1.0, 1.0, 1.0),
+        "F & y": (2, 1, 1, 0.0, 0.0, 0.0),
+        "M & x": (3, 2, 1, 2 / 3, 1.0, 0.0),
+    }
     for group, (n, pos, neg, sel, tpr, fpr) in expected.items():
         row = table.loc[group]
         assert (row["count"], row["positives"], row["negatives"]) == (n, pos, neg), group
@@ -275,8 +285,9 @@ def test_evaluate_marginal_features_match_hand_counts():
 )
 def test_evaluate_without_intersection(columns, intersections, features):
     y_true, proba, sensitive = _intersection_case()
-    ev = fairness.evaluate(y_true, proba, sensitive[columns], threshold=0.5, min_group_size=1,
-                           intersections=intersections)
+    ev = fairness.evaluate(
+        y_true, proba, sensitive[columns], threshold=0.5, min_group_size=1, intersections=intersections
+    )
     assert list(ev.groups) == features
     assert list(ev.disparities) == features
 
@@ -304,8 +315,9 @@ def test_overall_metrics_by_hand():
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 2 / 3) / 2)
     # AUC: of the 9 (positive, negative) pairs, .9 and .7 beat all three negatives, .4 beats .2 and .1.
     assert m["roc_auc"] == pytest.approx(8 / 9)
-    expected_log_loss = -(math.log(0.9) + math.log(0.4) + math.log(0.7)
-                          + math.log(1 - 0.6) + math.log(1 - 0.2) + math.log(1 - 0.1)) / 6
+    expected_log_loss = (
+        -(math.log(0.9) + math.log(0.4) + math.log(0.7) + math.log(1 - 0.6) + math.log(1 - 0.2) + math.log(1 - 0.1)) / 6
+    )
     assert m["log_loss"] == pytest.approx(expected_log_loss)
     assert m["selection_rate"] == pytest.approx(3 / 6)
     assert m["base_rate"] == pytest.approx(3 / 6)
@@ -361,8 +373,9 @@ def test_disparities_agree_with_fairlearn(random_case):
 
     y, proba, sensitive = random_case
     pred = (proba >= 0.5).astype(int)
-    gaps = fairness.evaluate(y, proba, sensitive, threshold=0.5, min_group_size=30,
-                             intersections=False).disparities["g"]
+    gaps = fairness.evaluate(y, proba, sensitive, threshold=0.5, min_group_size=30, intersections=False).disparities[
+        "g"
+    ]
     s = sensitive["g"]
     expected = {
         "demographic_parity_difference": flm.demographic_parity_difference(y, pred, sensitive_features=s),
@@ -402,8 +415,7 @@ def test_group_table_agrees_with_sklearn_per_group(random_case):
     [
         (("demographic_parity_difference", "sex"), "demographic_parity_difference/sex"),
         (("equalized_odds_ratio", "sex & race"), "equalized_odds_ratio/sex_x_race"),
-        (("group", "race", "Amer-Indian-Eskimo", "selection_rate"),
-         "group/race/Amer-Indian-Eskimo/selection_rate"),
+        (("group", "race", "Amer-Indian-Eskimo", "selection_rate"), "group/race/Amer-Indian-Eskimo/selection_rate"),
         (("group", "native country", "Self-emp (inc)"), "group/native_country/Self-emp_inc"),
         (("group", "workclass", "(missing)"), "group/workclass/missing"),
         (("group", "income", "<=50K"), "group/income/50K"),

@@ -1,0 +1,294 @@
+"""Unit tests of the policy stage on hand-built evaluations and layer capacities."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import fairness, policy
+from pipeline.capacity import LayerCapacity
+from pipeline.config import PolicyConfig
+from pipeline.fairness import Disparity, Evaluation
+
+NAN = math.nan
+# Everything disabled; each test enables what it checks.
+OFF = dict(
+    min_accuracy=None,
+    max_demographic_parity_difference=None,
+    min_demographic_parity_ratio=None,
+    max_equalized_odds_difference=None,
+    max_dead_fraction=None,
+)
+
+
+def gaps(dpd=0.0, dpr=1.0, eod=0.0, best="Male", worst="Female", n=2) -> dict[str, Disparity]:
+    """The five disparities of one audited feature, with the given values."""
+
+    def d(name, value):
+        if math.isnan(value):
+            return Disparity(name, NAN, None, None, 1)
+        return Disparity(name, value, best, worst, n)
+
+    return {
+        "demographic_parity_difference": d("demographic_parity_difference", dpd),
+        "demographic_parity_ratio": d("demographic_parity_ratio", dpr),
+        "equalized_odds_difference": d("equalized_odds_difference", eod),
+        "equalized_odds_ratio": d("equalized_odds_ratio", 1.0 if not math.isnan(eod) else NAN),
+        "equal_opportunity_difference": d("equal_opportunity_difference", eod),
+    }
+
+
+def evaluation(accuracy=0.9, **features: dict[str, Disparity]) -> Evaluation:
+    return Evaluation(overall={"accuracy": accuracy}, groups={}, disparities=features)
+
+
+def only(**thresholds) -> PolicyConfig:
+    return PolicyConfig(**{**OFF, **thresholds})
+
+
+# --- thresholds: <= and >= semantics, exactly at and around the threshold -------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [(0.80, "pass"), (0.8000001, "pass"), (0.7999999, "fail"), (1.0, "pass"), (0.0, "fail"), (NAN, "not_evaluated")],
+)
+def test_accuracy_floor(value, status):
+    (f,) = policy.judge(only(min_accuracy=0.80), evaluation(accuracy=value), [])
+    assert (f.id, f.status, f.threshold, f.comparison) == ("accuracy", status, 0.80, ">=")
+    assert f.value == (None if math.isnan(value) else value)
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        (0.10, "pass"),
+        (0.0999999, "pass"),
+        (0.1000001, "fail"),
+        (0.0, "pass"),
+        (0.5, "fail"),
+        (0.3 - 0.2, "pass"),  # 0.09999999999999998 in floating point
+        (NAN, "not_evaluated"),
+    ],
+)
+def test_demographic_parity_difference_ceiling(value, status):
+    (f,) = policy.judge(only(max_demographic_parity_difference=0.10), evaluation(sex=gaps(dpd=value)), [])
+    assert (f.id, f.status, f.comparison) == ("demographic_parity_difference:sex", status, "<=")
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [(0.80, "pass"), (0.8000001, "pass"), (0.7999999, "fail"), (1.0, "pass"), (0.0, "fail"), (NAN, "not_evaluated")],
+)
+def test_demographic_parity_ratio_floor(value, status):
+    (f,) = policy.judge(only(min_demographic_parity_ratio=0.80), evaluation(sex=gaps(dpr=value)), [])
+    assert (f.id, f.status, f.comparison) == ("demographic_parity_ratio:sex", status, ">=")
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [(0.05, "pass"), (0.0499999, "pass"), (0.0500001, "fail"), (NAN, "not_evaluated")],
+)
+def test_equalized_odds_difference_ceiling(value, status):
+    (f,) = policy.judge(only(max_equalized_odds_difference=0.05), evaluation(race=gaps(eod=value)), [])
+    assert (f.id, f.status, f.comparison) == ("equalized_odds_difference:race", status, "<=")
+
+
+@pytest.mark.parametrize(
+    ("dead", "units", "threshold", "status"),
+    [
+        (1, 10, 0.10, "pass"),  # exactly 10%
+        (2, 10, 0.10, "fail"),
+        (3, 32, 0.10, "pass"),  # 9.4%
+        (4, 32, 0.10, "fail"),  # 12.5%
+        (0, 64, 0.0, "pass"),  # a zero threshold allows no dead unit ...
+        (1, 64, 0.0, "fail"),  # ... and fails on one
+        (64, 64, 1.0, "pass"),
+    ],
+)
+def test_dead_fraction_ceiling(dead, units, threshold, status):
+    layers = [LayerCapacity("acts.0", units, dead, dead)]
+    (f,) = policy.judge(only(max_dead_fraction=threshold), evaluation(), layers)
+    assert (f.id, f.status, f.comparison, f.threshold) == ("dead_fraction:layer1", status, "<=", threshold)
+    assert f.value == dead / units
+
+
+# --- which findings, in which order -------------------------------------------------------------
+
+
+def test_every_check_in_order_for_every_feature_and_layer():
+    ev = evaluation(sex=gaps(), race=gaps(), **{"sex & race": gaps()})
+    layers = [LayerCapacity("acts.0", 64, 0, 0), LayerCapacity("acts.1", 32, 0, 0)]
+    findings = policy.judge(PolicyConfig(), ev, layers)
+    assert [f.id for f in findings] == [
+        "accuracy",
+        "demographic_parity_difference:sex",
+        "demographic_parity_ratio:sex",
+        "equalized_odds_difference:sex",
+        "demographic_parity_difference:race",
+        "demographic_parity_ratio:race",
+        "equalized_odds_difference:race",
+        "demographic_parity_difference:sex & race",
+        "demographic_parity_ratio:sex & race",
+        "equalized_odds_difference:sex & race",
+        "dead_fraction:layer1",
+        "dead_fraction:layer2",
+    ]
+    assert all(f.status == "pass" for f in findings)
+
+
+@pytest.mark.parametrize(
+    ("disabled", "removed_prefix"),
+    [
+        ("min_accuracy", "accuracy"),
+        ("max_demographic_parity_difference", "demographic_parity_difference:"),
+        ("min_demographic_parity_ratio", "demographic_parity_ratio:"),
+        ("max_equalized_odds_difference", "equalized_odds_difference:"),
+        ("max_dead_fraction", "dead_fraction:"),
+    ],
+)
+def test_disabled_threshold_produces_no_finding(disabled, removed_prefix):
+    # Every value would fail if checked, so a disabled check must not show up, even as a pass.
+    ev = evaluation(accuracy=0.1, sex=gaps(dpd=0.9, dpr=0.1, eod=0.9))
+    layers = [LayerCapacity("acts.0", 10, 10, 10)]
+    ids = [f.id for f in policy.judge(PolicyConfig(**{disabled: None}), ev, layers)]
+    assert len(ids) == 4
+    assert not any(i.startswith(removed_prefix) for i in ids)
+
+
+def test_all_disabled_gives_no_findings_and_passes():
+    ev = evaluation(accuracy=0.1, sex=gaps(dpd=0.9, dpr=0.1, eod=0.9))
+    findings = policy.judge(only(), ev, [LayerCapacity("acts.0", 10, 10, 10)])
+    assert findings == []
+    assert policy.verdict(findings) == "pass"
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+def _by_id(findings):
+    return {f.id: f for f in findings}
+
+
+def test_failure_messages_name_the_groups_and_numbers():
+    ev = evaluation(accuracy=0.7, sex=gaps(dpd=0.12, dpr=0.5, eod=0.25, best="Male", worst="Female"))
+    layers = [LayerCapacity("acts.0", 64, 0, 0), LayerCapacity("acts.1", 32, 5, 6)]
+    f = _by_id(policy.judge(PolicyConfig(), ev, layers))
+    assert f["accuracy"].message == "Accuracy on the test split is 70.0%, below the floor of 75%."
+    dpd = f["demographic_parity_difference:sex"].message
+    assert "'Male' more often than 'Female'" in dpd
+    assert "12.0 percentage points" in dpd and "allowed 10" in dpd
+    assert f["demographic_parity_ratio:sex"].message.startswith(
+        "By sex, 'Female' is selected at only 50% of the rate of 'Male', below the 80% rule"
+    )
+    eod = f["equalized_odds_difference:sex"].message
+    assert "'Female' and 'Male'" in eod and "25.0 percentage points" in eod
+    # 5 of 32 = 15.625%
+    assert f["dead_fraction:layer2"].message.startswith(
+        "Hidden layer 2 (acts.1): 5 of 32 ReLU units never fire on the training data (16%), more than the allowed 10%"
+    )
+    assert f["dead_fraction:layer1"].status == "pass"
+    assert "0 of 64" in f["dead_fraction:layer1"].message
+
+
+def test_pass_messages():
+    ev = evaluation(accuracy=0.85, sex=gaps(dpd=0.04, dpr=0.9, eod=0.03))
+    f = _by_id(policy.judge(PolicyConfig(), ev, []))
+    assert f["accuracy"].message == "Accuracy on the test split is 85.0%, at or above the floor of 75%."
+    assert "4.0 percentage points" in f["demographic_parity_difference:sex"].message
+    assert "lowest selection rate is 90% of the highest" in f["demographic_parity_ratio:sex"].message
+    assert "at most 3.0 percentage points" in f["equalized_odds_difference:sex"].message
+
+
+def test_undefined_value_is_not_evaluated_and_does_not_fail():
+    ev = evaluation(accuracy=0.9, **{"age_group": gaps(dpd=NAN, dpr=NAN, eod=NAN)})
+    findings = policy.judge(PolicyConfig(), ev, [])
+    disparity = [f for f in findings if f.id.endswith(":age_group")]
+    assert len(disparity) == 3
+    for f in disparity:
+        assert f.status == "not_evaluated"
+        assert f.value is None and f.passed is None
+        assert "'age_group'" in f.message and "not evaluated" in f.message
+        assert f.to_dict()["passed"] is None and f.to_dict()["value"] is None
+    assert policy.verdict(findings) == "pass"
+
+
+def test_nan_next_to_a_real_failure_still_fails():
+    ev = evaluation(accuracy=0.9, sex=gaps(dpd=NAN, dpr=NAN, eod=NAN), race=gaps(dpd=0.3))
+    findings = policy.judge(only(max_demographic_parity_difference=0.1), ev, [])
+    assert [(f.id, f.status) for f in findings] == [
+        ("demographic_parity_difference:sex", "not_evaluated"),
+        ("demographic_parity_difference:race", "fail"),
+    ]
+    assert policy.verdict(findings) == "fail"
+
+
+# --- verdict --------------------------------------------------------------------------------------
+
+
+def _f(status):
+    return policy.Finding("x", status, None if status == "not_evaluated" else 0.5, 0.5, "<=", "")
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        ([], "pass"),
+        (["pass"], "pass"),
+        (["not_evaluated"], "pass"),
+        (["pass", "not_evaluated", "pass"], "pass"),
+        (["fail"], "fail"),
+        (["pass", "pass", "fail"], "fail"),
+        (["not_evaluated", "fail"], "fail"),
+    ],
+)
+def test_verdict(statuses, expected):
+    assert policy.verdict([_f(s) for s in statuses]) == expected
+
+
+def test_finding_to_dict():
+    f = policy.Finding("accuracy", "fail", 0.7, 0.75, ">=", "m")
+    assert f.passed is False
+    assert f.to_dict() == {
+        "id": "accuracy",
+        "status": "fail",
+        "value": 0.7,
+        "threshold": 0.75,
+        "comparison": ">=",
+        "message": "m",
+        "passed": False,
+    }
+    assert policy.Finding("accuracy", "pass", 0.8, 0.75, ">=", "m").passed is True
+
+
+# --- with a real fairness evaluation ---------------------------------------------------------------
+
+
+def test_judge_on_a_fairness_evaluation():
+    # 40 rows, g in {a, b}, 20 each. a: 10 positives all predicted 1, 10 negatives predicted 0 (sel .5).
+    # b: 10 positives, 5 predicted 1; 10 negatives, 0 predicted 1 (sel .25).
+    # Accuracy (20 + 15) / 40 = .875. DP difference .25 (a best, b worst), ratio .5;
+    # TPR a 1, b .5 -> EO difference .5; FPR both 0.
+    y = np.array([1] * 10 + [0] * 10 + [1] * 10 + [0] * 10)
+    proba = np.array([0.9] * 10 + [0.1] * 10 + [0.9] * 5 + [0.1] * 5 + [0.1] * 10)
+    s = pd.DataFrame({"g": ["a"] * 20 + ["b"] * 20})
+    ev = fairness.evaluate(y, proba, s, threshold=0.5, min_group_size=20, intersections=True)
+    f = _by_id(policy.judge(PolicyConfig(), ev, []))
+    assert (f["accuracy"].status, f["accuracy"].value) == ("pass", 0.875)
+    assert f["demographic_parity_difference:g"].value == pytest.approx(0.25)
+    assert f["demographic_parity_difference:g"].status == "fail"
+    assert "'a' more often than 'b'" in f["demographic_parity_difference:g"].message
+    assert (f["demographic_parity_ratio:g"].status, f["demographic_parity_ratio:g"].value) == ("fail", 0.5)
+    assert (f["equalized_odds_difference:g"].status, f["equalized_odds_difference:g"].value) == ("fail", 0.5)
+    # With min_group_size above 20 no group is eligible: every disparity is not evaluated.
+    ev = fairness.evaluate(y, proba, s, threshold=0.5, min_group_size=21, intersections=True)
+    statuses = {fi.id: fi.status for fi in policy.judge(PolicyConfig(), ev, [])}
+    assert statuses == {
+        "accuracy": "pass",
+        "demographic_parity_difference:g": "not_evaluated",
+        "demographic_parity_ratio:g": "not_evaluated",
+        "equalized_odds_difference:g": "not_evaluated",
+    }
