@@ -70,12 +70,15 @@ class ReluProbe:
         graph_module.graph.eliminate_dead_code()
         graph_module.recompile()
         self.module = graph_module
-        self.layers = [_layer_name(n) for n in nodes]
+        names = [_layer_name(n) for n in nodes]
+        # One nn.ReLU called twice is two layers: number the repeats so names stay unique.
+        self.layers = [name if names[:i].count(name) == 0 else f"{name}#{names[:i].count(name) + 1}"
+                       for i, name in enumerate(names)]
 
     @torch.no_grad()
     def stats(self, x: torch.Tensor, *, batch_size: int = 8192) -> list[ActivationStats]:
         """Firing counts and mean |h| of every unit over the rows of ``x``."""
-        was_training = self.module.training
+        modes = {m: m.training for m in self.module.modules()}  # shared with the model: restore each
         self.module.eval()
         fired, abs_sum = None, None
         for start in range(0, len(x), batch_size):
@@ -85,7 +88,8 @@ class ReluProbe:
             sums = [o.abs().sum(0).double() for o in outs]
             fired = counts if fired is None else [a + b for a, b in zip(fired, counts)]
             abs_sum = sums if abs_sum is None else [a + b for a, b in zip(abs_sum, sums)]
-        self.module.train(was_training)
+        for m, training in modes.items():
+            m.training = training
         rows = len(x)
         return [ActivationStats(layer=name, rows=rows, fired=f.cpu().numpy(), mean_abs=(s / rows).cpu().numpy())
                 for name, f, s in zip(self.layers, fired, abs_sum)]

@@ -19,9 +19,9 @@ from pipeline.errors import ConfigError
 DEFAULT_CONFIG = Path("configs/adult.yaml")
 
 
-def _check(**bounds):
-    """Field metadata: numeric bounds checked by the loader (ge, gt, le, lt)."""
-    return {"bounds": bounds}
+def _check(*, min_items: int = 0, **bounds):
+    """Field metadata checked by the loader: numeric bounds (ge, gt, le, lt), list length."""
+    return {"bounds": bounds, "min_items": min_items}
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden_sizes: tuple[int, ...] = field(default=(64, 32), metadata=_check(ge=1))  # units per layer
+    hidden_sizes: tuple[int, ...] = field(default=(64, 32), metadata=_check(ge=1, min_items=1))  # units per layer
     relu: Literal["module", "functional"] = "module"  # nn.ReLU modules or F.relu calls
     dropout: float = field(default=0.0, metadata=_check(ge=0, lt=1))
 
@@ -61,7 +61,7 @@ class TrainingConfig:
     weight_decay: float = field(default=0.0, metadata=_check(ge=0))
     early_stopping_patience: int = field(default=3, metadata=_check(ge=0))  # 0 disables
     validation_fraction: float = field(default=0.1, metadata=_check(gt=0, lt=1))
-    seeds: tuple[int, ...] = (0,)  # one model per seed; the first is the audited model
+    seeds: tuple[int, ...] = field(default=(0,), metadata=_check(min_items=1))  # the first seed's model is audited
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
 
 
@@ -224,6 +224,9 @@ def _coerce(hint, value, source: str, key: str):
 def _check_bounds(f: dataclasses.Field, value, source: str, key: str) -> None:
     bounds = f.metadata.get("bounds", {})
     items = value if isinstance(value, tuple) else (value,)
+    needed = f.metadata.get("min_items", 0)
+    if isinstance(value, tuple) and len(value) < needed:
+        raise ConfigError(f"{source}: {key}: got an empty list; expected at least {needed} item")
     tests = {
         "ge": (lambda v, b: v >= b, "at least"),
         "gt": (lambda v, b: v > b, "greater than"),
@@ -234,7 +237,7 @@ def _check_bounds(f: dataclasses.Field, value, source: str, key: str) -> None:
         if item is None:
             continue
         for name, bound in bounds.items():
-            ok, words = tests[name]
+            ok, _ = tests[name]
             if not ok(item, bound):
                 wanted = " and ".join(f"{tests[n][1]} {b}" for n, b in bounds.items())
                 raise ConfigError(f"{source}: {key}: got {item!r}; expected a value {wanted}")

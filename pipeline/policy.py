@@ -56,8 +56,8 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapaci
     if policy.min_accuracy is not None:
         acc = evaluation.overall["accuracy"]
         findings.append(_finding("accuracy", acc, policy.min_accuracy, ">=", {
-            "pass": f"Accuracy on the test split is {acc:.1%}, at or above the floor of {policy.min_accuracy:.0%}.",
-            "fail": f"Accuracy on the test split is {acc:.1%}, below the floor of {policy.min_accuracy:.0%}.",
+            "pass": f"Accuracy on the test split is {acc:.2%}, at or above the floor of {policy.min_accuracy:.0%}.",
+            "fail": f"Accuracy on the test split is {acc:.2%}, below the floor of {policy.min_accuracy:.0%}.",
             "not_evaluated": "Accuracy could not be computed.",
         }))
 
@@ -79,9 +79,9 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapaci
             t = policy.min_demographic_parity_ratio
             r = dpr.value
             findings.append(_finding(f"demographic_parity_ratio:{feature}", r, t, ">=", {
-                "pass": f"By {feature}, the lowest selection rate is {r:.0%} of the highest, "
+                "pass": f"By {feature}, the lowest selection rate is {r:.1%} of the highest, "
                         f"meeting the {t:.0%} rule.",
-                "fail": f"By {feature}, '{dpr.worst_group}' is selected at only {r:.0%} of the rate of "
+                "fail": f"By {feature}, '{dpr.worst_group}' is selected at only {r:.1%} of the rate of "
                         f"'{dpr.best_group}', below the {t:.0%} rule (four-fifths rule at 80%).",
                 "not_evaluated": undefined,
             }))

@@ -177,12 +177,12 @@ def test_failure_messages_name_the_groups_and_numbers():
     ev = evaluation(accuracy=0.7, sex=gaps(dpd=0.12, dpr=0.5, eod=0.25, best="Male", worst="Female"))
     layers = [LayerCapacity("acts.0", 64, 0, 0), LayerCapacity("acts.1", 32, 5, 6)]
     f = _by_id(policy.judge(PolicyConfig(), ev, layers))
-    assert f["accuracy"].message == "Accuracy on the test split is 70.0%, below the floor of 75%."
+    assert f["accuracy"].message == "Accuracy on the test split is 70.00%, below the floor of 75%."
     dpd = f["demographic_parity_difference:sex"].message
     assert "'Male' more often than 'Female'" in dpd
     assert "12.0 percentage points" in dpd and "allowed 10" in dpd
     assert f["demographic_parity_ratio:sex"].message.startswith(
-        "By sex, 'Female' is selected at only 50% of the rate of 'Male', below the 80% rule"
+        "By sex, 'Female' is selected at only 50.0% of the rate of 'Male', below the 80% rule"
     )
     eod = f["equalized_odds_difference:sex"].message
     assert "'Female' and 'Male'" in eod and "25.0 percentage points" in eod
@@ -197,9 +197,9 @@ def test_failure_messages_name_the_groups_and_numbers():
 def test_pass_messages():
     ev = evaluation(accuracy=0.85, sex=gaps(dpd=0.04, dpr=0.9, eod=0.03))
     f = _by_id(policy.judge(PolicyConfig(), ev, []))
-    assert f["accuracy"].message == "Accuracy on the test split is 85.0%, at or above the floor of 75%."
+    assert f["accuracy"].message == "Accuracy on the test split is 85.00%, at or above the floor of 75%."
     assert "4.0 percentage points" in f["demographic_parity_difference:sex"].message
-    assert "lowest selection rate is 90% of the highest" in f["demographic_parity_ratio:sex"].message
+    assert "lowest selection rate is 90.0% of the highest" in f["demographic_parity_ratio:sex"].message
     assert "at most 3.0 percentage points" in f["equalized_odds_difference:sex"].message
 
 
