@@ -29,7 +29,7 @@ RATE_LABELS = {"accuracy": "Accuracy", "selection_rate": "Selection rate", "true
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     # Fixed metadata so the same audit gives the same bytes.
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 
@@ -40,7 +40,7 @@ def plots(audit: dict) -> dict[str, bytes]:
     for index, (feature, rows) in enumerate(audit["groups"].items(), start=1):
         metrics = ("selection_rate", "true_positive_rate", "false_positive_rate")
         height = max(2.2, 0.28 * len(rows) * len(metrics) + 1.0)
-        fig, ax = plt.subplots(figsize=(7, height))
+        fig, ax = plt.subplots(figsize=(7, height), layout="constrained")
         labels = [_short(r["group"]) + ("" if r["eligible"] else " (small)") for r in rows]
         bar = 0.8 / len(metrics)
         for k, metric in enumerate(metrics):
@@ -62,7 +62,7 @@ def plots(audit: dict) -> dict[str, bytes]:
 
     timeline = audit["capacity"]["timeline"]
     if timeline:
-        fig, ax = plt.subplots(figsize=(7, 3))
+        fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
         layers = list(timeline[0]["dead_fraction"])
         epochs = [t["epoch"] for t in timeline]
         for i, layer in enumerate(layers, start=1):
@@ -79,7 +79,7 @@ def plots(audit: dict) -> dict[str, bytes]:
 
     history = audit["training"]["history"]
     if history:
-        fig, ax = plt.subplots(figsize=(7, 3))
+        fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
         ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker="o", label="training loss")
         ax.plot([h["epoch"] for h in history], [h["val_loss"] for h in history], marker="o", label="validation loss")
         ax.axvline(audit["training"]["best_epoch"], color="grey", linestyle=":", label="weights kept")
