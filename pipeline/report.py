@@ -121,6 +121,27 @@ def render_html(audit: dict, images: dict[str, bytes]) -> str:
     )
 
 
+def run_description(audit: dict) -> str:
+    """The run page's Markdown description: the verdict and every failed finding."""
+    failed = [f for f in audit["findings"] if f["status"] == "fail"]
+    skipped = [f for f in audit["findings"] if f["status"] == "not_evaluated"]
+    lines = [f"## Audit verdict: **{audit['verdict'].upper()}**", ""]
+    ds = audit["dataset"]
+    lines.append(f"Dataset {_code(ds['name'])} ({ds['rows']} rows, sha256 `{ds['sha256'][:12]}…`), "
+                 f"{len(audit['findings'])} checks, {len(failed)} failed, {len(skipped)} not evaluated.")
+    if failed:
+        lines += ["", "### Failed checks"] + [f"- {_md(f['message'])}" for f in failed]
+    if skipped:
+        lines += ["", "### Not evaluated"] + [f"- {_md(f['message'])}" for f in skipped]
+    lines += ["", "The full report is the artifact `report.html`; the model card is `model_card.md`."]
+    return "\n".join(lines)
+
+
+def _code(text) -> str:
+    """A Markdown code span: no escapes apply inside, so only backticks are replaced."""
+    return "`" + str(text).replace("`", "'") + "`"
+
+
 def _md(text) -> str:
     text = str(text)
     for ch in "\\`*_[]<>|#":
@@ -140,14 +161,14 @@ def model_card(audit: dict) -> str:
         "## Model details",
         f"- Architecture: multilayer perceptron, hidden layers {m['hidden_sizes']}, ReLU as "
         f"`{'nn.ReLU' if m['relu'] == 'module' else 'F.relu'}`, dropout {m['dropout']}, {m['parameters']:,} parameters.",
-        f"- Output: probability that `{_md(ds['target'])}` is `{_md(ds['positive_label'])}`; "
+        f"- Output: probability that {_code(ds['target'])} is {_code(ds['positive_label'])}; "
         f"decision threshold {audit['config']['audit']['decision_threshold']}.",
         f"- Training: {audit['config']['training']['optimizer']}, learning rate {audit['config']['training']['learning_rate']}, "
         f"{tr['epochs_run']} epochs run, weights of epoch {tr['best_epoch']} kept (lowest validation loss), seed {tr['seed']}.",
         "- Software: " + ", ".join(f"{k} {v}" for k, v in audit["versions"].items()) + ".",
         "",
         "## Data",
-        f"- `{_md(ds['name'])}` from `{_md(ds['path'])}` (sha256 `{ds['sha256']}`), {ds['rows']:,} rows; "
+        f"- {_code(ds['name'])} from {_code(ds['path'])} (sha256 `{ds['sha256']}`), {ds['rows']:,} rows; "
         f"{ds['train_rows']:,} for training (10% of which held out for early stopping), {ds['test_rows']:,} for this evaluation.",
         f"- Sensitive features audited: {sens}. "
         + ("They were **also model inputs**." if ds["sensitive_as_input"] else "They were **not** model inputs."),
@@ -158,7 +179,7 @@ def model_card(audit: dict) -> str:
         "## Performance on the test split",
         f"- Accuracy {fmt(ov['accuracy'])}, balanced accuracy {fmt(ov['balanced_accuracy'])}, "
         f"ROC AUC {fmt(ov['roc_auc'], 'num')}, log loss {fmt(ov['log_loss'], 'num')}.",
-        f"- Base rate of `{_md(ds['positive_label'])}`: {fmt(ov['base_rate'])}; selection rate of the model: {fmt(ov['selection_rate'])}.",
+        f"- Base rate of {_code(ds['positive_label'])}: {fmt(ov['base_rate'])}; selection rate of the model: {fmt(ov['selection_rate'])}.",
         "",
         "## Fairness and capacity findings",
     ]

@@ -102,7 +102,8 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         (out_dir / "audit.json").write_text(json.dumps(audit, indent=2, allow_nan=False), encoding="utf-8")
         timer.lap("report")
 
-        tracking.log_audit(audit, seeds, primary["train"].model, split, table, out_dir, cfg)
+        tracking.log_audit(audit, seeds, primary["train"].model, split, table, out_dir, cfg,
+                           description=report.run_description(audit))
         timer.lap("mlflow_logging")
 
     exit_code = 0 if verdict == "pass" else 1

@@ -123,7 +123,7 @@ def log_seed(outcome: dict) -> None:
     _log_metrics(run_id, seed_metrics(outcome))
 
 
-def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path, cfg) -> None:
+def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path, cfg, *, description: str) -> None:
     """Everything about the audit, on the parent run, in batches."""
     import pandas as pd
 
@@ -157,7 +157,7 @@ def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path
         "dataset": table.name,
         "dataset_sha256": table.sha256,
         "schema_version": str(audit["schema_version"]),
-        "mlflow.note.content": description(audit),
+        "mlflow.note.content": description,
         **{f"version.{k}": v for k, v in audit["versions"].items()},
     }
     commit = git_commit()
@@ -220,29 +220,6 @@ def _log_model(model, n_features: int) -> None:
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns does not apply
         mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
                                  input_example=example, serialization_format="pt2", pip_requirements=requirements)
-
-
-def description(audit: dict) -> str:
-    """The run page's Markdown description: the verdict and every failed finding."""
-    failed = [f for f in audit["findings"] if f["status"] == "fail"]
-    skipped = [f for f in audit["findings"] if f["status"] == "not_evaluated"]
-    lines = [f"## Audit verdict: **{audit['verdict'].upper()}**", ""]
-    ds = audit["dataset"]
-    lines.append(f"Dataset `{ds['name']}` ({ds['rows']} rows, sha256 `{ds['sha256'][:12]}…`), "
-                 f"{len(audit['findings'])} checks, {len(failed)} failed, {len(skipped)} not evaluated.")
-    if failed:
-        lines += ["", "### Failed checks"] + [f"- {_md(f['message'])}" for f in failed]
-    if skipped:
-        lines += ["", "### Not evaluated"] + [f"- {_md(f['message'])}" for f in skipped]
-    lines += ["", "The full report is the artifact `report.html`; the model card is `model_card.md`."]
-    return "\n".join(lines)
-
-
-def _md(text: str) -> str:
-    """Neutralize Markdown and HTML that could come from data values (group names)."""
-    for ch in "\\`*_[]<>|#":
-        text = text.replace(ch, "\\" + ch)
-    return text
 
 
 def package_versions() -> dict[str, str]:

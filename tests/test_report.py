@@ -1,0 +1,80 @@
+"""The report, model card and MLflow keys on data whose group names are hostile: escaped everywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import small_config
+from mlflow.tracking import MlflowClient
+
+from pipeline import report, runner
+
+HOSTILE = "<script>alert('x')</script>"
+GROUPS = [HOSTILE, "a|b*c_d `code` [link](http://x)", "Ünïcode & co"]
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory, store):
+    tmp = tmp_path_factory.mktemp("hostile")
+    rng = np.random.default_rng(0)
+    n = 600
+    group = rng.choice(GROUPS, size=n)
+    x1 = rng.normal(size=n)
+    frame = pd.DataFrame({
+        "x1": x1, "x2": rng.choice(["u", "v"], size=n), "grp": group,
+        "label": np.where(x1 + (group == GROUPS[1]) > 0.3, "yes", "no"),
+    })
+    path = tmp / "hostile.csv"
+    frame.to_csv(path, index=False)
+    cfg = small_config()
+    cfg["dataset"] = {"name": "hostile", "path": str(path), "target": "label", "positive_label": "yes",
+                      "sensitive_features": ["grp"]}
+    cfg["policy"].update(max_demographic_parity_difference=0.0, min_demographic_parity_ratio=1.0)  # name groups
+    config = tmp / "hostile.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(cfg))
+    result = runner.run(config, tracking_uri=store, reports_dir=tmp / "reports")
+    return result, json.loads(result.audit_json.read_text())
+
+
+def test_html_escapes_group_names(hostile_run):
+    result, audit = hostile_run
+    html = result.report_html.read_text()
+    assert HOSTILE not in html and "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "Ünïcode &amp; co" in html
+    assert {r["group"] for r in audit["groups"]["grp"]} == set(GROUPS)
+
+
+def test_report_is_self_contained(hostile_run):
+    result, _ = hostile_run
+    html = result.report_html.read_text()
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+
+
+def test_model_card_and_description_escape_markdown(hostile_run):
+    result, audit = hostile_run
+    card = (result.report_html.parent / "model_card.md").read_text()
+    text = card + report.run_description(audit)
+    assert audit["verdict"] == "fail"  # so the findings name the groups
+    assert "\\<script\\>" in text and "<script>" not in text
+    assert "[link](http://x)" not in text  # no live link from data
+
+
+def test_mlflow_metric_keys_are_sanitized(hostile_run, store):
+    result, _ = hostile_run
+    keys = MlflowClient(store).get_run(result.run_id).data.metrics
+    group_keys = sorted(k for k in keys if k.startswith("group/grp/") and k.endswith("/count"))
+    assert len(group_keys) == 3
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-/]+", k) for k in group_keys)
+
+
+def test_fmt_never_shows_undefined_as_zero():
+    assert report.fmt(None) == "undefined" and report.fmt(float("nan")) == "undefined"
+    assert report.fmt(0.0) == "0.0%" and report.fmt(0.1234) == "12.3%"
