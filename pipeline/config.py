@@ -71,6 +71,11 @@ class AuditConfig:
     dormant_tau: float = field(default=0.1, metadata=_check(ge=0))  # Sokar et al. 2023
     min_group_size: int = field(default=30, metadata=_check(ge=1))  # smaller groups are not gated
     capacity_sample: int = field(default=2048, metadata=_check(ge=1))  # rows probed per epoch
+    suppress_below: int = field(default=10, metadata=_check(ge=0))  # smaller groups: counts and rates withheld
+    n_boot: int = field(default=1000, metadata=_check(ge=10))  # bootstrap resamples
+    ci_level: float = field(default=0.95, metadata=_check(gt=0, lt=1))  # percentile interval level
+    bootstrap_seed: int = 0
+    calibration_bins: int = field(default=10, metadata=_check(ge=2))  # equal-width bins for ECE
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,11 @@ class PolicyConfig:
     min_demographic_parity_ratio: float | None = field(default=0.8, metadata=_check(ge=0, le=1))
     max_equalized_odds_difference: float | None = field(default=0.10, metadata=_check(ge=0, le=1))
     max_dead_fraction: float | None = field(default=0.10, metadata=_check(ge=0, le=1))
+    # interval: fail only when the whole interval is on the wrong side, pass when wholly on the
+    # right side, else inconclusive. point: compare the point estimate.
+    gate_on: Literal["point", "interval"] = "interval"
+    inconclusive_fails: bool = False  # whether an inconclusive finding fails the run
+    multiple_comparisons: Literal["bonferroni", "none"] = "bonferroni"  # widen gate intervals for many checks
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,13 @@ def load(path: str | Path) -> tuple[Config, dict]:
 
 def from_dict(raw: object, *, source: str = "<config>") -> Config:
     """Validate a plain mapping into a :class:`Config`."""
-    return _build(Config, raw, source, prefix="")
+    cfg = _build(Config, raw, source, prefix="")
+    if cfg.audit.suppress_below > cfg.audit.min_group_size:
+        raise ConfigError(
+            f"{source}: audit.suppress_below: got {cfg.audit.suppress_below}; expected at most "
+            f"audit.min_group_size ({cfg.audit.min_group_size}), so no suppressed group is ever gated"
+        )
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from fairlearn.metrics import MetricFrame
 from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
+
+from pipeline import uncertainty
+from pipeline.config import AuditConfig
 
 GROUP_METRICS = ("count", "positives", "negatives", "accuracy", "selection_rate",
                  "true_positive_rate", "false_positive_rate", "false_negative_rate", "precision")
@@ -31,42 +34,25 @@ def confusion_counts(y_true, y_pred) -> np.ndarray:
     return np.array([tp, fp, tn, len(y_true) - tp - fp - tn], dtype=np.int64)
 
 
-def rates_from_counts(tp, fp, tn, fn) -> dict[str, np.ndarray]:
-    """Every group metric from confusion counts; a zero denominator gives NaN (undefined)."""
-    tp, fp, tn, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, tn, fn))
-
-    def rate(num, den):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-
-    n = tp + fp + tn + fn
-    return {
-        "count": n, "positives": tp + fn, "negatives": fp + tn,
-        "accuracy": rate(tp + tn, n),
-        "selection_rate": rate(tp + fp, n),
-        "true_positive_rate": rate(tp, tp + fn),
-        "false_positive_rate": rate(fp, fp + tn),
-        "false_negative_rate": rate(fn, tp + fn),
-        "precision": rate(tp, tp + fp),
-    }
-
-
 def _rate(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
 
 @dataclass(frozen=True)
 class Disparity:
-    """A between-group gap, with the groups at either end."""
+    """A between-group gap, with the groups at either end and its bootstrap interval."""
 
     metric: str
     value: float  # NaN when fewer than two groups have a defined value
     best_group: str | None
     worst_group: str | None
     groups_compared: int
+    ci_low: float = math.nan
+    ci_high: float = math.nan
 
     def to_dict(self) -> dict:
-        return {"value": _nan_to_none(self.value), "best_group": self.best_group,
+        return {"value": _nan_to_none(self.value), "ci_low": _nan_to_none(self.ci_low),
+                "ci_high": _nan_to_none(self.ci_high), "best_group": self.best_group,
                 "worst_group": self.worst_group, "groups_compared": self.groups_compared}
 
 
@@ -75,13 +61,17 @@ class Evaluation:
     overall: dict[str, float]
     groups: dict[str, pd.DataFrame]  # audited feature (or intersection) -> one row per group
     disparities: dict[str, dict[str, Disparity]]  # audited feature -> disparity name -> value
+    samples: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # bootstrap replicates
+    empty_groups: dict[str, list[str]] = field(default_factory=dict)  # intersections with no test rows
+    reliability: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # feature -> group -> bins
+    ci_level: float = math.nan
 
 
 def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float) -> dict[str, float]:
     """Accuracy, balanced accuracy, ROC AUC and log loss on the whole test split."""
     y_pred = (proba >= threshold).astype(int)
     both_classes = len(np.unique(y_true)) == 2
-    rates = rates_from_counts(*confusion_counts(y_true, y_pred))
+    rates = uncertainty.rates(confusion_counts(y_true, y_pred))
     return {
         "accuracy": float(rates["accuracy"]),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if both_classes else math.nan,
@@ -93,23 +83,33 @@ def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float) 
     }
 
 
-def group_table(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame, *,
-                min_group_size: int) -> pd.DataFrame:
-    """One row per group (or intersection of groups) with counts and rates, via MetricFrame."""
-    # One MetricFrame call gives each group's confusion counts; every rate is derived from them.
+def group_counts(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame) -> uncertainty.CountTable:
+    """Each group's confusion counts through one MetricFrame call; empty intersections left out."""
     frame = MetricFrame(metrics={"confusion": confusion_counts}, y_true=y_true, y_pred=y_pred,
                         sensitive_features=sensitive if sensitive.shape[1] > 1 else sensitive.iloc[:, 0])
     by_group = frame.by_group["confusion"]
     # MetricFrame lists every combination of feature values; an empty intersection holds NaN, not counts.
     by_group = by_group[[isinstance(v, np.ndarray) for v in by_group]]
-    counts = np.stack(by_group.to_numpy())
-    table = pd.DataFrame(rates_from_counts(*counts.T))
     index = by_group.index.to_frame(index=False).astype(str)
-    table.insert(0, "group", index.agg(INTERSECTION_JOIN.join, axis=1) if index.shape[1] > 1 else index.iloc[:, 0])
-    for col in ("count", "positives", "negatives"):
-        table[col] = table[col].astype(int)
-    table["eligible"] = table["count"] >= min_group_size
-    return table.sort_values("group", kind="stable").reset_index(drop=True)
+    labels = index.agg(INTERSECTION_JOIN.join, axis=1) if index.shape[1] > 1 else index.iloc[:, 0]
+    order = np.argsort(labels.to_numpy(), kind="stable")
+    return uncertainty.CountTable(tuple(labels.iloc[order]), np.stack(by_group.to_numpy())[order].astype(np.int64))
+
+
+def group_table(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame, *,
+                min_group_size: int, suppress_below: int = 0) -> pd.DataFrame:
+    """One row per group (or intersection of groups) with counts and rates, via MetricFrame."""
+    return _table(group_counts(y_true, y_pred, sensitive), min_group_size, suppress_below)
+
+
+def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: int) -> pd.DataFrame:
+    c = counts.counts
+    table = pd.DataFrame({"group": list(counts.groups), "count": c.sum(1), "positives": c[:, 0] + c[:, 3],
+                          "negatives": c[:, 1] + c[:, 2], **uncertainty.rates(c)})
+    table["status"] = np.where(table["count"] < suppress_below, "suppressed",
+                               np.where(table["count"] < min_group_size, "insufficient_data", "ok"))
+    table["eligible"] = table["status"] == "ok"
+    return table
 
 
 def disparities(table: pd.DataFrame) -> dict[str, Disparity]:
@@ -169,21 +169,104 @@ def _spread(table: pd.DataFrame, metric: str) -> _Spread:
                    str(values.at[lo, "group"]), str(values.at[hi, "group"]), len(values))
 
 
-def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, threshold: float,
-             min_group_size: int, intersections: bool) -> Evaluation:
-    """The whole fairness evaluation of one model's test predictions."""
-    y_pred = (proba >= threshold).astype(int)
+def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, audit: AuditConfig,
+             intersections: bool, bootstrap: bool = True) -> Evaluation:
+    """The whole fairness evaluation of one model's test predictions.
+
+    With ``bootstrap``, every group rate and disparity gets a percentile interval from
+    ``audit.n_boot`` stratified count resamples, and each group's ROC AUC, expected
+    calibration error and Brier score one from row resamples (seeded: ``audit.bootstrap_seed``).
+    """
+    y_pred = (proba >= audit.decision_threshold).astype(int)
     y_true = y_true.astype(int)
     audited = {name: [name] for name in sensitive.columns}
     if intersections and sensitive.shape[1] > 1:
         audited[INTERSECTION_JOIN.join(sensitive.columns)] = list(sensitive.columns)
-    groups = {name: group_table(y_true, y_pred, sensitive[cols], min_group_size=min_group_size)
-              for name, cols in audited.items()}
-    return Evaluation(
-        overall=overall_metrics(y_true, proba, threshold=threshold),
-        groups=groups,
-        disparities={name: disparities(table) for name, table in groups.items()},
-    )
+    rng = np.random.default_rng(audit.bootstrap_seed)
+    weights = None
+    if bootstrap:  # one stratified row resample for all score metrics (AUC, ECE, Brier)
+        strata = sensitive.astype(str).apply(lambda col: pd.factorize(col)[0]).to_numpy()
+        strata = np.unique(strata, axis=0, return_inverse=True)[1].ravel()
+        weights = np.vstack([np.ones((1, len(y_true)), dtype=np.float32),  # row 0: the point estimate
+                             uncertainty.row_weights(strata, n_boot=audit.n_boot, rng=rng)])
+    overall = overall_metrics(y_true, proba, threshold=audit.decision_threshold)
+    groups, gaps, samples, empty, bins = {}, {}, {}, {}, {}
+    for name, cols in audited.items():
+        counts = group_counts(y_true, y_pred, sensitive[cols])
+        table = _table(counts, audit.min_group_size, audit.suppress_below)
+        gaps[name] = disparities(table)
+        if len(cols) > 1:
+            empty[name] = _empty_combinations(sensitive[cols], counts.groups)
+        else:
+            bins[name] = {g: uncertainty.reliability(y_true[mask], proba[mask], bins=audit.calibration_bins)
+                          for g, mask in _masks(sensitive[cols], counts.groups)}
+        if bootstrap:
+            table, gaps[name], samples[name] = _with_intervals(
+                table, counts, gaps[name], y_true, proba, sensitive[cols], audit, rng, weights)
+        groups[name] = table
+    if bootstrap:
+        overall, samples["overall"] = _overall_intervals(overall, y_true, y_pred, proba, audit, rng, weights)
+    return Evaluation(overall=overall, groups=groups, disparities=gaps, samples=samples, empty_groups=empty,
+                      reliability=bins, ci_level=audit.ci_level if bootstrap else math.nan)
+
+
+def _masks(sensitive: pd.DataFrame, groups: tuple[str, ...]):
+    columns = [sensitive[c].astype(str) for c in sensitive.columns]
+    labels = columns[0].str.cat(columns[1:], sep=INTERSECTION_JOIN) if len(columns) > 1 else columns[0]
+    labels = labels.to_numpy()
+    for g in groups:
+        yield g, labels == g
+
+
+def _with_intervals(table, counts, gaps, y_true, proba, sensitive, audit, rng, weights):
+    """Add percentile intervals to a group table and its disparities; keep the disparity replicates."""
+    boot = uncertainty.bootstrap_counts(counts.counts, n_boot=audit.n_boot, rng=rng)
+    boot_rates = uncertainty.rates(boot)
+    table = table.copy()
+    for metric in uncertainty.RATES:
+        low, high = uncertainty.interval(boot_rates[metric], audit.ci_level)
+        table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] = low, high
+    replicates = uncertainty.disparities(boot_rates, table["eligible"].to_numpy())
+    gaps = {name: replace(d, ci_low=float(lo), ci_high=float(hi))
+            for name, d in gaps.items()
+            for lo, hi in [uncertainty.interval(replicates[name], audit.ci_level)]}
+    # Scores: ROC AUC, ECE and Brier per group, from row resamples of that group.
+    scored = {key: [] for key in ("roc_auc", "ece", "brier")}
+    for _, mask in _masks(sensitive, counts.groups):
+        y, p, w = y_true[mask].astype(np.float64), proba[mask], weights[:, mask]
+        values = {"roc_auc": uncertainty.weighted_auc(y, p, w)}
+        values["ece"], values["brier"] = uncertainty.weighted_calibration(y, p, w, bins=audit.calibration_bins)
+        for key, v in values.items():
+            low, high = uncertainty.interval(v[1:], audit.ci_level)
+            scored[key].append((v[0], low, high))
+    for key, rows in scored.items():
+        table[key] = [r[0] for r in rows]
+        table[f"{key}_ci_low"] = [r[1] for r in rows]
+        table[f"{key}_ci_high"] = [r[2] for r in rows]
+    return table, gaps, replicates
+
+
+def _overall_intervals(overall, y_true, y_pred, proba, audit, rng, weights):
+    counts = confusion_counts(y_true, y_pred)[None, :]
+    boot = uncertainty.rates(uncertainty.bootstrap_counts(counts, n_boot=audit.n_boot, rng=rng))
+    overall = dict(overall)
+    samples = {}
+    for metric in ("accuracy", "selection_rate"):
+        samples[metric] = boot[metric][:, 0]
+        overall[f"{metric}_ci_low"], overall[f"{metric}_ci_high"] = (
+            float(v) for v in uncertainty.interval(samples[metric], audit.ci_level))
+    auc = uncertainty.weighted_auc(y_true.astype(np.float64), proba, weights[1:])
+    overall["roc_auc_ci_low"], overall["roc_auc_ci_high"] = (float(v) for v in uncertainty.interval(auc, audit.ci_level))
+    return overall, samples
+
+
+def _empty_combinations(sensitive: pd.DataFrame, present: tuple[str, ...]) -> list[str]:
+    """Intersections of observed values that have no test rows: listed, never silently dropped."""
+    import itertools
+
+    values = [sorted(sensitive[c].astype(str).unique()) for c in sensitive.columns]
+    combos = (INTERSECTION_JOIN.join(v) for v in itertools.product(*values))
+    return [c for c in combos if c not in set(present)]
 
 
 def metric_key(*parts: str) -> str:

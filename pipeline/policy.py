@@ -1,9 +1,21 @@
 """Policy stage: turn thresholds into findings, and findings into a verdict.
 
-Each finding says in one sentence what was measured, against what, and what it
-means. A check whose value is undefined (fewer than two groups large enough to
-compare, a group with no positives) is ``not_evaluated``: it is shown, it does
-not fail the run, and it does not count as a pass either.
+Each finding says in one sentence what was measured, against what, and what it means.
+
+With ``gate_on: interval`` (the default) a check is judged on its bootstrap interval:
+it fails only when the whole interval is on the wrong side of the threshold, passes
+when the whole interval is on the right side, and is ``inconclusive`` otherwise (it
+fails the run only with ``inconclusive_fails: true``). Many checks are judged at once
+(three per audited feature, plus accuracy), so with ``multiple_comparisons: bonferroni``
+each interval is widened to level 1 - (1 - ci_level) / m for m interval-judged checks:
+then the chance that *any* check is declared failed while the truth is on the right
+side stays below 1 - ci_level. Bonferroni is chosen because the checks share data and
+are strongly dependent, and it holds under any dependence; its cost is wider intervals,
+i.e. more inconclusive findings rather than false alarms.
+
+A check whose value is undefined (fewer than two groups large enough to compare, a
+group with no positives) is ``not_evaluated``: shown, not failing, not passing. Dead
+units are counted exactly on the training data, so they are judged on the count itself.
 """
 
 from __future__ import annotations
@@ -12,11 +24,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import numpy as np
+
+from pipeline import uncertainty
 from pipeline.capacity import LayerCapacity
 from pipeline.config import PolicyConfig
 from pipeline.fairness import Evaluation
 
-Status = Literal["pass", "fail", "not_evaluated"]
+Status = Literal["pass", "fail", "inconclusive", "not_evaluated"]
 
 
 @dataclass(frozen=True)
@@ -27,92 +42,166 @@ class Finding:
     threshold: float
     comparison: Literal["<=", ">="]
     message: str
+    judged_on: Literal["point", "interval"] = "point"
+    ci_low: float | None = None  # the interval the gate used (Bonferroni-widened when configured)
+    ci_high: float | None = None
+    ci_level: float | None = None
+    seed_range: float | None = None  # max - min of the value across training seeds
+    seed_sensitive: bool = False  # the seed range exceeds the distance to the threshold
 
     @property
     def passed(self) -> bool | None:
-        return None if self.status == "not_evaluated" else self.status == "pass"
+        return {"pass": True, "fail": False}.get(self.status)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
 
-def _judge(value: float, threshold: float, comparison: str) -> Status:
-    if value is None or math.isnan(value):
+@dataclass(frozen=True)
+class _Check:
+    id: str
+    value: float
+    threshold: float
+    comparison: Literal["<=", ">="]
+    sentences: dict[str, str]  # pass / fail / inconclusive / not_evaluated
+    samples: np.ndarray | None = None  # bootstrap replicates, when the value has them
+
+
+def _clean(value) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _status(value: float, low: float, high: float, threshold: float, comparison: str,
+            on_interval: bool) -> Status:
+    if math.isnan(value):
         return "not_evaluated"
-    ok = value <= threshold if comparison == "<=" else value >= threshold
-    return "pass" if ok else "fail"
+    if not on_interval:
+        ok = value <= threshold if comparison == "<=" else value >= threshold
+        return "pass" if ok else "fail"
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    if comparison == "<=":
+        return "pass" if high <= threshold else "fail" if low > threshold else "inconclusive"
+    return "pass" if low >= threshold else "fail" if high < threshold else "inconclusive"
 
 
-def _finding(fid: str, value: float, threshold: float, comparison: Literal["<=", ">="],
-             sentences: dict[Status, str]) -> Finding:
-    status = _judge(value, threshold, comparison)
-    clean = None if value is None or math.isnan(value) else float(value)
-    return Finding(fid, status, clean, threshold, comparison, sentences[status])
+def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapacity], *,
+          seed_ranges: dict[str, float] | None = None) -> list[Finding]:
+    """All findings: accuracy, then per audited feature the disparities, then per layer dead units.
+
+    ``seed_ranges`` maps a finding id to how far its value moves across training seeds.
+    """
+    checks = _fairness_checks(policy, evaluation) + _capacity_checks(policy, layers)
+    on_interval = policy.gate_on == "interval"
+    level = evaluation.ci_level
+    judged = sum(c.samples is not None for c in checks)
+    if on_interval and policy.multiple_comparisons == "bonferroni" and judged > 1:
+        level = 1 - (1 - level) / judged
+    seed_ranges = seed_ranges or {}
+    findings = []
+    for c in checks:
+        interval = on_interval and c.samples is not None and not math.isnan(level)
+        low, high = uncertainty.interval(c.samples, level) if interval else (math.nan, math.nan)
+        status = _status(c.value, float(low), float(high), c.threshold, c.comparison, interval)
+        message = c.sentences[status]
+        if interval and status != "not_evaluated":
+            message += f" (Gate interval at {level:.1%}: {_num(low)} to {_num(high)}.)"
+        spread = seed_ranges.get(c.id)
+        sensitive = spread is not None and not math.isnan(c.value) and spread > abs(c.value - c.threshold)
+        if sensitive:
+            message += (f" Across training seeds this value moves by {_num(spread)}, more than its distance "
+                        f"to the threshold: the outcome of this check depends on the seed.")
+        findings.append(Finding(
+            id=c.id, status=status, value=_clean(c.value), threshold=c.threshold, comparison=c.comparison,
+            message=message, judged_on="interval" if interval else "point",
+            ci_low=_clean(float(low)) if interval else None, ci_high=_clean(float(high)) if interval else None,
+            ci_level=level if interval else None, seed_range=_clean(spread) if spread is not None else None,
+            seed_sensitive=sensitive,
+        ))
+    return findings
 
 
-def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapacity]) -> list[Finding]:
-    """All findings: accuracy, then per audited feature the disparities, then per layer dead units."""
-    findings: list[Finding] = []
+def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Check]:
+    checks = []
+    overall_samples = evaluation.samples.get("overall", {})
     if policy.min_accuracy is not None:
-        acc = evaluation.overall["accuracy"]
-        findings.append(_finding("accuracy", acc, policy.min_accuracy, ">=", {
-            "pass": f"Accuracy on the test split is {acc:.2%}, at or above the floor of {policy.min_accuracy:.0%}.",
-            "fail": f"Accuracy on the test split is {acc:.2%}, below the floor of {policy.min_accuracy:.0%}.",
+        acc, t = evaluation.overall["accuracy"], policy.min_accuracy
+        checks.append(_Check("accuracy", acc, t, ">=", {
+            "pass": f"Accuracy on the test split is {acc:.2%}, at or above the floor of {t:.0%}.",
+            "fail": f"Accuracy on the test split is {acc:.2%}, below the floor of {t:.0%}.",
+            "inconclusive": f"Accuracy on the test split is {acc:.2%}; its interval includes the floor of {t:.0%}.",
             "not_evaluated": "Accuracy could not be computed.",
-        }))
+        }, overall_samples.get("accuracy")))
 
     for feature, gaps in evaluation.disparities.items():
+        samples = evaluation.samples.get(feature, {})
         dpd, dpr, eod = (gaps["demographic_parity_difference"], gaps["demographic_parity_ratio"],
                          gaps["equalized_odds_difference"])
         undefined = (f"Fewer than two groups of '{feature}' have enough rows (and, for error rates, "
                      "both outcomes) to compare, so this check was not evaluated.")
         if policy.max_demographic_parity_difference is not None:
             t = policy.max_demographic_parity_difference
-            gap = f"{dpd.value * 100:.1f} percentage points" if not math.isnan(dpd.value) else ""
-            findings.append(_finding(f"demographic_parity_difference:{feature}", dpd.value, t, "<=", {
+            gap = _pp(dpd.value)
+            checks.append(_Check(f"demographic_parity_difference:{feature}", dpd.value, t, "<=", {
                 "pass": f"By {feature}, selection rates differ by {gap} between groups, within the allowed {t * 100:.0f} points.",
                 "fail": f"By {feature}, the model selects '{dpd.best_group}' more often than '{dpd.worst_group}': "
                         f"selection rates differ by {gap}, more than the allowed {t * 100:.0f} points.",
+                "inconclusive": f"By {feature}, selection rates differ by {gap} between '{dpd.best_group}' and "
+                                f"'{dpd.worst_group}'; the data cannot tell whether the gap is within the allowed "
+                                f"{t * 100:.0f} points.",
                 "not_evaluated": undefined,
-            }))
+            }, samples.get("demographic_parity_difference")))
         if policy.min_demographic_parity_ratio is not None:
-            t = policy.min_demographic_parity_ratio
-            r = dpr.value
-            findings.append(_finding(f"demographic_parity_ratio:{feature}", r, t, ">=", {
-                "pass": f"By {feature}, the lowest selection rate is {r:.1%} of the highest, "
-                        f"meeting the {t:.0%} rule.",
+            t, r = policy.min_demographic_parity_ratio, dpr.value
+            checks.append(_Check(f"demographic_parity_ratio:{feature}", r, t, ">=", {
+                "pass": f"By {feature}, the lowest selection rate is {r:.1%} of the highest, meeting the {t:.0%} rule.",
                 "fail": f"By {feature}, '{dpr.worst_group}' is selected at only {r:.1%} of the rate of "
                         f"'{dpr.best_group}', below the {t:.0%} rule (four-fifths rule at 80%).",
+                "inconclusive": f"By {feature}, '{dpr.worst_group}' is selected at {r:.1%} of the rate of "
+                                f"'{dpr.best_group}'; the data cannot tell whether it meets the {t:.0%} rule.",
                 "not_evaluated": undefined,
-            }))
+            }, samples.get("demographic_parity_ratio")))
         if policy.max_equalized_odds_difference is not None:
             t = policy.max_equalized_odds_difference
-            findings.append(_finding(f"equalized_odds_difference:{feature}", eod.value, t, "<=", {
+            checks.append(_Check(f"equalized_odds_difference:{feature}", eod.value, t, "<=", {
                 "pass": f"By {feature}, true and false positive rates differ by at most "
                         f"{_pp(eod.value)} between groups, within the allowed {t * 100:.0f} points.",
                 "fail": f"By {feature}, error rates are unequal: '{eod.worst_group}' and '{eod.best_group}' differ "
                         f"by {_pp(eod.value)} in true or false positive rate, more than the allowed {t * 100:.0f} points.",
+                "inconclusive": f"By {feature}, true or false positive rates differ by {_pp(eod.value)} between "
+                                f"'{eod.worst_group}' and '{eod.best_group}'; the data cannot tell whether the gap "
+                                f"is within the allowed {t * 100:.0f} points.",
                 "not_evaluated": undefined,
-            }))
+            }, samples.get("equalized_odds_difference")))
+    return checks
 
-    if policy.max_dead_fraction is not None:
-        t = policy.max_dead_fraction
-        for index, layer in enumerate(layers, start=1):
-            f = layer.dead_fraction
-            findings.append(_finding(f"dead_fraction:layer{index}", f, t, "<=", {
-                "pass": f"Hidden layer {index} ({layer.layer}): {layer.dead} of {layer.units} ReLU units never fire "
-                        f"on the training data ({f:.0%}), within the allowed {t:.0%}.",
-                "fail": f"Hidden layer {index} ({layer.layer}): {layer.dead} of {layer.units} ReLU units never fire "
-                        f"on the training data ({f:.0%}), more than the allowed {t:.0%}; "
-                        "this capacity is lost to the model.",
-                "not_evaluated": "Dead units could not be counted.",
-            }))
-    return findings
+
+def _capacity_checks(policy: PolicyConfig, layers: list[LayerCapacity]) -> list[_Check]:
+    if policy.max_dead_fraction is None:
+        return []
+    t = policy.max_dead_fraction
+    checks = []
+    for index, layer in enumerate(layers, start=1):
+        f = layer.dead_fraction
+        lost = (f"Hidden layer {index} ({layer.layer}): {layer.dead} of {layer.units} ReLU units never fire "
+                f"on the training data ({f:.0%})")
+        checks.append(_Check(f"dead_fraction:layer{index}", f, t, "<=", {
+            "pass": f"{lost}, within the allowed {t:.0%}.",
+            "fail": f"{lost}, more than the allowed {t:.0%}; this capacity is lost to the model.",
+            "inconclusive": "",  # counted exactly: never inconclusive
+            "not_evaluated": "Dead units could not be counted.",
+        }))
+    return checks
 
 
 def _pp(value: float) -> str:
     return f"{value * 100:.1f} percentage points" if not math.isnan(value) else "an undefined amount"
 
 
-def verdict(findings: list[Finding]) -> Literal["pass", "fail"]:
-    return "fail" if any(f.status == "fail" for f in findings) else "pass"
+def _num(value: float) -> str:
+    return f"{value:.3f}" if not math.isnan(value) else "undefined"
+
+
+def verdict(findings: list[Finding], *, inconclusive_fails: bool = False) -> Literal["pass", "fail"]:
+    failing = {"fail", "inconclusive"} if inconclusive_fails else {"fail"}
+    return "fail" if any(f.status in failing for f in findings) else "pass"

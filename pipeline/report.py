@@ -38,6 +38,7 @@ def plots(audit: dict) -> dict[str, bytes]:
     """PNG images keyed by file name: group rates per audited feature, dead units over epochs, training loss."""
     images = {}
     for index, (feature, rows) in enumerate(audit["groups"].items(), start=1):
+        rows = [r for r in rows if r["status"] != "suppressed"]
         metrics = ("selection_rate", "true_positive_rate", "false_positive_rate")
         height = max(2.2, 0.28 * len(rows) * len(metrics) + 1.0)
         fig, ax = plt.subplots(figsize=(7, height), layout="constrained")
@@ -46,7 +47,13 @@ def plots(audit: dict) -> dict[str, bytes]:
         for k, metric in enumerate(metrics):
             values = [r[metric] if r[metric] is not None else 0.0 for r in rows]
             ys = [i + k * bar for i in range(len(rows))]
-            bars = ax.barh(ys, values, height=bar, label=RATE_LABELS[metric])
+            low = [r.get(f"{metric}_ci_low") for r in rows]
+            high = [r.get(f"{metric}_ci_high") for r in rows]
+            errors = None
+            if all(v is not None for v in low + high) and rows:
+                errors = [[max(v - lo, 0) for v, lo in zip(values, low)], [max(hi - v, 0) for v, hi in zip(values, high)]]
+            bars = ax.barh(ys, values, height=bar, label=RATE_LABELS[metric], xerr=errors,
+                           error_kw={"elinewidth": 0.8, "capsize": 2})
             for b, r in zip(bars, rows):
                 if r[metric] is None:
                     ax.text(0.005, b.get_y() + bar / 2, "undefined", va="center", fontsize=7)
@@ -55,10 +62,27 @@ def plots(audit: dict) -> dict[str, bytes]:
         ax.set_yticks([i + bar for i in range(len(rows))], labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
-        ax.set_xlabel("rate on the test split")
+        ci = audit.get("ci_level")
+        ax.set_xlabel("rate on the test split" + (f" (bars: {ci:.0%} bootstrap intervals)" if ci else ""))
         ax.set_title(f"Rates by {feature}")
         ax.legend(fontsize=8, loc="lower right")
         images[f"fairness_{index}.png"] = _png(fig)
+
+    reliability = audit.get("calibration", {}).get("reliability", {})
+    for index, (feature, by_group) in enumerate(reliability.items(), start=1):
+        fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+        for group, bins in by_group.items():
+            if bins:
+                ax.plot([b["mean_predicted"] for b in bins], [b["observed_rate"] for b in bins], marker="o",
+                        label=_short(group, 24))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability (bin)")
+        ax.set_ylabel("observed rate of the positive label")
+        ax.set_title(f"Calibration by {feature}")
+        ax.legend(fontsize=7)
+        images[f"calibration_{index}.png"] = _png(fig)
 
     timeline = audit["capacity"]["timeline"]
     if timeline:
@@ -106,18 +130,31 @@ def fmt(value, kind: str = "rate") -> str:
     return f"{value:.3f}"
 
 
+def with_interval(row: dict, metric: str, kind: str = "rate") -> str:
+    """A value and, when present, its interval: '12.3% [10.1%, 14.2%]'."""
+    value = fmt(row.get(metric), kind)
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if row.get(metric) is None or low is None or high is None:
+        return value
+    return f"{value} [{fmt(low, kind)}, {fmt(high, kind)}]"
+
+
 def render_html(audit: dict, images: dict[str, bytes]) -> str:
     """The self-contained report: findings first, then tables and plots (images inlined)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
+    env.globals["with_interval"] = with_interval
     inline = {name: base64.b64encode(png).decode("ascii") for name, png in images.items()}
-    findings = sorted(audit["findings"], key=lambda f: {"fail": 0, "not_evaluated": 1, "pass": 2}[f["status"]])
+    order = {"fail": 0, "inconclusive": 1, "not_evaluated": 2, "pass": 3}
+    findings = sorted(audit["findings"], key=lambda f: order[f["status"]])
     return env.get_template("report.html.j2").render(
         audit=audit, findings=findings, images=inline, rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
         fairness_images=[n for n in inline if n.startswith("fairness_")],
+        calibration_images=[n for n in inline if n.startswith("calibration_")],
         config_yaml=yaml.safe_dump(audit["config"], sort_keys=False),
-        counts={s: sum(f["status"] == s for f in audit["findings"]) for s in ("pass", "fail", "not_evaluated")},
+        counts={s: sum(f["status"] == s for f in audit["findings"])
+                for s in ("pass", "fail", "inconclusive", "not_evaluated")},
     )
 
 
@@ -125,12 +162,16 @@ def run_description(audit: dict) -> str:
     """The run page's Markdown description: the verdict and every failed finding."""
     failed = [f for f in audit["findings"] if f["status"] == "fail"]
     skipped = [f for f in audit["findings"] if f["status"] == "not_evaluated"]
+    unsure = [f for f in audit["findings"] if f["status"] == "inconclusive"]
     lines = [f"## Audit verdict: **{audit['verdict'].upper()}**", ""]
     ds = audit["dataset"]
     lines.append(f"Dataset {_code(ds['name'])} ({ds['rows']} rows, sha256 `{ds['sha256'][:12]}…`), "
-                 f"{len(audit['findings'])} checks, {len(failed)} failed, {len(skipped)} not evaluated.")
+                 f"{len(audit['findings'])} checks, {len(failed)} failed, {len(unsure)} inconclusive, "
+                 f"{len(skipped)} not evaluated.")
     if failed:
         lines += ["", "### Failed checks"] + [f"- {_md(f['message'])}" for f in failed]
+    if unsure:
+        lines += ["", "### Inconclusive (the data cannot decide)"] + [f"- {_md(f['message'])}" for f in unsure]
     if skipped:
         lines += ["", "### Not evaluated"] + [f"- {_md(f['message'])}" for f in skipped]
     lines += ["", "The full report is the artifact `report.html`; the model card is `model_card.md`."]
@@ -197,7 +238,11 @@ def model_card(audit: dict) -> str:
         "## Caveats",
         f"- Groups with fewer than {audit['config']['audit']['min_group_size']} test rows are reported but not gated; "
         "their rates are too noisy to judge.",
-        "- Point estimates only: differences of a few points may be noise on small groups.",
+        f"- Intervals are {audit['ci_level']:.0%} percentile bootstrap intervals ({audit['n_boot']} resamples, "
+        "stratified by group); the gate uses Bonferroni-widened intervals when configured (see each finding)."
+        if audit.get("ci_level") else "- Point estimates only: differences of a few points may be noise.",
+        f"- Groups with fewer than {audit['config']['audit']['suppress_below']} test rows are suppressed "
+        "(no counts or rates shown) so that no individual can be singled out.",
         "- Fairness metrics are computed on the test split of the same data source; they say nothing about "
         "populations or time periods the data does not cover. See the dataset's datasheet for known issues.",
         "",

@@ -36,6 +36,7 @@ class RunResult:
     tracking_uri: str
     experiment_id: str
     failed_findings: list[str]
+    inconclusive_findings: list[str]
     seconds: dict[str, float]
 
     def summary(self) -> dict:
@@ -43,6 +44,7 @@ class RunResult:
                 "exit_code": self.exit_code, "audit_json": str(self.audit_json),
                 "report_html": str(self.report_html), "tracking_uri": self.tracking_uri,
                 "experiment_id": self.experiment_id, "failed_findings": self.failed_findings,
+                "inconclusive_findings": self.inconclusive_findings,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
@@ -86,8 +88,9 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         seeds = [_train_and_audit(cfg, split, seed, timer) for seed in cfg.training.seeds]
         primary = seeds[0]
 
-        findings = policy.judge(cfg.policy, primary["evaluation"], primary["capacity_train"])
-        verdict = policy.verdict(findings)
+        findings = policy.judge(cfg.policy, primary["evaluation"], primary["capacity_train"],
+                                seed_ranges=_seed_ranges(seeds))
+        verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
         audit = _audit_document(parent.info.run_id, run_name, cfg, cfg_dict, table, split, seeds, findings,
                                 verdict, uri)
         timer.lap("evaluation")
@@ -112,7 +115,9 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         run_id=parent.info.run_id, run_name=run_name, verdict=verdict, exit_code=exit_code,
         audit_json=(out_dir / "audit.json").resolve(), report_html=(out_dir / "report.html").resolve(),
         tracking_uri=uri, experiment_id=parent.info.experiment_id,
-        failed_findings=[f.id for f in findings if f.status == "fail"], seconds=timer.seconds,
+        failed_findings=[f.id for f in findings if f.status == "fail"
+                         or (f.status == "inconclusive" and cfg.policy.inconclusive_fails)],
+        inconclusive_findings=[f.id for f in findings if f.status == "inconclusive"], seconds=timer.seconds,
     )
 
 
@@ -135,10 +140,10 @@ def _train_and_audit(cfg, split, seed: int, timer: StageTimer) -> dict:
                              audit_cfg=cfg.audit, seed=seed, on_epoch=_epoch_reporter(seed))
         timer.lap("training")
         proba = model.predict_proba(result.model, split.x_test)
-        evaluation = fairness.evaluate(split.y_test, proba, split.s_test,
-                                       threshold=cfg.audit.decision_threshold,
-                                       min_group_size=cfg.audit.min_group_size,
-                                       intersections=cfg.dataset.intersections)
+        # Intervals for the audited (first-seed) model; the other seeds give the seed spread.
+        evaluation = fairness.evaluate(split.y_test, proba, split.s_test, audit=cfg.audit,
+                                       intersections=cfg.dataset.intersections,
+                                       bootstrap=seed == cfg.training.seeds[0])
         timer.lap("evaluation")
         probe = capacity.ReluProbe(result.model)
         cap_train = capacity.measure(probe, torch.from_numpy(split.x_train), tau=cfg.audit.dormant_tau)
@@ -194,9 +199,14 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
         "verdict": verdict,
         "findings": [f.to_dict() for f in findings],
         "overall": ev.overall,
-        "groups": {feature: table_.to_dict(orient="records") for feature, table_ in ev.groups.items()},
-        "disparities": {feature: {name: d.to_dict() for name, d in gaps.items()}
+        "ci_level": ev.ci_level,
+        "n_boot": cfg.audit.n_boot,
+        "groups": {feature: _group_rows(table_) for feature, table_ in ev.groups.items()},
+        "empty_groups": ev.empty_groups,
+        "disparities": {feature: {name: {**d.to_dict(), **_seed_spread(seeds, fairness.metric_key(name, feature))}
+                                  for name, d in gaps.items()}
                         for feature, gaps in ev.disparities.items()},
+        "calibration": {"bins": cfg.audit.calibration_bins, "reliability": ev.reliability},
         "capacity": {
             "dormant_tau": cfg.audit.dormant_tau,
             "layers": layers,
@@ -233,6 +243,37 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
     })
 
 
+def _group_rows(table) -> list[dict]:
+    """Group rows for outputs; a suppressed group keeps only its name and status."""
+    rows = table.to_dict(orient="records")
+    return [row if row["status"] != "suppressed" else
+            {k: (v if k in ("group", "status", "eligible") else None) for k, v in row.items()} for row in rows]
+
+
+def _seed_spread(seeds: list[dict], key: str) -> dict:
+    values = [v for v in (seed_metrics(o)[key] for o in seeds) if not math.isnan(v)]
+    if len(seeds) < 2 or len(values) < 2:
+        return {}
+    mean = sum(values) / len(values)
+    return {"seed_std": math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)),
+            "seed_range": max(values) - min(values)}
+
+
+def _seed_ranges(seeds: list[dict]) -> dict[str, float]:
+    """How far each gated value moves across seeds, keyed by finding id."""
+    from pipeline.fairness import metric_key
+
+    if len(seeds) < 2:
+        return {}
+    ranges = {"accuracy": _seed_spread(seeds, "accuracy").get("seed_range", math.nan)}
+    for feature, gaps in seeds[0]["evaluation"].disparities.items():
+        for name in gaps:
+            ranges[f"{name}:{feature}"] = _seed_spread(seeds, metric_key(name, feature)).get("seed_range", math.nan)
+    for i in range(1, len(seeds[0]["capacity_train"]) + 1):
+        ranges[f"dead_fraction:layer{i}"] = _seed_spread(seeds, f"dead_fraction/layer{i}").get("seed_range", math.nan)
+    return {k: v for k, v in ranges.items() if not math.isnan(v)}
+
+
 def _seed_summary(seeds: list[dict]) -> dict:
     """Mean, standard deviation and values across seeds of the headline numbers."""
     series: dict[str, list[float]] = {}
@@ -253,7 +294,7 @@ def seed_metrics(outcome: dict) -> dict[str, float]:
     from pipeline.fairness import metric_key
 
     ev = outcome["evaluation"]
-    metrics = {k: v for k, v in ev.overall.items() if k != "count"}
+    metrics = {k: ev.overall[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "selection_rate")}
     for feature, gaps in ev.disparities.items():
         for name, d in gaps.items():
             metrics[metric_key(name, feature)] = d.value

@@ -183,13 +183,16 @@ def dataset_schema(frame):
 def _audit_metrics(audit: dict) -> dict[str, float]:
     metrics = {k: v for k, v in audit["overall"].items() if v is not None}
     for feature, rows in audit["groups"].items():
-        for row in rows:
-            for name in ("count", "positives", "negatives", "accuracy", "selection_rate", "true_positive_rate",
-                         "false_positive_rate", "false_negative_rate", "precision"):
-                metrics[metric_key("group", feature, row["group"], name)] = row[name]
+        for row in rows:  # suppressed groups carry None and are left out
+            for name, value in row.items():
+                if name not in ("group", "status", "eligible"):
+                    metrics[metric_key("group", feature, row["group"], name)] = value
     for feature, gaps in audit["disparities"].items():
         for name, gap in gaps.items():
             metrics[metric_key(name, feature)] = gap["value"]
+            for part in ("ci_low", "ci_high", "seed_std", "seed_range"):
+                if part in gap:
+                    metrics[metric_key(name, feature) + f"_{part}"] = gap[part]
     for layer in audit["capacity"]["layers"]:
         for split_name in ("train", "test"):
             for name in ("dead", "dead_fraction", "dormant", "dormant_fraction"):
@@ -198,8 +201,9 @@ def _audit_metrics(audit: dict) -> dict[str, float]:
         for key, stats in audit["seeds"]["metrics"].items():
             metrics[f"seeds/{key}/mean"] = stats["mean"]
             metrics[f"seeds/{key}/std"] = stats["std"]
-    metrics["findings_failed"] = sum(f["status"] == "fail" for f in audit["findings"])
-    return {k: v for k, v in metrics.items() if v is not None}
+    for status in ("fail", "inconclusive", "not_evaluated"):
+        metrics[f"findings_{status}"] = sum(f["status"] == status for f in audit["findings"])
+    return {k: v for k, v in metrics.items() if v is not None and not isinstance(v, bool)}
 
 
 def _log_model(model, n_features: int) -> None:

@@ -230,10 +230,12 @@ DEFAULTS = {
     "training.learning_rate": 1e-3, "training.weight_decay": 0.0, "training.early_stopping_patience": 3,
     "training.validation_fraction": 0.1, "training.seeds": (0,), "training.device": "auto",
     "audit.decision_threshold": 0.5, "audit.dormant_tau": 0.1, "audit.min_group_size": 30,
-    "audit.capacity_sample": 2048,
+    "audit.capacity_sample": 2048, "audit.suppress_below": 10, "audit.n_boot": 1000, "audit.ci_level": 0.95,
+    "audit.bootstrap_seed": 0, "audit.calibration_bins": 10,
     "policy.min_accuracy": 0.75, "policy.max_demographic_parity_difference": 0.10,
     "policy.min_demographic_parity_ratio": 0.8, "policy.max_equalized_odds_difference": 0.10,
-    "policy.max_dead_fraction": 0.10,
+    "policy.max_dead_fraction": 0.10, "policy.gate_on": "interval", "policy.inconclusive_fails": False,
+    "policy.multiple_comparisons": "bonferroni",
     "tracking.experiment": "fairness-audit",
 }
 # fmt: on
@@ -254,8 +256,8 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 10 + 3 + 3 + 9 + 4 + 5 + 1.
-    assert len(flat) == 35
+    # One param per field of every section: 10 + 3 + 3 + 9 + 9 + 8 + 1.
+    assert len(flat) == 43
     assert set(flat) == {
         "dataset.path",
         "dataset.target",

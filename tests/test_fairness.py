@@ -9,6 +9,12 @@ import pandas as pd
 import pytest
 
 from pipeline import fairness
+from pipeline.config import AuditConfig
+
+
+def _audit(threshold: float, min_group_size: int) -> AuditConfig:
+    """Audit settings for point estimates; nothing suppressed."""
+    return AuditConfig(decision_threshold=threshold, min_group_size=min_group_size, suppress_below=0)
 
 # --- a hand-worked case ------------------------------------------------------------------------
 #
@@ -61,7 +67,7 @@ def _close(actual: float, expected: float) -> bool:
 def test_group_table_columns_and_order():
     y_true, y_pred, sensitive = _hand_case()
     table = fairness.group_table(y_true, y_pred, sensitive, min_group_size=5)
-    assert list(table.columns) == ["group", *fairness.GROUP_METRICS, "eligible"]
+    assert list(table.columns) == ["group", *fairness.GROUP_METRICS, "status", "eligible"]
     assert table["group"].tolist() == ["A", "B", "C", "D"]
 
 
@@ -237,7 +243,7 @@ def _intersection_case():
 
 def test_evaluate_with_intersections_adds_the_joint_feature():
     y_true, proba, sensitive = _intersection_case()
-    ev = fairness.evaluate(y_true, proba, sensitive, threshold=0.5, min_group_size=1, intersections=True)
+    ev = fairness.evaluate(y_true, proba, sensitive, audit=_audit(0.5, 1), bootstrap=False, intersections=True)
     assert list(ev.groups) == ["sex", "race", "sex & race"]
     assert list(ev.disparities) == ["sex", "race", "sex & race"]
     table = ev.groups["sex & race"].set_index("group")
@@ -260,7 +266,7 @@ def test_evaluate_with_intersections_adds_the_joint_feature():
 
 def test_evaluate_marginal_features_match_hand_counts():
     y_true, proba, sensitive = _intersection_case()
-    ev = fairness.evaluate(y_true, proba, sensitive, threshold=0.5, min_group_size=1, intersections=True)
+    ev = fairness.evaluate(y_true, proba, sensitive, audit=_audit(0.5, 1), bootstrap=False, intersections=True)
     sex = ev.groups["sex"].set_index("group")
     race = ev.groups["race"].set_index("group")
     assert sex["count"].to_dict() == {"F": 4, "M": 3}
@@ -286,7 +292,7 @@ def test_evaluate_marginal_features_match_hand_counts():
 def test_evaluate_without_intersection(columns, intersections, features):
     y_true, proba, sensitive = _intersection_case()
     ev = fairness.evaluate(
-        y_true, proba, sensitive[columns], threshold=0.5, min_group_size=1, intersections=intersections
+        y_true, proba, sensitive[columns], audit=_audit(0.5, 1), bootstrap=False, intersections=intersections
     )
     assert list(ev.groups) == features
     assert list(ev.disparities) == features
@@ -295,7 +301,7 @@ def test_evaluate_without_intersection(columns, intersections, features):
 def test_evaluate_threshold_moves_predictions():
     # At threshold 0.55, the 0.5 row of F & x becomes a TN: F & x selection drops from 1 to 1/2.
     y_true, proba, sensitive = _intersection_case()
-    ev = fairness.evaluate(y_true, proba, sensitive, threshold=0.55, min_group_size=1, intersections=True)
+    ev = fairness.evaluate(y_true, proba, sensitive, audit=_audit(0.55, 1), bootstrap=False, intersections=True)
     table = ev.groups["sex & race"].set_index("group")
     assert table.at["F & x", "selection_rate"] == pytest.approx(0.5)
     assert table.at["F & x", "false_positive_rate"] == 0.0
@@ -373,7 +379,7 @@ def test_disparities_agree_with_fairlearn(random_case):
 
     y, proba, sensitive = random_case
     pred = (proba >= 0.5).astype(int)
-    gaps = fairness.evaluate(y, proba, sensitive, threshold=0.5, min_group_size=30, intersections=False).disparities[
+    gaps = fairness.evaluate(y, proba, sensitive, audit=_audit(0.5, 30), bootstrap=False, intersections=False).disparities[
         "g"
     ]
     s = sensitive["g"]
@@ -429,6 +435,8 @@ def test_metric_key_sanitizes_each_part(parts, key):
 
 def test_disparity_to_dict_writes_nan_as_none():
     d = fairness.Disparity("demographic_parity_difference", math.nan, None, None, 1)
-    assert d.to_dict() == {"value": None, "best_group": None, "worst_group": None, "groups_compared": 1}
+    assert d.to_dict() == {"value": None, "ci_low": None, "ci_high": None, "best_group": None, "worst_group": None,
+                           "groups_compared": 1}
     d = fairness.Disparity("demographic_parity_difference", 0.25, "A", "B", 2)
-    assert d.to_dict() == {"value": 0.25, "best_group": "A", "worst_group": "B", "groups_compared": 2}
+    assert d.to_dict() == {"value": 0.25, "ci_low": None, "ci_high": None, "best_group": "A", "worst_group": "B",
+                           "groups_compared": 2}

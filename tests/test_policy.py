@@ -10,8 +10,13 @@ import pytest
 
 from pipeline import fairness, policy
 from pipeline.capacity import LayerCapacity
-from pipeline.config import PolicyConfig
+from pipeline.config import AuditConfig, PolicyConfig
 from pipeline.fairness import Disparity, Evaluation
+
+
+def _audit(threshold: float, min_group_size: int) -> AuditConfig:
+    """Audit settings for point estimates; nothing suppressed."""
+    return AuditConfig(decision_threshold=threshold, min_group_size=min_group_size, suppress_below=0)
 
 NAN = math.nan
 # Everything disabled; each test enables what it checks.
@@ -259,6 +264,12 @@ def test_finding_to_dict():
         "threshold": 0.75,
         "comparison": ">=",
         "message": "m",
+        "judged_on": "point",
+        "ci_low": None,
+        "ci_high": None,
+        "ci_level": None,
+        "seed_range": None,
+        "seed_sensitive": False,
         "passed": False,
     }
     assert policy.Finding("accuracy", "pass", 0.8, 0.75, ">=", "m").passed is True
@@ -275,7 +286,7 @@ def test_judge_on_a_fairness_evaluation():
     y = np.array([1] * 10 + [0] * 10 + [1] * 10 + [0] * 10)
     proba = np.array([0.9] * 10 + [0.1] * 10 + [0.9] * 5 + [0.1] * 5 + [0.1] * 10)
     s = pd.DataFrame({"g": ["a"] * 20 + ["b"] * 20})
-    ev = fairness.evaluate(y, proba, s, threshold=0.5, min_group_size=20, intersections=True)
+    ev = fairness.evaluate(y, proba, s, audit=_audit(0.5, 20), bootstrap=False, intersections=True)
     f = _by_id(policy.judge(PolicyConfig(), ev, []))
     assert (f["accuracy"].status, f["accuracy"].value) == ("pass", 0.875)
     assert f["demographic_parity_difference:g"].value == pytest.approx(0.25)
@@ -284,7 +295,7 @@ def test_judge_on_a_fairness_evaluation():
     assert (f["demographic_parity_ratio:g"].status, f["demographic_parity_ratio:g"].value) == ("fail", 0.5)
     assert (f["equalized_odds_difference:g"].status, f["equalized_odds_difference:g"].value) == ("fail", 0.5)
     # With min_group_size above 20 no group is eligible: every disparity is not evaluated.
-    ev = fairness.evaluate(y, proba, s, threshold=0.5, min_group_size=21, intersections=True)
+    ev = fairness.evaluate(y, proba, s, audit=_audit(0.5, 21), bootstrap=False, intersections=True)
     statuses = {fi.id: fi.status for fi in policy.judge(PolicyConfig(), ev, [])}
     assert statuses == {
         "accuracy": "pass",

@@ -33,7 +33,8 @@ def hostile_run(tmp_path_factory, store):
     cfg = small_config()
     cfg["dataset"] = {"name": "hostile", "path": str(path), "target": "label", "positive_label": "yes",
                       "sensitive_features": ["grp"]}
-    cfg["policy"].update(max_demographic_parity_difference=0.0, min_demographic_parity_ratio=1.0)  # name groups
+    cfg["policy"].update(max_demographic_parity_difference=0.0, min_demographic_parity_ratio=1.0,  # name groups
+                         gate_on="point")
     config = tmp / "hostile.yaml"
     import yaml
 

@@ -1,0 +1,212 @@
+"""Uncertainty engine: confusion-count tables, an exact count bootstrap, and score bootstraps.
+
+Every rate metric of the audit (accuracy, selection rate, TPR, FPR, FNR, precision and
+their between-group differences and ratios) is a function of each group's four confusion
+counts. Resampling a group's rows with replacement is the same as a multinomial draw of
+its size over its four cells, so the bootstrap draws counts, not rows: the cost does not
+grow with the number of rows. Resampling is stratified by group (each group keeps its
+size), so no resample loses a group (fairlearn issue #1441). Count tables merge by
+addition, so tables computed on data shards aggregate exactly.
+
+ROC AUC, Brier score and expected calibration error need the scores: their bootstrap
+draws row multiplicities per group and evaluates all resamples at once as matrix products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+CELLS = ("tp", "fp", "tn", "fn")
+# Cell index of (y_true, y_pred): rows y_true = 0, 1; columns y_pred = 0, 1.
+_CELL = np.array([[2, 1], [3, 0]])
+RATES = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate",
+         "false_negative_rate", "precision")
+DISPARITIES = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference",
+               "equalized_odds_ratio", "equal_opportunity_difference")
+
+
+@dataclass(frozen=True)
+class CountTable:
+    """Confusion counts ``(tp, fp, tn, fn)`` per group of one audited view (a feature or intersection)."""
+
+    groups: tuple[str, ...]
+    counts: np.ndarray  # (groups, 4) int64
+
+    @classmethod
+    def from_predictions(cls, y_true: np.ndarray, y_pred: np.ndarray, labels) -> CountTable:
+        """Count with one ``bincount``: labels are any per-row group labels."""
+        codes, uniques = pd.factorize(np.asarray(labels, dtype=object), sort=True)
+        cells = _CELL[np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)]
+        counts = np.bincount(codes * 4 + cells, minlength=4 * len(uniques)).reshape(len(uniques), 4)
+        return cls(tuple(map(str, uniques)), counts.astype(np.int64))
+
+    def __add__(self, other: CountTable) -> CountTable:
+        groups = tuple(sorted(set(self.groups) | set(other.groups)))
+        total = np.zeros((len(groups), 4), dtype=np.int64)
+        for table in (self, other):
+            index = [groups.index(g) for g in table.groups]
+            total[index] += table.counts
+        return CountTable(groups, total)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.counts.sum(axis=1)
+
+
+def rates(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Every rate from counts of shape (..., 4); a zero denominator gives NaN (undefined)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    tp, fp, tn, fn = (counts[..., i] for i in range(4))
+
+    def ratio(num, den):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    n = tp + fp + tn + fn
+    return {
+        "accuracy": ratio(tp + tn, n),
+        "selection_rate": ratio(tp + fp, n),
+        "true_positive_rate": ratio(tp, tp + fn),
+        "false_positive_rate": ratio(fp, fp + tn),
+        "false_negative_rate": ratio(fn, tp + fn),
+        "precision": ratio(tp, tp + fp),
+    }
+
+
+def disparities(rate: dict[str, np.ndarray], eligible: np.ndarray) -> dict[str, np.ndarray]:
+    """The five disparities over the last axis (groups), among eligible groups with defined rates.
+
+    Works on point estimates (shape (groups,)) and on bootstrap replicates (shape
+    (replicates, groups)) alike. Fewer than two defined values give NaN.
+    """
+
+    def spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values = np.where(eligible, values, np.nan)
+        defined = np.sum(~np.isnan(values), axis=-1) >= 2
+        with np.errstate(all="ignore"), _quiet():
+            high = np.where(defined, np.nanmax(values, axis=-1), np.nan)
+            low = np.where(defined, np.nanmin(values, axis=-1), np.nan)
+        return low, high
+
+    def ratio(low, high):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(high > 0, low / np.where(high > 0, high, 1.0), np.nan)
+
+    sel_lo, sel_hi = spread(rate["selection_rate"])
+    tpr_lo, tpr_hi = spread(rate["true_positive_rate"])
+    fpr_lo, fpr_hi = spread(rate["false_positive_rate"])
+    return {
+        "demographic_parity_difference": sel_hi - sel_lo,
+        "demographic_parity_ratio": ratio(sel_lo, sel_hi),
+        "equalized_odds_difference": np.maximum(tpr_hi - tpr_lo, fpr_hi - fpr_lo),  # NaN if either is
+        "equalized_odds_ratio": np.minimum(ratio(tpr_lo, tpr_hi), ratio(fpr_lo, fpr_hi)),
+        "equal_opportunity_difference": tpr_hi - tpr_lo,
+    }
+
+
+class _quiet:
+    """Silence numpy's 'All-NaN slice' RuntimeWarning: NaN is the intended answer there."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def bootstrap_counts(counts: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` stratified resamples of a (groups, 4) count table: shape (n_boot, groups, 4).
+
+    Each group keeps its size n_g; its cells are a multinomial draw with the observed
+    cell proportions, exactly the distribution of counts in a row resample of the group.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    sizes = counts.sum(axis=1)
+    out = np.zeros((n_boot, len(counts), 4), dtype=np.int64)
+    for g, (n, cells) in enumerate(zip(sizes, counts)):
+        if n > 0:
+            out[:, g, :] = rng.multinomial(n, cells / n, size=n_boot)
+    return out
+
+
+def interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over the first axis, ignoring NaN replicates; NaN when all are NaN."""
+    alpha = (1.0 - level) / 2.0
+    with np.errstate(all="ignore"), _quiet():
+        low, high = np.nanquantile(samples, [alpha, 1.0 - alpha], axis=0)
+    return low, high
+
+
+def row_weights(strata: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap multiplicities of every row, resampled within its stratum: (n_boot, rows), float32.
+
+    Each stratum keeps its size in every resample. One draw serves all audited views:
+    strata are the finest groups (the intersection of all sensitive features), and any
+    coarser group is a union of strata, so it keeps its size too.
+    """
+    strata = np.asarray(strata)
+    n = len(strata)
+    draws = np.empty((n_boot, n), dtype=np.int64)
+    position = 0
+    for code in np.unique(strata):
+        rows = np.flatnonzero(strata == code)
+        draws[:, position:position + len(rows)] = rows[rng.integers(0, len(rows), size=(n_boot, len(rows)))]
+        position += len(rows)
+    flat = (np.arange(n_boot)[:, None] * n + draws).ravel()
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float32)
+
+
+def weighted_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC for each row of ``weights`` (replicates, rows); ties count one half; NaN without both classes.
+
+    AUC = sum over positives of w_i * (weight of negatives scoring below s_i + half of
+    those tied with it) / (total positive weight * total negative weight).
+    """
+    positive = y == 1
+    neg_scores = scores[~positive]
+    order = np.argsort(neg_scores, kind="stable")
+    neg_sorted = neg_scores[order]
+    cum = np.zeros((len(weights), len(neg_sorted) + 1), dtype=np.float64)
+    np.cumsum(weights[:, ~positive][:, order], axis=1, out=cum[:, 1:])
+    below = np.searchsorted(neg_sorted, scores[positive], side="left")
+    up_to = np.searchsorted(neg_sorted, scores[positive], side="right")
+    w_pos = weights[:, positive]
+    numerator = 0.5 * (w_pos * (cum[:, below] + cum[:, up_to])).sum(axis=1)
+    denominator = w_pos.sum(axis=1, dtype=np.float64) * cum[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
+def weighted_calibration(y: np.ndarray, scores: np.ndarray, weights: np.ndarray,
+                         *, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Expected calibration error (equal-width bins) and Brier score for each row of ``weights``.
+
+    ECE = sum over bins of |sum_i in bin (y_i - p_i)| / n, which equals
+    sum_b (n_b / n) |observed rate_b - mean predicted_b|.
+    """
+    n = weights.sum(axis=1, dtype=np.float64)
+    brier = weights @ ((scores - y) ** 2).astype(weights.dtype) / n
+    bin_of = np.minimum((scores * bins).astype(np.int64), bins - 1)
+    residual = np.zeros((len(y), bins), dtype=weights.dtype)
+    residual[np.arange(len(y)), bin_of] = y - scores
+    ece = np.abs(weights @ residual).sum(axis=1) / n
+    return ece, brier
+
+
+def reliability(y: np.ndarray, scores: np.ndarray, *, bins: int) -> list[dict]:
+    """Per equal-width bin: rows, mean predicted probability, observed rate (for plots)."""
+    bin_of = np.minimum((scores * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        mask = bin_of == b
+        if mask.any():
+            out.append({"bin": b, "rows": int(mask.sum()), "mean_predicted": float(scores[mask].mean()),
+                        "observed_rate": float(y[mask].mean())})
+    return out
