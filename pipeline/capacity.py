@@ -50,7 +50,7 @@ _MSG_UNTRACEABLE = (
 )
 _MSG_NO_RELU = "{model} has no ReLU (nn.ReLU, F.relu or torch.relu) to audit"
 _MSG_NOT_A_SUBMODULE = "layers: '{name}' is not a submodule of {model}; submodules are: {names}"
-_MSG_DUPLICATE_LAYER = "layers: '{name}' is named more than once; name each submodule once"
+_MSG_DUPLICATE_LAYER = "layers: '{name}' names a submodule already named; name each submodule once"
 _MSG_NO_LAYERS = "layers: expected at least one submodule name, got an empty list"
 _MSG_CALLS = ("layer '{name}' ran {calls} times in one forward pass of {model} (rows {start}-{stop}); "
               "name a submodule that runs exactly once per forward pass")
@@ -278,17 +278,22 @@ class ReluProbe:
     def _init_named(self, model: nn.Module, names: list[str]) -> None:
         if not names:
             raise UserError(_MSG_NO_LAYERS)
-        submodules = dict(model.named_modules())
-        for i, name in enumerate(names):
-            if name in names[:i]:
+        hooked: list[nn.Module] = []
+        for name in names:
+            try:
+                submodule = model.get_submodule(name) if name else None
+            except AttributeError:
+                submodule = None
+            if submodule is None:
+                valid = [n for n, _ in model.named_modules() if n]
+                raise UserError(_MSG_NOT_A_SUBMODULE.format(name=name, model=self._model_name, names=_listing(valid)))
+            if any(submodule is seen for seen in hooked):  # the same name twice, or two names of one module
                 raise UserError(_MSG_DUPLICATE_LAYER.format(name=name))
-            if not name or name not in submodules:
-                raise UserError(_MSG_NOT_A_SUBMODULE.format(name=name, model=self._model_name,
-                                                            names=_listing([n for n in submodules if n])))
+            hooked.append(submodule)
         self.module = model
         self._traced = None
         self._relu_nodes = []
-        self._hooked = [submodules[name] for name in names]
+        self._hooked = hooked
         self.layers = names
 
     @property
@@ -384,8 +389,10 @@ def _layer_name(node: fx.Node) -> str:
 
 
 def _listing(names: Sequence[str], limit: int = 20) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "") if names else "(none)"
+    if not names:
+        return "(none)"
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _example_layers(model: nn.Module) -> str:

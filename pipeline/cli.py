@@ -76,6 +76,25 @@ def run(config_path: str, tracking_uri: str | None, reports_dir: str, as_json: b
     sys.exit(code)
 
 
+@cli.command()
+@click.option("--tracking-uri", default=None,
+              help="Store to show. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; keep 127.0.0.1 unless others must reach it.")
+def ui(tracking_uri: str | None, port: int, host: str) -> None:
+    """Start the MLflow UI on the audit store (bound to 127.0.0.1 by default)."""
+    import os
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith(("http://", "https://")):
+        raise click.UsageError(f"--tracking-uri: {uri} is already a server; open it in a browser")
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", err=True)
+    os.execv(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+                      "--workers", "1"])
+
+
 def main() -> None:
     try:
         cli(prog_name="python -m pipeline")

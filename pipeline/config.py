@@ -97,6 +97,8 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     experiment: str = "fairness-audit"
+    registered_model: str | None = None  # register the audited model under this name; null: do not
+    audited_alias: str = "audited"  # alias moved only to versions whose audit passed
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path
 
     run_id = audit["run_id"]
     # The model first: MLflow 3 links a logged model to the run's metrics, and reads each one's history.
-    _log_model(model, split.x_train.shape[1])
+    model_info = _log_model(model, split.x_train.shape[1])
     mlflow.log_dict(split.encoder.to_dict(), "model_inputs/encoder.json")
     mlflow.log_params(config_mod.flatten(cfg))
     # The audited model's training curve as step metrics, and every audit number, in one batch.
@@ -163,7 +163,25 @@ def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
+    if cfg.tracking.registered_model:
+        version = register(model_info.model_uri, cfg.tracking.registered_model, audit, cfg.tracking.audited_alias)
+        tags["registered_model"] = f"{cfg.tracking.registered_model}/{version}"
     mlflow.set_tags(tags)
+
+
+def register(model_uri: str, name: str, audit: dict, alias: str) -> str:
+    """Register the audited model; tag the version with the verdict; move the alias only on a pass."""
+    client = MlflowClient()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        version = mlflow.register_model(model_uri, name, tags={"verdict": audit["verdict"],
+                                                              "audit_run_id": audit["run_id"]}).version
+    if audit["verdict"] == "pass":
+        client.set_registered_model_alias(name, alias, version)
+        logger.info("registry: %s version %s registered and aliased '%s'", name, version, alias)
+    else:
+        logger.info("registry: %s version %s registered; alias '%s' not moved (verdict fail)", name, version, alias)
+    return str(version)
 
 
 def dataset_schema(frame):
@@ -206,7 +224,7 @@ def _audit_metrics(audit: dict) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if v is not None and not isinstance(v, bool)}
 
 
-def _log_model(model, n_features: int) -> None:
+def _log_model(model, n_features: int):
     """The audited network in the 'pt2' graph format (no pickle), with a signature.
 
     The input example is all zeros (mean numeric values, no category), so no
@@ -222,8 +240,9 @@ def _log_model(model, n_features: int) -> None:
     requirements = [f"torch=={metadata.version('torch').split('+')[0]}", f"mlflow=={metadata.version('mlflow')}"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns does not apply
-        mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
-                                 input_example=example, serialization_format="pt2", pip_requirements=requirements)
+        return mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
+                                        input_example=example, serialization_format="pt2",
+                                        pip_requirements=requirements)
 
 
 def package_versions() -> dict[str, str]:
