@@ -35,7 +35,11 @@ from torch import fx, nn
 
 from pipeline.errors import UserError
 
-_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, torch.nn.functional.relu_}
+# ReLU and LeakyReLU sites (the latter so the LeakyReLU remedy is measured the same way);
+# aten ops for graphs from torch.export (models logged in MLflow's 'pt2' format).
+_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, torch.nn.functional.relu_, F.leaky_relu,
+                   torch.ops.aten.relu.default, torch.ops.aten.relu_.default,
+                   torch.ops.aten.leaky_relu.default, torch.ops.aten.leaky_relu_.default}
 _RELU_METHODS = {"relu", "relu_"}
 # Between a ReLU and the Linear that consumes it, recycling allows only these (eval: identity).
 _PASS_THROUGH_MODULES = (nn.Dropout, nn.Identity)
@@ -376,7 +380,7 @@ class ReluProbe:
 
 def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), nn.ReLU)
+        return isinstance(gm.get_submodule(node.target), (nn.ReLU, nn.LeakyReLU))
     if node.op == "call_function":
         return node.target in _RELU_FUNCTIONS
     if node.op == "call_method":

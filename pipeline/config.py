@@ -49,6 +49,8 @@ class SplitConfig:
 class ModelConfig:
     hidden_sizes: tuple[int, ...] = field(default=(64, 32), metadata=_check(ge=1, min_items=1))  # units per layer
     relu: Literal["module", "functional"] = "module"  # nn.ReLU modules or F.relu calls
+    activation: Literal["relu", "leaky_relu"] = "relu"  # leaky_relu: slope 0.01 (a remedy for dead units)
+    init: Literal["default", "he"] = "default"  # he: Kaiming-normal weights, zero biases
     dropout: float = field(default=0.0, metadata=_check(ge=0, lt=1))
 
 
@@ -63,6 +65,7 @@ class TrainingConfig:
     validation_fraction: float = field(default=0.1, metadata=_check(gt=0, lt=1))
     seeds: tuple[int, ...] = field(default=(0,), metadata=_check(min_items=1))  # the first seed's model is audited
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
+    redo_every: int = field(default=0, metadata=_check(ge=0))  # recycle dormant units every N epochs (ReDo); 0: off
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class AuditConfig:
     ci_level: float = field(default=0.95, metadata=_check(gt=0, lt=1))  # percentile interval level
     bootstrap_seed: int = 0
     calibration_bins: int = field(default=10, metadata=_check(ge=2))  # equal-width bins for ECE
+    rare_threshold: float = field(default=0.01, metadata=_check(gt=0, lt=1))  # fires on fewer rows: rarely firing
+    srank_delta: float = field(default=0.01, metadata=_check(ge=0, lt=1))  # Kumar et al. 2021
+    remedies: tuple[Literal["leaky_relu", "lower_lr", "he_init", "redo"], ...] = ()  # what-if retraining
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class PolicyConfig:
     min_demographic_parity_ratio: float | None = field(default=0.8, metadata=_check(ge=0, le=1))
     max_equalized_odds_difference: float | None = field(default=0.10, metadata=_check(ge=0, le=1))
     max_dead_fraction: float | None = field(default=0.10, metadata=_check(ge=0, le=1))
+    max_dormant_fraction: float | None = field(default=0.25, metadata=_check(ge=0, le=1))
+    max_capacity_share_gap: float | None = field(default=0.10, metadata=_check(ge=0, le=1))  # per layer, between groups
     # interval: fail only when the whole interval is on the wrong side, pass when wholly on the
     # right side, else inconclusive. point: compare the point estimate.
     gate_on: Literal["point", "interval"] = "interval"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,21 +24,27 @@ class ReLUMLP(nn.Module):
     """Linear -> ReLU (-> dropout) for each hidden layer, then one logit.
 
     ``relu="module"`` uses ``nn.ReLU`` modules; ``relu="functional"`` calls ``F.relu``.
+    ``activation="leaky_relu"`` swaps in LeakyReLU (slope 0.01) in the same form.
     """
 
     def __init__(self, n_features: int, hidden_sizes: tuple[int, ...] = (64, 32), *,
-                 relu: str = "module", dropout: float = 0.0):
+                 relu: str = "module", dropout: float = 0.0, activation: str = "relu"):
         super().__init__()
         sizes = (n_features, *hidden_sizes)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.relu = relu
-        self.acts = nn.ModuleList(nn.ReLU() for _ in hidden_sizes) if relu == "module" else None
+        self.leaky = activation == "leaky_relu"
+        make = (lambda: nn.LeakyReLU(0.01)) if self.leaky else nn.ReLU
+        self.acts = nn.ModuleList(make() for _ in hidden_sizes) if relu == "module" else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out = nn.Linear(sizes[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, linear in enumerate(self.hidden):
-            x = self.acts[i](linear(x)) if self.acts is not None else F.relu(linear(x))
+            if self.acts is not None:
+                x = self.acts[i](linear(x))
+            else:
+                x = F.leaky_relu(linear(x), 0.01) if self.leaky else F.relu(linear(x))
             x = self.dropout(x)
         return self.out(x).squeeze(-1)
 
@@ -51,6 +57,10 @@ class EpochRecord:
     val_accuracy: float
     dead_fraction: dict[str, float]  # layer -> fraction of units dead on the probe sample
     seconds: float
+    dormant_fraction: dict[str, float] = field(default_factory=dict)
+    rare_fraction: dict[str, float] = field(default_factory=dict)
+    recycled: dict[str, int] = field(default_factory=dict)  # units recycled by ReDo after this epoch
+    capacity_seconds: float = 0.0  # time spent measuring units this epoch
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     seconds: float
+    timeline: dict = field(default_factory=dict)  # capacity.UnitTimeline.to_dict()
 
 
 def device_for(choice: str) -> torch.device:
@@ -70,7 +81,12 @@ def device_for(choice: str) -> torch.device:
 
 
 def build(n_features: int, cfg: ModelConfig) -> ReLUMLP:
-    return ReLUMLP(n_features, cfg.hidden_sizes, relu=cfg.relu, dropout=cfg.dropout)
+    model = ReLUMLP(n_features, cfg.hidden_sizes, relu=cfg.relu, dropout=cfg.dropout, activation=cfg.activation)
+    if cfg.init == "he":  # He et al. 2015: variance 2 / fan_in suits ReLU
+        for linear in [*model.hidden, model.out]:
+            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+            nn.init.zeros_(linear.bias)
+    return model
 
 
 def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: TrainingConfig,
@@ -104,6 +120,7 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
         optimizer = torch.optim.SGD(model.parameters(), lr=train_cfg.learning_rate, momentum=0.9,
                                     weight_decay=train_cfg.weight_decay)
     generator = torch.Generator().manual_seed(seed)
+    timeline = capacity.UnitTimeline()
 
     history: list[EpochRecord] = []
     best_loss, best_epoch, best_state, waited = float("inf"), 0, None, 0
@@ -122,11 +139,21 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
             optimizer.step()
             total += loss.item() * len(batch)
 
-        # --- validation loss and the dead-unit count of this epoch
+        # --- validation loss, and the state of every unit (dead, dormant, rarely firing)
         val_loss, val_accuracy = _evaluate(model, x_val, y_val)
-        dead = {c.layer: c.dead_fraction for c in capacity.measure(probe, x_probe, tau=audit_cfg.dormant_tau)}
-        record = EpochRecord(epoch, total / len(perm), val_loss, val_accuracy, dead,
-                             time.perf_counter() - epoch_start)
+        measured = time.perf_counter()
+        states = [capacity.unit_states(s, tau=audit_cfg.dormant_tau, rare_threshold=audit_cfg.rare_threshold)
+                  for s in probe.stats(x_probe)]
+        timeline.record_states(epoch, states)
+        recycled = {}
+        if train_cfg.redo_every and epoch % train_cfg.redo_every == 0 and epoch < train_cfg.epochs:
+            recycled = capacity.recycle_dormant(model, probe, x_probe, tau=audit_cfg.dormant_tau, generator=generator)
+        record = EpochRecord(
+            epoch, total / len(perm), val_loss, val_accuracy,
+            {s.layer: float(s.dead.mean()) for s in states}, time.perf_counter() - epoch_start,
+            dormant_fraction={s.layer: float(s.dormant.mean()) for s in states},
+            rare_fraction={s.layer: float(s.rare.mean()) for s in states},
+            recycled=recycled, capacity_seconds=time.perf_counter() - measured)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record, train_cfg.epochs)
@@ -144,7 +171,8 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model.cpu(), seed, history, best_epoch, stopped_early, time.perf_counter() - started)
+    return TrainResult(model.cpu(), seed, history, best_epoch, stopped_early, time.perf_counter() - started,
+                       timeline=timeline.to_dict())
 
 
 @torch.no_grad()

@@ -86,12 +86,15 @@ def _status(value: float, low: float, high: float, threshold: float, comparison:
 
 
 def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapacity], *,
-          seed_ranges: dict[str, float] | None = None) -> list[Finding]:
-    """All findings: accuracy, then per audited feature the disparities, then per layer dead units.
+          seed_ranges: dict[str, float] | None = None, group_capacity: dict | None = None) -> list[Finding]:
+    """All findings: accuracy, per audited feature the disparities, per layer dead and dormant
+    units, and per audited feature the gap in capacity share between groups.
 
-    ``seed_ranges`` maps a finding id to how far its value moves across training seeds.
+    ``seed_ranges`` maps a finding id to how far its value moves across training seeds;
+    ``group_capacity`` maps an audited feature to ``capacity.group_capacity`` results.
     """
-    checks = _fairness_checks(policy, evaluation) + _capacity_checks(policy, layers)
+    checks = (_fairness_checks(policy, evaluation) + _capacity_checks(policy, layers)
+              + _group_capacity_checks(policy, evaluation, group_capacity or {}))
     on_interval = policy.gate_on == "interval"
     level = evaluation.ci_level
     judged = sum(c.samples is not None for c in checks)
@@ -177,21 +180,68 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
 
 
 def _capacity_checks(policy: PolicyConfig, layers: list[LayerCapacity]) -> list[_Check]:
-    if policy.max_dead_fraction is None:
-        return []
-    t = policy.max_dead_fraction
     checks = []
-    for index, layer in enumerate(layers, start=1):
-        f = layer.dead_fraction
-        lost = (f"Hidden layer {index} ({layer.layer}): {layer.dead} of {layer.units} ReLU units never fire "
-                f"on the training data ({f:.0%})")
-        checks.append(_Check(f"dead_fraction:layer{index}", f, t, "<=", {
-            "pass": f"{lost}, within the allowed {t:.0%}.",
-            "fail": f"{lost}, more than the allowed {t:.0%}; this capacity is lost to the model.",
-            "inconclusive": "",  # counted exactly: never inconclusive
-            "not_evaluated": "Dead units could not be counted.",
+    if policy.max_dead_fraction is not None:
+        t = policy.max_dead_fraction
+        for index, layer in enumerate(layers, start=1):
+            f = layer.dead_fraction
+            lost = (f"Hidden layer {index} ({layer.layer}): {layer.dead} of {layer.units} ReLU units never fire "
+                    f"on the training data ({f:.0%})")
+            checks.append(_Check(f"dead_fraction:layer{index}", f, t, "<=", {
+                "pass": f"{lost}, within the allowed {t:.0%}.",
+                "fail": f"{lost}, more than the allowed {t:.0%}; this capacity is lost to the model.",
+                "inconclusive": "",  # counted exactly: never inconclusive
+                "not_evaluated": "Dead units could not be counted.",
+            }))
+    if policy.max_dormant_fraction is not None:
+        t = policy.max_dormant_fraction
+        for index, layer in enumerate(layers, start=1):
+            f = layer.dormant_fraction
+            said = (f"Hidden layer {index} ({layer.layer}): {layer.dormant} of {layer.units} ReLU units are dormant "
+                    f"on the training data ({f:.0%}: mean activation at most tau = "
+                    f"{getattr(layer, 'tau', 'tau')} of the layer's average)")
+            checks.append(_Check(f"dormant_fraction:layer{index}", f, t, "<=", {
+                "pass": f"{said}, within the allowed {t:.0%}.",
+                "fail": f"{said}, more than the allowed {t:.0%}; these units contribute almost nothing.",
+                "inconclusive": "", "not_evaluated": "Dormant units could not be counted.",
+            }))
+    return checks
+
+
+def _group_capacity_checks(policy: PolicyConfig, evaluation: Evaluation, group_capacity: dict) -> list[_Check]:
+    """Per audited feature: the largest gap, over layers, in the share of live units serving each group."""
+    if policy.max_capacity_share_gap is None:
+        return []
+    t = policy.max_capacity_share_gap
+    checks = []
+    for view, per_layer in group_capacity.items():
+        table = evaluation.groups[view]
+        eligible = set(table.loc[table["eligible"], "group"])
+        worst = (math.nan, None, None, None)  # gap, layer, lowest group, its share
+        for index, layer in enumerate(per_layer, start=1):
+            shares = {g.group: g.capacity_share for g in layer.groups
+                      if g.group in eligible and g.capacity_share is not None}
+            if len(shares) >= 2:
+                low = min(shares, key=shares.get)
+                gap = max(shares.values()) - shares[low]
+                if math.isnan(worst[0]) or gap > worst[0]:
+                    worst = (gap, f"{index} ({layer.layer})", low, shares[low])
+        gap, where, low, share = worst
+        said = (f"By {view}, in hidden layer {where} the units alive for '{low}' are {_share(share)} of the units "
+                f"alive for anyone") if low is not None else ""
+        checks.append(_Check(f"capacity_share_gap:{view}", gap, t, "<=", {
+            "pass": f"{said}; no group's share of the network's live capacity trails another's by more than "
+                    f"{t:.0%}." if low else "",
+            "fail": f"{said}: capacity that serves other groups is dead or dormant for this group, a gap of "
+                    f"{gap:.0%} (allowed {t:.0%})." if low else "",
+            "inconclusive": "",
+            "not_evaluated": f"Fewer than two groups of '{view}' have enough rows to compare capacity shares.",
         }))
     return checks
+
+
+def _share(value) -> str:
+    return f"{value:.0%}" if value is not None else "undefined"
 
 
 def _pp(value: float) -> str:

@@ -84,22 +84,40 @@ def plots(audit: dict) -> dict[str, bytes]:
         ax.legend(fontsize=7)
         images[f"calibration_{index}.png"] = _png(fig)
 
-    timeline = audit["capacity"]["timeline"]
-    if timeline:
-        fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
-        layers = list(timeline[0]["dead_fraction"])
-        epochs = [t["epoch"] for t in timeline]
-        for i, layer in enumerate(layers, start=1):
-            ax.plot(epochs, [t["dead_fraction"][layer] for t in timeline], marker="o", label=f"layer {i} ({layer})")
-        threshold = audit["config"]["policy"]["max_dead_fraction"]
-        if threshold is not None:
-            ax.axhline(threshold, color="grey", linestyle="--", label="policy limit")
-        ax.set_ylim(0, 1)
+    units = audit["capacity"].get("units", {}).get("layers", {})
+    if units:
+        fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+        for i, (layer, info) in enumerate(units.items(), start=1):
+            epochs = [c["epoch"] for c in info["counts"]]
+            line, = ax.plot(epochs, [c["alive"] for c in info["counts"]], marker="o",
+                            label=f"layer {i} ({layer}): alive of {info['units']}")
+            ax.plot(epochs, [info["units"] - c["dormant"] for c in info["counts"] if c["dormant"] is not None],
+                    linestyle=":", color=line.get_color(), label=f"layer {i}: not dormant")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("fraction of units dead")
-        ax.set_title(f"Dead ReLU units during training ({audit['capacity']['timeline_sample_rows']} training rows)")
-        ax.legend(fontsize=8)
+        ax.set_ylabel("units")
+        ax.set_title(f"ReLU units alive during training ({audit['capacity']['timeline_sample_rows']} training rows)")
+        ax.legend(fontsize=7)
         images["dead_units.png"] = _png(fig)
+
+    remedies = audit["capacity"].get("remedies") or []
+    if remedies:
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.2), layout="constrained")
+        names = [r["remedy"].split(" ")[0] for r in remedies]
+        axes[0].bar(names, [r["dead_fraction"] for r in remedies], color="#b42318")
+        axes[0].set_title("largest dead fraction")
+        axes[1].bar(names, [r["accuracy"] for r in remedies], color="#1a7f37",
+                    yerr=_errors(remedies, lambda r: (r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"])))
+        axes[1].set_title("accuracy")
+        axes[1].set_ylim(min(r["accuracy"] for r in remedies) - 0.05, 1)
+        view = next(iter(remedies[0]["disparities"]))
+        gap = lambda r: (lambda d: (d["value"], d["ci_low"], d["ci_high"]))(  # noqa: E731
+            r["disparities"][view]["demographic_parity_difference"])
+        axes[2].bar(names, [gap(r)[0] or 0 for r in remedies], yerr=_errors(remedies, gap))
+        axes[2].set_title(f"demographic parity difference ({view})")
+        for ax in axes:
+            ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        images["remedies.png"] = _png(fig)
 
     history = audit["training"]["history"]
     if history:
@@ -113,6 +131,32 @@ def plots(audit: dict) -> dict[str, bytes]:
         ax.legend(fontsize=8)
         images["training.png"] = _png(fig)
     return images
+
+
+def _errors(rows: list[dict], get) -> list[list[float]] | None:
+    """Asymmetric error bars from (value, low, high); None when any bound is missing."""
+    triples = [get(r) for r in rows]
+    if any(v is None or lo is None or hi is None for v, lo, hi in triples):
+        return None
+    return [[max(v - lo, 0) for v, lo, _ in triples], [max(hi - v, 0) for v, _, hi in triples]]
+
+
+def remedy_summary(remedies: list[dict]) -> str:
+    """One plain sentence per remedy: what it did to dead units, accuracy and demographic parity."""
+    if len(remedies) < 2:
+        return ""
+    base = remedies[0]
+    view = next(iter(base["disparities"]))
+    sentences = []
+    for r in remedies[1:]:
+        dpd, dpd0 = (x["disparities"][view]["demographic_parity_difference"]["value"] for x in (r, base))
+        change = "restored capacity" if r["dead_fraction"] < base["dead_fraction"] else (
+            "left dead units unchanged" if r["dead_fraction"] == base["dead_fraction"] else "lost more units")
+        fairness = ("" if dpd is None or dpd0 is None else
+                    f"; demographic parity difference by {view} {dpd0:.3f} → {dpd:.3f}")
+        sentences.append(f"{r['remedy']} {change} (largest dead fraction {base['dead_fraction']:.0%} → "
+                         f"{r['dead_fraction']:.0%}); accuracy {base['accuracy']:.1%} → {r['accuracy']:.1%}{fairness}.")
+    return " ".join(sentences)
 
 
 def _short(text: str, width: int = 36) -> str:
@@ -152,6 +196,7 @@ def render_html(audit: dict, images: dict[str, bytes]) -> str:
         audit=audit, findings=findings, images=inline, rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
         fairness_images=[n for n in inline if n.startswith("fairness_")],
         calibration_images=[n for n in inline if n.startswith("calibration_")],
+        remedy_text=remedy_summary(audit["capacity"].get("remedies") or []),
         config_yaml=yaml.safe_dump(audit["config"], sort_keys=False),
         counts={s: sum(f["status"] == s for f in audit["findings"])
                 for s in ("pass", "fail", "inconclusive", "not_evaluated")},

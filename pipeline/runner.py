@@ -87,12 +87,13 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         timer.lap("mlflow_logging")
         seeds = [_train_and_audit(cfg, split, seed, timer) for seed in cfg.training.seeds]
         primary = seeds[0]
+        remedies = _remedies(cfg, split, timer, primary) if cfg.audit.remedies else []
 
         findings = policy.judge(cfg.policy, primary["evaluation"], primary["capacity_train"],
-                                seed_ranges=_seed_ranges(seeds))
+                                seed_ranges=_seed_ranges(seeds), group_capacity=primary["group_capacity"])
         verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
         audit = _audit_document(parent.info.run_id, run_name, cfg, cfg_dict, table, split, seeds, findings,
-                                verdict, uri)
+                                verdict, uri, remedies)
         timer.lap("evaluation")
 
         out_dir = Path(reports_dir) / parent.info.run_id
@@ -129,40 +130,106 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
-def _train_and_audit(cfg, split, seed: int, timer: StageTimer) -> dict:
-    """One seed: train in a nested MLflow run, then evaluate fairness and count dead units."""
-    import torch
+def _train_and_audit(cfg, split, seed: int, timer: StageTimer, *, run_name: str | None = None) -> dict:
+    """One seed: train in a nested MLflow run, then evaluate fairness and measure capacity."""
+    from pipeline import model, tracking
 
-    from pipeline import capacity, fairness, model, tracking
-
-    with tracking.seed_run(seed) as child:
+    primary = seed == cfg.training.seeds[0]
+    with tracking.seed_run(seed, name=run_name) as child:
         result = model.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
-                             audit_cfg=cfg.audit, seed=seed, on_epoch=_epoch_reporter(seed))
+                             audit_cfg=cfg.audit, seed=seed, on_epoch=_epoch_reporter(run_name or f"seed {seed}"))
         timer.lap("training")
-        proba = model.predict_proba(result.model, split.x_test)
-        # Intervals for the audited (first-seed) model; the other seeds give the seed spread.
-        evaluation = fairness.evaluate(split.y_test, proba, split.s_test, audit=cfg.audit,
-                                       intersections=cfg.dataset.intersections,
-                                       bootstrap=seed == cfg.training.seeds[0])
-        timer.lap("evaluation")
-        probe = capacity.ReluProbe(result.model)
-        cap_train = capacity.measure(probe, torch.from_numpy(split.x_train), tau=cfg.audit.dormant_tau)
-        cap_test = capacity.measure(probe, torch.from_numpy(split.x_test), tau=cfg.audit.dormant_tau)
-        timer.lap("dead_units")
-        outcome = {"seed": seed, "train": result, "evaluation": evaluation,
-                   "capacity_train": cap_train, "capacity_test": cap_test, "run_id": child.info.run_id}
+        outcome = {"seed": seed, "train": result, "run_id": child.info.run_id,
+                   **_audit_model(result.model, cfg, split, timer, full=primary)}
         tracking.log_seed(outcome)
         timer.lap("mlflow_logging")
     return outcome
 
 
-def _epoch_reporter(seed: int) -> Callable:
+def _audit_model(net, cfg, split, timer: StageTimer, *, full: bool) -> dict:
+    """Fairness and capacity of one trained model on the test split (and dead units on training rows).
+
+    ``full``: bootstrap intervals, effective ranks and group-conditional capacity; for the
+    audited model. The other seeds only need the point numbers that show the seed spread.
+    """
+    import torch
+
+    from pipeline import capacity, fairness, model
+
+    proba = model.predict_proba(net, split.x_test)
+    evaluation = fairness.evaluate(split.y_test, proba, split.s_test, audit=cfg.audit,
+                                   intersections=cfg.dataset.intersections, bootstrap=full)
+    timer.lap("evaluation")
+    probe = capacity.ReluProbe(net)
+    x_train, x_test = torch.from_numpy(split.x_train), torch.from_numpy(split.x_test)
+    health = {"tau": cfg.audit.dormant_tau, "rare_threshold": cfg.audit.rare_threshold}
+    outcome = {"evaluation": evaluation,
+               "capacity_train": capacity.measure_health(probe, x_train, **health),
+               "capacity_test": capacity.measure_health(probe, x_test, **health)}
+    if full:
+        outcome["ranks"] = capacity.measure_ranks(probe, x_test, delta=cfg.audit.srank_delta)
+        outcome["group_capacity"] = {
+            view: capacity.group_capacity(probe, x_test, _view_labels(split.s_test, view), tau=cfg.audit.dormant_tau,
+                                          labels=[g for g in table["group"] if _status(table, g) != "suppressed"])
+            for view, table in evaluation.groups.items()}
+    timer.lap("dead_units")
+    return outcome
+
+
+def _view_labels(sensitive, view: str):
+    """Per-row group labels of an audited view ('sex' or the intersection 'sex & race')."""
+    from pipeline.fairness import INTERSECTION_JOIN
+
+    columns = [sensitive[c].astype(str) for c in view.split(INTERSECTION_JOIN)]
+    labels = columns[0].str.cat(columns[1:], sep=INTERSECTION_JOIN) if len(columns) > 1 else columns[0]
+    return labels.to_numpy()
+
+
+def _status(table, group: str) -> str:
+    return str(table.loc[table["group"] == group, "status"].iloc[0])
+
+
+def _remedies(cfg, split, timer: StageTimer, baseline: dict) -> list[dict]:
+    """Retrain the audited architecture under each configured remedy (nested runs) and compare."""
+    import dataclasses
+
+    changes = {
+        "leaky_relu": lambda c: dataclasses.replace(c, model=dataclasses.replace(c.model, activation="leaky_relu")),
+        "lower_lr": lambda c: dataclasses.replace(c, training=dataclasses.replace(
+            c.training, learning_rate=c.training.learning_rate / 10)),
+        "he_init": lambda c: dataclasses.replace(c, model=dataclasses.replace(c.model, init="he")),
+        "redo": lambda c: dataclasses.replace(c, training=dataclasses.replace(c.training, redo_every=1)),
+    }
+    rows = [_remedy_row("none (audited model)", baseline)]
+    seed = cfg.training.seeds[0]
+    for name in cfg.audit.remedies:
+        variant = changes[name](cfg)
+        outcome = _train_and_audit(variant, split, seed, timer, run_name=f"remedy-{name}")
+        rows.append(_remedy_row(name, outcome))
+    return rows
+
+
+def _remedy_row(name: str, outcome: dict) -> dict:
+    ev = outcome["evaluation"]
+    row = {"remedy": name,
+           "dead_fraction": max(layer.dead_fraction for layer in outcome["capacity_train"]),
+           "dormant_fraction": max(layer.dormant_fraction for layer in outcome["capacity_train"]),
+           "erank": [r.erank for r in outcome.get("ranks", [])],
+           "accuracy": ev.overall["accuracy"],
+           "accuracy_ci_low": ev.overall.get("accuracy_ci_low"), "accuracy_ci_high": ev.overall.get("accuracy_ci_high"),
+           "disparities": {view: {k: gaps[k].to_dict() for k in ("demographic_parity_difference",
+                                                                  "equalized_odds_difference")}
+                           for view, gaps in ev.disparities.items()}}
+    return row
+
+
+def _epoch_reporter(label: str) -> Callable:
     """A progress bar on a terminal; one log line per epoch otherwise."""
     tty = sys.stderr.isatty()
 
     def report(rec, epochs: int) -> None:
         dead = max(rec.dead_fraction.values(), default=0.0)
-        text = (f"seed {seed} epoch {rec.epoch}/{epochs} train_loss {rec.train_loss:.4f} "
+        text = (f"{label} epoch {rec.epoch}/{epochs} train_loss {rec.train_loss:.4f} "
                 f"val_loss {rec.val_loss:.4f} val_accuracy {rec.val_accuracy:.4f} max_dead {dead:.2f}")
         if tty:
             done = int(20 * rec.epoch / epochs)
@@ -182,15 +249,23 @@ def _run_name(dataset: str, cfg) -> str:
     return f"{dataset}-mlp{arch}-{cfg.model.relu}-relu-{stamp}"
 
 
-def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findings, verdict, uri) -> dict:
+def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findings, verdict, uri,
+                    remedies) -> dict:
     """The versioned audit.json document: plain JSON data, NaN written as null."""
     from pipeline import fairness, tracking
 
     primary = seeds[0]
     ev = primary["evaluation"]
     train = primary["train"]
-    layers = [{"index": i, "layer": tr.layer, "units": tr.units, "train": tr.counts(), "test": te.counts()}
+    ranks = {r.layer: r for r in primary["ranks"]}
+    layers = [{"index": i, "layer": tr.layer, "units": tr.units, "train": tr.counts(), "test": te.counts(),
+               "erank": ranks[tr.layer].erank, "srank": ranks[tr.layer].srank}
               for i, (tr, te) in enumerate(zip(primary["capacity_train"], primary["capacity_test"]), start=1)]
+    eligible = {view: set(t.loc[t["eligible"], "group"]) for view, t in ev.groups.items()}
+    group_capacity = {
+        view: [{"layer": layer.layer, **g.to_dict(), "eligible": g.group in eligible[view]}
+               for layer in per_layer for g in layer.groups]
+        for view, per_layer in primary["group_capacity"].items()}
     return _clean({
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -209,9 +284,15 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
         "calibration": {"bins": cfg.audit.calibration_bins, "reliability": ev.reliability},
         "capacity": {
             "dormant_tau": cfg.audit.dormant_tau,
+            "rare_threshold": cfg.audit.rare_threshold,
+            "srank_delta": cfg.audit.srank_delta,
             "layers": layers,
-            "timeline": [{"epoch": r.epoch, "dead_fraction": r.dead_fraction} for r in train.history],
+            "timeline": [{"epoch": r.epoch, "dead_fraction": r.dead_fraction, "dormant_fraction": r.dormant_fraction,
+                          "rare_fraction": r.rare_fraction, "recycled": r.recycled} for r in train.history],
             "timeline_sample_rows": min(cfg.audit.capacity_sample, len(split.y_train)),
+            "units": train.timeline,
+            "groups": group_capacity,
+            "remedies": remedies,
         },
         "training": {
             "seed": train.seed,
@@ -219,6 +300,7 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
             "best_epoch": train.best_epoch,
             "stopped_early": train.stopped_early,
             "seconds": train.seconds,
+            "capacity_seconds": sum(r.capacity_seconds for r in train.history),  # measuring units each epoch
             "history": [{"epoch": r.epoch, "train_loss": r.train_loss, "val_loss": r.val_loss,
                          "val_accuracy": r.val_accuracy} for r in train.history],
         },
@@ -301,6 +383,7 @@ def seed_metrics(outcome: dict) -> dict[str, float]:
     for i, layer in enumerate(outcome["capacity_train"], start=1):
         metrics[f"dead_fraction/layer{i}"] = layer.dead_fraction
         metrics[f"dormant_fraction/layer{i}"] = layer.dormant_fraction
+        metrics[f"rare_fraction/layer{i}"] = layer.rare_fraction
     return metrics
 
 

@@ -89,11 +89,12 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 
 @contextmanager
-def seed_run(seed: int) -> Iterator[mlflow.ActiveRun]:
+def seed_run(seed: int, *, name: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one trained model: a seed of the audited model, or a named what-if remedy."""
     parent = mlflow.active_run()
-    with _ended_run(run_name=f"{parent.info.run_name}-seed{seed}", nested=True,
+    with _ended_run(run_name=f"{parent.info.run_name}-{name or f'seed{seed}'}", nested=True,
                     experiment_id=parent.info.experiment_id) as active:
-        mlflow.set_tag("seed", str(seed))
+        mlflow.set_tags({"seed": str(seed), **({"remedy": name.removeprefix("remedy-")} if name else {})})
         yield active
 
 
@@ -117,7 +118,9 @@ def log_seed(outcome: dict) -> None:
     steps = []
     for rec in outcome["train"].history:
         values = {"train_loss": rec.train_loss, "val_loss": rec.val_loss, "val_accuracy": rec.val_accuracy}
-        values.update({f"epoch_dead_fraction/layer{i}": f for i, f in enumerate(rec.dead_fraction.values(), 1)})
+        for kind in ("dead", "dormant", "rare"):
+            fractions = getattr(rec, f"{kind}_fraction").values()
+            values.update({f"epoch_{kind}_fraction/layer{i}": f for i, f in enumerate(fractions, 1)})
         steps += [Metric(k, float(v), now, rec.epoch) for k, v in values.items()]
     _log_metric_list(run_id, steps)
     _log_metrics(run_id, seed_metrics(outcome))
@@ -137,8 +140,9 @@ def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path
     metrics = [Metric(k, float(v), now, 0) for k, v in _audit_metrics(audit).items()]
     for rec in seeds[0]["train"].history:
         metrics += [Metric("train_loss", rec.train_loss, now, rec.epoch), Metric("val_loss", rec.val_loss, now, rec.epoch)]
-        metrics += [Metric(f"epoch_dead_fraction/layer{i}", f, now, rec.epoch)
-                    for i, f in enumerate(rec.dead_fraction.values(), 1)]
+        for kind in ("dead", "dormant", "rare"):
+            metrics += [Metric(f"epoch_{kind}_fraction/layer{i}", f, now, rec.epoch)
+                        for i, f in enumerate(getattr(rec, f"{kind}_fraction").values(), 1)]
     _log_metric_list(run_id, metrics)
 
     for feature, rows in audit["groups"].items():
@@ -213,8 +217,16 @@ def _audit_metrics(audit: dict) -> dict[str, float]:
                     metrics[metric_key(name, feature) + f"_{part}"] = gap[part]
     for layer in audit["capacity"]["layers"]:
         for split_name in ("train", "test"):
-            for name in ("dead", "dead_fraction", "dormant", "dormant_fraction"):
-                metrics[f"{name}/layer{layer['index']}/{split_name}"] = layer[split_name][name]
+            for name, value in layer[split_name].items():
+                metrics[f"{name}/layer{layer['index']}/{split_name}"] = value
+        metrics[f"erank/layer{layer['index']}"] = layer["erank"]
+        metrics[f"srank/layer{layer['index']}"] = layer["srank"]
+    index = {layer["layer"]: layer["index"] for layer in audit["capacity"]["layers"]}
+    for view, rows in audit["capacity"]["groups"].items():
+        for row in rows:
+            if row["capacity_share"] is not None:
+                metrics[metric_key("capacity_share", view, row["group"]) + f"/layer{index[row['layer']]}"] = \
+                    row["capacity_share"]
     if len(audit["seeds"]["seeds"]) > 1:
         for key, stats in audit["seeds"]["metrics"].items():
             metrics[f"seeds/{key}/mean"] = stats["mean"]

@@ -26,7 +26,7 @@ def small_config(**overrides) -> dict:
         # Lenient policy: passes. Tests make it strict to see it fail.
         "policy": {"min_accuracy": 0.0, "max_demographic_parity_difference": 1.0,
                    "min_demographic_parity_ratio": 0.0, "max_equalized_odds_difference": 1.0,
-                   "max_dead_fraction": 1.0},
+                   "max_dead_fraction": 1.0, "max_dormant_fraction": 1.0, "max_capacity_share_gap": 1.0},
         "tracking": {"experiment": "tests"},
     }
     for dotted, value in overrides.items():

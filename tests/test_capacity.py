@@ -281,10 +281,9 @@ def test_layer_capacity_from_plain_stats():
     "model",
     [
         nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 1)),
-        nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(), nn.Linear(4, 1)),  # not a ReLU: never "dead"
         nn.Linear(3, 1),
     ],
-    ids=["sigmoid", "leaky_relu", "linear"],
+    ids=["sigmoid", "linear"],
 )
 def test_probe_without_relu_raises_user_error(model):
     with pytest.raises(UserError, match="has no ReLU"):
@@ -370,3 +369,16 @@ def test_relumlp_with_dropout_is_probed_in_eval_mode():
     for stats, h in zip(first, (h1, h2), strict=True):
         np.testing.assert_array_equal(stats.fired, (h > 0).sum(0))
         np.testing.assert_allclose(stats.mean_abs, h.mean(0), rtol=1e-5)
+
+
+def test_leaky_relu_sites_are_probed_like_relus():
+    # LeakyReLU is measured too (the remedy comparison needs it): a unit whose input is always
+    # negative never outputs > 0, so it counts as dead although its gradient is not zero.
+    linear = nn.Linear(2, 3)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        linear.bias.copy_(torch.tensor([0.0, 0.0, -1.0]))
+    model = nn.Sequential(linear, nn.LeakyReLU(0.01), nn.Linear(3, 1))
+    x = torch.rand(50, 2) + 0.1  # positive inputs: units 0 and 1 fire, unit 2 sees -1 always
+    (layer,) = capacity.measure(capacity.ReluProbe(model), x, tau=0.1)
+    assert (layer.units, layer.dead) == (3, 1)

@@ -41,7 +41,7 @@ BAD_VALUES = [
         {},
         "trainng: unknown key; valid keys are: audit, dataset, model, policy, split, tracking, training",
     ),
-    ("model", "activation", "relu", "model.activation: unknown key; valid keys are: dropout, hidden_sizes, relu"),
+    ("model", "activation", "gelu", "model.activation: got 'gelu' (str); expected one of: relu, leaky_relu"),
     (
         "dataset",
         "sensitive",
@@ -225,7 +225,11 @@ DEFAULTS = {
     "dataset.name": "", "dataset.sensitive_as_input": False, "dataset.drop": (), "dataset.missing_values": (),
     "dataset.missing": "category", "dataset.intersections": True,
     "split.test_size": 0.3, "split.stratify_by": None, "split.seed": 0,
-    "model.hidden_sizes": (64, 32), "model.relu": "module", "model.dropout": 0.0,
+    "model.hidden_sizes": (64, 32), "model.relu": "module", "model.dropout": 0.0, "model.activation": "relu",
+    "model.init": "default", "training.redo_every": 0,
+    "audit.rare_threshold": 0.01, "audit.srank_delta": 0.01, "audit.remedies": (),
+    "policy.max_dormant_fraction": 0.25, "policy.max_capacity_share_gap": 0.10,
+    "tracking.registered_model": None, "tracking.audited_alias": "audited",
     "training.epochs": 20, "training.batch_size": 256, "training.optimizer": "adam",
     "training.learning_rate": 1e-3, "training.weight_decay": 0.0, "training.early_stopping_patience": 3,
     "training.validation_fraction": 0.1, "training.seeds": (0,), "training.device": "auto",
@@ -256,8 +260,8 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 10 + 3 + 3 + 9 + 9 + 8 + 1.
-    assert len(flat) == 43
+    # One param per field of every section: 10 + 3 + 5 + 10 + 12 + 10 + 3.
+    assert len(flat) == 53
     assert set(flat) == {
         "dataset.path",
         "dataset.target",

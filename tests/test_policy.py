@@ -26,6 +26,8 @@ OFF = dict(
     min_demographic_parity_ratio=None,
     max_equalized_odds_difference=None,
     max_dead_fraction=None,
+    max_dormant_fraction=None,
+    max_capacity_share_gap=None,
 )
 
 
@@ -141,6 +143,8 @@ def test_every_check_in_order_for_every_feature_and_layer():
         "equalized_odds_difference:sex & race",
         "dead_fraction:layer1",
         "dead_fraction:layer2",
+        "dormant_fraction:layer1",
+        "dormant_fraction:layer2",
     ]
     assert all(f.status == "pass" for f in findings)
 
@@ -160,7 +164,7 @@ def test_disabled_threshold_produces_no_finding(disabled, removed_prefix):
     ev = evaluation(accuracy=0.1, sex=gaps(dpd=0.9, dpr=0.1, eod=0.9))
     layers = [LayerCapacity("acts.0", 10, 10, 10)]
     ids = [f.id for f in policy.judge(PolicyConfig(**{disabled: None}), ev, layers)]
-    assert len(ids) == 4
+    assert len(ids) == 5  # accuracy, three disparities, dead and dormant fractions: one disabled
     assert not any(i.startswith(removed_prefix) for i in ids)
 
 
