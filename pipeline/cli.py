@@ -48,18 +48,25 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr.")
 def run(config_path: str, tracking_uri: str | None, reports_dir: str, as_json: bool) -> None:
     """Train, audit, gate and log one model. Exit 0 pass, 1 policy fail, 2 bad input."""
+    _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir), as_json)
+
+
+def _execute(call, as_json: bool) -> None:
+    """Run an audit-producing command; map its outcome to the exit codes above."""
     _setup_logging()
     signal.signal(signal.SIGTERM, _raise_interrupted)
     summary: dict = {"run_id": None, "verdict": None}
     try:
         from pipeline import runner
 
-        result = runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir)
+        result = call(runner)
         summary, code = result.summary(), result.exit_code
         if not as_json:
             click.echo(f"verdict: {result.verdict.upper()} (exit {code})")
             for fid in result.failed_findings:
                 click.echo(f"  failed: {fid}")
+            for fid in result.inconclusive_findings:
+                click.echo(f"  inconclusive: {fid}")
             click.echo(f"report:  {result.report_html}")
             click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
     except UserError as err:
@@ -74,6 +81,32 @@ def run(config_path: str, tracking_uri: str | None, reports_dir: str, as_json: b
     if as_json:
         click.echo(json.dumps({**summary, "exit_code": code}))
     sys.exit(code)
+
+
+@cli.command()
+@click.option("--config", "config_path", default="configs/adult.yaml", show_default=True,
+              help="Config naming the data, the sensitive features, the audit settings and the policy.")
+@click.option("--model-uri", default=None,
+              help="An MLflow model: runs:/RUN_ID/model, models:/NAME/VERSION or models:/NAME@ALIAS.")
+@click.option("--model-module", default=None, help="A Python factory 'package.module:callable' returning the model.")
+@click.option("--state-dict", default=None, help="With --model-module: weights saved by torch.save(model.state_dict()).")
+@click.option("--layers", default=None, help="Comma-separated submodules whose outputs are post-ReLU (untraceable models).")
+@click.option("--encoder", default=None, help="With --model-module: encoder.json from the run that trained it.")
+@click.option("--data", "data_path", default=None, help="Audit this data file instead of the config's dataset.path.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@click.option("--reports-dir", default="reports", show_default=True, help="Where reports/<run_id>/ is written.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr.")
+def audit(config_path, model_uri, model_module, state_dict, layers, encoder, data_path, tracking_uri, reports_dir,
+          as_json) -> None:
+    """Audit an existing model without training it. Exit 0 pass, 1 policy fail, 2 bad input."""
+
+    def call(runner):
+        return runner.audit(config_path, model_uri=model_uri, module=model_module, state_dict=state_dict,
+                            layers=layers.split(",") if layers else None, encoder=encoder, data_path=data_path,
+                            tracking_uri=tracking_uri, reports_dir=reports_dir)
+
+    _execute(call, as_json)
 
 
 @cli.command()

@@ -63,6 +63,11 @@ class Encoder:
         return {"numeric": {k: list(v) for k, v in self.numeric.items()},
                 "categorical": {k: list(v) for k, v in self.categorical.items()}}
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> Encoder:
+        return cls(numeric={k: tuple(map(float, v)) for k, v in raw["numeric"].items()},
+                   categorical={k: tuple(map(str, v)) for k, v in raw["categorical"].items()})
+
 
 @dataclass(frozen=True)
 class Split:
@@ -224,3 +229,37 @@ def fit_encoder(frame: pd.DataFrame) -> Encoder:
             cats = series.astype("string").fillna(MISSING_CATEGORY)
             categorical[col] = tuple(sorted(cats.unique()))
     return Encoder(numeric=numeric, categorical=categorical)
+
+
+def read_encoder(path: str | Path) -> dict:
+    """An encoder saved by a pipeline run (MLflow artifact ``model_inputs/encoder.json``)."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read encoder: {err}") from err
+    if not isinstance(raw, dict) or set(raw) != {"numeric", "categorical"}:
+        raise DataError(f"{path}: expected an encoder with keys 'numeric' and 'categorical'")
+    return raw
+
+
+def encode_all(table: Table, cfg: Config, encoder: dict | None, *, source: str) -> Split:
+    """Every row as audit data (no training split): train and test fields hold the same rows.
+
+    ``encoder`` is the one the model was trained with; ``None`` fits one on these rows.
+    """
+    ds = cfg.dataset
+    frame = table.frame
+    excluded = {ds.target} | (set() if ds.sensitive_as_input else set(ds.sensitive_features))
+    features = [c for c in frame.columns if c not in excluded]
+    fitted = Encoder.from_dict(encoder) if encoder is not None else fit_encoder(frame[features])
+    missing = [c for c in [*fitted.numeric, *fitted.categorical] if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: dataset.path: the model was trained on column(s) {', '.join(missing)}, "
+                        f"which {table.path} lacks; columns are: {', '.join(map(str, frame.columns))}")
+    x = fitted.transform(frame)
+    y = (frame[ds.target].astype("string") == ds.positive_label).to_numpy(dtype=np.float32)
+    groups = frame[list(ds.sensitive_features)].astype("string").fillna(MISSING_CATEGORY).reset_index(drop=True)
+    return Split(x_train=x, y_train=y, s_train=groups, x_test=x, y_test=y, s_test=groups, encoder=fitted,
+                 feature_columns=[*fitted.numeric, *fitted.categorical])

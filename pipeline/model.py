@@ -7,6 +7,7 @@ validation split, the shuffling and dropout.
 from __future__ import annotations
 
 import copy
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,3 +191,53 @@ def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Probability of the positive label for each row."""
     model.eval()
     return torch.sigmoid(model(torch.from_numpy(x))).numpy().astype(np.float64)
+
+
+def load_from_module(spec: str, state_dict_path) -> tuple[nn.Module, dict]:
+    """Build a model with ``package.module:factory`` and load a state_dict with ``weights_only=True``.
+
+    ``weights_only=True`` refuses pickled code, so an untrusted file cannot run anything.
+    """
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from pipeline.errors import UserError
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"--model-module: got '{spec}'; expected 'package.module:factory', e.g. 'mymodels:build'")
+    sys.path.insert(0, str(Path.cwd()))  # a module next to the config, as a user would expect
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"--model-module: cannot load '{spec}': {err}") from err
+    finally:
+        sys.path.pop(0)
+    net = factory()
+    if not isinstance(net, nn.Module):
+        raise UserError(f"--model-module: '{spec}' returned {type(net).__name__}; expected a torch.nn.Module")
+    try:
+        state = torch.load(state_dict_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except FileNotFoundError as err:
+        raise UserError(f"--state-dict: file '{state_dict_path}' not found") from err
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        raise UserError(f"--state-dict: {state_dict_path} does not fit {spec}: {str(err).splitlines()[0]}") from err
+    net.eval()
+    return net, {"source": spec, "state_dict": str(state_dict_path),
+                 "parameters": sum(p.numel() for p in net.parameters())}
+
+
+def check_inputs(net: nn.Module, x: np.ndarray, *, source: str) -> None:
+    """One forward pass on two rows: a model that expects other inputs is a user error, said plainly."""
+    from pipeline.errors import UserError
+
+    try:
+        with torch.no_grad():
+            out = net(torch.from_numpy(x[:2]))
+    except RuntimeError as err:
+        raise UserError(f"{source}: the model does not accept the encoded data ({x.shape[1]} inputs per row): "
+                        f"{str(err).splitlines()[0]}") from err
+    if out.numel() != min(2, len(x)):
+        raise UserError(f"{source}: expected one logit per row, got output of shape {tuple(out.shape)}")

@@ -119,7 +119,7 @@ def plots(audit: dict) -> dict[str, bytes]:
             ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         images["remedies.png"] = _png(fig)
 
-    history = audit["training"]["history"]
+    history = (audit["training"] or {}).get("history")
     if history:
         fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
         ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker="o", label="training loss")
@@ -235,9 +235,29 @@ def _md(text) -> str:
     return text
 
 
+def _model_lines(audit: dict) -> list[str]:
+    m, ds = audit["model"], audit["dataset"]
+    output = (f"- Output: probability that {_code(ds['target'])} is {_code(ds['positive_label'])}; "
+              f"decision threshold {audit['config']['audit']['decision_threshold']}.")
+    software = "- Software: " + ", ".join(f"{k} {v}" for k, v in audit["versions"].items()) + "."
+    if audit.get("mode") == "audit":
+        source = ", ".join(f"{k} {_code(v)}" for k, v in m.items() if v is not None)
+        return [f"- Audited without retraining: {source}.", output, software]
+    tr = audit["training"]
+    return [
+        f"- Architecture: multilayer perceptron, hidden layers {m['hidden_sizes']}, ReLU as "
+        f"`{'nn.ReLU' if m['relu'] == 'module' else 'F.relu'}`, dropout {m['dropout']}, {m['parameters']:,} parameters.",
+        output,
+        f"- Training: {audit['config']['training']['optimizer']}, learning rate "
+        f"{audit['config']['training']['learning_rate']}, {tr['epochs_run']} epochs run, weights of epoch "
+        f"{tr['best_epoch']} kept (lowest validation loss), seed {tr['seed']}.",
+        software,
+    ]
+
+
 def model_card(audit: dict) -> str:
     """A Markdown model card (Mitchell et al. 2019) generated from the audit."""
-    ds, m, ov, tr = audit["dataset"], audit["model"], audit["overall"], audit["training"]
+    ds, ov = audit["dataset"], audit["overall"]
     sens = ", ".join(_md(s) for s in ds["sensitive_features"])
     lines = [
         f"# Model card: {_md(audit['run_name'])}",
@@ -245,17 +265,12 @@ def model_card(audit: dict) -> str:
         f"Audit verdict: **{audit['verdict'].upper()}** (run `{audit['run_id']}`, {audit['created']}).",
         "",
         "## Model details",
-        f"- Architecture: multilayer perceptron, hidden layers {m['hidden_sizes']}, ReLU as "
-        f"`{'nn.ReLU' if m['relu'] == 'module' else 'F.relu'}`, dropout {m['dropout']}, {m['parameters']:,} parameters.",
-        f"- Output: probability that {_code(ds['target'])} is {_code(ds['positive_label'])}; "
-        f"decision threshold {audit['config']['audit']['decision_threshold']}.",
-        f"- Training: {audit['config']['training']['optimizer']}, learning rate {audit['config']['training']['learning_rate']}, "
-        f"{tr['epochs_run']} epochs run, weights of epoch {tr['best_epoch']} kept (lowest validation loss), seed {tr['seed']}.",
-        "- Software: " + ", ".join(f"{k} {v}" for k, v in audit["versions"].items()) + ".",
+        *_model_lines(audit),
         "",
         "## Data",
         f"- {_code(ds['name'])} from {_code(ds['path'])} (sha256 `{ds['sha256']}`), {ds['rows']:,} rows; "
-        f"{ds['train_rows']:,} for training (10% of which held out for early stopping), {ds['test_rows']:,} for this evaluation.",
+        + (f"{ds['train_rows']:,} for training (10% of which held out for early stopping), {ds['test_rows']:,} for this "
+         "evaluation." if audit.get("mode") != "audit" else f"all {ds['test_rows']:,} rows audited (no training)."),
         f"- Sensitive features audited: {sens}. "
         + ("They were **also model inputs**." if ds["sensitive_as_input"] else "They were **not** model inputs."),
         f"- Missing values: {ds['rows_dropped_missing']:,} rows dropped; "

@@ -96,24 +96,92 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                                 verdict, uri, remedies)
         timer.lap("evaluation")
 
-        out_dir = Path(reports_dir) / parent.info.run_id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        plots = report.plots(audit)
-        for name, png in plots.items():
-            (out_dir / name).write_bytes(png)
-        (out_dir / "report.html").write_text(report.render_html(audit, plots), encoding="utf-8")
-        (out_dir / "model_card.md").write_text(report.model_card(audit), encoding="utf-8")
-        (out_dir / "audit.json").write_text(json.dumps(audit, indent=2, allow_nan=False), encoding="utf-8")
+        out_dir = _write_reports(audit, Path(reports_dir) / parent.info.run_id)
         timer.lap("report")
 
         tracking.log_audit(audit, seeds, primary["train"].model, split, table, out_dir, cfg,
                            description=report.run_description(audit))
         timer.lap("mlflow_logging")
 
-    exit_code = 0 if verdict == "pass" else 1
+    return _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer)
+
+
+def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,
+          module: str | None = None, state_dict: str | Path | None = None, layers: list[str] | None = None,
+          encoder: str | Path | None = None, data_path: str | Path | None = None, tracking_uri: str | None = None,
+          reports_dir: str | Path = "reports", timer: StageTimer | None = None) -> RunResult:
+    """Audit an existing model, without training it, on the data named by the config (or ``data_path``).
+
+    The model is an MLflow model URI (``runs:/…``, ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``)
+    or a Python factory ``package.module:callable`` plus a ``state_dict`` file loaded with
+    ``weights_only=True``. Every row of the data is audited; dead units are counted on it too.
+    """
+    import dataclasses
+
+    timer = timer or StageTimer()
+    source = str(config_path)
+    cfg, _ = config_mod.load(config_path)
+    if data_path is not None:
+        cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(data_path)))
+    if (model_uri is None) == (module is None):
+        raise UserError("audit: give exactly one of --model-uri or --model-module")
+    if module is not None and state_dict is None:
+        raise UserError("audit: --model-module needs --state-dict (a file saved with torch.save(model.state_dict()))")
+    reports_dir = _writable_dir(Path(reports_dir))
+    from pipeline import data
+
+    timer.lap("imports")
+    table = data.load(cfg.dataset, source=source)
+    timer.lap("data")
+    from pipeline import model as model_mod
+    from pipeline import policy, report, tracking
+
+    uri = tracking.resolve_uri(tracking_uri)
+    if model_uri is not None:
+        net, encoder_dict, model_info = tracking.load_logged_model(model_uri, uri)
+    else:
+        net, model_info = model_mod.load_from_module(module, state_dict)
+        encoder_dict = data.read_encoder(encoder) if encoder else None
+    split = data.encode_all(table, cfg, encoder_dict, source=source)
+    model_mod.check_inputs(net, split.x_test, source=model_uri or module)
+    timer.lap("imports")
+    run_name = f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent:
+        outcome = {"seed": None, "train": None, "run_id": parent.info.run_id,
+                   **_audit_model(net, cfg, split, timer, full=True, layers=layers)}
+        findings = policy.judge(cfg.policy, outcome["evaluation"], outcome["capacity_train"],
+                                group_capacity=outcome["group_capacity"])
+        verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
+        audit_doc = _audit_document(parent.info.run_id, run_name, cfg, config_mod.to_dict(cfg), table, split,
+                                    [outcome], findings, verdict, uri, [], model_info)
+        timer.lap("evaluation")
+        out_dir = _write_reports(audit_doc, Path(reports_dir) / parent.info.run_id)
+        timer.lap("report")
+        tracking.log_audit(audit_doc, [outcome], None, split, table, out_dir, cfg,
+                           description=report.run_description(audit_doc),
+                           extra_tags={f"audited_model.{k}": str(v) for k, v in model_info.items() if v is not None})
+        timer.lap("mlflow_logging")
+    return _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer)
+
+
+def _write_reports(audit_doc: dict, out_dir: Path) -> Path:
+    """reports/<run_id>/: plots, report.html, model_card.md, audit.json."""
+    from pipeline import report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = report.plots(audit_doc)
+    for name, png in plots.items():
+        (out_dir / name).write_bytes(png)
+    (out_dir / "report.html").write_text(report.render_html(audit_doc, plots), encoding="utf-8")
+    (out_dir / "model_card.md").write_text(report.model_card(audit_doc), encoding="utf-8")
+    (out_dir / "audit.json").write_text(json.dumps(audit_doc, indent=2, allow_nan=False), encoding="utf-8")
+    return out_dir
+
+
+def _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer) -> RunResult:
     logger.info("seconds by stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in timer.seconds.items()))
     return RunResult(
-        run_id=parent.info.run_id, run_name=run_name, verdict=verdict, exit_code=exit_code,
+        run_id=parent.info.run_id, run_name=run_name, verdict=verdict, exit_code=0 if verdict == "pass" else 1,
         audit_json=(out_dir / "audit.json").resolve(), report_html=(out_dir / "report.html").resolve(),
         tracking_uri=uri, experiment_id=parent.info.experiment_id,
         failed_findings=[f.id for f in findings if f.status == "fail"
@@ -146,7 +214,7 @@ def _train_and_audit(cfg, split, seed: int, timer: StageTimer, *, run_name: str 
     return outcome
 
 
-def _audit_model(net, cfg, split, timer: StageTimer, *, full: bool) -> dict:
+def _audit_model(net, cfg, split, timer: StageTimer, *, full: bool, layers: list[str] | None = None) -> dict:
     """Fairness and capacity of one trained model on the test split (and dead units on training rows).
 
     ``full``: bootstrap intervals, effective ranks and group-conditional capacity; for the
@@ -160,7 +228,7 @@ def _audit_model(net, cfg, split, timer: StageTimer, *, full: bool) -> dict:
     evaluation = fairness.evaluate(split.y_test, proba, split.s_test, audit=cfg.audit,
                                    intersections=cfg.dataset.intersections, bootstrap=full)
     timer.lap("evaluation")
-    probe = capacity.ReluProbe(net)
+    probe = capacity.ReluProbe(net, layers=layers)
     x_train, x_test = torch.from_numpy(split.x_train), torch.from_numpy(split.x_test)
     health = {"tau": cfg.audit.dormant_tau, "rare_threshold": cfg.audit.rare_threshold}
     outcome = {"evaluation": evaluation,
@@ -250,7 +318,7 @@ def _run_name(dataset: str, cfg) -> str:
 
 
 def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findings, verdict, uri,
-                    remedies) -> dict:
+                    remedies, model_info: dict | None = None) -> dict:
     """The versioned audit.json document: plain JSON data, NaN written as null."""
     from pipeline import fairness, tracking
 
@@ -288,13 +356,15 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
             "srank_delta": cfg.audit.srank_delta,
             "layers": layers,
             "timeline": [{"epoch": r.epoch, "dead_fraction": r.dead_fraction, "dormant_fraction": r.dormant_fraction,
-                          "rare_fraction": r.rare_fraction, "recycled": r.recycled} for r in train.history],
+                          "rare_fraction": r.rare_fraction, "recycled": r.recycled}
+                         for r in (train.history if train else [])],
             "timeline_sample_rows": min(cfg.audit.capacity_sample, len(split.y_train)),
-            "units": train.timeline,
+            "units": train.timeline if train else {},
             "groups": group_capacity,
             "remedies": remedies,
+            "measured_on": "training and test splits" if train else "the audit data",
         },
-        "training": {
+        "training": None if train is None else {
             "seed": train.seed,
             "epochs_run": len(train.history),
             "best_epoch": train.best_epoch,
@@ -304,6 +374,7 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
             "history": [{"epoch": r.epoch, "train_loss": r.train_loss, "val_loss": r.val_loss,
                          "val_accuracy": r.val_accuracy} for r in train.history],
         },
+        "mode": "run" if train else "audit",
         "seeds": _seed_summary(seeds),
         "dataset": {
             "name": table.name, "path": table.path, "sha256": table.sha256,
@@ -315,9 +386,9 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
             "sensitive_as_input": cfg.dataset.sensitive_as_input,
             "feature_columns": split.feature_columns, "n_model_inputs": int(split.x_train.shape[1]),
         },
-        "model": {"architecture": "ReLUMLP", "hidden_sizes": list(cfg.model.hidden_sizes),
-                  "relu": cfg.model.relu, "dropout": cfg.model.dropout,
-                  "parameters": sum(p.numel() for p in train.model.parameters())},
+        "model": model_info or {"architecture": "ReLUMLP", "hidden_sizes": list(cfg.model.hidden_sizes),
+                                "relu": cfg.model.relu, "dropout": cfg.model.dropout,
+                                "parameters": sum(p.numel() for p in train.model.parameters())},
         "config": cfg_dict,
         "tracking_uri": uri,
         "versions": tracking.package_versions(),

@@ -126,19 +126,20 @@ def log_seed(outcome: dict) -> None:
     _log_metrics(run_id, seed_metrics(outcome))
 
 
-def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path, cfg, *, description: str) -> None:
+def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path, cfg, *, description: str,
+              extra_tags: dict[str, str] | None = None) -> None:
     """Everything about the audit, on the parent run, in batches."""
     import pandas as pd
 
     run_id = audit["run_id"]
     # The model first: MLflow 3 links a logged model to the run's metrics, and reads each one's history.
-    model_info = _log_model(model, split.x_train.shape[1])
+    model_info = _log_model(model, split.x_train.shape[1]) if model is not None else None
     mlflow.log_dict(split.encoder.to_dict(), "model_inputs/encoder.json")
     mlflow.log_params(config_mod.flatten(cfg))
     # The audited model's training curve as step metrics, and every audit number, in one batch.
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in _audit_metrics(audit).items()]
-    for rec in seeds[0]["train"].history:
+    for rec in seeds[0]["train"].history if seeds[0]["train"] else []:
         metrics += [Metric("train_loss", rec.train_loss, now, rec.epoch), Metric("val_loss", rec.val_loss, now, rec.epoch)]
         for kind in ("dead", "dormant", "rare"):
             metrics += [Metric(f"epoch_{kind}_fraction/layer{i}", f, now, rec.epoch)
@@ -167,7 +168,8 @@ def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
-    if cfg.tracking.registered_model:
+    tags.update(extra_tags or {})
+    if cfg.tracking.registered_model and model_info is not None:
         version = register(model_info.model_uri, cfg.tracking.registered_model, audit, cfg.tracking.audited_alias)
         tags["registered_model"] = f"{cfg.tracking.registered_model}/{version}"
     mlflow.set_tags(tags)
@@ -255,6 +257,45 @@ def _log_model(model, n_features: int):
         return mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
                                         input_example=example, serialization_format="pt2",
                                         pip_requirements=requirements)
+
+
+def load_logged_model(model_uri: str, tracking_uri: str):
+    """A model logged by a pipeline run ('pt2' format: torch.export, no pickle), with its encoder.
+
+    Returns the network, the encoder of the run that logged it, and what was audited
+    (URI, registered name and version when the URI names one, source run).
+    """
+    import mlflow.pytorch
+    from mlflow.models import get_model_info
+
+    from pipeline.errors import UserError
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        info = get_model_info(model_uri)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            exported = mlflow.pytorch.load_model(model_uri)
+        # torch.export's module refuses train()/eval(); a plain GraphModule of the same graph does not.
+        net = torch.fx.GraphModule(exported, exported.graph)
+    except MlflowException as err:
+        raise UserError(f"--model-uri: cannot load '{model_uri}' from {tracking_uri}: {err.message}") from err
+    if info.run_id is None:
+        raise UserError(f"--model-uri: '{model_uri}' has no source run, so its feature encoding is unknown")
+    try:
+        encoder = mlflow.artifacts.load_dict(f"runs:/{info.run_id}/model_inputs/encoder.json")
+    except MlflowException as err:
+        raise UserError(f"--model-uri: run {info.run_id} has no model_inputs/encoder.json; was it logged by "
+                        "this pipeline?") from err
+    audited = {"uri": model_uri, "model_id": getattr(info, "model_id", None), "source_run_id": info.run_id,
+               "name": None, "version": None}
+    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
+        name, _, ref = model_uri.removeprefix("models:/").partition("/")
+        name, _, alias = name.partition("@")
+        client = MlflowClient()
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, ref)
+        audited.update(name=name, version=str(version.version))
+    return net, encoder, audited
 
 
 def package_versions() -> dict[str, str]:
