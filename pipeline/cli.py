@@ -110,6 +110,42 @@ def audit(config_path, model_uri, model_module, state_dict, layers, encoder, dat
 
 
 @cli.command()
+@click.argument("run_id")
+@click.option("--approve", "decision", flag_value="approved", help="Approve the audit.")
+@click.option("--reject", "decision", flag_value="rejected", help="Reject the audit.")
+@click.option("--by", required=True, help="Reviewer's name.")
+@click.option("--note", default=None, help="Why; shown in the report and the review log.")
+@click.option("--force", is_flag=True, help="Record a new decision on a run already reviewed.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@click.option("--reports-dir", default="reports", show_default=True, help="Also update reports/<run_id>/ here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json) -> None:
+    """Record a reviewer's sign-off (--approve or --reject) on an audit run."""
+    _setup_logging()
+    if decision is None:
+        raise click.UsageError("give --approve or --reject")
+    try:
+        from pipeline import runner
+
+        entry = runner.review(run_id, decision=decision, by=by, note=note, force=force,
+                              tracking_uri=tracking_uri, reports_dir=reports_dir)
+    except UserError as err:
+        click.echo(f"error: {err}", err=True)
+        entry, code = {"run_id": run_id, "error": str(err)}, EXIT_USER_ERROR
+    except Exception as err:  # report, never swallow
+        traceback.print_exc()
+        entry, code = {"run_id": run_id, "error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
+    else:
+        code = 0
+        if not as_json:
+            click.echo(f"{run_id}: {decision} by {by}")
+    if as_json:
+        click.echo(json.dumps({**entry, "exit_code": code}))
+    sys.exit(code)
+
+
+@cli.command()
 @click.option("--tracking-uri", default=None,
               help="Store to show. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
 @click.option("--port", default=5000, show_default=True, type=int)

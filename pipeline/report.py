@@ -255,6 +255,13 @@ def _model_lines(audit: dict) -> list[str]:
     ]
 
 
+def _review_line(review: dict | None) -> str:
+    if not review:
+        return "Review: not yet reviewed."
+    note = f": {_md(review['note'])}" if review.get("note") else ""
+    return f"Review: **{review['decision'].upper()}** by {_md(review['by'])} at {review['time']}{note}."
+
+
 def model_card(audit: dict) -> str:
     """A Markdown model card (Mitchell et al. 2019) generated from the audit."""
     ds, ov = audit["dataset"], audit["overall"]
@@ -263,6 +270,8 @@ def model_card(audit: dict) -> str:
         f"# Model card: {_md(audit['run_name'])}",
         "",
         f"Audit verdict: **{audit['verdict'].upper()}** (run `{audit['run_id']}`, {audit['created']}).",
+        "",
+        _review_line(audit.get("review")),
         "",
         "## Model details",
         *_model_lines(audit),

@@ -164,6 +164,59 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
     return _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer)
 
 
+def review(run_id: str, *, decision: str, by: str, note: str | None = None, force: bool = False,
+           tracking_uri: str | None = None, reports_dir: str | Path = "reports") -> dict:
+    """Record a reviewer's sign-off on an audit run.
+
+    Tags hold the latest decision (``review.decision``, ``review.by``, ``review.time``,
+    ``review.note``); the artifact ``review/log.jsonl`` keeps every decision, append-only;
+    ``audit.json``, ``report.html`` and ``model_card.md`` are re-rendered with the review,
+    in MLflow and in ``reports/<run_id>/`` when that folder is here.
+    """
+    import tempfile
+
+    from pipeline import tracking
+
+    if not by.strip():
+        raise UserError("review: --by: expected the reviewer's name, got an empty string")
+    uri = tracking.resolve_uri(tracking_uri)
+    run = tracking.get_audit_run(run_id, uri)
+    previous = run.data.tags.get("review.decision")
+    if previous and not force:
+        raise UserError(f"review: run '{run_id}' was already reviewed ({previous} by {run.data.tags.get('review.by')} "
+                        f"at {run.data.tags.get('review.time')}); add --force to record a new decision")
+    entry = {"decision": decision, "by": by, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "note": note, "verdict": run.data.tags["verdict"], "supersedes": previous}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracking.download_audit(run_id, uri, Path(tmp))
+        log = folder / tracking.REVIEW_LOG
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as fh:  # append-only: earlier decisions stay
+            fh.write(json.dumps(entry) + "\n")
+        history = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        audit_doc = json.loads((folder / "audit.json").read_text(encoding="utf-8"))
+        audit_doc["review"] = {**entry, "history": history}
+        files = _rewrite_reports(audit_doc, folder)
+        tracking.record_review(run_id, uri, entry, folder, files)
+        local = Path(reports_dir) / run_id
+        if local.is_dir():
+            for path in files:
+                (local / path.name).write_bytes(path.read_bytes())
+    logger.info("review: %s %s by %s", run_id, decision, by)
+    return {"run_id": run_id, **entry}
+
+
+def _rewrite_reports(audit_doc: dict, folder: Path) -> list[Path]:
+    """Re-render report.html and model_card.md from an updated audit.json, reusing its plots."""
+    from pipeline import report
+
+    plots = {p.name: p.read_bytes() for p in folder.glob("*.png")}
+    (folder / "audit.json").write_text(json.dumps(audit_doc, indent=2, allow_nan=False), encoding="utf-8")
+    (folder / "report.html").write_text(report.render_html(audit_doc, plots), encoding="utf-8")
+    (folder / "model_card.md").write_text(report.model_card(audit_doc), encoding="utf-8")
+    return [folder / "audit.json", folder / "report.html", folder / "model_card.md"]
+
+
 def _write_reports(audit_doc: dict, out_dir: Path) -> Path:
     """reports/<run_id>/: plots, report.html, model_card.md, audit.json."""
     from pipeline import report
@@ -375,6 +428,7 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
                          "val_accuracy": r.val_accuracy} for r in train.history],
         },
         "mode": "run" if train else "audit",
+        "review": None,  # filled by `pipeline review`
         "seeds": _seed_summary(seeds),
         "dataset": {
             "name": table.name, "path": table.path, "sha256": table.sha256,

@@ -318,3 +318,46 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+# --- review (sign-off) -----------------------------------------------------------------------------
+
+REVIEW_LOG = "review/log.jsonl"
+
+
+def get_audit_run(run_id: str, tracking_uri: str):
+    """The run with this id, which must be an audit (it has a verdict); UserError otherwise."""
+    from pipeline.errors import UserError
+
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise UserError(f"review: run '{run_id}' not found in {tracking_uri}") from err
+    if "verdict" not in run.data.tags:
+        raise UserError(f"review: run '{run_id}' is not an audit run (it has no 'verdict' tag)")
+    return run
+
+
+def download_audit(run_id: str, tracking_uri: str, into: Path) -> Path:
+    """The run's audit.json, plots and review log (if any) into a local folder."""
+    client = MlflowClient(tracking_uri)
+    names = [a.path for a in client.list_artifacts(run_id) if a.path.endswith((".json", ".png"))]
+    for name in names:
+        client.download_artifacts(run_id, name, str(into))
+    if any(a.path == REVIEW_LOG for a in client.list_artifacts(run_id, "review")):
+        (into / "review").mkdir(exist_ok=True)
+        client.download_artifacts(run_id, REVIEW_LOG, str(into / "review"))  # lands as review/log.jsonl
+    return into
+
+
+def record_review(run_id: str, tracking_uri: str, entry: dict, folder: Path, files: list[Path]) -> None:
+    """Tags with the latest decision, the appended review log, and the re-rendered files."""
+    client = MlflowClient(tracking_uri)
+    tags = {"review.decision": entry["decision"], "review.by": entry["by"], "review.time": entry["time"],
+            "review.note": entry["note"] or ""}
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.log_artifact(run_id, str(folder / REVIEW_LOG), "review")
+    for path in files:
+        client.log_artifact(run_id, str(path))

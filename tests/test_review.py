@@ -1,0 +1,62 @@
+"""`pipeline review`: sign-off recorded on the run, in an append-only log, in audit.json and the report."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from conftest import run_cli, small_config
+from mlflow.tracking import MlflowClient
+
+from pipeline import runner
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, store):
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("review")
+    path = tmp / "c.yaml"
+    path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})))
+    return runner.run(path, tracking_uri=store, reports_dir=tmp / "reports"), tmp / "reports"
+
+
+def test_review_is_recorded_everywhere_and_twice_needs_force(audited, store):
+    result, reports = audited
+    rid = result.run_id
+    first = run_cli("review", rid, "--approve", "--by", "Ada Lovelace", "--note", "<b>ok</b> for pilot",
+                    "--tracking-uri", store, "--reports-dir", str(reports), "--json")
+    assert first.returncode == 0, first.stderr
+    again = run_cli("review", rid, "--reject", "--by", "Bob", "--tracking-uri", store)
+    assert again.returncode == 2 and "already reviewed (approved by Ada Lovelace" in again.stderr
+    assert "--force" in again.stderr and "Traceback" not in again.stderr
+    forced = run_cli("review", rid, "--reject", "--by", "Bob", "--force", "--tracking-uri", store,
+                     "--reports-dir", str(reports))
+    assert forced.returncode == 0, forced.stderr
+
+    tags = MlflowClient(store).get_run(rid).data.tags
+    assert (tags["review.decision"], tags["review.by"]) == ("rejected", "Bob")
+    mlflow.set_tracking_uri(store)
+    log = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{rid}/review/log.jsonl").splitlines()]
+    assert [(e["decision"], e["by"]) for e in log] == [("approved", "Ada Lovelace"), ("rejected", "Bob")]
+    assert log[1]["supersedes"] == "approved"
+    for audit in (json.loads(mlflow.artifacts.load_text(f"runs:/{rid}/audit.json")),
+                  json.loads((reports / rid / "audit.json").read_text())):
+        assert audit["review"]["decision"] == "rejected" and len(audit["review"]["history"]) == 2
+    html = (reports / rid / "report.html").read_text()
+    assert "Review: REJECTED" in html and "&lt;b&gt;ok&lt;/b&gt;" not in html  # only the latest note shown
+    assert "approved by Ada Lovelace" in html  # the earlier decision is listed
+    assert "<b>ok</b>" not in (reports / rid / "model_card.md").read_text()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["no-such-run", "--approve", "--by", "X"], "review: run 'no-such-run' not found"),
+    (["RUN", "--by", "X"], "give --approve or --reject"),
+    (["RUN", "--approve", "--by", " "], "--by: expected the reviewer's name"),
+])
+def test_review_errors_exit_2(args, expected, audited, store):
+    result, _ = audited
+    args = [a.replace("RUN", result.run_id) for a in args]
+    proc = run_cli("review", *args, "--tracking-uri", store)
+    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
