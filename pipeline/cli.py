@@ -45,10 +45,13 @@ def cli() -> None:
               help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
 @click.option("--reports-dir", default="reports", show_default=True,
               help="Where reports/<run_id>/ is written.")
+@click.option("--baseline", default=None,
+              help="Compare with an earlier audit of the experiment: 'last-pass' or a run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr.")
-def run(config_path: str, tracking_uri: str | None, reports_dir: str, as_json: bool) -> None:
+def run(config_path: str, tracking_uri: str | None, reports_dir: str, baseline: str | None, as_json: bool) -> None:
     """Train, audit, gate and log one model. Exit 0 pass, 1 policy fail, 2 bad input."""
-    _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir), as_json)
+    _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir,
+                                       baseline=baseline), as_json)
 
 
 def _execute(call, as_json: bool) -> None:
@@ -96,15 +99,17 @@ def _execute(call, as_json: bool) -> None:
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
 @click.option("--reports-dir", default="reports", show_default=True, help="Where reports/<run_id>/ is written.")
+@click.option("--baseline", default=None,
+              help="Compare with an earlier audit of the experiment: 'last-pass' or a run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr.")
 def audit(config_path, model_uri, model_module, state_dict, layers, encoder, data_path, tracking_uri, reports_dir,
-          as_json) -> None:
+          baseline, as_json) -> None:
     """Audit an existing model without training it. Exit 0 pass, 1 policy fail, 2 bad input."""
 
     def call(runner):
         return runner.audit(config_path, model_uri=model_uri, module=model_module, state_dict=state_dict,
                             layers=layers.split(",") if layers else None, encoder=encoder, data_path=data_path,
-                            tracking_uri=tracking_uri, reports_dir=reports_dir)
+                            tracking_uri=tracking_uri, reports_dir=reports_dir, baseline=baseline)
 
     _execute(call, as_json)
 

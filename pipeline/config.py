@@ -100,6 +100,7 @@ class PolicyConfig:
     gate_on: Literal["point", "interval"] = "interval"
     inconclusive_fails: bool = False  # whether an inconclusive finding fails the run
     multiple_comparisons: Literal["bonferroni", "none"] = "bonferroni"  # widen gate intervals for many checks
+    baseline_tolerance: float = field(default=0.02, metadata=_check(ge=0, le=1))  # allowed worsening vs --baseline
 
 
 @dataclass(frozen=True)

@@ -86,15 +86,18 @@ def _status(value: float, low: float, high: float, threshold: float, comparison:
 
 
 def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapacity], *,
-          seed_ranges: dict[str, float] | None = None, group_capacity: dict | None = None) -> list[Finding]:
+          seed_ranges: dict[str, float] | None = None, group_capacity: dict | None = None,
+          baseline: dict | None = None) -> list[Finding]:
     """All findings: accuracy, per audited feature the disparities, per layer dead and dormant
     units, and per audited feature the gap in capacity share between groups.
 
     ``seed_ranges`` maps a finding id to how far its value moves across training seeds;
-    ``group_capacity`` maps an audited feature to ``capacity.group_capacity`` results.
+    ``group_capacity`` maps an audited feature to ``capacity.group_capacity`` results;
+    ``baseline`` is an earlier audit.json: worsening beyond ``baseline_tolerance`` is a finding.
     """
     checks = (_fairness_checks(policy, evaluation) + _capacity_checks(policy, layers)
-              + _group_capacity_checks(policy, evaluation, group_capacity or {}))
+              + _group_capacity_checks(policy, evaluation, group_capacity or {})
+              + (_baseline_checks(policy, evaluation, layers, baseline) if baseline else []))
     on_interval = policy.gate_on == "interval"
     level = evaluation.ci_level
     judged = sum(c.samples is not None for c in checks)
@@ -237,6 +240,54 @@ def _group_capacity_checks(policy: PolicyConfig, evaluation: Evaluation, group_c
             "inconclusive": "",
             "not_evaluated": f"Fewer than two groups of '{view}' have enough rows to compare capacity shares.",
         }))
+    return checks
+
+
+# Baseline metrics: (finding name, how to read current and baseline values, +1 if higher is worse).
+_REGRESSIONS = {
+    "demographic_parity_difference": +1,
+    "demographic_parity_ratio": -1,
+    "equalized_odds_difference": +1,
+}
+
+
+def _baseline_checks(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapacity],
+                     baseline: dict) -> list[_Check]:
+    """Worsening since the baseline audit, judged like any check: on intervals where they exist.
+
+    The value is the change in the bad direction (positive = worse); the replicates are the
+    current bootstrap replicates minus the baseline's point estimate.
+    """
+    t = policy.baseline_tolerance
+    base_run = baseline["run_id"][:8]
+    checks = []
+
+    def add(fid, label, now, before, direction, samples):
+        if before is None or now is None or math.isnan(now):
+            return
+        change = direction * (now - before)
+        shifted = direction * (samples - before) if samples is not None else None
+        checks.append(_Check(f"regression:{fid}", change, t, "<=", {
+            "pass": f"{label}: {before:.3f} at baseline {base_run} → {now:.3f} now; not worse by more than {t}.",
+            "fail": f"{label} got worse since baseline {base_run}: {before:.3f} → {now:.3f} (allowed worsening {t}).",
+            "inconclusive": f"{label}: {before:.3f} at baseline {base_run} → {now:.3f} now; the data cannot tell "
+                            f"whether it got worse by more than {t}.",
+            "not_evaluated": "",
+        }, shifted))
+
+    add("accuracy", "Accuracy", evaluation.overall["accuracy"], baseline["overall"].get("accuracy"), -1,
+        evaluation.samples.get("overall", {}).get("accuracy"))
+    for view, gaps in evaluation.disparities.items():
+        before_gaps = baseline.get("disparities", {}).get(view, {})
+        for name, direction in _REGRESSIONS.items():
+            before = before_gaps.get(name, {}).get("value")
+            add(f"{name}:{view}", f"{name.replace('_', ' ').capitalize()} by {view}", gaps[name].value, before,
+                direction, evaluation.samples.get(view, {}).get(name))
+    before_layers = {x["index"]: x for x in baseline.get("capacity", {}).get("layers", [])}
+    for index, layer in enumerate(layers, start=1):
+        before = before_layers.get(index, {}).get("train", {}).get("dead_fraction")
+        add(f"dead_fraction:layer{index}", f"Dead fraction of hidden layer {index}", layer.dead_fraction, before, +1,
+            None)
     return checks
 
 

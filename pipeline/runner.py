@@ -62,7 +62,8 @@ class StageTimer:
 
 
 def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: str | None = None,
-        reports_dir: str | Path = "reports", timer: StageTimer | None = None) -> RunResult:
+        reports_dir: str | Path = "reports", baseline: str | None = None,
+        timer: StageTimer | None = None) -> RunResult:
     """Train, evaluate, check capacity, gate, report and log one audit."""
     timer = timer or StageTimer()
     source = str(config_path)
@@ -83,6 +84,7 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
     uri = tracking.resolve_uri(tracking_uri)
     timer.lap("imports")
     run_name = _run_name(table.name, cfg)
+    base = _load_baseline(tracking, uri, cfg, baseline)  # before the run: a bad --baseline leaves no run behind
     with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent:
         timer.lap("mlflow_logging")
         seeds = [_train_and_audit(cfg, split, seed, timer) for seed in cfg.training.seeds]
@@ -90,10 +92,11 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         remedies = _remedies(cfg, split, timer, primary) if cfg.audit.remedies else []
 
         findings = policy.judge(cfg.policy, primary["evaluation"], primary["capacity_train"],
-                                seed_ranges=_seed_ranges(seeds), group_capacity=primary["group_capacity"])
+                                seed_ranges=_seed_ranges(seeds), group_capacity=primary["group_capacity"],
+                                baseline=base)
         verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
         audit = _audit_document(parent.info.run_id, run_name, cfg, cfg_dict, table, split, seeds, findings,
-                                verdict, uri, remedies)
+                                verdict, uri, remedies, baseline=_baseline_summary(baseline, base, findings))
         timer.lap("evaluation")
 
         out_dir = _write_reports(audit, Path(reports_dir) / parent.info.run_id)
@@ -109,7 +112,8 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
 def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,
           module: str | None = None, state_dict: str | Path | None = None, layers: list[str] | None = None,
           encoder: str | Path | None = None, data_path: str | Path | None = None, tracking_uri: str | None = None,
-          reports_dir: str | Path = "reports", timer: StageTimer | None = None) -> RunResult:
+          reports_dir: str | Path = "reports", baseline: str | None = None,
+          timer: StageTimer | None = None) -> RunResult:
     """Audit an existing model, without training it, on the data named by the config (or ``data_path``).
 
     The model is an MLflow model URI (``runs:/…``, ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``)
@@ -146,14 +150,16 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
     model_mod.check_inputs(net, split.x_test, source=model_uri or module)
     timer.lap("imports")
     run_name = f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    base = _load_baseline(tracking, uri, cfg, baseline)
     with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent:
         outcome = {"seed": None, "train": None, "run_id": parent.info.run_id,
                    **_audit_model(net, cfg, split, timer, full=True, layers=layers)}
         findings = policy.judge(cfg.policy, outcome["evaluation"], outcome["capacity_train"],
-                                group_capacity=outcome["group_capacity"])
+                                group_capacity=outcome["group_capacity"], baseline=base)
         verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
         audit_doc = _audit_document(parent.info.run_id, run_name, cfg, config_mod.to_dict(cfg), table, split,
-                                    [outcome], findings, verdict, uri, [], model_info)
+                                    [outcome], findings, verdict, uri, [], model_info,
+                                    baseline=_baseline_summary(baseline, base, findings))
         timer.lap("evaluation")
         out_dir = _write_reports(audit_doc, Path(reports_dir) / parent.info.run_id)
         timer.lap("report")
@@ -371,7 +377,7 @@ def _run_name(dataset: str, cfg) -> str:
 
 
 def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findings, verdict, uri,
-                    remedies, model_info: dict | None = None) -> dict:
+                    remedies, model_info: dict | None = None, baseline: dict | None = None) -> dict:
     """The versioned audit.json document: plain JSON data, NaN written as null."""
     from pipeline import fairness, tracking
 
@@ -429,6 +435,7 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
         },
         "mode": "run" if train else "audit",
         "review": None,  # filled by `pipeline review`
+        "baseline": baseline,
         "seeds": _seed_summary(seeds),
         "dataset": {
             "name": table.name, "path": table.path, "sha256": table.sha256,
@@ -448,6 +455,21 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
         "versions": tracking.package_versions(),
         "metric_names": {"group_keys": "group/<feature>/<group>/<metric>", "sanitize": fairness.metric_key.__doc__},
     })
+
+
+def _load_baseline(tracking, uri: str, cfg, spec: str | None) -> dict | None:
+    return tracking.find_baseline(spec, tracking.experiment_id(uri, cfg.tracking.experiment)) if spec else None
+
+
+def _baseline_summary(spec: str | None, base: dict | None, findings) -> dict | None:
+    """What the audit was compared with, and each change (the regression findings)."""
+    if spec is None:
+        return None
+    if base is None:
+        return {"requested": spec, "run_id": None, "note": "no earlier passing audit in this experiment"}
+    return {"requested": spec, "run_id": base["run_id"], "run_name": base.get("run_name"),
+            "created": base.get("created"), "verdict": base.get("verdict"),
+            "changes": [f.to_dict() for f in findings if f.id.startswith("regression:")]}
 
 
 def _group_rows(table) -> list[dict]:

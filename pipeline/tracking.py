@@ -63,19 +63,23 @@ def _ended_run(**kwargs) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run(status)
 
 
-@contextmanager
-def audit_run(uri: str, experiment: str, run_name: str) -> Iterator[mlflow.ActiveRun]:
+def experiment_id(uri: str, experiment: str) -> str:
+    """The experiment's id, created (with artifacts next to a SQLite store) when it does not exist."""
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    if found is None:
-        try:
-            experiment_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
-        except MlflowException:  # created meanwhile by a concurrent run
-            experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    else:
-        experiment_id = found.experiment_id
-    with _ended_run(experiment_id=experiment_id, run_name=run_name) as active:
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+    except MlflowException:  # created meanwhile by a concurrent run
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+@contextmanager
+def audit_run(uri: str, experiment: str, run_name: str) -> Iterator[mlflow.ActiveRun]:
+    exp_id = experiment_id(uri, experiment)
+    with _ended_run(experiment_id=exp_id, run_name=run_name) as active:
         logger.info("mlflow: run %s (%s) in experiment '%s' at %s", active.info.run_id, run_name, experiment, uri)
         yield active
 
@@ -361,3 +365,32 @@ def record_review(run_id: str, tracking_uri: str, entry: dict, folder: Path, fil
     client.log_artifact(run_id, str(folder / REVIEW_LOG), "review")
     for path in files:
         client.log_artifact(run_id, str(path))
+
+
+# --- baseline ----------------------------------------------------------------------------------
+
+
+def find_baseline(spec: str, experiment_id: str) -> dict | None:
+    """The audit.json of the baseline: ``last-pass`` (newest passing audit of the experiment) or a run id."""
+    from pipeline.errors import UserError
+
+    client = MlflowClient()
+    if spec == "last-pass":
+        runs = client.search_runs([experiment_id], "tags.verdict = 'pass' and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=20)
+        if not runs:
+            logger.info("baseline: no earlier passing audit in this experiment; nothing to compare")
+            return None
+        run = runs[0]
+    else:
+        try:
+            run = client.get_run(spec)
+        except MlflowException as err:
+            raise UserError(f"--baseline: run '{spec}' not found") from err
+        if run.info.experiment_id != experiment_id:
+            raise UserError(f"--baseline: run '{spec}' is in experiment {run.info.experiment_id}, not in this "
+                            f"audit's experiment {experiment_id}; compare audits of the same experiment")
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/audit.json")
+    except MlflowException as err:
+        raise UserError(f"--baseline: run '{run.info.run_id}' has no audit.json artifact") from err
