@@ -2,7 +2,7 @@
 
 Exit codes: 0 audit passed; 1 audit completed and the policy failed; 2 bad usage,
 config or data (one line on stderr, no traceback); 3 unexpected error (traceback);
-130 interrupted (Ctrl-C or SIGTERM). Heavy libraries are imported only inside
+75 skipped because another copy of the same job holds its lock; 130 interrupted (Ctrl-C or SIGTERM). Heavy libraries are imported only inside
 commands, so ``--help`` and user errors answer at once.
 """
 
@@ -17,9 +17,9 @@ import traceback
 
 import click
 
-from pipeline.errors import Interrupted, UserError
+from pipeline.errors import Busy, Interrupted, UserError
 
-EXIT_PASS, EXIT_FAIL, EXIT_USER_ERROR, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PASS, EXIT_FAIL, EXIT_USER_ERROR, EXIT_UNEXPECTED, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
 
 
 def _raise_interrupted(signum, frame):
@@ -57,6 +57,7 @@ def run(config_path: str, tracking_uri: str | None, reports_dir: str, baseline: 
 def _execute(call, as_json: bool) -> None:
     """Run an audit-producing command; map its outcome to the exit codes above."""
     _setup_logging()
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # on a server, MLflow prints run URLs to stdout
     signal.signal(signal.SIGTERM, _raise_interrupted)
     summary: dict = {"run_id": None, "verdict": None}
     try:
@@ -72,6 +73,9 @@ def _execute(call, as_json: bool) -> None:
                 click.echo(f"  inconclusive: {fid}")
             click.echo(f"report:  {result.report_html}")
             click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
+    except Busy as err:
+        click.echo(f"skipped: {err}", err=True)
+        summary, code = {**summary, "error": str(err)}, EXIT_BUSY
     except UserError as err:
         click.echo(f"error: {err}", err=True)
         summary, code = {**summary, "error": str(err)}, EXIT_USER_ERROR

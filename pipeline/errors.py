@@ -13,5 +13,9 @@ class DataError(UserError):
     """The data file is missing, unreadable or does not match the config."""
 
 
+class Busy(UserError):
+    """Another copy of the same audit job holds its lock. Exit code 75 (try again later)."""
+
+
 class Interrupted(BaseException):
     """SIGTERM received; raised like KeyboardInterrupt so runs end as KILLED."""

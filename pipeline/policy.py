@@ -100,7 +100,7 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapaci
               + (_baseline_checks(policy, evaluation, layers, baseline) if baseline else []))
     on_interval = policy.gate_on == "interval"
     level = evaluation.ci_level
-    judged = sum(c.samples is not None for c in checks)
+    judged = sum(c.samples is not None and not math.isnan(c.value) for c in checks)  # undefined ones are not judged
     if on_interval and policy.multiple_comparisons == "bonferroni" and judged > 1:
         level = 1 - (1 - level) / judged
     seed_ranges = seed_ranges or {}

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,7 +65,12 @@ class StageTimer:
 def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: str | None = None,
         reports_dir: str | Path = "reports", baseline: str | None = None,
         timer: StageTimer | None = None) -> RunResult:
-    """Train, evaluate, check capacity, gate, report and log one audit."""
+    """Train, evaluate, check capacity, gate, report and log one audit (under the job's lock)."""
+    with job_lock(_writable_dir(Path(reports_dir)), config_path):
+        return _run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir, baseline=baseline, timer=timer)
+
+
+def _run(config_path, *, tracking_uri, reports_dir, baseline, timer) -> RunResult:
     timer = timer or StageTimer()
     source = str(config_path)
     cfg, cfg_dict = config_mod.load(config_path)
@@ -85,7 +91,8 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
     timer.lap("imports")
     run_name = _run_name(table.name, cfg)
     base = _load_baseline(tracking, uri, cfg, baseline)  # before the run: a bad --baseline leaves no run behind
-    with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent:
+    with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent, \
+            _incomplete_marker(Path(reports_dir) / parent.info.run_id, timer):
         timer.lap("mlflow_logging")
         seeds = [_train_and_audit(cfg, split, seed, timer) for seed in cfg.training.seeds]
         primary = seeds[0]
@@ -120,6 +127,14 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
     or a Python factory ``package.module:callable`` plus a ``state_dict`` file loaded with
     ``weights_only=True``. Every row of the data is audited; dead units are counted on it too.
     """
+    with job_lock(_writable_dir(Path(reports_dir)), config_path, model_uri or module):
+        return _audit(config_path, model_uri=model_uri, module=module, state_dict=state_dict, layers=layers,
+                      encoder=encoder, data_path=data_path, tracking_uri=tracking_uri, reports_dir=reports_dir,
+                      baseline=baseline, timer=timer)
+
+
+def _audit(config_path, *, model_uri, module, state_dict, layers, encoder, data_path, tracking_uri, reports_dir,
+           baseline, timer) -> RunResult:
     import dataclasses
 
     timer = timer or StageTimer()
@@ -151,7 +166,8 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
     timer.lap("imports")
     run_name = f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     base = _load_baseline(tracking, uri, cfg, baseline)
-    with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent:
+    with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent, \
+            _incomplete_marker(Path(reports_dir) / parent.info.run_id, timer):
         outcome = {"seed": None, "train": None, "run_id": parent.info.run_id,
                    **_audit_model(net, cfg, split, timer, full=True, layers=layers)}
         findings = policy.judge(cfg.policy, outcome["evaluation"], outcome["capacity_train"],
@@ -223,6 +239,30 @@ def _rewrite_reports(audit_doc: dict, folder: Path) -> list[Path]:
     return [folder / "audit.json", folder / "report.html", folder / "model_card.md"]
 
 
+INCOMPLETE = "INCOMPLETE.json"
+
+
+@contextmanager
+def _incomplete_marker(out_dir: Path, timer: StageTimer):
+    """If the audit stops early, say so in reports/<run_id>/INCOMPLETE.json (the MLflow run ends
+    KILLED or FAILED): which stages completed, and why it stopped. A complete audit has no marker."""
+    try:
+        yield
+    except BaseException as err:
+        from pipeline.errors import Interrupted
+
+        interrupted = isinstance(err, (KeyboardInterrupt, Interrupted))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / INCOMPLETE).write_text(json.dumps({
+            "status": "KILLED" if interrupted else "FAILED",
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "completed_stages": {k: round(v, 3) for k, v in timer.seconds.items()},
+            "reason": "interrupted (Ctrl-C or SIGTERM)" if interrupted else f"{type(err).__name__}: {err}",
+            "note": "This audit is incomplete: files here, if any, are partial and must not be used as a verdict.",
+        }, indent=2), encoding="utf-8")
+        raise
+
+
 def _write_reports(audit_doc: dict, out_dir: Path) -> Path:
     """reports/<run_id>/: plots, report.html, model_card.md, audit.json."""
     from pipeline import report
@@ -247,6 +287,38 @@ def _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer) -> Ru
                          or (f.status == "inconclusive" and cfg.policy.inconclusive_fails)],
         inconclusive_findings=[f.id for f in findings if f.status == "inconclusive"], seconds=timer.seconds,
     )
+
+
+@contextmanager
+def job_lock(reports_dir: Path, config_path, *extra):
+    """Keep two copies of the same job (same config, same model, same reports dir) from overlapping.
+
+    An exclusive, non-blocking ``flock`` on ``<reports_dir>/.locks/<job>.lock`` for the job's
+    duration. The kernel releases it when the file closes or the process dies (also on
+    SIGKILL), so a stale lock cannot block the next scheduled run. Raises ``Busy`` (exit 75).
+    """
+    import fcntl
+    import hashlib
+    import os
+
+    from pipeline.errors import Busy
+
+    job = "|".join(str(x) for x in (Path(config_path).resolve(), *extra) if x is not None)
+    locks = reports_dir / ".locks"
+    locks.mkdir(exist_ok=True)
+    path = locks / f"{hashlib.sha256(job.encode()).hexdigest()[:16]}.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise Busy(f"another copy of this audit job is running ({holder}; lock {path})") from err
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+        fh.flush()
+        yield
 
 
 def _writable_dir(path: Path) -> Path:

@@ -66,14 +66,30 @@ def _ended_run(**kwargs) -> Iterator[mlflow.ActiveRun]:
 def experiment_id(uri: str, experiment: str) -> str:
     """The experiment's id, created (with artifacts next to a SQLite store) when it does not exist."""
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
-    except MlflowException:  # created meanwhile by a concurrent run
-        return client.get_experiment_by_name(experiment).experiment_id
+    with _sqlite_init_lock(uri):  # two first runs at once would both migrate a new database
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+        except MlflowException:  # created meanwhile by a concurrent run
+            return client.get_experiment_by_name(experiment).experiment_id
+
+
+@contextmanager
+def _sqlite_init_lock(uri: str):
+    """An exclusive lock next to a SQLite store while MLflow creates or checks its tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri.removeprefix("sqlite:///")).resolve().with_suffix(".init.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
 
 
 @contextmanager
@@ -158,7 +174,7 @@ def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path
         dataset = mlflow.data.from_pandas(table.frame, source=table.path, name=table.name,
                                           targets=cfg.dataset.target, digest=table.sha256[:20])
         dataset.__dict__["schema"] = dataset_schema(table.frame)  # fills MLflow's cached_property
-        mlflow.log_input(dataset, context="training+evaluation")
+        _log_input(dataset)
     mlflow.log_artifacts(str(out_dir))
 
     tags = {
@@ -192,6 +208,23 @@ def register(model_uri: str, name: str, audit: dict, alias: str) -> str:
     else:
         logger.info("registry: %s version %s registered; alias '%s' not moved (verdict fail)", name, version, alias)
     return str(version)
+
+
+def _log_input(dataset, attempts: int = 3) -> None:
+    """log_input, retried when a concurrent run registered the same dataset first.
+
+    MLflow's SQL store checks for the dataset, then inserts it; two runs of the same data at
+    once can both miss it, and the second insert violates the unique key. On retry the
+    dataset exists and is linked.
+    """
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context="training+evaluation")
+            return
+        except MlflowException as err:
+            if "UNIQUE constraint failed: datasets" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def dataset_schema(frame):

@@ -41,7 +41,11 @@ class CountTable:
         codes, uniques = pd.factorize(np.asarray(labels, dtype=object), sort=True)
         cells = _CELL[np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)]
         counts = np.bincount(codes * 4 + cells, minlength=4 * len(uniques)).reshape(len(uniques), 4)
-        return cls(tuple(map(str, uniques)), counts.astype(np.int64))
+        # Groups in text order, as in __add__ and fairness.group_counts (numbers: '10' before '2'),
+        # so a merge of shard tables lines up row for row with the table of the whole.
+        names = np.array([str(u) for u in uniques], dtype=object)
+        order = np.argsort(names, kind="stable")
+        return cls(tuple(names[order]), counts[order].astype(np.int64))
 
     def __add__(self, other: CountTable) -> CountTable:
         groups = tuple(sorted(set(self.groups) | set(other.groups)))
@@ -98,11 +102,14 @@ def disparities(rate: dict[str, np.ndarray], eligible: np.ndarray) -> dict[str, 
     sel_lo, sel_hi = spread(rate["selection_rate"])
     tpr_lo, tpr_hi = spread(rate["true_positive_rate"])
     fpr_lo, fpr_hi = spread(rate["false_positive_rate"])
+    both = ~np.isnan(tpr_hi) & ~np.isnan(fpr_hi)
     return {
         "demographic_parity_difference": sel_hi - sel_lo,
         "demographic_parity_ratio": ratio(sel_lo, sel_hi),
         "equalized_odds_difference": np.maximum(tpr_hi - tpr_lo, fpr_hi - fpr_lo),  # NaN if either is
-        "equalized_odds_ratio": np.minimum(ratio(tpr_lo, tpr_hi), ratio(fpr_lo, fpr_hi)),
+        # Both spreads must be defined; then a 0/0 ratio (every rate zero) yields to the other one,
+        # as in fairness.disparities.
+        "equalized_odds_ratio": np.where(both, np.fmin(ratio(tpr_lo, tpr_hi), ratio(fpr_lo, fpr_hi)), np.nan),
         "equal_opportunity_difference": tpr_hi - tpr_lo,
     }
 

@@ -172,5 +172,8 @@ def test_sigterm_ends_run_killed(write_config, store, tmp_path):
     assert _one_json(stdout)["error"] == "interrupted"
     run = MlflowClient(store).get_run(run_id)
     assert run.info.status == "KILLED"
+    marker = json.loads((tmp_path / run_id / "INCOMPLETE.json").read_text())
+    assert marker["status"] == "KILLED" and "training" not in marker["completed_stages"]
+    assert not (tmp_path / run_id / "audit.json").exists()
     children = MlflowClient(store).search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert [c.info.status for c in children] == ["KILLED"]

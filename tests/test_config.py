@@ -239,7 +239,7 @@ DEFAULTS = {
     "policy.min_accuracy": 0.75, "policy.max_demographic_parity_difference": 0.10,
     "policy.min_demographic_parity_ratio": 0.8, "policy.max_equalized_odds_difference": 0.10,
     "policy.max_dead_fraction": 0.10, "policy.gate_on": "interval", "policy.inconclusive_fails": False,
-    "policy.multiple_comparisons": "bonferroni",
+    "policy.multiple_comparisons": "bonferroni", "policy.baseline_tolerance": 0.02,
     "tracking.experiment": "fairness-audit",
 }
 # fmt: on
@@ -260,8 +260,8 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 10 + 3 + 5 + 10 + 12 + 10 + 3.
-    assert len(flat) == 53
+    # One param per field of every section: 10 + 3 + 5 + 10 + 12 + 11 + 3.
+    assert len(flat) == 54
     assert set(flat) == {
         "dataset.path",
         "dataset.target",
