@@ -2,8 +2,10 @@
 
 Exit codes: 0 audit passed; 1 audit completed and the policy failed; 2 bad usage,
 config or data (one line on stderr, no traceback); 3 unexpected error (traceback);
-75 skipped because another copy of the same job holds its lock; 130 interrupted (Ctrl-C or SIGTERM). Heavy libraries are imported only inside
-commands, so ``--help`` and user errors answer at once.
+4 audit complete in reports/<run_id>/ but the tracking server was unreachable (``push`` it
+later); 75 skipped because another copy of the same job holds its lock; 130 interrupted
+(Ctrl-C or SIGTERM). Heavy libraries are imported only inside commands, so ``--help`` and
+user errors answer at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import click
 from pipeline.errors import Busy, Interrupted, UserError
 
 EXIT_PASS, EXIT_FAIL, EXIT_USER_ERROR, EXIT_UNEXPECTED, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
+EXIT_NOT_LOGGED = 4  # audit complete locally; the tracking server was unreachable (see `push`)
 
 
 def _raise_interrupted(signum, frame):
@@ -116,6 +119,32 @@ def audit(config_path, model_uri, model_module, state_dict, layers, encoder, dat
                             tracking_uri=tracking_uri, reports_dir=reports_dir, baseline=baseline)
 
     _execute(call, as_json)
+
+
+@cli.command()
+@click.argument("folder")
+@click.option("--tracking-uri", default=None,
+              help="Where to log it. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@click.option("--force", is_flag=True, help="Log a folder that was already pushed once more.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+def push(folder, tracking_uri, force, as_json) -> None:
+    """Log a local audit (reports/<run_id>/) to a tracking store, e.g. after the server was down."""
+    _setup_logging()
+    try:
+        from pipeline import runner
+
+        summary, code = runner.push(folder, tracking_uri=tracking_uri, force=force), 0
+    except UserError as err:
+        click.echo(f"error: {err}", err=True)
+        summary, code = {"error": str(err)}, EXIT_USER_ERROR
+    except Exception as err:  # report, never swallow
+        traceback.print_exc()
+        summary, code = {"error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
+    if as_json:
+        click.echo(json.dumps({**summary, "exit_code": code}))
+    elif code == 0:
+        click.echo(f"pushed: run {summary['run_id']} in {summary['tracking_uri']}")
+    sys.exit(code)
 
 
 @cli.command()

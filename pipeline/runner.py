@@ -39,14 +39,19 @@ class RunResult:
     failed_findings: list[str]
     inconclusive_findings: list[str]
     seconds: dict[str, float]
+    not_logged: str | None = None  # why the intended tracking server did not get the run
 
     def summary(self) -> dict:
-        return {"run_id": self.run_id, "run_name": self.run_name, "verdict": self.verdict,
-                "exit_code": self.exit_code, "audit_json": str(self.audit_json),
-                "report_html": str(self.report_html), "tracking_uri": self.tracking_uri,
-                "experiment_id": self.experiment_id, "failed_findings": self.failed_findings,
-                "inconclusive_findings": self.inconclusive_findings,
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+        out = {"run_id": self.run_id, "run_name": self.run_name, "verdict": self.verdict,
+               "exit_code": self.exit_code, "audit_json": str(self.audit_json),
+               "report_html": str(self.report_html), "tracking_uri": self.tracking_uri,
+               "experiment_id": self.experiment_id, "failed_findings": self.failed_findings,
+               "inconclusive_findings": self.inconclusive_findings,
+               "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+        if self.not_logged:
+            out["not_logged"] = self.not_logged
+            out["push"] = f"python -m pipeline push {self.audit_json.parent}"
+        return out
 
 
 class StageTimer:
@@ -87,7 +92,8 @@ def _run(config_path, *, tracking_uri, reports_dir, baseline, timer) -> RunResul
     # Config and data are valid: now the heavy stages (torch, fairlearn, MLflow, matplotlib).
     from pipeline import policy, report, tracking
 
-    uri = tracking.resolve_uri(tracking_uri)
+    intended = tracking.resolve_uri(tracking_uri)
+    uri, not_logged = tracking.reachable_or_local(intended, Path(reports_dir))
     timer.lap("imports")
     run_name = _run_name(table.name, cfg)
     base = _load_baseline(tracking, uri, cfg, baseline)  # before the run: a bad --baseline leaves no run behind
@@ -113,7 +119,7 @@ def _run(config_path, *, tracking_uri, reports_dir, baseline, timer) -> RunResul
                            description=report.run_description(audit))
         timer.lap("mlflow_logging")
 
-    return _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer)
+    return _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer, not_logged, intended)
 
 
 def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,
@@ -155,7 +161,8 @@ def _audit(config_path, *, model_uri, module, state_dict, layers, encoder, data_
     from pipeline import model as model_mod
     from pipeline import policy, report, tracking
 
-    uri = tracking.resolve_uri(tracking_uri)
+    intended = tracking.resolve_uri(tracking_uri)
+    uri, not_logged = tracking.reachable_or_local(intended, Path(reports_dir))
     if model_uri is not None:
         net, encoder_dict, model_info = tracking.load_logged_model(model_uri, uri)
     else:
@@ -183,7 +190,7 @@ def _audit(config_path, *, model_uri, module, state_dict, layers, encoder, data_
                            description=report.run_description(audit_doc),
                            extra_tags={f"audited_model.{k}": str(v) for k, v in model_info.items() if v is not None})
         timer.lap("mlflow_logging")
-    return _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer)
+    return _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer, not_logged, intended)
 
 
 def review(run_id: str, *, decision: str, by: str, note: str | None = None, force: bool = False,
@@ -263,6 +270,30 @@ def _incomplete_marker(out_dir: Path, timer: StageTimer):
         raise
 
 
+def push(folder: str | Path, *, tracking_uri: str | None = None, force: bool = False) -> dict:
+    """Log a complete local audit (reports/<run_id>/) to a tracking store: params, metrics, tags,
+    description and every file, as a new run that records where it came from."""
+    from pipeline import report, tracking
+
+    folder = Path(folder)
+    if not (folder / "audit.json").is_file():
+        raise UserError(f"push: {folder} has no audit.json; expected a reports/<run_id>/ folder")
+    if (folder / INCOMPLETE).exists():
+        raise UserError(f"push: {folder} holds an incomplete audit ({INCOMPLETE}); it must not be logged as one")
+    pushed = folder / "PUSHED.json"
+    if pushed.exists() and not force:
+        raise UserError(f"push: {folder} was already pushed ({json.loads(pushed.read_text())['run_id']}); "
+                        "add --force to log it again")
+    audit_doc = json.loads((folder / "audit.json").read_text(encoding="utf-8"))
+    cfg = config_mod.from_dict(audit_doc["config"], source=str(folder / "audit.json"))
+    uri = tracking.resolve_uri(tracking_uri)
+    run_id = tracking.log_pushed(audit_doc, folder, cfg, uri, description=report.run_description(audit_doc))
+    pushed.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri,
+                                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}), encoding="utf-8")
+    logger.info("push: %s logged as run %s in %s", folder, run_id, uri)
+    return {"run_id": run_id, "tracking_uri": uri, "from": audit_doc["run_id"], "verdict": audit_doc["verdict"]}
+
+
 def _write_reports(audit_doc: dict, out_dir: Path) -> Path:
     """reports/<run_id>/: plots, report.html, model_card.md, audit.json."""
     from pipeline import report
@@ -277,10 +308,22 @@ def _write_reports(audit_doc: dict, out_dir: Path) -> Path:
     return out_dir
 
 
-def _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer) -> RunResult:
+EXIT_NOT_LOGGED = 4  # the audit is complete in reports/<run_id>/, but not in the intended tracking store
+NOT_LOGGED = "NOT_LOGGED.json"
+
+
+def _result(parent, run_name, verdict, findings, out_dir, uri, cfg, timer, not_logged=None,
+            intended=None) -> RunResult:
     logger.info("seconds by stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in timer.seconds.items()))
+    exit_code = 0 if verdict == "pass" else 1
+    if not_logged:
+        (out_dir / NOT_LOGGED).write_text(json.dumps({"intended_tracking_uri": intended, "reason": not_logged,
+                                                      "local_tracking_uri": uri}, indent=2), encoding="utf-8")
+        logger.error("%s: the audit is complete in %s; log it later with: python -m pipeline push %s "
+                     "--tracking-uri %s", not_logged, out_dir, out_dir, intended)
+        exit_code = EXIT_NOT_LOGGED
     return RunResult(
-        run_id=parent.info.run_id, run_name=run_name, verdict=verdict, exit_code=0 if verdict == "pass" else 1,
+        run_id=parent.info.run_id, run_name=run_name, verdict=verdict, exit_code=exit_code, not_logged=not_logged,
         audit_json=(out_dir / "audit.json").resolve(), report_html=(out_dir / "report.html").resolve(),
         tracking_uri=uri, experiment_id=parent.info.experiment_id,
         failed_findings=[f.id for f in findings if f.status == "fail"

@@ -36,6 +36,40 @@ _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PACKAGES = ("torch", "mlflow", "fairlearn", "scikit-learn", "numpy", "pandas")
 
 
+CONNECT_ATTEMPTS, CONNECT_TIMEOUT = 3, 5.0  # bounded retry: at most ~20 s before falling back
+
+
+def reachable_or_local(uri: str, reports_dir: Path) -> tuple[str, str | None]:
+    """The URI if its server answers (bounded retry), else a local SQLite store and the reason.
+
+    A scheduled audit must not lose its result to a tracking server that is down: it is
+    logged locally, and ``python -m pipeline push reports/<run_id>`` sends it later.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return uri, None
+    import urllib.error
+    import urllib.request
+
+    error = ""
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT) as response:
+                if response.status == 200:
+                    return uri, None
+                error = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as err:
+            error = str(getattr(err, "reason", err))
+        if attempt < CONNECT_ATTEMPTS - 1:
+            time.sleep(2**attempt)
+    local = f"sqlite:///{(reports_dir / '.offline' / 'mlflow.db').resolve()}"
+    reason = f"tracking server {uri} unreachable after {CONNECT_ATTEMPTS} attempts ({error})"
+    logger.warning("%s; logging to %s instead", reason, local)
+    (reports_dir / ".offline").mkdir(parents=True, exist_ok=True)
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (loaded with the rest, as in resolve_uri)
+
+    return local, reason
+
+
 def resolve_uri(cli_uri: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory.
 
@@ -427,3 +461,22 @@ def find_baseline(spec: str, experiment_id: str) -> dict | None:
         return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/audit.json")
     except MlflowException as err:
         raise UserError(f"--baseline: run '{run.info.run_id}' has no audit.json artifact") from err
+
+
+# --- push ---------------------------------------------------------------------------------------
+
+
+def log_pushed(audit: dict, folder: Path, cfg, uri: str, *, description: str) -> str:
+    """A new run holding a local audit: what log_audit logs, except the model object."""
+    mlflow.set_tracking_uri(uri)
+    exp_id = experiment_id(uri, cfg.tracking.experiment)
+    with _ended_run(experiment_id=exp_id, run_name=audit["run_name"]) as active:
+        run_id = active.info.run_id
+        mlflow.log_params(config_mod.flatten(cfg))
+        _log_metrics(run_id, _audit_metrics(audit))
+        mlflow.log_artifacts(str(folder))
+        mlflow.set_tags({"verdict": audit["verdict"], "dataset": audit["dataset"]["name"],
+                         "dataset_sha256": audit["dataset"]["sha256"], "schema_version": str(audit["schema_version"]),
+                         "mlflow.note.content": description, "pushed_from_run_id": audit["run_id"],
+                         **{f"version.{k}": v for k, v in audit["versions"].items()}})
+    return run_id

@@ -57,3 +57,80 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess
     full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` for the whole session; yields its URL.
+
+    SQLite backend and an artifact store in a temp dir; clients log and read artifacts
+    through the server over HTTP (``mlflow-artifacts:/``), as on a shared team server.
+    The server runs in its own process group (it starts uvicorn as a child), so teardown
+    stops the whole group and checks that no process of it is left.
+    """
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    log_path = tmp / "server.log"
+    with socket.socket() as sock:  # a free port; the server binds it a moment later
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # The GenAI job runner starts seven worker processes the audit never uses; they slow start and stop.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+           "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+
+    def log_tail() -> str:
+        return "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
+
+    def group_members(pgid: int) -> list[int]:
+        """Processes of the group that still run (zombies excluded: PID 1 here may never reap them)."""
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue  # exited while we looked
+            if int(group) == pgid and state != "Z":
+                alive.append(int(stat.parent.name))
+        return alive
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pgid = os.getpgid(proc.pid)
+    try:
+        started = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with code {proc.returncode} before it answered {url}/health; "
+                            f"log {log_path}:\n{log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass  # not listening yet
+            if time.monotonic() - started > 90:
+                pytest.fail(f"mlflow server did not answer {url}/health within 90 s; log {log_path}:\n{log_tail()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # already gone
+        deadline = time.monotonic() + 20
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if group_members(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+            time.sleep(1)
+        proc.wait(timeout=10)
+        left = group_members(pgid)
+        assert not left, f"mlflow server processes {left} survived SIGTERM and SIGKILL; log tail:\n{log_tail()}"
