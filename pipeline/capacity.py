@@ -120,25 +120,13 @@ class UnitStates:
 
 
 @dataclass(frozen=True)
-class LayerHealth:
+class LayerHealth(LayerCapacity):
     """Dead, tau-dormant and rarely-firing unit counts of one layer, with the thresholds used."""
 
-    layer: str
-    units: int
     rows: int
-    dead: int
-    dormant: int
     rare: int
     tau: float
     rare_threshold: float
-
-    @property
-    def dead_fraction(self) -> float:
-        return self.dead / self.units
-
-    @property
-    def dormant_fraction(self) -> float:
-        return self.dormant / self.units
 
     @property
     def rare_fraction(self) -> float:
@@ -146,9 +134,7 @@ class LayerHealth:
 
     def counts(self) -> dict:
         """Counts and fractions, JSON-able."""
-        return {"dead": self.dead, "dead_fraction": self.dead_fraction,
-                "dormant": self.dormant, "dormant_fraction": self.dormant_fraction,
-                "rare": self.rare, "rare_fraction": self.rare_fraction}
+        return {**super().counts(), "rare": self.rare, "rare_fraction": self.rare_fraction}
 
 
 @dataclass(frozen=True)
@@ -422,9 +408,9 @@ def dormancy_scores(stats: ActivationStats) -> np.ndarray:
 
 def layer_capacity(stats: ActivationStats, *, tau: float) -> LayerCapacity:
     """Dead and tau-dormant unit counts of one layer."""
-    dead = stats.fired == 0
-    dormant = dead | (dormancy_scores(stats) <= tau)
-    return LayerCapacity(layer=stats.layer, units=len(dead), dead=int(dead.sum()), dormant=int(dormant.sum()))
+    states = unit_states(stats, tau=tau)
+    return LayerCapacity(layer=stats.layer, units=states.units, dead=int(states.dead.sum()),
+                         dormant=int(states.dormant.sum()))
 
 
 def measure(probe: ReluProbe, x: torch.Tensor, *, tau: float) -> list[LayerCapacity]:
