@@ -195,13 +195,9 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
     except ValueError as err:
         raise DataError(f"{source}: split: cannot split {table.path}: {err}") from err
 
-    sensitive = list(ds.sensitive_features)
-    excluded = {ds.target} | (set() if ds.sensitive_as_input else set(sensitive))
-    features = [c for c in frame.columns if c not in excluded]
+    features, y, groups = _roles(frame, ds)
     train, test = frame.iloc[np.sort(train_idx)], frame.iloc[np.sort(test_idx)]
     encoder = fit_encoder(train[features])
-    y = (frame[ds.target].astype("string") == ds.positive_label).to_numpy(dtype=np.float32)
-    groups = frame[sensitive].astype("string").fillna(MISSING_CATEGORY)
     return Split(
         x_train=encoder.transform(train),
         y_train=y[np.sort(train_idx)],
@@ -212,6 +208,15 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
         encoder=encoder,
         feature_columns=features,
     )
+
+
+def _roles(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[list[str], np.ndarray, pd.DataFrame]:
+    """Model input columns, 0/1 labels, and the sensitive columns (missing as its own group)."""
+    excluded = {ds.target} | (set() if ds.sensitive_as_input else set(ds.sensitive_features))
+    features = [c for c in frame.columns if c not in excluded]
+    y = (frame[ds.target].astype("string") == ds.positive_label).to_numpy(dtype=np.float32)
+    groups = frame[list(ds.sensitive_features)].astype("string").fillna(MISSING_CATEGORY)
+    return features, y, groups
 
 
 def fit_encoder(frame: pd.DataFrame) -> Encoder:
@@ -249,17 +254,14 @@ def encode_all(table: Table, cfg: Config, encoder: dict | None, *, source: str) 
 
     ``encoder`` is the one the model was trained with; ``None`` fits one on these rows.
     """
-    ds = cfg.dataset
     frame = table.frame
-    excluded = {ds.target} | (set() if ds.sensitive_as_input else set(ds.sensitive_features))
-    features = [c for c in frame.columns if c not in excluded]
+    features, y, groups = _roles(frame, cfg.dataset)
     fitted = Encoder.from_dict(encoder) if encoder is not None else fit_encoder(frame[features])
     missing = [c for c in [*fitted.numeric, *fitted.categorical] if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: dataset.path: the model was trained on column(s) {', '.join(missing)}, "
                         f"which {table.path} lacks; columns are: {', '.join(map(str, frame.columns))}")
     x = fitted.transform(frame)
-    y = (frame[ds.target].astype("string") == ds.positive_label).to_numpy(dtype=np.float32)
-    groups = frame[list(ds.sensitive_features)].astype("string").fillna(MISSING_CATEGORY).reset_index(drop=True)
+    groups = groups.reset_index(drop=True)
     return Split(x_train=x, y_train=y, s_train=groups, x_test=x, y_test=y, s_test=groups, encoder=fitted,
                  feature_columns=[*fitted.numeric, *fitted.categorical])

@@ -210,10 +210,15 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
                       reliability=bins, ci_level=audit.ci_level if bootstrap else math.nan)
 
 
-def _masks(sensitive: pd.DataFrame, groups: tuple[str, ...]):
+def view_labels(sensitive: pd.DataFrame) -> np.ndarray:
+    """Per-row group labels of the columns given: 'Female', or 'Female & Black' for an intersection."""
     columns = [sensitive[c].astype(str) for c in sensitive.columns]
     labels = columns[0].str.cat(columns[1:], sep=INTERSECTION_JOIN) if len(columns) > 1 else columns[0]
-    labels = labels.to_numpy()
+    return labels.to_numpy()
+
+
+def _masks(sensitive: pd.DataFrame, groups: tuple[str, ...]):
+    labels = view_labels(sensitive)
     for g in groups:
         yield g, labels == g
 

@@ -102,14 +102,17 @@ def _run(config_path, *, tracking_uri, reports_dir, baseline, timer) -> RunResul
         timer.lap("mlflow_logging")
         seeds = [_train_and_audit(cfg, split, seed, timer) for seed in cfg.training.seeds]
         primary = seeds[0]
+        seed_summary = _seed_summary(seeds)
         remedies = _remedies(cfg, split, timer, primary) if cfg.audit.remedies else []
 
         findings = policy.judge(cfg.policy, primary["evaluation"], primary["capacity_train"],
-                                seed_ranges=_seed_ranges(seeds), group_capacity=primary["group_capacity"],
+                                seed_ranges=_seed_ranges(seed_summary, primary),
+                                group_capacity=primary["group_capacity"],
                                 baseline=base)
         verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
         audit = _audit_document(parent.info.run_id, run_name, cfg, cfg_dict, table, split, seeds, findings,
-                                verdict, uri, remedies, baseline=_baseline_summary(baseline, base, findings))
+                                verdict, uri, remedies, baseline=_baseline_summary(baseline, base, findings),
+                                seed_summary=seed_summary)
         timer.lap("evaluation")
 
         out_dir = _write_reports(audit, Path(reports_dir) / parent.info.run_id)
@@ -170,13 +173,16 @@ def _audit(config_path, *, model_uri, module, state_dict, layers, encoder, data_
         encoder_dict = data.read_encoder(encoder) if encoder else None
     split = data.encode_all(table, cfg, encoder_dict, source=source)
     model_mod.check_inputs(net, split.x_test, source=model_uri or module)
+    from pipeline import capacity
+
+    probe = capacity.ReluProbe(net, layers=layers)  # before the run: an untraceable model leaves no run behind
     timer.lap("imports")
     run_name = f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     base = _load_baseline(tracking, uri, cfg, baseline)
     with tracking.audit_run(uri, cfg.tracking.experiment, run_name) as parent, \
             _incomplete_marker(Path(reports_dir) / parent.info.run_id, timer):
         outcome = {"seed": None, "train": None, "run_id": parent.info.run_id,
-                   **_audit_model(net, cfg, split, timer, full=True, layers=layers)}
+                   **_audit_model(net, cfg, split, timer, full=True, probe=probe)}
         findings = policy.judge(cfg.policy, outcome["evaluation"], outcome["capacity_train"],
                                 group_capacity=outcome["group_capacity"], baseline=base)
         verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
@@ -388,11 +394,12 @@ def _train_and_audit(cfg, split, seed: int, timer: StageTimer, *, run_name: str 
     return outcome
 
 
-def _audit_model(net, cfg, split, timer: StageTimer, *, full: bool, layers: list[str] | None = None) -> dict:
+def _audit_model(net, cfg, split, timer: StageTimer, *, full: bool, probe=None) -> dict:
     """Fairness and capacity of one trained model on the test split (and dead units on training rows).
 
     ``full``: bootstrap intervals, effective ranks and group-conditional capacity; for the
     audited model. The other seeds only need the point numbers that show the seed spread.
+    ``probe``: a ``capacity.ReluProbe`` already built (and so checked) for ``net``.
     """
     import torch
 
@@ -402,7 +409,7 @@ def _audit_model(net, cfg, split, timer: StageTimer, *, full: bool, layers: list
     evaluation = fairness.evaluate(split.y_test, proba, split.s_test, audit=cfg.audit,
                                    intersections=cfg.dataset.intersections, bootstrap=full)
     timer.lap("evaluation")
-    probe = capacity.ReluProbe(net, layers=layers)
+    probe = probe or capacity.ReluProbe(net)
     x_train, x_test = torch.from_numpy(split.x_train), torch.from_numpy(split.x_test)
     health = {"tau": cfg.audit.dormant_tau, "rare_threshold": cfg.audit.rare_threshold}
     outcome = {"evaluation": evaluation,
@@ -410,25 +417,14 @@ def _audit_model(net, cfg, split, timer: StageTimer, *, full: bool, layers: list
                "capacity_test": capacity.measure_health(probe, x_test, **health)}
     if full:
         outcome["ranks"] = capacity.measure_ranks(probe, x_test, delta=cfg.audit.srank_delta)
-        outcome["group_capacity"] = {
-            view: capacity.group_capacity(probe, x_test, _view_labels(split.s_test, view), tau=cfg.audit.dormant_tau,
-                                          labels=[g for g in table["group"] if _status(table, g) != "suppressed"])
-            for view, table in evaluation.groups.items()}
+        outcome["group_capacity"] = {}
+        for view, table in evaluation.groups.items():
+            labels = fairness.view_labels(split.s_test[view.split(fairness.INTERSECTION_JOIN)])
+            shown = table.loc[table["status"] != "suppressed", "group"].tolist()
+            outcome["group_capacity"][view] = capacity.group_capacity(probe, x_test, labels, labels=shown,
+                                                                      tau=cfg.audit.dormant_tau)
     timer.lap("dead_units")
     return outcome
-
-
-def _view_labels(sensitive, view: str):
-    """Per-row group labels of an audited view ('sex' or the intersection 'sex & race')."""
-    from pipeline.fairness import INTERSECTION_JOIN
-
-    columns = [sensitive[c].astype(str) for c in view.split(INTERSECTION_JOIN)]
-    labels = columns[0].str.cat(columns[1:], sep=INTERSECTION_JOIN) if len(columns) > 1 else columns[0]
-    return labels.to_numpy()
-
-
-def _status(table, group: str) -> str:
-    return str(table.loc[table["group"] == group, "status"].iloc[0])
 
 
 def _remedies(cfg, split, timer: StageTimer, baseline: dict) -> list[dict]:
@@ -492,11 +488,13 @@ def _run_name(dataset: str, cfg) -> str:
 
 
 def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findings, verdict, uri,
-                    remedies, model_info: dict | None = None, baseline: dict | None = None) -> dict:
+                    remedies, model_info: dict | None = None, baseline: dict | None = None,
+                    seed_summary: dict | None = None) -> dict:
     """The versioned audit.json document: plain JSON data, NaN written as null."""
     from pipeline import fairness, tracking
 
     primary = seeds[0]
+    seed_summary = seed_summary or _seed_summary(seeds)
     ev = primary["evaluation"]
     train = primary["train"]
     ranks = {r.layer: r for r in primary["ranks"]}
@@ -520,7 +518,8 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
         "n_boot": cfg.audit.n_boot,
         "groups": {feature: _group_rows(table_) for feature, table_ in ev.groups.items()},
         "empty_groups": ev.empty_groups,
-        "disparities": {feature: {name: {**d.to_dict(), **_seed_spread(seeds, fairness.metric_key(name, feature))}
+        "disparities": {feature: {name: {**d.to_dict(),
+                                         **_seed_spread(seed_summary, fairness.metric_key(name, feature))}
                                   for name, d in gaps.items()}
                         for feature, gaps in ev.disparities.items()},
         "calibration": {"bins": cfg.audit.calibration_bins, "reliability": ev.reliability},
@@ -551,7 +550,7 @@ def _audit_document(run_id, run_name, cfg, cfg_dict, table, split, seeds, findin
         "mode": "run" if train else "audit",
         "review": None,  # filled by `pipeline review`
         "baseline": baseline,
-        "seeds": _seed_summary(seeds),
+        "seeds": seed_summary,
         "dataset": {
             "name": table.name, "path": table.path, "sha256": table.sha256,
             "rows": table.rows_read, "rows_used": len(table.frame),
@@ -594,32 +593,28 @@ def _group_rows(table) -> list[dict]:
             {k: (v if k in ("group", "status", "eligible") else None) for k, v in row.items()} for row in rows]
 
 
-def _seed_spread(seeds: list[dict], key: str) -> dict:
-    values = [v for v in (seed_metrics(o)[key] for o in seeds) if not math.isnan(v)]
-    if len(seeds) < 2 or len(values) < 2:
+def _seed_spread(summary: dict, key: str) -> dict:
+    """Standard deviation and range of one number across seeds (empty with fewer than two values)."""
+    stats = summary["metrics"].get(key)
+    if stats is None or math.isnan(stats["std"]):
         return {}
-    mean = sum(values) / len(values)
-    return {"seed_std": math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)),
-            "seed_range": max(values) - min(values)}
+    return {"seed_std": stats["std"], "seed_range": stats["range"]}
 
 
-def _seed_ranges(seeds: list[dict]) -> dict[str, float]:
+def _seed_ranges(summary: dict, primary: dict) -> dict[str, float]:
     """How far each gated value moves across seeds, keyed by finding id."""
     from pipeline.fairness import metric_key
 
-    if len(seeds) < 2:
-        return {}
-    ranges = {"accuracy": _seed_spread(seeds, "accuracy").get("seed_range", math.nan)}
-    for feature, gaps in seeds[0]["evaluation"].disparities.items():
-        for name in gaps:
-            ranges[f"{name}:{feature}"] = _seed_spread(seeds, metric_key(name, feature)).get("seed_range", math.nan)
-    for i in range(1, len(seeds[0]["capacity_train"]) + 1):
-        ranges[f"dead_fraction:layer{i}"] = _seed_spread(seeds, f"dead_fraction/layer{i}").get("seed_range", math.nan)
-    return {k: v for k, v in ranges.items() if not math.isnan(v)}
+    keys = {"accuracy": "accuracy"}
+    for feature, gaps in primary["evaluation"].disparities.items():
+        keys.update({f"{name}:{feature}": metric_key(name, feature) for name in gaps})
+    for i in range(1, len(primary["capacity_train"]) + 1):
+        keys[f"dead_fraction:layer{i}"] = f"dead_fraction/layer{i}"
+    return {fid: spread["seed_range"] for fid, key in keys.items() if (spread := _seed_spread(summary, key))}
 
 
 def _seed_summary(seeds: list[dict]) -> dict:
-    """Mean, standard deviation and values across seeds of the headline numbers."""
+    """Mean, standard deviation, range and values across seeds of the headline numbers."""
     series: dict[str, list[float]] = {}
     for outcome in seeds:
         for key, value in seed_metrics(outcome).items():
@@ -629,7 +624,8 @@ def _seed_summary(seeds: list[dict]) -> dict:
         finite = [v for v in values if not math.isnan(v)]
         mean = sum(finite) / len(finite) if finite else math.nan
         std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else math.nan
-        summary[key] = {"mean": mean, "std": std, "values": values}
+        spread = max(finite) - min(finite) if len(finite) > 1 else math.nan
+        summary[key] = {"mean": mean, "std": std, "range": spread, "values": values}
     return {"seeds": [o["seed"] for o in seeds], "metrics": summary}
 
 

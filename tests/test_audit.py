@@ -49,9 +49,13 @@ def test_module_and_state_dict_audit_counts_constructed_dead_units(german_config
 
 
 def test_untraceable_model_is_audited_through_named_layers(german_config, dead_state_dict, store, tmp_path):
+    client = MlflowClient(store)
+    count = lambda: sum(len(client.search_runs([e.experiment_id])) for e in client.search_experiments())  # noqa: E731
+    before = count()
     with pytest.raises(UserError, match="layers="):
         runner.audit(german_config, module="fixtures.audit_models:branchy", state_dict=dead_state_dict,
                      tracking_uri=store, reports_dir=tmp_path)
+    assert count() == before  # refused before the MLflow run starts
     result = runner.audit(german_config, module="fixtures.audit_models:branchy", state_dict=dead_state_dict,
                           layers=["block.1"], tracking_uri=store, reports_dir=tmp_path)
     (layer,) = json.loads(result.audit_json.read_text())["capacity"]["layers"]
