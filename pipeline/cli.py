@@ -41,16 +41,51 @@ def cli() -> None:
     """Fairness audit pipeline for ReLU neural networks."""
 
 
+def _tracking_option(help_text: str = "MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."):
+    return click.option("--tracking-uri", default=None, help=help_text)
+
+
+def _audit_outputs(command):
+    """Options every audit-producing command takes."""
+    for option in reversed([
+        _tracking_option(),
+        click.option("--reports-dir", default="reports", show_default=True, help="Where reports/<run_id>/ is written."),
+        click.option("--baseline", default=None,
+                     help="Compare with an earlier audit of the experiment: 'last-pass' or a run id."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _guarded(call) -> tuple[object, int | None]:
+    """Run ``call``; map our exceptions to a summary and an exit code (``None``: it returned)."""
+    try:
+        return call(), None
+    except Busy as err:
+        click.echo(f"skipped: {err}", err=True)
+        return {"error": str(err)}, EXIT_BUSY
+    except UserError as err:
+        click.echo(f"error: {err}", err=True)
+        return {"error": str(err)}, EXIT_USER_ERROR
+    except (KeyboardInterrupt, Interrupted):
+        click.echo("error: interrupted; the MLflow run (if any) was ended as KILLED", err=True)
+        return {"error": "interrupted"}, EXIT_INTERRUPTED
+    except Exception as err:  # report, never swallow: traceback and a distinct exit code
+        traceback.print_exc()
+        return {"error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
+
+
+def _finish(summary: dict, code: int, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({**summary, "exit_code": code}))
+    sys.exit(code)
+
+
 @cli.command()
 @click.option("--config", "config_path", default="configs/adult.yaml", show_default=True,
               help="YAML config naming the data, model, training, policy and tracking.")
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
-@click.option("--reports-dir", default="reports", show_default=True,
-              help="Where reports/<run_id>/ is written.")
-@click.option("--baseline", default=None,
-              help="Compare with an earlier audit of the experiment: 'last-pass' or a run id.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr.")
+@_audit_outputs
 def run(config_path: str, tracking_uri: str | None, reports_dir: str, baseline: str | None, as_json: bool) -> None:
     """Train, audit, gate and log one model. Exit 0 pass, 1 policy fail, 2 bad input."""
     _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir,
@@ -62,35 +97,24 @@ def _execute(call, as_json: bool) -> None:
     _setup_logging()
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # on a server, MLflow prints run URLs to stdout
     signal.signal(signal.SIGTERM, _raise_interrupted)
-    summary: dict = {"run_id": None, "verdict": None}
-    try:
+
+    def audit():
         from pipeline import runner
 
-        result = call(runner)
-        summary, code = result.summary(), result.exit_code
-        if not as_json:
-            click.echo(f"verdict: {result.verdict.upper()} (exit {code})")
-            for fid in result.failed_findings:
-                click.echo(f"  failed: {fid}")
-            for fid in result.inconclusive_findings:
-                click.echo(f"  inconclusive: {fid}")
-            click.echo(f"report:  {result.report_html}")
-            click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
-    except Busy as err:
-        click.echo(f"skipped: {err}", err=True)
-        summary, code = {**summary, "error": str(err)}, EXIT_BUSY
-    except UserError as err:
-        click.echo(f"error: {err}", err=True)
-        summary, code = {**summary, "error": str(err)}, EXIT_USER_ERROR
-    except (KeyboardInterrupt, Interrupted):
-        click.echo("error: interrupted; the MLflow run (if any) was ended as KILLED", err=True)
-        summary, code = {**summary, "error": "interrupted"}, EXIT_INTERRUPTED
-    except Exception as err:  # report, never swallow: traceback and a distinct exit code
-        traceback.print_exc()
-        summary, code = {**summary, "error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
-    if as_json:
-        click.echo(json.dumps({**summary, "exit_code": code}))
-    sys.exit(code)
+        return call(runner)
+
+    result, code = _guarded(audit)
+    if code is not None:
+        _finish({"run_id": None, "verdict": None, **result}, code, as_json)
+    if not as_json:
+        click.echo(f"verdict: {result.verdict.upper()} (exit {result.exit_code})")
+        for fid in result.failed_findings:
+            click.echo(f"  failed: {fid}")
+        for fid in result.inconclusive_findings:
+            click.echo(f"  inconclusive: {fid}")
+        click.echo(f"report:  {result.report_html}")
+        click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
+    _finish(result.summary(), result.exit_code, as_json)
 
 
 @cli.command()
@@ -103,12 +127,7 @@ def _execute(call, as_json: bool) -> None:
 @click.option("--layers", default=None, help="Comma-separated submodules whose outputs are post-ReLU (untraceable models).")
 @click.option("--encoder", default=None, help="With --model-module: encoder.json from the run that trained it.")
 @click.option("--data", "data_path", default=None, help="Audit this data file instead of the config's dataset.path.")
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
-@click.option("--reports-dir", default="reports", show_default=True, help="Where reports/<run_id>/ is written.")
-@click.option("--baseline", default=None,
-              help="Compare with an earlier audit of the experiment: 'last-pass' or a run id.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr.")
+@_audit_outputs
 def audit(config_path, model_uri, model_module, state_dict, layers, encoder, data_path, tracking_uri, reports_dir,
           baseline, as_json) -> None:
     """Audit an existing model without training it. Exit 0 pass, 1 policy fail, 2 bad input."""
@@ -123,28 +142,22 @@ def audit(config_path, model_uri, model_module, state_dict, layers, encoder, dat
 
 @cli.command()
 @click.argument("folder")
-@click.option("--tracking-uri", default=None,
-              help="Where to log it. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@_tracking_option("Where to log it. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
 @click.option("--force", is_flag=True, help="Log a folder that was already pushed once more.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def push(folder, tracking_uri, force, as_json) -> None:
     """Log a local audit (reports/<run_id>/) to a tracking store, e.g. after the server was down."""
     _setup_logging()
-    try:
+
+    def call():
         from pipeline import runner
 
-        summary, code = runner.push(folder, tracking_uri=tracking_uri, force=force), 0
-    except UserError as err:
-        click.echo(f"error: {err}", err=True)
-        summary, code = {"error": str(err)}, EXIT_USER_ERROR
-    except Exception as err:  # report, never swallow
-        traceback.print_exc()
-        summary, code = {"error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
-    if as_json:
-        click.echo(json.dumps({**summary, "exit_code": code}))
-    elif code == 0:
+        return runner.push(folder, tracking_uri=tracking_uri, force=force)
+
+    summary, code = _guarded(call)
+    if code is None and not as_json:
         click.echo(f"pushed: run {summary['run_id']} in {summary['tracking_uri']}")
-    sys.exit(code)
+    _finish(summary, code or 0, as_json)
 
 
 @cli.command()
@@ -154,8 +167,7 @@ def push(folder, tracking_uri, force, as_json) -> None:
 @click.option("--by", required=True, help="Reviewer's name.")
 @click.option("--note", default=None, help="Why; shown in the report and the review log.")
 @click.option("--force", is_flag=True, help="Record a new decision on a run already reviewed.")
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@_tracking_option()
 @click.option("--reports-dir", default="reports", show_default=True, help="Also update reports/<run_id>/ here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json) -> None:
@@ -163,37 +175,29 @@ def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json
     _setup_logging()
     if decision is None:
         raise click.UsageError("give --approve or --reject")
-    try:
+
+    def call():
         from pipeline import runner
 
-        entry = runner.review(run_id, decision=decision, by=by, note=note, force=force,
-                              tracking_uri=tracking_uri, reports_dir=reports_dir)
-    except UserError as err:
-        click.echo(f"error: {err}", err=True)
-        entry, code = {"run_id": run_id, "error": str(err)}, EXIT_USER_ERROR
-    except Exception as err:  # report, never swallow
-        traceback.print_exc()
-        entry, code = {"run_id": run_id, "error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
-    else:
-        code = 0
-        if not as_json:
-            click.echo(f"{run_id}: {decision} by {by}")
-    if as_json:
-        click.echo(json.dumps({**entry, "exit_code": code}))
-    sys.exit(code)
+        return runner.review(run_id, decision=decision, by=by, note=note, force=force,
+                             tracking_uri=tracking_uri, reports_dir=reports_dir)
+
+    entry, code = _guarded(call)
+    if code is None and not as_json:
+        click.echo(f"{run_id}: {decision} by {by}")
+    _finish({"run_id": run_id, **entry}, code or 0, as_json)
 
 
 @cli.command()
-@click.option("--tracking-uri", default=None,
-              help="Store to show. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@_tracking_option("Store to show. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; keep 127.0.0.1 unless others must reach it.")
 def ui(tracking_uri: str | None, port: int, host: str) -> None:
     """Start the MLflow UI on the audit store (bound to 127.0.0.1 by default)."""
-    import os
+    from pipeline.config import tracking_uri as resolve
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = resolve(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise click.UsageError(f"--tracking-uri: {uri} is already a server; open it in a browser")
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")

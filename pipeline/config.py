@@ -17,6 +17,14 @@ from typing import Literal
 from pipeline.errors import ConfigError
 
 DEFAULT_CONFIG = Path("configs/adult.yaml")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(cli_uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
+    import os
+
+    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def _check(*, min_items: int = 0, **bounds):

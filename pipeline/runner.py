@@ -89,7 +89,10 @@ def _run(config_path, *, tracking_uri, reports_dir, baseline, timer) -> RunResul
                 table.path, len(table.frame), len(split.y_train), len(split.y_test), split.x_train.shape[1])
     timer.lap("data")
 
-    # Config and data are valid: now the heavy stages (torch, fairlearn, MLflow, matplotlib).
+    # Config and data are valid: now the heavy stages (torch, fairlearn, MLflow, matplotlib), and
+    # torch._dynamo, which logging the model in MLflow's 'pt2' format needs (~1.2 s to import).
+    import torch._dynamo  # noqa: F401
+
     from pipeline import policy, report, tracking
 
     intended = tracking.resolve_uri(tracking_uri)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import subprocess
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch._dynamo  # noqa: F401  the 'pt2' model format exports through it; ~1.2 s, so load it with the rest
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -31,7 +29,6 @@ from pipeline.fairness import metric_key
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PACKAGES = ("torch", "mlflow", "fairlearn", "scikit-learn", "numpy", "pandas")
 
@@ -76,7 +73,7 @@ def resolve_uri(cli_uri: str | None) -> str:
     For a database store, MLflow's SQLAlchemy store module (~1.4 s to import) is
     loaded here, with the other libraries, rather than inside the first logging call.
     """
-    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = config_mod.tracking_uri(cli_uri)
     if uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     return uri
@@ -337,6 +334,7 @@ def load_logged_model(model_uri: str, tracking_uri: str):
     (URI, registered name and version when the URI names one, source run).
     """
     import mlflow.pytorch
+    import torch
     from mlflow.models import get_model_info
 
     from pipeline.errors import UserError
