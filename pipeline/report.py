@@ -119,8 +119,10 @@ def plots(audit: dict) -> dict[str, bytes]:
         axes[1].set_title("accuracy")
         axes[1].set_ylim(min(r["accuracy"] for r in remedies) - 0.05, 1)
         view = next(iter(remedies[0]["disparities"]))
-        gap = lambda r: (lambda d: (d["value"], d["ci_low"], d["ci_high"]))(  # noqa: E731
-            r["disparities"][view]["demographic_parity_difference"])
+        def gap(r):
+            d = r["disparities"][view]["demographic_parity_difference"]
+            return d["value"], d["ci_low"], d["ci_high"]
+
         axes[2].bar(names, [gap(r)[0] or 0 for r in remedies], yerr=_errors(remedies, gap))
         axes[2].set_title(f"demographic parity difference ({view})")
         for ax in axes:

@@ -392,7 +392,7 @@ def _train_and_audit(cfg, split, seed: int, timer: StageTimer, *, run_name: str 
         timer.lap("training")
         outcome = {"seed": seed, "train": result, "run_id": child.info.run_id,
                    **_audit_model(result.model, cfg, split, timer, full=primary)}
-        tracking.log_seed(outcome)
+        tracking.log_seed(outcome, seed_metrics(outcome))
         timer.lap("mlflow_logging")
     return outcome
 

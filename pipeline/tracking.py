@@ -160,10 +160,8 @@ def _log_metric_list(run_id: str, metrics: list[Metric]) -> None:
         client.log_batch(run_id, metrics=metrics[start:start + _BATCH], synchronous=True)
 
 
-def log_seed(outcome: dict) -> None:
+def log_seed(outcome: dict, final: dict[str, float]) -> None:
     """A seed's nested run: per-epoch step metrics and its final numbers."""
-    from pipeline.runner import seed_metrics
-
     run_id = outcome["run_id"]
     now = int(time.time() * 1000)
     steps = []
@@ -174,7 +172,7 @@ def log_seed(outcome: dict) -> None:
             values.update({f"epoch_{kind}_fraction/layer{i}": f for i, f in enumerate(fractions, 1)})
         steps += [Metric(k, float(v), now, rec.epoch) for k, v in values.items()]
     _log_metric_list(run_id, steps)
-    _log_metrics(run_id, seed_metrics(outcome))
+    _log_metrics(run_id, final)
 
 
 def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path, cfg, *, description: str,

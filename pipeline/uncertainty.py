@@ -14,6 +14,8 @@ draws row multiplicities per group and evaluates all resamples at once as matrix
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,18 +116,12 @@ def disparities(rate: dict[str, np.ndarray], eligible: np.ndarray) -> dict[str, 
     }
 
 
-class _quiet:
+@contextmanager
+def _quiet():
     """Silence numpy's 'All-NaN slice' RuntimeWarning: NaN is the intended answer there."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
+        yield
 
 
 def bootstrap_counts(counts: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
