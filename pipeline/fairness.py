@@ -113,60 +113,45 @@ def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: 
 
 
 def disparities(table: pd.DataFrame) -> dict[str, Disparity]:
-    """Demographic parity, equalized odds and equal opportunity gaps among eligible groups."""
-    eligible = table[table["eligible"]]
-    sel = _spread(eligible, "selection_rate")
-    tpr = _spread(eligible, "true_positive_rate")
-    fpr = _spread(eligible, "false_positive_rate")
+    """Demographic parity, equalized odds and equal opportunity gaps among eligible groups.
 
-    def ratio(s: _Spread) -> float:
-        return _rate(s.low, s.high) if s.defined else math.nan
+    The values come from ``uncertainty.disparities`` (the definition the bootstrap uses too);
+    this adds which groups sit at either end of each gap.
+    """
+    eligible = table["eligible"].to_numpy()
+    groups = table["group"].astype(str).to_numpy()
+    rates = {m: table[m].to_numpy(dtype=np.float64)
+             for m in ("selection_rate", "true_positive_rate", "false_positive_rate")}
+    values = {name: float(v) for name, v in uncertainty.disparities(rates, eligible).items()}
 
-    # Equalized odds: the larger of the TPR and FPR gaps (the smaller ratio), as in fairlearn.
-    eo_diff = max((tpr, fpr), key=lambda s: s.high - s.low if s.defined else -1)
-    eo_ratio = min((tpr, fpr), key=lambda s: ratio(s) if not math.isnan(ratio(s)) else 2)
-    if not (tpr.defined and fpr.defined):
-        eo_diff = eo_ratio = _Spread.undefined(min(tpr.n, fpr.n))
+    def ends(metric: str) -> tuple[str | None, str | None, int]:
+        """(highest group, lowest group, groups compared) of one rate among eligible groups."""
+        v = np.where(eligible, rates[metric], np.nan)
+        n = int(np.sum(~np.isnan(v)))
+        return (str(groups[np.nanargmax(v)]), str(groups[np.nanargmin(v)]), n) if n >= 2 else (None, None, n)
+
+    sel, tpr, fpr = ends("selection_rate"), ends("true_positive_rate"), ends("false_positive_rate")
+    # Equalized odds names the pair of whichever rate gives the larger gap (the smaller ratio).
+    if tpr[0] is not None and fpr[0] is not None:
+        gap = {m: np.nanmax(rates[m][eligible]) - np.nanmin(rates[m][eligible])
+               for m in ("true_positive_rate", "false_positive_rate")}
+        eo_diff = tpr if gap["true_positive_rate"] >= gap["false_positive_rate"] else fpr
+        ratio = {m: _rate(np.nanmin(rates[m][eligible]), np.nanmax(rates[m][eligible])) for m in gap}
+        eo_ratio = fpr if (np.nan_to_num(ratio["false_positive_rate"], nan=2)
+                           < np.nan_to_num(ratio["true_positive_rate"], nan=2)) else tpr
+    else:
+        eo_diff = eo_ratio = (None, None, min(tpr[2], fpr[2]))
+
+    def disparity(name: str, where: tuple) -> Disparity:
+        return Disparity(name, values[name], where[0], where[1], where[2])
+
     return {
-        "demographic_parity_difference": sel.difference("demographic_parity_difference"),
-        "demographic_parity_ratio": sel.as_disparity("demographic_parity_ratio", ratio(sel)),
-        "equalized_odds_difference": eo_diff.difference("equalized_odds_difference"),
-        "equalized_odds_ratio": eo_ratio.as_disparity(
-            "equalized_odds_ratio", ratio(eo_ratio) if eo_ratio.defined else math.nan),
-        "equal_opportunity_difference": tpr.difference("equal_opportunity_difference"),
+        "demographic_parity_difference": disparity("demographic_parity_difference", sel),
+        "demographic_parity_ratio": disparity("demographic_parity_ratio", sel),
+        "equalized_odds_difference": disparity("equalized_odds_difference", eo_diff),
+        "equalized_odds_ratio": disparity("equalized_odds_ratio", eo_ratio),
+        "equal_opportunity_difference": disparity("equal_opportunity_difference", tpr),
     }
-
-
-@dataclass(frozen=True)
-class _Spread:
-    low: float
-    high: float
-    low_group: str | None
-    high_group: str | None
-    n: int
-
-    @property
-    def defined(self) -> bool:
-        return self.n >= 2
-
-    @classmethod
-    def undefined(cls, n: int) -> _Spread:
-        return cls(math.nan, math.nan, None, None, n)
-
-    def as_disparity(self, name: str, value: float) -> Disparity:
-        return Disparity(name, value, self.high_group, self.low_group, self.n)
-
-    def difference(self, name: str) -> Disparity:
-        return self.as_disparity(name, self.high - self.low if self.defined else math.nan)
-
-
-def _spread(table: pd.DataFrame, metric: str) -> _Spread:
-    values = table[["group", metric]].dropna()
-    if len(values) < 2:
-        return _Spread.undefined(len(values))
-    lo, hi = values[metric].idxmin(), values[metric].idxmax()
-    return _Spread(float(values.at[lo, metric]), float(values.at[hi, metric]),
-                   str(values.at[lo, "group"]), str(values.at[hi, "group"]), len(values))
 
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, audit: AuditConfig,
