@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,16 @@ def small_config(**overrides) -> dict:
         section, key = dotted.split(".")
         cfg[section][key] = value
     return cfg
+
+
+def run_audit(folder: Path, cfg: dict, store: str):
+    """Write ``cfg`` to ``folder`` and run the audit in-process; the result and its audit.json."""
+    from pipeline import runner
+
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    result = runner.run(path, tracking_uri=store, reports_dir=folder / "reports")
+    return result, json.loads(result.audit_json.read_text())
 
 
 @pytest.fixture

@@ -3,28 +3,20 @@ shows it, remedies that really revive them, and all of it in audit.json and MLfl
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from conftest import small_config
+from conftest import run_audit, small_config
 from mlflow.tracking import MlflowClient
-
-from pipeline import runner
 
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, store):
-    import yaml
 
     tmp = tmp_path_factory.mktemp("killed")
     cfg = small_config(**{"training.optimizer": "sgd", "training.learning_rate": 3.0, "training.epochs": 6,
                           "training.seeds": [0], "model.relu": "module"})
     cfg["audit"].update(remedies=["lower_lr", "redo"], n_boot=200)
     cfg["policy"].update(max_dead_fraction=0.10)
-    path = tmp / "killed.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    result = runner.run(path, tracking_uri=store, reports_dir=tmp / "reports")
-    return result, json.loads(result.audit_json.read_text())
+    return run_audit(tmp, cfg, store)
 
 
 def test_high_learning_rate_kills_units_and_the_timeline_shows_when(killed):

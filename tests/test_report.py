@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import small_config
+from conftest import run_audit, small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import report, runner
+from pipeline import report
 
 HOSTILE = "<script>alert('x')</script>"
 GROUPS = [HOSTILE, "a|b*c_d `code` [link](http://x)", "Ünïcode & co"]
@@ -35,12 +34,7 @@ def hostile_run(tmp_path_factory, store):
                       "sensitive_features": ["grp"]}
     cfg["policy"].update(max_demographic_parity_difference=0.0, min_demographic_parity_ratio=1.0,  # name groups
                          gate_on="point")
-    config = tmp / "hostile.yaml"
-    import yaml
-
-    config.write_text(yaml.safe_dump(cfg))
-    result = runner.run(config, tracking_uri=store, reports_dir=tmp / "reports")
-    return result, json.loads(result.audit_json.read_text())
+    return run_audit(tmp, cfg, store)
 
 
 def test_html_escapes_group_names(hostile_run):
