@@ -4,7 +4,7 @@
 
 Predictions are the audited model's on the Adult test split, built as the pipeline builds them:
 configs/adult.yaml, data.load, data.split, then the real default training of the first seed
-(model.train with the config's training settings, early stopping included) and
+(training.train with the config's training settings, early stopping included) and
 model.predict_proba.
 
 Reference: fairlearn's MetricFrame with seven metrics by sex and n_boot=100; its bootstrap part
@@ -32,7 +32,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from any directory, like the pipeline itself
 
-from pipeline import config, data, fairness, model, uncertainty  # noqa: E402
+from pipeline import config, data, fairness, model, training, uncertainty  # noqa: E402
 
 N_BOOT = 1000
 REFERENCE_BOOT = 100
@@ -55,8 +55,8 @@ def predictions():
     cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(ROOT / cfg.dataset.path)))
     split = data.split(data.load(cfg.dataset, source="configs/adult.yaml"), cfg, source="configs/adult.yaml")
     start = time.perf_counter()
-    result = model.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
-                         audit_cfg=cfg.audit, seed=cfg.training.seeds[0])
+    result = training.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
+                            audit_cfg=cfg.audit, seed=cfg.training.seeds[0])
     seconds = time.perf_counter() - start
     proba = model.predict_proba(result.model, split.x_test)
     print(f"model: real default training (not shortened) of seed {cfg.training.seeds[0]} from configs/adult.yaml, "

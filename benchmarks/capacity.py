@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pipeline import capacity, config, data, model  # noqa: E402
+from pipeline import capacity, config, data, training  # noqa: E402
 
 
 def main() -> None:
@@ -35,8 +35,8 @@ def main() -> None:
     cfg, _ = config.load(args.config)
     table = data.load(cfg.dataset, source=args.config)
     split = data.split(table, cfg, source=args.config)
-    result = model.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
-                         audit_cfg=cfg.audit, seed=cfg.training.seeds[0])
+    result = training.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
+                            audit_cfg=cfg.audit, seed=cfg.training.seeds[0])
     measure = sum(r.capacity_seconds for r in result.history)
     total = sum(r.seconds for r in result.history)
     rest = total - measure

@@ -19,10 +19,27 @@ import traceback
 
 import click
 
-from pipeline.errors import Busy, Interrupted, UserError
+from pipeline.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USER_ERROR, Busy, Interrupted, UserError
 
-EXIT_PASS, EXIT_FAIL, EXIT_USER_ERROR, EXIT_UNEXPECTED, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
-EXIT_NOT_LOGGED = 4  # audit complete locally; the tracking server was unreachable (see `push`)
+
+def _progress(label: str):
+    """Training progress: a bar on a terminal; one log line per epoch otherwise."""
+    tty = sys.stderr.isatty()
+
+    def report(rec, epochs: int) -> None:
+        dead = max(rec.dead_fraction.values(), default=0.0)
+        text = (f"{label} epoch {rec.epoch}/{epochs} train_loss {rec.train_loss:.4f} "
+                f"val_loss {rec.val_loss:.4f} val_accuracy {rec.val_accuracy:.4f} max_dead {dead:.2f}")
+        if tty:
+            done = int(20 * rec.epoch / epochs)
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (20 - done)}] {text}\033[K")
+            if rec.epoch == epochs:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        else:
+            logging.getLogger("pipeline.training").info("%s", text)
+
+    return report
 
 
 def _raise_interrupted(signum, frame):
@@ -89,7 +106,7 @@ def _finish(summary: dict, code: int, as_json: bool) -> None:
 def run(config_path: str, tracking_uri: str | None, reports_dir: str, baseline: str | None, as_json: bool) -> None:
     """Train, audit, gate and log one model. Exit 0 pass, 1 policy fail, 2 bad input."""
     _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir,
-                                       baseline=baseline), as_json)
+                                       baseline=baseline, progress=_progress), as_json)
 
 
 def _execute(call, as_json: bool) -> None:
@@ -150,9 +167,9 @@ def push(folder, tracking_uri, force, as_json) -> None:
     _setup_logging()
 
     def call():
-        from pipeline import runner
+        from pipeline.push import push
 
-        return runner.push(folder, tracking_uri=tracking_uri, force=force)
+        return push(folder, tracking_uri=tracking_uri, force=force)
 
     summary, code = _guarded(call)
     if code is None and not as_json:
@@ -177,10 +194,10 @@ def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json
         raise click.UsageError("give --approve or --reject")
 
     def call():
-        from pipeline import runner
+        from pipeline.review import review
 
-        return runner.review(run_id, decision=decision, by=by, note=note, force=force,
-                             tracking_uri=tracking_uri, reports_dir=reports_dir)
+        return review(run_id, decision=decision, by=by, note=note, force=force, tracking_uri=tracking_uri,
+                      reports_dir=reports_dir)
 
     entry, code = _guarded(call)
     if code is None and not as_json:

@@ -1,7 +1,9 @@
 """Data stage: read the table, check it against the config, split it, encode features.
 
 Everything returned is plain data: DataFrames, float32 arrays and small frozen
-dataclasses. The encoder is a plain mapping that can be saved next to the model.
+dataclasses. The :class:`Encoder` is saved next to the model as JSON (``to_dict``) and
+read back with :func:`read_encoder` or ``Encoder.from_dict``; it crosses every boundary
+as an ``Encoder``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ class Split:
     x_test: np.ndarray
     y_test: np.ndarray
     s_test: pd.DataFrame
+    encoder: Encoder
+    feature_columns: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AuditRows:
+    """Every row of the data, encoded for an existing model (``audit`` mode: nothing is trained)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    s: pd.DataFrame
     encoder: Encoder
     feature_columns: list[str] = field(default_factory=list)
 
@@ -236,7 +249,7 @@ def fit_encoder(frame: pd.DataFrame) -> Encoder:
     return Encoder(numeric=numeric, categorical=categorical)
 
 
-def read_encoder(path: str | Path) -> dict:
+def read_encoder(path: str | Path) -> Encoder:
     """An encoder saved by a pipeline run (MLflow artifact ``model_inputs/encoder.json``)."""
     import json
 
@@ -246,22 +259,20 @@ def read_encoder(path: str | Path) -> dict:
         raise DataError(f"{path}: cannot read encoder: {err}") from err
     if not isinstance(raw, dict) or set(raw) != {"numeric", "categorical"}:
         raise DataError(f"{path}: expected an encoder with keys 'numeric' and 'categorical'")
-    return raw
+    return Encoder.from_dict(raw)
 
 
-def encode_all(table: Table, cfg: Config, encoder: dict | None, *, source: str) -> Split:
-    """Every row as audit data (no training split): train and test fields hold the same rows.
+def encode_all(table: Table, cfg: Config, encoder: Encoder | None, *, source: str) -> AuditRows:
+    """Every row as audit data, encoded with ``encoder`` (the one the model was trained with).
 
-    ``encoder`` is the one the model was trained with; ``None`` fits one on these rows.
+    ``None`` fits an encoder on these rows.
     """
     frame = table.frame
     features, y, groups = _roles(frame, cfg.dataset)
-    fitted = Encoder.from_dict(encoder) if encoder is not None else fit_encoder(frame[features])
+    fitted = encoder if encoder is not None else fit_encoder(frame[features])
     missing = [c for c in [*fitted.numeric, *fitted.categorical] if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: dataset.path: the model was trained on column(s) {', '.join(missing)}, "
                         f"which {table.path} lacks; columns are: {', '.join(map(str, frame.columns))}")
-    x = fitted.transform(frame)
-    groups = groups.reset_index(drop=True)
-    return Split(x_train=x, y_train=y, s_train=groups, x_test=x, y_test=y, s_test=groups, encoder=fitted,
-                 feature_columns=[*fitted.numeric, *fitted.categorical])
+    return AuditRows(x=fitted.transform(frame), y=y, s=groups.reset_index(drop=True), encoder=fitted,
+                     feature_columns=[*fitted.numeric, *fitted.categorical])

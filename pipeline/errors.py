@@ -1,4 +1,12 @@
-"""The exceptions the CLI turns into a one-line message and exit code 2."""
+"""The exceptions the CLI turns into a one-line message, and every exit code, defined once."""
+
+EXIT_PASS = 0  # the audit completed and every check passed
+EXIT_FAIL = 1  # the audit completed and the policy failed
+EXIT_USER_ERROR = 2  # bad usage, config or data: one line on stderr, nothing logged
+EXIT_UNEXPECTED = 3  # a bug or an environment failure: traceback; the MLflow run ends FAILED
+EXIT_NOT_LOGGED = 4  # the audit is complete in reports/<run_id>/, but not in the intended tracking store
+EXIT_BUSY = 75  # another copy of the same job holds its lock (EX_TEMPFAIL: try again later)
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: the MLflow run ends KILLED
 
 
 class UserError(Exception):

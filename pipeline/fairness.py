@@ -9,7 +9,6 @@ positives) is undefined: NaN here, ``null`` in JSON, "undefined" in the report.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,10 +18,10 @@ from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
 
 from pipeline import uncertainty
 from pipeline.config import AuditConfig
+from pipeline.vocabulary import INTERSECTION_JOIN, view_name
 
 GROUP_METRICS = ("count", "positives", "negatives", "accuracy", "selection_rate",
                  "true_positive_rate", "false_positive_rate", "false_negative_rate", "precision")
-INTERSECTION_JOIN = " & "
 
 
 def confusion_counts(y_true, y_pred) -> np.ndarray:
@@ -65,6 +64,7 @@ class Evaluation:
     empty_groups: dict[str, list[str]] = field(default_factory=dict)  # intersections with no test rows
     reliability: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # feature -> group -> bins
     ci_level: float = math.nan
+    views: dict[str, list[str]] = field(default_factory=dict)  # audited view -> its sensitive columns
 
 
 def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float) -> dict[str, float]:
@@ -166,7 +166,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
     y_true = y_true.astype(int)
     audited = {name: [name] for name in sensitive.columns}
     if intersections and sensitive.shape[1] > 1:
-        audited[INTERSECTION_JOIN.join(sensitive.columns)] = list(sensitive.columns)
+        audited[view_name(sensitive.columns)] = list(sensitive.columns)
     rng = np.random.default_rng(audit.bootstrap_seed)
     weights = None
     if bootstrap:  # one stratified row resample for all score metrics (AUC, ECE, Brier)
@@ -192,7 +192,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
     if bootstrap:
         overall, samples["overall"] = _overall_intervals(overall, y_true, y_pred, proba, audit, rng, weights)
     return Evaluation(overall=overall, groups=groups, disparities=gaps, samples=samples, empty_groups=empty,
-                      reliability=bins, ci_level=audit.ci_level if bootstrap else math.nan)
+                      reliability=bins, ci_level=audit.ci_level if bootstrap else math.nan, views=audited)
 
 
 def view_labels(sensitive: pd.DataFrame) -> np.ndarray:
@@ -257,16 +257,6 @@ def _empty_combinations(sensitive: pd.DataFrame, present: tuple[str, ...]) -> li
     values = [sorted(sensitive[c].astype(str).unique()) for c in sensitive.columns]
     combos = (INTERSECTION_JOIN.join(v) for v in itertools.product(*values))
     return [c for c in combos if c not in set(present)]
-
-
-def metric_key(*parts: str) -> str:
-    """An MLflow-safe metric key: each part reduced to letters, digits, '_', '-' and '.'."""
-    return "/".join(_sanitize(p) for p in parts)
-
-
-def _sanitize(part: str) -> str:
-    part = part.replace(INTERSECTION_JOIN, "_x_")
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", part).strip("_") or "_"
 
 
 def _nan_to_none(value: float) -> float | None:

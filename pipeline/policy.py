@@ -21,40 +21,22 @@ units are counted exactly on the training data, so they are judged on the count 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import uncertainty
-from pipeline.capacity import LayerCapacity
+from pipeline import vocabulary as vocab
+from pipeline.capacity import LayerHealth
 from pipeline.config import PolicyConfig
+from pipeline.document import Finding
 from pipeline.fairness import Evaluation
 
-Status = Literal["pass", "fail", "inconclusive", "not_evaluated"]
+if TYPE_CHECKING:
+    from pipeline.document import AuditDocument
 
-
-@dataclass(frozen=True)
-class Finding:
-    id: str
-    status: Status
-    value: float | None
-    threshold: float
-    comparison: Literal["<=", ">="]
-    message: str
-    judged_on: Literal["point", "interval"] = "point"
-    ci_low: float | None = None  # the interval the gate used (Bonferroni-widened when configured)
-    ci_high: float | None = None
-    ci_level: float | None = None
-    seed_range: float | None = None  # max - min of the value across training seeds
-    seed_sensitive: bool = False  # the seed range exceeds the distance to the threshold
-
-    @property
-    def passed(self) -> bool | None:
-        return {"pass": True, "fail": False}.get(self.status)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
+Status = vocab.FindingStatus  # the status of a finding; one sentence per status in each _Check
 
 
 @dataclass(frozen=True)
@@ -62,9 +44,11 @@ class _Check:
     id: str
     value: float
     threshold: float
-    comparison: Literal["<=", ">="]
+    comparison: vocab.Comparison
     sentences: dict[str, str]  # pass / fail / inconclusive / not_evaluated
     samples: np.ndarray | None = None  # bootstrap replicates, when the value has them
+    metric: str | None = None  # the MLflow key of the value (and of its spread across seeds)
+    regression_of: str | None = None  # a regression check: the id of the check that worsened
 
 
 def _clean(value) -> float | None:
@@ -85,17 +69,18 @@ def _status(value: float, low: float, high: float, threshold: float, comparison:
     return "pass" if low >= threshold else "fail" if high < threshold else "inconclusive"
 
 
-def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapacity], *,
+def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth], *,
           seed_ranges: dict[str, float] | None = None, group_capacity: dict | None = None,
-          baseline: dict | None = None) -> list[Finding]:
+          baseline: AuditDocument | None = None, measured_on: str = "the training data") -> list[Finding]:
     """All findings: accuracy, per audited feature the disparities, per layer dead and dormant
     units, and per audited feature the gap in capacity share between groups.
 
-    ``seed_ranges`` maps a finding id to how far its value moves across training seeds;
+    ``seed_ranges`` maps a metric key (``SeedAudit.metrics``) to how far it moves across training seeds;
     ``group_capacity`` maps an audited feature to ``capacity.group_capacity`` results;
-    ``baseline`` is an earlier audit.json: worsening beyond ``baseline_tolerance`` is a finding.
+    ``baseline`` is an earlier audit: worsening beyond ``baseline_tolerance`` is a finding;
+    ``measured_on`` says where ``layers`` were counted, for the sentences.
     """
-    checks = (_fairness_checks(policy, evaluation) + _capacity_checks(policy, layers)
+    checks = (_fairness_checks(policy, evaluation) + _capacity_checks(policy, layers, measured_on)
               + _group_capacity_checks(policy, evaluation, group_capacity or {})
               + (_baseline_checks(policy, evaluation, layers, baseline) if baseline else []))
     on_interval = policy.gate_on == "interval"
@@ -112,7 +97,7 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapaci
         message = c.sentences[status]
         if interval and status != "not_evaluated":
             message += f" (Gate interval at {level:.1%}: {_num(low)} to {_num(high)}.)"
-        spread = seed_ranges.get(c.id)
+        spread = seed_ranges.get(c.metric) if c.metric else None
         sensitive = spread is not None and not math.isnan(c.value) and spread > abs(c.value - c.threshold)
         if sensitive:
             message += (f" Across training seeds this value moves by {_num(spread)}, more than its distance "
@@ -122,7 +107,7 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapaci
             message=message, judged_on="interval" if interval else "point",
             ci_low=_clean(float(low)) if interval else None, ci_high=_clean(float(high)) if interval else None,
             ci_level=level if interval else None, seed_range=_clean(spread) if spread is not None else None,
-            seed_sensitive=sensitive,
+            seed_sensitive=sensitive, metric=c.metric, regression_of=c.regression_of,
         ))
     return findings
 
@@ -132,12 +117,12 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
     overall_samples = evaluation.samples.get("overall", {})
     if policy.min_accuracy is not None:
         acc, t = evaluation.overall["accuracy"], policy.min_accuracy
-        checks.append(_Check("accuracy", acc, t, ">=", {
+        checks.append(_Check(vocab.finding_id("accuracy"), acc, t, ">=", {
             "pass": f"Accuracy on the test split is {acc:.2%}, at or above the floor of {t:.0%}.",
             "fail": f"Accuracy on the test split is {acc:.2%}, below the floor of {t:.0%}.",
             "inconclusive": f"Accuracy on the test split is {acc:.2%}; its interval includes the floor of {t:.0%}.",
             "not_evaluated": "Accuracy could not be computed.",
-        }, overall_samples.get("accuracy")))
+        }, overall_samples.get("accuracy"), metric="accuracy"))
 
     for feature, gaps in evaluation.disparities.items():
         samples = evaluation.samples.get(feature, {})
@@ -148,7 +133,7 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
         if policy.max_demographic_parity_difference is not None:
             t = policy.max_demographic_parity_difference
             gap = _pp(dpd.value)
-            checks.append(_Check(f"demographic_parity_difference:{feature}", dpd.value, t, "<=", {
+            checks.append(_Check(vocab.finding_id("demographic_parity_difference", view=feature), dpd.value, t, "<=", {
                 "pass": f"By {feature}, selection rates differ by {gap} between groups, within the allowed {t * 100:.0f} points.",
                 "fail": f"By {feature}, the model selects '{dpd.best_group}' more often than '{dpd.worst_group}': "
                         f"selection rates differ by {gap}, more than the allowed {t * 100:.0f} points.",
@@ -156,20 +141,20 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
                                 f"'{dpd.worst_group}'; the data cannot tell whether the gap is within the allowed "
                                 f"{t * 100:.0f} points.",
                 "not_evaluated": undefined,
-            }, samples.get("demographic_parity_difference")))
+            }, samples.get("demographic_parity_difference"), metric=vocab.disparity_metric("demographic_parity_difference", feature)))
         if policy.min_demographic_parity_ratio is not None:
             t, r = policy.min_demographic_parity_ratio, dpr.value
-            checks.append(_Check(f"demographic_parity_ratio:{feature}", r, t, ">=", {
+            checks.append(_Check(vocab.finding_id("demographic_parity_ratio", view=feature), r, t, ">=", {
                 "pass": f"By {feature}, the lowest selection rate is {r:.1%} of the highest, meeting the {t:.0%} rule.",
                 "fail": f"By {feature}, '{dpr.worst_group}' is selected at only {r:.1%} of the rate of "
                         f"'{dpr.best_group}', below the {t:.0%} rule (four-fifths rule at 80%).",
                 "inconclusive": f"By {feature}, '{dpr.worst_group}' is selected at {r:.1%} of the rate of "
                                 f"'{dpr.best_group}'; the data cannot tell whether it meets the {t:.0%} rule.",
                 "not_evaluated": undefined,
-            }, samples.get("demographic_parity_ratio")))
+            }, samples.get("demographic_parity_ratio"), metric=vocab.disparity_metric("demographic_parity_ratio", feature)))
         if policy.max_equalized_odds_difference is not None:
             t = policy.max_equalized_odds_difference
-            checks.append(_Check(f"equalized_odds_difference:{feature}", eod.value, t, "<=", {
+            checks.append(_Check(vocab.finding_id("equalized_odds_difference", view=feature), eod.value, t, "<=", {
                 "pass": f"By {feature}, true and false positive rates differ by at most "
                         f"{_pp(eod.value)} between groups, within the allowed {t * 100:.0f} points.",
                 "fail": f"By {feature}, error rates are unequal: '{eod.worst_group}' and '{eod.best_group}' differ "
@@ -178,36 +163,35 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
                                 f"'{eod.worst_group}' and '{eod.best_group}'; the data cannot tell whether the gap "
                                 f"is within the allowed {t * 100:.0f} points.",
                 "not_evaluated": undefined,
-            }, samples.get("equalized_odds_difference")))
+            }, samples.get("equalized_odds_difference"), metric=vocab.disparity_metric("equalized_odds_difference", feature)))
     return checks
 
 
-def _capacity_checks(policy: PolicyConfig, layers: list[LayerCapacity]) -> list[_Check]:
+def _capacity_checks(policy: PolicyConfig, layers: list[LayerHealth], measured_on: str) -> list[_Check]:
     checks = []
     if policy.max_dead_fraction is not None:
         t = policy.max_dead_fraction
         for index, layer in enumerate(layers, start=1):
             f = layer.dead_fraction
             lost = (f"Hidden layer {index} ({layer.layer}): {layer.dead} of {layer.units} ReLU units never fire "
-                    f"on the training data ({f:.0%})")
-            checks.append(_Check(f"dead_fraction:layer{index}", f, t, "<=", {
+                    f"on {measured_on} ({f:.0%})")
+            checks.append(_Check(vocab.finding_id("dead_fraction", layer=index), f, t, "<=", {
                 "pass": f"{lost}, within the allowed {t:.0%}.",
                 "fail": f"{lost}, more than the allowed {t:.0%}; this capacity is lost to the model.",
                 "inconclusive": "",  # counted exactly: never inconclusive
                 "not_evaluated": "Dead units could not be counted.",
-            }))
+            }, metric=vocab.layer_metric("dead_fraction", index)))
     if policy.max_dormant_fraction is not None:
         t = policy.max_dormant_fraction
         for index, layer in enumerate(layers, start=1):
             f = layer.dormant_fraction
             said = (f"Hidden layer {index} ({layer.layer}): {layer.dormant} of {layer.units} ReLU units are dormant "
-                    f"on the training data ({f:.0%}: mean activation at most tau = "
-                    f"{getattr(layer, 'tau', 'tau')} of the layer's average)")
-            checks.append(_Check(f"dormant_fraction:layer{index}", f, t, "<=", {
+                    f"on {measured_on} ({f:.0%}: mean activation at most tau = {layer.tau} of the layer's average)")
+            checks.append(_Check(vocab.finding_id("dormant_fraction", layer=index), f, t, "<=", {
                 "pass": f"{said}, within the allowed {t:.0%}.",
                 "fail": f"{said}, more than the allowed {t:.0%}; these units contribute almost nothing.",
                 "inconclusive": "", "not_evaluated": "Dormant units could not be counted.",
-            }))
+            }, metric=vocab.layer_metric("dormant_fraction", index)))
     return checks
 
 
@@ -232,7 +216,7 @@ def _group_capacity_checks(policy: PolicyConfig, evaluation: Evaluation, group_c
         gap, where, low, share = worst
         said = (f"By {view}, in hidden layer {where} the units alive for '{low}' are {_share(share)} of the units "
                 f"alive for anyone") if low is not None else ""
-        checks.append(_Check(f"capacity_share_gap:{view}", gap, t, "<=", {
+        checks.append(_Check(vocab.finding_id("capacity_share_gap", view=view), gap, t, "<=", {
             "pass": f"{said}; no group's share of the network's live capacity trails another's by more than "
                     f"{t:.0%}." if low else "",
             "fail": f"{said}: capacity that serves other groups is dead or dormant for this group, a gap of "
@@ -251,43 +235,43 @@ _REGRESSIONS = {
 }
 
 
-def _baseline_checks(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerCapacity],
-                     baseline: dict) -> list[_Check]:
+def _baseline_checks(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth],
+                     baseline: AuditDocument) -> list[_Check]:
     """Worsening since the baseline audit, judged like any check: on intervals where they exist.
 
     The value is the change in the bad direction (positive = worse); the replicates are the
     current bootstrap replicates minus the baseline's point estimate.
     """
     t = policy.baseline_tolerance
-    base_run = baseline["run_id"][:8]
+    base_run = baseline.run_id[:8]
     checks = []
 
-    def add(fid, label, now, before, direction, samples):
+    def add(of: str, label: str, now, before, direction: int, samples):
         if before is None or now is None or math.isnan(now):
             return
         change = direction * (now - before)
         shifted = direction * (samples - before) if samples is not None else None
-        checks.append(_Check(f"regression:{fid}", change, t, "<=", {
+        checks.append(_Check(vocab.regression_id(of), change, t, "<=", {
             "pass": f"{label}: {before:.3f} at baseline {base_run} → {now:.3f} now; not worse by more than {t}.",
             "fail": f"{label} got worse since baseline {base_run}: {before:.3f} → {now:.3f} (allowed worsening {t}).",
             "inconclusive": f"{label}: {before:.3f} at baseline {base_run} → {now:.3f} now; the data cannot tell "
                             f"whether it got worse by more than {t}.",
             "not_evaluated": "",
-        }, shifted))
+        }, shifted, regression_of=of))
 
-    add("accuracy", "Accuracy", evaluation.overall["accuracy"], baseline["overall"].get("accuracy"), -1,
-        evaluation.samples.get("overall", {}).get("accuracy"))
+    add(vocab.finding_id("accuracy"), "Accuracy", evaluation.overall["accuracy"], baseline.overall.get("accuracy"),
+        -1, evaluation.samples.get("overall", {}).get("accuracy"))
     for view, gaps in evaluation.disparities.items():
-        before_gaps = baseline.get("disparities", {}).get(view, {})
+        before_gaps = baseline.disparities.get(view, {})
         for name, direction in _REGRESSIONS.items():
-            before = before_gaps.get(name, {}).get("value")
-            add(f"{name}:{view}", f"{name.replace('_', ' ').capitalize()} by {view}", gaps[name].value, before,
-                direction, evaluation.samples.get(view, {}).get(name))
-    before_layers = {x["index"]: x for x in baseline.get("capacity", {}).get("layers", [])}
+            before = before_gaps[name].value if name in before_gaps else None
+            add(vocab.finding_id(name, view=view), f"{name.replace('_', ' ').capitalize()} by {view}",
+                gaps[name].value, before, direction, evaluation.samples.get(view, {}).get(name))
+    before_layers = {x.index: x.gated for x in baseline.capacity.layers}
     for index, layer in enumerate(layers, start=1):
-        before = before_layers.get(index, {}).get("train", {}).get("dead_fraction")
-        add(f"dead_fraction:layer{index}", f"Dead fraction of hidden layer {index}", layer.dead_fraction, before, +1,
-            None)
+        before = before_layers[index].dead_fraction if index in before_layers else None
+        add(vocab.finding_id("dead_fraction", layer=index), f"Dead fraction of hidden layer {index}",
+            layer.dead_fraction, before, +1, None)
     return checks
 
 
@@ -303,6 +287,6 @@ def _num(value: float) -> str:
     return f"{value:.3f}" if not math.isnan(value) else "undefined"
 
 
-def verdict(findings: list[Finding], *, inconclusive_fails: bool = False) -> Literal["pass", "fail"]:
+def verdict(findings: list[Finding], *, inconclusive_fails: bool = False) -> vocab.Verdict:
     failing = {"fail", "inconclusive"} if inconclusive_fails else {"fail"}
     return "fail" if any(f.status in failing for f in findings) else "pass"

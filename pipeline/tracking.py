@@ -1,7 +1,8 @@
-"""MLflow I/O for the runner: runs that always end, batched logging, readable names.
+"""MLflow I/O: runs that always end, batched logging, readable names.
 
-Only the runner calls this module. Undefined metrics (NaN) are not logged: in
-MLflow a missing metric means "undefined", never 0.
+Only the command modules (runner, review, push) call this module. What is logged is
+read from the typed audit document (its metrics are ``AuditDocument.metrics``).
+Undefined metrics (NaN) are not logged: in MLflow a missing metric means "undefined", never 0.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline import config as config_mod
-from pipeline.errors import Interrupted
-from pipeline.fairness import metric_key
+from pipeline import vocabulary as vocab
+from pipeline.document import AuditDocument, ReviewEntry, SeedAudit
+from pipeline.errors import Interrupted, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +64,16 @@ def reachable_or_local(uri: str, reports_dir: Path) -> tuple[str, str | None]:
     reason = f"tracking server {uri} unreachable after {CONNECT_ATTEMPTS} attempts ({error})"
     logger.warning("%s; logging to %s instead", reason, local)
     (reports_dir / ".offline").mkdir(parents=True, exist_ok=True)
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (loaded with the rest, as in resolve_uri)
+    preload_store(local)
 
     return local, reason
 
 
-def resolve_uri(cli_uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory.
-
-    For a database store, MLflow's SQLAlchemy store module (~1.4 s to import) is
-    loaded here, with the other libraries, rather than inside the first logging call.
-    """
-    uri = config_mod.tracking_uri(cli_uri)
+def preload_store(uri: str) -> None:
+    """For a database store, load MLflow's SQLAlchemy store module (~1.4 s to import) here, with
+    the other libraries, rather than inside the first logging call."""
     if uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-    return uri
 
 
 @contextmanager
@@ -160,43 +157,46 @@ def _log_metric_list(run_id: str, metrics: list[Metric]) -> None:
         client.log_batch(run_id, metrics=metrics[start:start + _BATCH], synchronous=True)
 
 
-def log_seed(outcome: dict, final: dict[str, float]) -> None:
-    """A seed's nested run: per-epoch step metrics and its final numbers."""
-    run_id = outcome["run_id"]
-    now = int(time.time() * 1000)
+def _timeline_metrics(outcome: SeedAudit, now: int) -> list[Metric]:
+    """Per-epoch step metrics of one trained model: losses and unit fractions per layer."""
     steps = []
-    for rec in outcome["train"].history:
+    for rec in outcome.train.history if outcome.train else []:
         values = {"train_loss": rec.train_loss, "val_loss": rec.val_loss, "val_accuracy": rec.val_accuracy}
         for kind in ("dead", "dormant", "rare"):
             fractions = getattr(rec, f"{kind}_fraction").values()
-            values.update({f"epoch_{kind}_fraction/layer{i}": f for i, f in enumerate(fractions, 1)})
+            values.update({vocab.epoch_metric(kind, i): f for i, f in enumerate(fractions, 1)})
         steps += [Metric(k, float(v), now, rec.epoch) for k, v in values.items()]
-    _log_metric_list(run_id, steps)
-    _log_metrics(run_id, final)
+    return steps
 
 
-def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path, cfg, *, description: str,
+def log_seed(outcome: SeedAudit) -> None:
+    """A seed's nested run: per-epoch step metrics and its final numbers."""
+    _log_metric_list(outcome.run_id, _timeline_metrics(outcome, int(time.time() * 1000)))
+    _log_metrics(outcome.run_id, outcome.metrics())
+
+
+def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out_dir: Path, *, description: str,
               extra_tags: dict[str, str] | None = None) -> None:
-    """Everything about the audit, on the parent run, in batches."""
+    """Everything about the audit, on the parent run, in batches.
+
+    ``model``: the trained network to log and register (``None`` when an existing model was audited).
+    """
     import pandas as pd
 
-    run_id = audit["run_id"]
+    cfg = doc.config
     # The model first: MLflow 3 links a logged model to the run's metrics, and reads each one's history.
-    model_info = _log_model(model, split.x_train.shape[1]) if model is not None else None
-    mlflow.log_dict(split.encoder.to_dict(), "model_inputs/encoder.json")
+    model_info = _log_model(model, doc.dataset.n_model_inputs) if model is not None else None
+    mlflow.log_dict(encoder.to_dict(), "model_inputs/encoder.json")
     mlflow.log_params(config_mod.flatten(cfg))
-    # The audited model's training curve as step metrics, and every audit number, in one batch.
+    # Every audit number, and the audited model's training curve as step metrics, in one batch.
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in _audit_metrics(audit).items()]
-    for rec in seeds[0]["train"].history if seeds[0]["train"] else []:
-        metrics += [Metric("train_loss", rec.train_loss, now, rec.epoch), Metric("val_loss", rec.val_loss, now, rec.epoch)]
-        for kind in ("dead", "dormant", "rare"):
-            metrics += [Metric(f"epoch_{kind}_fraction/layer{i}", f, now, rec.epoch)
-                        for i, f in enumerate(getattr(rec, f"{kind}_fraction").values(), 1)]
-    _log_metric_list(run_id, metrics)
+    metrics = [Metric(k, v, now, 0) for k, v in doc.metrics().items()]
+    metrics += _timeline_metrics(primary, now)
+    _log_metric_list(doc.run_id, metrics)
 
-    for feature, rows in audit["groups"].items():
-        mlflow.log_table(pd.DataFrame(rows), artifact_file=f"fairness/groups_{metric_key(feature)}.json")
+    for view, rows in doc.groups.items():
+        mlflow.log_table(pd.DataFrame([r.to_json() for r in rows]),
+                         artifact_file=f"fairness/groups_{vocab.artifact_key(view)}.json")
     # The dataset by reference: name, source path, digest, schema and row count; never its rows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hints on source resolution and int columns
@@ -206,32 +206,30 @@ def log_audit(audit: dict, seeds: list[dict], model, split, table, out_dir: Path
         _log_input(dataset)
     mlflow.log_artifacts(str(out_dir))
 
-    tags = {
-        "verdict": audit["verdict"],
-        "dataset": table.name,
-        "dataset_sha256": table.sha256,
-        "schema_version": str(audit["schema_version"]),
-        "mlflow.note.content": description,
-        **{f"version.{k}": v for k, v in audit["versions"].items()},
-    }
+    tags = {**_audit_tags(doc), "mlflow.note.content": description}
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
     tags.update(extra_tags or {})
     if cfg.tracking.registered_model and model_info is not None:
-        version = register(model_info.model_uri, cfg.tracking.registered_model, audit, cfg.tracking.audited_alias)
+        version = register(model_info.model_uri, cfg.tracking.registered_model, doc, cfg.tracking.audited_alias)
         tags["registered_model"] = f"{cfg.tracking.registered_model}/{version}"
     mlflow.set_tags(tags)
 
 
-def register(model_uri: str, name: str, audit: dict, alias: str) -> str:
+def _audit_tags(doc: AuditDocument) -> dict[str, str]:
+    return {"verdict": doc.verdict, "dataset": doc.dataset.name, "dataset_sha256": doc.dataset.sha256,
+            "schema_version": str(doc.schema_version), **{f"version.{k}": v for k, v in doc.versions.items()}}
+
+
+def register(model_uri: str, name: str, doc: AuditDocument, alias: str) -> str:
     """Register the audited model; tag the version with the verdict; move the alias only on a pass."""
     client = MlflowClient()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        version = mlflow.register_model(model_uri, name, tags={"verdict": audit["verdict"],
-                                                              "audit_run_id": audit["run_id"]}).version
-    if audit["verdict"] == "pass":
+        version = mlflow.register_model(model_uri, name, tags={"verdict": doc.verdict,
+                                                              "audit_run_id": doc.run_id}).version
+    if doc.verdict == "pass":
         client.set_registered_model_alias(name, alias, version)
         logger.info("registry: %s version %s registered and aliased '%s'", name, version, alias)
     else:
@@ -270,40 +268,6 @@ def dataset_schema(frame):
     return _infer_schema(pd.concat(rows))
 
 
-def _audit_metrics(audit: dict) -> dict[str, float]:
-    metrics = {k: v for k, v in audit["overall"].items() if v is not None}
-    for feature, rows in audit["groups"].items():
-        for row in rows:  # suppressed groups carry None and are left out
-            for name, value in row.items():
-                if name not in ("group", "status", "eligible"):
-                    metrics[metric_key("group", feature, row["group"], name)] = value
-    for feature, gaps in audit["disparities"].items():
-        for name, gap in gaps.items():
-            metrics[metric_key(name, feature)] = gap["value"]
-            for part in ("ci_low", "ci_high", "seed_std", "seed_range"):
-                if part in gap:
-                    metrics[metric_key(name, feature) + f"_{part}"] = gap[part]
-    for layer in audit["capacity"]["layers"]:
-        for split_name in ("train", "test"):
-            for name, value in layer[split_name].items():
-                metrics[f"{name}/layer{layer['index']}/{split_name}"] = value
-        metrics[f"erank/layer{layer['index']}"] = layer["erank"]
-        metrics[f"srank/layer{layer['index']}"] = layer["srank"]
-    index = {layer["layer"]: layer["index"] for layer in audit["capacity"]["layers"]}
-    for view, rows in audit["capacity"]["groups"].items():
-        for row in rows:
-            if row["capacity_share"] is not None:
-                metrics[metric_key("capacity_share", view, row["group"]) + f"/layer{index[row['layer']]}"] = \
-                    row["capacity_share"]
-    if len(audit["seeds"]["seeds"]) > 1:
-        for key, stats in audit["seeds"]["metrics"].items():
-            metrics[f"seeds/{key}/mean"] = stats["mean"]
-            metrics[f"seeds/{key}/std"] = stats["std"]
-    for status in ("fail", "inconclusive", "not_evaluated"):
-        metrics[f"findings_{status}"] = sum(f["status"] == status for f in audit["findings"])
-    return {k: v for k, v in metrics.items() if v is not None and not isinstance(v, bool)}
-
-
 def _log_model(model, n_features: int):
     """The audited network in the 'pt2' graph format (no pickle), with a signature.
 
@@ -335,7 +299,7 @@ def load_logged_model(model_uri: str, tracking_uri: str):
     import torch
     from mlflow.models import get_model_info
 
-    from pipeline.errors import UserError
+    from pipeline.data import Encoder
 
     mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -350,7 +314,7 @@ def load_logged_model(model_uri: str, tracking_uri: str):
     if info.run_id is None:
         raise UserError(f"--model-uri: '{model_uri}' has no source run, so its feature encoding is unknown")
     try:
-        encoder = mlflow.artifacts.load_dict(f"runs:/{info.run_id}/model_inputs/encoder.json")
+        encoder = Encoder.from_dict(mlflow.artifacts.load_dict(f"runs:/{info.run_id}/model_inputs/encoder.json"))
     except MlflowException as err:
         raise UserError(f"--model-uri: run {info.run_id} has no model_inputs/encoder.json; was it logged by "
                         "this pipeline?") from err
@@ -394,7 +358,6 @@ REVIEW_LOG = "review/log.jsonl"
 
 def get_audit_run(run_id: str, tracking_uri: str):
     """The run with this id, which must be an audit (it has a verdict); UserError otherwise."""
-    from pipeline.errors import UserError
 
     client = MlflowClient(tracking_uri)
     try:
@@ -418,11 +381,11 @@ def download_audit(run_id: str, tracking_uri: str, into: Path) -> Path:
     return into
 
 
-def record_review(run_id: str, tracking_uri: str, entry: dict, folder: Path, files: list[Path]) -> None:
+def record_review(run_id: str, tracking_uri: str, entry: ReviewEntry, folder: Path, files: list[Path]) -> None:
     """Tags with the latest decision, the appended review log, and the re-rendered files."""
     client = MlflowClient(tracking_uri)
-    tags = {"review.decision": entry["decision"], "review.by": entry["by"], "review.time": entry["time"],
-            "review.note": entry["note"] or ""}
+    tags = {"review.decision": entry.decision, "review.by": entry.by, "review.time": entry.time,
+            "review.note": entry.note or ""}
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     client.log_artifact(run_id, str(folder / REVIEW_LOG), "review")
@@ -433,10 +396,8 @@ def record_review(run_id: str, tracking_uri: str, entry: dict, folder: Path, fil
 # --- baseline ----------------------------------------------------------------------------------
 
 
-def find_baseline(spec: str, experiment_id: str) -> dict | None:
-    """The audit.json of the baseline: ``last-pass`` (newest passing audit of the experiment) or a run id."""
-    from pipeline.errors import UserError
-
+def find_baseline(spec: str, experiment_id: str) -> AuditDocument | None:
+    """The audit of the baseline: ``last-pass`` (newest passing audit of the experiment) or a run id."""
     client = MlflowClient()
     if spec == "last-pass":
         runs = client.search_runs([experiment_id], "tags.verdict = 'pass' and attributes.status = 'FINISHED'",
@@ -454,25 +415,23 @@ def find_baseline(spec: str, experiment_id: str) -> dict | None:
             raise UserError(f"--baseline: run '{spec}' is in experiment {run.info.experiment_id}, not in this "
                             f"audit's experiment {experiment_id}; compare audits of the same experiment")
     try:
-        return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/audit.json")
+        raw = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/audit.json")
     except MlflowException as err:
         raise UserError(f"--baseline: run '{run.info.run_id}' has no audit.json artifact") from err
+    return AuditDocument.from_json(raw, source=f"--baseline: runs:/{run.info.run_id}/audit.json")
 
 
 # --- push ---------------------------------------------------------------------------------------
 
 
-def log_pushed(audit: dict, folder: Path, cfg, uri: str, *, description: str) -> str:
+def log_pushed(doc: AuditDocument, folder: Path, uri: str, *, description: str) -> str:
     """A new run holding a local audit: what log_audit logs, except the model object."""
     mlflow.set_tracking_uri(uri)
-    exp_id = experiment_id(uri, cfg.tracking.experiment)
-    with _ended_run(experiment_id=exp_id, run_name=audit["run_name"]) as active:
+    exp_id = experiment_id(uri, doc.config.tracking.experiment)
+    with _ended_run(experiment_id=exp_id, run_name=doc.run_name) as active:
         run_id = active.info.run_id
-        mlflow.log_params(config_mod.flatten(cfg))
-        _log_metrics(run_id, _audit_metrics(audit))
+        mlflow.log_params(config_mod.flatten(doc.config))
+        _log_metrics(run_id, doc.metrics())
         mlflow.log_artifacts(str(folder))
-        mlflow.set_tags({"verdict": audit["verdict"], "dataset": audit["dataset"]["name"],
-                         "dataset_sha256": audit["dataset"]["sha256"], "schema_version": str(audit["schema_version"]),
-                         "mlflow.note.content": description, "pushed_from_run_id": audit["run_id"],
-                         **{f"version.{k}": v for k, v in audit["versions"].items()}})
+        mlflow.set_tags({**_audit_tags(doc), "mlflow.note.content": description, "pushed_from_run_id": doc.run_id})
     return run_id

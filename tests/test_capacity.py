@@ -104,7 +104,7 @@ def test_module_relus_found_in_call_order_with_names():
 
 
 def test_module_form_dead_counts_exact():
-    layers = capacity.measure(capacity.ReluProbe(ModuleNet()), X, tau=0.0)
+    layers = capacity.measure_health(capacity.ReluProbe(ModuleNet()), X, tau=0.0)
     assert [c.layer for c in layers] == ["act1", "block.1"]
     assert [c.units for c in layers] == EXPECTED_UNITS
     assert [c.dead for c in layers] == EXPECTED_DEAD
@@ -115,7 +115,7 @@ def test_module_form_dead_counts_exact():
 def test_functional_form_dead_counts_exact(form):
     probe = capacity.ReluProbe(FunctionalNet(*FUNCTIONAL_FORMS[form]))
     assert len(probe.layers) == 2
-    layers = capacity.measure(probe, X, tau=0.0)
+    layers = capacity.measure_health(probe, X, tau=0.0)
     assert [c.units for c in layers] == EXPECTED_UNITS
     assert [c.dead for c in layers] == EXPECTED_DEAD
     assert [c.dead_fraction for c in layers] == [0.4, 0.5]
@@ -135,6 +135,26 @@ def test_stats_fired_counts_match_numpy_and_accumulate_over_batches(model):
         assert s1.mean_abs[1] == pytest.approx(X[:, 1].double().mean().item(), rel=1e-6)
 
 
+def test_reduce_sums_per_batch_results_over_uneven_batches():
+    probe = capacity.ReluProbe(ModuleNet())
+    starts = []
+
+    def column_sums(start: int, outs: list[torch.Tensor]) -> list[torch.Tensor]:
+        starts.append(start)
+        return [o.double().sum(0) for o in outs]
+
+    h1 = np.maximum(0, X.double().numpy() @ np.array(W1).T + np.array(B1))
+    h2 = np.maximum(0, h1 @ np.array(W2).T + np.array(B2))
+    totals = probe.reduce(X, column_sums, batch_size=7)  # 8 batches, the last one of 1 row
+    assert starts == [0, 7, 14, 21, 28, 35, 42, 49]
+    for total, h in zip(totals, (h1, h2), strict=True):
+        np.testing.assert_allclose(total.numpy(), h.sum(0), rtol=1e-6)
+    with pytest.raises(ValueError, match="per_batch returned 1 tensors for 2 layers"):
+        probe.reduce(X, lambda start, outs: outs[:1])
+    with pytest.raises(ValueError, match="x has no rows"):
+        probe.reduce(X[:0], column_sums)
+
+
 def test_relus_reported_in_call_order_not_definition_order():
     class Reordered(nn.Module):
         def __init__(self):
@@ -150,7 +170,7 @@ def test_relus_reported_in_call_order_not_definition_order():
     model = Reordered()
     _set(model.a, [[0.0, 0.0]] * 3, [-1.0, 1.0, 1.0])  # 1 of 3 dead
     _set(model.b, [[0.0] * 3] * 6, [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])  # 3 of 6 dead
-    layers = capacity.measure(capacity.ReluProbe(model), X, tau=0.0)
+    layers = capacity.measure_health(capacity.ReluProbe(model), X, tau=0.0)
     assert [(c.layer, c.units, c.dead) for c in layers] == [("early", 3, 1), ("late", 6, 3)]
 
 
@@ -168,14 +188,14 @@ def test_a_relu_module_called_twice_counts_as_two_layers():
     model = Shared()
     _set(model.a, [[1.0, 0.0]] * 4, [0.0, 0.0, -5.0, -5.0])  # x0 <= 1.48 < 5: 2 dead
     _set(model.b, [[0.0] * 4] * 4, [1.0, -1.0, -1.0, -1.0])  # 3 dead
-    layers = capacity.measure(capacity.ReluProbe(model), X, tau=0.0)
+    layers = capacity.measure_health(capacity.ReluProbe(model), X, tau=0.0)
     assert [(c.units, c.dead) for c in layers] == [(4, 2), (4, 3)]
 
 
 def test_layer_with_every_unit_dead():
     model = ModuleNet()
     _set(model.l1, [[0.0, 0.0]] * 5, [-1.0] * 5)
-    layers = capacity.measure(capacity.ReluProbe(model), X, tau=0.1)
+    layers = capacity.measure_health(capacity.ReluProbe(model), X, tau=0.1)
     first, second = layers
     assert (first.units, first.dead, first.dead_fraction) == (5, 5, 1.0)
     assert (first.dormant, first.dormant_fraction) == (5, 1.0)  # dead units are dormant
@@ -186,7 +206,7 @@ def test_layer_with_every_unit_dead():
 def test_layer_with_no_dead_units():
     model = ModuleNet()
     _set(model.l1, [[1.0, 1.0]] * 5, [0.0] * 5)
-    first = capacity.measure(capacity.ReluProbe(model), X, tau=0.0)[0]
+    first = capacity.measure_health(capacity.ReluProbe(model), X, tau=0.0)[0]
     assert (first.dead, first.dead_fraction, first.dormant) == (0, 0.0, 0)
 
 
@@ -194,9 +214,9 @@ def test_probe_shares_parameters_with_the_model():
     # The training loop builds the probe once and measures after every epoch.
     model = ModuleNet()
     probe = capacity.ReluProbe(model)
-    assert capacity.measure(probe, X, tau=0.0)[0].dead == 2
+    assert capacity.measure_health(probe, X, tau=0.0)[0].dead == 2
     _set(model.l1, [[0.0, 0.0]] * 5, [-1.0, -1.0, -1.0, 1.0, 1.0])
-    assert capacity.measure(probe, X, tau=0.0)[0].dead == 3
+    assert capacity.measure_health(probe, X, tau=0.0)[0].dead == 3
 
 
 # --- tau-dormant units ---------------------------------------------------------------------------
@@ -259,19 +279,23 @@ def test_dormancy_stats_and_scores_by_hand(form):
 )
 @pytest.mark.parametrize("form", ["module", "functional"])
 def test_dormant_counts_around_tau(form, tau, dormant):
-    (layer,) = capacity.measure(capacity.ReluProbe(_dormant_model(form)), X_SCALAR, tau=tau)
+    (layer,) = capacity.measure_health(capacity.ReluProbe(_dormant_model(form)), X_SCALAR, tau=tau)
     assert (layer.units, layer.dead, layer.dormant) == (5, 1, dormant)
     assert layer.dormant_fraction == dormant / 5
-    assert layer.counts() == {"dead": 1, "dead_fraction": 0.2, "dormant": dormant, "dormant_fraction": dormant / 5}
+    assert layer.counts() == {"dead": 1, "dead_fraction": 0.2, "dormant": dormant, "dormant_fraction": dormant / 5,
+                              "rare": 1, "rare_fraction": 0.2}  # 8 rows: only the dead unit fires on < 1%
 
 
-def test_layer_capacity_from_plain_stats():
+def test_layer_health_from_plain_stats():
     # s = [0, 2, 1, 1] / mean 1 -> with tau 0.5: only unit 0 (dead); with tau 1: units 0, 2, 3.
+    # Rare at 1% of 10 rows: fewer than 0.1 rows, so only the dead unit.
     stats = capacity.ActivationStats(
         layer="h", rows=10, fired=np.array([0.0, 3.0, 10.0, 1.0]), mean_abs=np.array([0.0, 2.0, 1.0, 1.0])
     )
-    assert capacity.layer_capacity(stats, tau=0.5) == capacity.LayerCapacity("h", 4, 1, 1)
-    assert capacity.layer_capacity(stats, tau=1.0) == capacity.LayerCapacity("h", 4, 1, 3)
+    assert capacity.layer_health(stats, tau=0.5) == capacity.LayerHealth(
+        "h", units=4, dead=1, dormant=1, rows=10, rare=1, tau=0.5, rare_threshold=0.01)
+    assert capacity.layer_health(stats, tau=1.0) == capacity.LayerHealth(
+        "h", units=4, dead=1, dormant=3, rows=10, rare=1, tau=1.0, rare_threshold=0.01)
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -341,7 +365,7 @@ def test_relumlp_module_and_functional_agree():
         model.load_state_dict(weights)
         probe = capacity.ReluProbe(model)
         assert len(probe.layers) == 2
-        results[relu] = capacity.measure(probe, x, tau=0.1)
+        results[relu] = capacity.measure_health(probe, x, tau=0.1)
         with torch.no_grad():
             results[relu + "_out"] = model.eval()(x)
     assert [c.layer for c in results["module"]] == ["acts.0", "acts.1"]
@@ -380,5 +404,5 @@ def test_leaky_relu_sites_are_probed_like_relus():
         linear.bias.copy_(torch.tensor([0.0, 0.0, -1.0]))
     model = nn.Sequential(linear, nn.LeakyReLU(0.01), nn.Linear(3, 1))
     x = torch.rand(50, 2) + 0.1  # positive inputs: units 0 and 1 fire, unit 2 sees -1 always
-    (layer,) = capacity.measure(capacity.ReluProbe(model), x, tau=0.1)
+    (layer,) = capacity.measure_health(capacity.ReluProbe(model), x, tau=0.1)
     assert (layer.units, layer.dead) == (3, 1)

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from conftest import small_config
 from torch import fx, nn
 
-from pipeline import capacity, config, data
+from pipeline import capacity, config, data, training
 from pipeline.errors import UserError
-from pipeline.model import ReLUMLP, train
+from pipeline.model import ReLUMLP
 
 
 def _set(linear: nn.Linear, weight, bias) -> None:
@@ -77,9 +77,10 @@ def test_rare_threshold_defaults_to_one_percent():
     assert (health.rare, health.rare_threshold) == (2, 0.01)
 
 
-def test_layer_capacity_is_unchanged_by_the_richer_measures():
-    (layer,) = capacity.measure(capacity.ReluProbe(_rare_model()), X_200, tau=0.1)
-    assert layer == capacity.LayerCapacity("1", 5, 1, 4)
+def test_layer_health_counts_every_state_with_its_thresholds():
+    (layer,) = capacity.measure_health(capacity.ReluProbe(_rare_model()), X_200, tau=0.1)
+    assert layer == capacity.LayerHealth("1", units=5, dead=1, dormant=4, rows=200, rare=2, tau=0.1,
+                                         rare_threshold=0.01)
 
 
 # --- effective rank ------------------------------------------------------------------------------
@@ -306,8 +307,8 @@ DEAD_H = [[0, 0, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1], [0, 0, 1]]
 DEAD_G = [[0, 1]] * 5
 
 
-def _timeline() -> capacity.UnitTimeline:
-    timeline = capacity.UnitTimeline()
+def _timeline() -> training.UnitTimeline:
+    timeline = training.UnitTimeline()
     for epoch, (h, g) in enumerate(zip(DEAD_H, DEAD_G), start=1):
         timeline.record(epoch, {"h": np.array(h, dtype=bool), "g": [bool(v) for v in g]},
                         dormant={"h": sum(h) + 1, "g": 1}, rare={"h": sum(h), "g": 2})
@@ -339,7 +340,7 @@ def test_timeline_to_dict_is_json():
 
 def test_timeline_from_unit_states():
     probe = capacity.ReluProbe(_rare_model())
-    timeline = capacity.UnitTimeline()
+    timeline = training.UnitTimeline()
     for epoch in (1, 2):
         timeline.record_states(epoch, [capacity.unit_states(s, tau=0.1) for s in probe.stats(X_200)])
     assert timeline.counts("1")[1] == {"epoch": 2, "alive": 4, "dead": 1, "dormant": 4, "rare": 2}
@@ -391,7 +392,7 @@ def test_recycling_revives_killed_units_without_changing_the_output(relu, dropou
     model.train()
 
     probe = capacity.ReluProbe(model)
-    recycled = capacity.recycle_dormant(model, probe, x, tau=0.0, generator=torch.Generator().manual_seed(7))
+    recycled = training.recycle_dormant(model, probe, x, tau=0.0, generator=torch.Generator().manual_seed(7))
     assert recycled == dict(zip(probe.layers, [2, 1]))
     assert model.training  # the probe restores the mode it found
 
@@ -423,7 +424,7 @@ def test_recycling_is_reproducible_with_the_generator():
     states = []
     for _ in range(2):
         model, x = _killed_mlp("module", 0.0)
-        capacity.recycle_dormant(model, capacity.ReluProbe(model), x, tau=0.0,
+        training.recycle_dormant(model, capacity.ReluProbe(model), x, tau=0.0,
                                  generator=torch.Generator().manual_seed(3))
         states.append(model.state_dict())
     for key in states[0]:
@@ -436,7 +437,7 @@ def test_recycling_a_healthy_model_changes_nothing():
     x = torch.randn(256, 4, generator=torch.Generator().manual_seed(1))
     assert all((f > 0).all() for f in _numpy_fired(model, x))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    recycled = capacity.recycle_dormant(model, capacity.ReluProbe(model), x, tau=0.0,
+    recycled = training.recycle_dormant(model, capacity.ReluProbe(model), x, tau=0.0,
                                         generator=torch.Generator().manual_seed(0))
     assert recycled == {"acts.0": 0, "acts.1": 0}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -469,14 +470,14 @@ class _SkipAround(nn.Module):
 ], ids=["no-consumer", "sigmoid-between", "scaled-input", "residual"])
 def test_recycling_needs_a_relu_between_two_linears(model, why):
     with pytest.raises(UserError, match=f"cannot recycle layer {why}"):
-        capacity.recycle_dormant(model, capacity.ReluProbe(model), torch.randn(5, 3), tau=0.1,
+        training.recycle_dormant(model, capacity.ReluProbe(model), torch.randn(5, 3), tau=0.1,
                                  generator=torch.Generator())
 
 
 def test_recycling_needs_a_traced_probe():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     with pytest.raises(UserError, match=r"recycle_dormant needs a probe that traced the model .*\(1\)"):
-        capacity.recycle_dormant(model, capacity.ReluProbe(model, layers=["1"]), torch.randn(5, 3), tau=0.1,
+        training.recycle_dormant(model, capacity.ReluProbe(model, layers=["1"]), torch.randn(5, 3), tau=0.1,
                                  generator=torch.Generator())
 
 
@@ -499,8 +500,8 @@ def test_huge_sgd_learning_rate_kills_units_a_sane_one_does_not(german_split, se
             "training.optimizer": "sgd", "training.learning_rate": lr, "training.epochs": 6,
             "training.batch_size": 64, "training.early_stopping_patience": 0, "training.seeds": [seed],
         }))
-        result = train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
-                       audit_cfg=cfg.audit, seed=seed)
+        result = training.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
+                                audit_cfg=cfg.audit, seed=seed)
         assert all(torch.isfinite(p).all() for p in result.model.parameters())  # dead, not diverged to NaN
         histories[lr] = [record.dead_fraction for record in result.history]
         # The probe's count on the returned model agrees with an independent numpy forward pass.
@@ -509,7 +510,7 @@ def test_huge_sgd_learning_rate_kills_units_a_sane_one_does_not(german_split, se
             h = np.maximum(0, h @ linear.weight.detach().double().numpy().T + linear.bias.detach().double().numpy())
             dead.append(int(((h > 0).sum(0) == 0).sum()))
         probe = capacity.ReluProbe(result.model)
-        assert [c.dead for c in capacity.measure(probe, torch.from_numpy(split.x_train), tau=0.1)] == dead
+        assert [c.dead for c in capacity.measure_health(probe, torch.from_numpy(split.x_train), tau=0.1)] == dead
 
     sane_max = max(max(fractions.values()) for fractions in histories[0.01])
     first_layer = [fractions["relu"] for fractions in histories[3.0]]  # functional ReLUs: relu, relu_1
@@ -566,7 +567,7 @@ def test_named_layers_of_an_untraceable_model_count_dead_units():
     model = _DataDependent().train()
     probe = capacity.ReluProbe(model, layers=["act", "block.1"])
     assert probe.layers == ["act", "block.1"] and not probe.traced
-    layers = capacity.measure(probe, X_POS, tau=0.0)
+    layers = capacity.measure_health(probe, X_POS, tau=0.0)
     assert [(c.layer, c.units, c.dead) for c in layers] == [("act", 5, 2), ("block.1", 4, 2)]
     stats = probe.stats(X_POS, batch_size=7)
     np.testing.assert_array_equal(stats[0].fired, (h1 > 0).sum(0))
@@ -623,4 +624,4 @@ def test_named_layers_are_recorded_as_they_are_before_later_in_place_changes():
     np.testing.assert_array_equal(linear.fired, (pre > 0).sum(0))
     np.testing.assert_allclose(linear.mean_abs, np.abs(pre).mean(0), rtol=1e-5)  # negatives count in |h|
     np.testing.assert_array_equal(act.fired, (pre > 0).sum(0))
-    assert [c.dead for c in capacity.measure(probe, X_POS, tau=0.0)] == [2, 2]
+    assert [c.dead for c in capacity.measure_health(probe, X_POS, tau=0.0)] == [2, 2]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import fairness
+from pipeline import fairness, vocabulary
 from pipeline.config import AuditConfig
 
 
@@ -430,7 +430,7 @@ def test_group_table_agrees_with_sklearn_per_group(random_case):
     ],
 )
 def test_metric_key_sanitizes_each_part(parts, key):
-    assert fairness.metric_key(*parts) == key
+    assert vocabulary.metric_key(*parts) == key
 
 
 def test_disparity_to_dict_writes_nan_as_none():

@@ -9,9 +9,14 @@ import pandas as pd
 import pytest
 
 from pipeline import fairness, policy
-from pipeline.capacity import LayerCapacity
+from pipeline.capacity import LayerHealth
 from pipeline.config import AuditConfig, PolicyConfig
 from pipeline.fairness import Disparity, Evaluation
+
+
+def _layer(name: str, units: int, dead: int, dormant: int) -> LayerHealth:
+    """One layer's health with the given dead and dormant counts (those the policy judges)."""
+    return LayerHealth(name, units, dead, dormant, rows=100, rare=dead, tau=0.1, rare_threshold=0.01)
 
 
 def _audit(threshold: float, min_group_size: int) -> AuditConfig:
@@ -117,7 +122,7 @@ def test_equalized_odds_difference_ceiling(value, status):
     ],
 )
 def test_dead_fraction_ceiling(dead, units, threshold, status):
-    layers = [LayerCapacity("acts.0", units, dead, dead)]
+    layers = [_layer("acts.0", units, dead, dead)]
     (f,) = policy.judge(only(max_dead_fraction=threshold), evaluation(), layers)
     assert (f.id, f.status, f.comparison, f.threshold) == ("dead_fraction:layer1", status, "<=", threshold)
     assert f.value == dead / units
@@ -128,7 +133,7 @@ def test_dead_fraction_ceiling(dead, units, threshold, status):
 
 def test_every_check_in_order_for_every_feature_and_layer():
     ev = evaluation(sex=gaps(), race=gaps(), **{"sex & race": gaps()})
-    layers = [LayerCapacity("acts.0", 64, 0, 0), LayerCapacity("acts.1", 32, 0, 0)]
+    layers = [_layer("acts.0", 64, 0, 0), _layer("acts.1", 32, 0, 0)]
     findings = policy.judge(PolicyConfig(), ev, layers)
     assert [f.id for f in findings] == [
         "accuracy",
@@ -162,7 +167,7 @@ def test_every_check_in_order_for_every_feature_and_layer():
 def test_disabled_threshold_produces_no_finding(disabled, removed_prefix):
     # Every value would fail if checked, so a disabled check must not show up, even as a pass.
     ev = evaluation(accuracy=0.1, sex=gaps(dpd=0.9, dpr=0.1, eod=0.9))
-    layers = [LayerCapacity("acts.0", 10, 10, 10)]
+    layers = [_layer("acts.0", 10, 10, 10)]
     ids = [f.id for f in policy.judge(PolicyConfig(**{disabled: None}), ev, layers)]
     assert len(ids) == 5  # accuracy, three disparities, dead and dormant fractions: one disabled
     assert not any(i.startswith(removed_prefix) for i in ids)
@@ -170,7 +175,7 @@ def test_disabled_threshold_produces_no_finding(disabled, removed_prefix):
 
 def test_all_disabled_gives_no_findings_and_passes():
     ev = evaluation(accuracy=0.1, sex=gaps(dpd=0.9, dpr=0.1, eod=0.9))
-    findings = policy.judge(only(), ev, [LayerCapacity("acts.0", 10, 10, 10)])
+    findings = policy.judge(only(), ev, [_layer("acts.0", 10, 10, 10)])
     assert findings == []
     assert policy.verdict(findings) == "pass"
 
@@ -184,7 +189,7 @@ def _by_id(findings):
 
 def test_failure_messages_name_the_groups_and_numbers():
     ev = evaluation(accuracy=0.7, sex=gaps(dpd=0.12, dpr=0.5, eod=0.25, best="Male", worst="Female"))
-    layers = [LayerCapacity("acts.0", 64, 0, 0), LayerCapacity("acts.1", 32, 5, 6)]
+    layers = [_layer("acts.0", 64, 0, 0), _layer("acts.1", 32, 5, 6)]
     f = _by_id(policy.judge(PolicyConfig(), ev, layers))
     assert f["accuracy"].message == "Accuracy on the test split is 70.00%, below the floor of 75%."
     dpd = f["demographic_parity_difference:sex"].message
@@ -221,7 +226,7 @@ def test_undefined_value_is_not_evaluated_and_does_not_fail():
         assert f.status == "not_evaluated"
         assert f.value is None and f.passed is None
         assert "'age_group'" in f.message and "not evaluated" in f.message
-        assert f.to_dict()["passed"] is None and f.to_dict()["value"] is None
+        assert f.to_json()["passed"] is None and f.to_json()["value"] is None
     assert policy.verdict(findings) == "pass"
 
 
@@ -258,10 +263,11 @@ def test_verdict(statuses, expected):
     assert policy.verdict([_f(s) for s in statuses]) == expected
 
 
-def test_finding_to_dict():
+def test_finding_to_json_and_back():
     f = policy.Finding("accuracy", "fail", 0.7, 0.75, ">=", "m")
     assert f.passed is False
-    assert f.to_dict() == {
+    assert policy.Finding.from_json(f.to_json()) == f
+    assert f.to_json() == {
         "id": "accuracy",
         "status": "fail",
         "value": 0.7,
@@ -274,6 +280,8 @@ def test_finding_to_dict():
         "ci_level": None,
         "seed_range": None,
         "seed_sensitive": False,
+        "metric": None,
+        "regression_of": None,
         "passed": False,
     }
     assert policy.Finding("accuracy", "pass", 0.8, 0.75, ">=", "m").passed is True

@@ -11,6 +11,7 @@ from conftest import run_audit, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline import report
+from pipeline.document import AuditDocument
 
 HOSTILE = "<script>alert('x')</script>"
 GROUPS = [HOSTILE, "a|b*c_d `code` [link](http://x)", "Ünïcode & co"]
@@ -56,7 +57,7 @@ def test_report_is_self_contained(hostile_run):
 def test_model_card_and_description_escape_markdown(hostile_run):
     result, audit = hostile_run
     card = (result.report_html.parent / "model_card.md").read_text()
-    text = card + report.run_description(audit)
+    text = card + report.run_description(AuditDocument.from_json(audit))
     assert audit["verdict"] == "fail"  # so the findings name the groups
     assert "\\<script\\>" in text and "<script>" not in text
     assert "[link](http://x)" not in text  # no live link from data

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 HOLD = """
 import sys, time
 from pathlib import Path
-from pipeline import runner
-with runner.job_lock(Path(sys.argv[1]), sys.argv[2]):
+from pipeline import jobs
+with jobs.job_lock(Path(sys.argv[1]), sys.argv[2]):
     print("held", flush=True)
     time.sleep(120)
 """

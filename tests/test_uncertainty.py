@@ -22,7 +22,7 @@ import pytest
 from scipy.stats import norm
 
 from pipeline import config, data, fairness, policy, uncertainty
-from pipeline.capacity import LayerCapacity
+from pipeline.capacity import LayerHealth
 from pipeline.config import AuditConfig, PolicyConfig
 from pipeline.errors import ConfigError
 from pipeline.fairness import Disparity, Evaluation
@@ -630,7 +630,8 @@ def test_bonferroni_level_and_its_effect():
                "equalized_odds_difference": _spread(0.01, 0.05)}
     values = {"demographic_parity_difference": 0.3, "demographic_parity_ratio": 0.9, "equalized_odds_difference": 0.03}
     ev = _gate_eval(values, samples, accuracy=0.85, accuracy_samples=_spread(0.82, 0.88))
-    layers = [LayerCapacity("acts.0", 10, 0, 0)]  # counted exactly: never interval-judged, never counted in m
+    layers = [LayerHealth("acts.0", 10, 0, 0, rows=100, rare=0, tau=0.1,
+                          rare_threshold=0.01)]  # counted exactly: never interval-judged, never counted in m
     findings = {f.id: f for f in policy.judge(_gate(**FOUR_CHECKS, max_dead_fraction=0.1), ev, layers)}
     level = 1 - 0.05 / 4
     for fid in ("accuracy", "demographic_parity_difference:f", "demographic_parity_ratio:f",

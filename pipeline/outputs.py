@@ -1,0 +1,49 @@
+"""The files of one audit in ``reports/<run_id>/``: plots, ``report.html``, ``model_card.md``, ``audit.json``.
+
+The report stage renders; this module writes, so that a run, a review and a push write
+the same files the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.document import AuditDocument
+
+AUDIT_JSON, REPORT_HTML, MODEL_CARD = "audit.json", "report.html", "model_card.md"
+
+
+def write_reports(doc: AuditDocument, out_dir: Path, plots: dict[str, bytes] | None = None) -> list[Path]:
+    """Write the audit's files (rendering the plots unless given); returns the text files written."""
+    from pipeline import report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if plots is None:
+        plots = report.plots(doc)
+        for name, png in plots.items():
+            (out_dir / name).write_bytes(png)
+    (out_dir / REPORT_HTML).write_text(report.render_html(doc, plots), encoding="utf-8")
+    (out_dir / MODEL_CARD).write_text(report.model_card(doc), encoding="utf-8")
+    write_document(doc, out_dir / AUDIT_JSON)
+    return [out_dir / AUDIT_JSON, out_dir / REPORT_HTML, out_dir / MODEL_CARD]
+
+
+def rewrite_reports(doc: AuditDocument, folder: Path) -> list[Path]:
+    """Re-render report.html and model_card.md from an updated document, reusing the folder's plots."""
+    return write_reports(doc, folder, plots={p.name: p.read_bytes() for p in folder.glob("*.png")})
+
+
+def write_document(doc: AuditDocument, path: Path) -> None:
+    path.write_text(json.dumps(doc.to_json(), indent=2, allow_nan=False), encoding="utf-8")
+
+
+def read_document(path: Path) -> AuditDocument:
+    """An ``audit.json`` read back and checked (schema version, shape): a user error if it is not one."""
+    from pipeline.errors import UserError
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the audit document: {err}") from err
+    return AuditDocument.from_json(raw, source=str(path))

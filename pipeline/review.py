@@ -1,0 +1,58 @@
+"""`pipeline review`: a reviewer's sign-off on an audit run, kept in MLflow and in the audit's files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from pipeline import config as config_mod
+from pipeline import jobs, outputs
+from pipeline.document import Review, ReviewEntry
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def review(run_id: str, *, decision: str, by: str, note: str | None = None, force: bool = False,
+           tracking_uri: str | None = None, reports_dir: str | Path = "reports") -> dict:
+    """Record a reviewer's sign-off on an audit run.
+
+    Tags hold the latest decision (``review.decision``, ``review.by``, ``review.time``,
+    ``review.note``); the artifact ``review/log.jsonl`` keeps every decision, append-only;
+    ``audit.json``, ``report.html`` and ``model_card.md`` are re-rendered with the review,
+    in MLflow and in ``reports/<run_id>/`` when that folder is here.
+    """
+    import tempfile
+
+    from pipeline import tracking
+
+    if not by.strip():
+        raise UserError("review: --by: expected the reviewer's name, got an empty string")
+    uri = config_mod.tracking_uri(tracking_uri)
+    run = tracking.get_audit_run(run_id, uri)
+    previous = run.data.tags.get("review.decision")
+    if previous and not force:
+        raise UserError(f"review: run '{run_id}' was already reviewed ({previous} by {run.data.tags.get('review.by')} "
+                        f"at {run.data.tags.get('review.time')}); add --force to record a new decision")
+    entry = ReviewEntry(decision=decision, by=by, time=jobs.now(), note=note, verdict=run.data.tags["verdict"],
+                        supersedes=previous)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracking.download_audit(run_id, uri, Path(tmp))
+        log = folder / tracking.REVIEW_LOG
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as fh:  # append-only: earlier decisions stay
+            fh.write(json.dumps(entry.to_json()) + "\n")
+        history = tuple(ReviewEntry.from_json(json.loads(line))
+                        for line in log.read_text(encoding="utf-8").splitlines() if line.strip())
+        doc = outputs.read_document(folder / outputs.AUDIT_JSON)
+        doc = dataclasses.replace(doc, review=Review(latest=entry, history=history))
+        files = outputs.rewrite_reports(doc, folder)
+        tracking.record_review(run_id, uri, entry, folder, files)
+        local = Path(reports_dir) / run_id
+        if local.is_dir():
+            for path in files:
+                (local / path.name).write_bytes(path.read_bytes())
+    logger.info("review: %s %s by %s", run_id, decision, by)
+    return {"run_id": run_id, **entry.to_json()}

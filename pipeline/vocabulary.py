@@ -1,0 +1,107 @@
+"""The audit's words: statuses, check names, finding ids and MLflow metric keys, built in one place.
+
+Every identifier that crosses a module boundary (a finding id in ``audit.json``, a metric
+key in MLflow, a group's status) is built here and only here, and no module parses one
+back: a reader that needs a finding's check, feature or layer gets it from a typed field.
+This module imports nothing heavy, so ``review`` and ``push`` can use it at once.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Literal
+
+FindingStatus = Literal["pass", "fail", "inconclusive", "not_evaluated"]
+FINDING_STATUSES: tuple[FindingStatus, ...] = typing.get_args(FindingStatus)
+GroupStatus = Literal["ok", "insufficient_data", "suppressed"]
+Verdict = Literal["pass", "fail"]
+Mode = Literal["run", "audit"]  # trained and audited here, or an existing model audited
+Comparison = Literal["<=", ">="]
+CapacitySplit = Literal["train", "test"]  # in audit mode, "test" holds the audited rows
+UnitKind = Literal["dead", "dormant", "rare"]
+Check = Literal["accuracy", "demographic_parity_difference", "demographic_parity_ratio",
+                "equalized_odds_difference", "dead_fraction", "dormant_fraction", "capacity_share_gap"]
+
+INTERSECTION_JOIN = " & "  # group label of an intersection: 'Female & Black'
+REGRESSION = "regression"  # prefix of a finding that compares with a baseline audit
+
+
+def view_name(columns: typing.Sequence[str]) -> str:
+    """The name of an audited view: a feature ('sex') or an intersection ('sex & race')."""
+    return INTERSECTION_JOIN.join(columns)
+
+
+# --- finding ids ---------------------------------------------------------------------------------
+
+
+def layer_name(index: int) -> str:
+    """Hidden layers are numbered from 1 in ids and keys: 'layer1'."""
+    return f"layer{index}"
+
+
+def finding_id(check: Check, *, view: str | None = None, layer: int | None = None) -> str:
+    """'accuracy', 'demographic_parity_difference:sex', 'dead_fraction:layer1'."""
+    subject = view if view is not None else layer_name(layer) if layer is not None else None
+    return check if subject is None else f"{check}:{subject}"
+
+
+def regression_id(finding: str) -> str:
+    """The id of a regression finding on the check ``finding``: 'regression:accuracy'."""
+    return f"{REGRESSION}:{finding}"
+
+
+# --- MLflow metric keys --------------------------------------------------------------------------
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow-safe metric key: each part reduced to letters, digits, '_', '-' and '.'."""
+    return "/".join(_sanitize(p) for p in parts)
+
+
+def _sanitize(part: str) -> str:
+    part = part.replace(INTERSECTION_JOIN, "_x_")
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", part).strip("_") or "_"
+
+
+def disparity_metric(name: str, view: str) -> str:
+    """'demographic_parity_difference/sex'."""
+    return metric_key(name, view)
+
+
+def group_metric(view: str, group: str, name: str) -> str:
+    """'group/sex/Female/selection_rate'."""
+    return metric_key("group", view, group, name)
+
+
+def layer_metric(name: str, index: int, split: CapacitySplit | None = None) -> str:
+    """'dead_fraction/layer1' (the gated count), or per split: 'dead_fraction/layer1/test'."""
+    return f"{name}/{layer_name(index)}" + (f"/{split}" if split else "")
+
+
+def epoch_metric(kind: UnitKind, index: int) -> str:
+    """A per-epoch step metric of the training timeline: 'epoch_dead_fraction/layer1'."""
+    return f"epoch_{kind}_fraction/{layer_name(index)}"
+
+
+def capacity_share_metric(view: str, group: str, index: int) -> str:
+    """'capacity_share/sex/Female/layer1'."""
+    return metric_key("capacity_share", view, group) + f"/{layer_name(index)}"
+
+
+def seed_metric(key: str, statistic: Literal["mean", "std"]) -> str:
+    """'seeds/accuracy/mean': a statistic of one number across training seeds."""
+    return f"seeds/{key}/{statistic}"
+
+
+def findings_metric(status: FindingStatus) -> str:
+    """'findings_fail': how many findings have this status."""
+    return f"findings_{status}"
+
+
+def artifact_key(view: str) -> str:
+    """A view as a file-name part: 'sex_x_race'."""
+    return metric_key(view)
+
+
+METRIC_NAMES = {"group_keys": "group/<feature>/<group>/<metric>", "sanitize": metric_key.__doc__}
