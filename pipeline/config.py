@@ -178,6 +178,18 @@ def to_dict(cfg: Config) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def with_remedy(cfg: Config, remedy: str) -> Config:
+    """The config retrained under one what-if remedy for dead units (``audit.remedies``)."""
+    replace = dataclasses.replace
+    changes = {
+        "leaky_relu": lambda c: replace(c, model=replace(c.model, activation="leaky_relu")),
+        "lower_lr": lambda c: replace(c, training=replace(c.training, learning_rate=c.training.learning_rate / 10)),
+        "he_init": lambda c: replace(c, model=replace(c.model, init="he")),
+        "redo": lambda c: replace(c, training=replace(c.training, redo_every=1)),
+    }
+    return changes[remedy](cfg)
+
+
 def flatten(cfg: Config) -> dict[str, str]:
     """Dotted keys to text values, for ``mlflow.log_params``."""
     flat: dict[str, str] = {}

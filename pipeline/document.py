@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pipeline import vocabulary as vocab
-from pipeline.config import Config, from_dict, to_dict
+from pipeline.config import Config, DatasetConfig, from_dict, to_dict
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:
@@ -532,6 +532,17 @@ class DatasetInfo(_Record):
     feature_columns: list[str]
     n_model_inputs: int
 
+    @classmethod
+    def of(cls, table, ds: DatasetConfig, *, train_rows: int, test_rows: int, feature_columns,
+           n_model_inputs: int) -> DatasetInfo:
+        """From a ``data.Table`` and the dataset config."""
+        return cls(name=table.name, path=table.path, sha256=table.sha256, rows=table.rows_read,
+                   rows_used=len(table.frame), rows_dropped_missing=table.rows_dropped_missing,
+                   missing_by_column=dict(table.missing_by_column), train_rows=train_rows, test_rows=test_rows,
+                   target=ds.target, positive_label=ds.positive_label, sensitive_features=list(ds.sensitive_features),
+                   sensitive_as_input=ds.sensitive_as_input, feature_columns=list(feature_columns),
+                   n_model_inputs=int(n_model_inputs))
+
 
 # --- the document --------------------------------------------------------------------------------
 
@@ -596,9 +607,9 @@ class AuditDocument:
         """Read an ``audit.json`` back; a document of another schema version is a user error."""
         if not isinstance(raw, dict):
             raise UserError(_MSG_NOT_AN_AUDIT.format(source=source, why=f"expected a JSON object, got {type(raw).__name__}"))
-        if raw.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(_MSG_SCHEMA.format(source=source, found=raw.get("schema_version"),
-                                               expected=SCHEMA_VERSION))
+        found = raw.get("schema_version")
+        if type(found) is not int or found != SCHEMA_VERSION:  # neither true nor 1.0 is version 1
+            raise UserError(_MSG_SCHEMA.format(source=source, found=found, expected=SCHEMA_VERSION))
         try:
             config = from_dict(raw["config"], source=f"{source}: config")
             return cls(

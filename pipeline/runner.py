@@ -194,13 +194,8 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, *, encoder, 
                                 group_capacity=primary.group_capacity, baseline=s.baseline,
                                 measured_on="the training data" if trained is not None else "the audited rows")
         verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
-        dataset = document.DatasetInfo(
-            name=table.name, path=table.path, sha256=table.sha256, rows=table.rows_read, rows_used=len(table.frame),
-            rows_dropped_missing=table.rows_dropped_missing, missing_by_column=table.missing_by_column,
-            train_rows=len(rows[0]), test_rows=len(rows[1]), target=cfg.dataset.target,
-            positive_label=cfg.dataset.positive_label, sensitive_features=list(cfg.dataset.sensitive_features),
-            sensitive_as_input=cfg.dataset.sensitive_as_input, feature_columns=list(feature_columns),
-            n_model_inputs=int(n_inputs))
+        dataset = document.DatasetInfo.of(table, cfg.dataset, train_rows=len(rows[0]), test_rows=len(rows[1]),
+                                          feature_columns=feature_columns, n_model_inputs=n_inputs)
         doc = document.build(seeds, findings, verdict, cfg=cfg, dataset=dataset, run_id=parent.info.run_id,
                              run_name=s.run_name, tracking_uri=s.uri, versions=tracking.package_versions(),
                              model=model_info, summary=summary, remedies=remedies,
@@ -288,16 +283,9 @@ def _remedies(cfg, split, timer: StageTimer, audited, progress: Progress | None)
     """Retrain the audited architecture under each configured remedy (nested runs) and compare."""
     from pipeline.document import Remedy
 
-    replace = dataclasses.replace
-    changes = {
-        "leaky_relu": lambda c: replace(c, model=replace(c.model, activation="leaky_relu")),
-        "lower_lr": lambda c: replace(c, training=replace(c.training, learning_rate=c.training.learning_rate / 10)),
-        "he_init": lambda c: replace(c, model=replace(c.model, init="he")),
-        "redo": lambda c: replace(c, training=replace(c.training, redo_every=1)),
-    }
     rows = [Remedy.of("none (audited model)", audited)]
     for name in cfg.audit.remedies:
-        outcome = _train_and_audit(changes[name](cfg), split, cfg.training.seeds[0], timer, progress,
+        outcome = _train_and_audit(config_mod.with_remedy(cfg, name), split, cfg.training.seeds[0], timer, progress,
                                    run_name=f"remedy-{name}")
         rows.append(Remedy.of(name, outcome))
     return tuple(rows)

@@ -46,6 +46,14 @@ def test_module_and_state_dict_audit_counts_constructed_dead_units(german_config
     run = MlflowClient(store).get_run(result.run_id)
     assert run.data.tags["audited_model.source"] == "fixtures.audit_models:two_layer"
     assert "dead_fraction:layer1" in result.failed_findings  # 3/8 > 10%
+    # No fake training split: train counts are absent, and audit.json round-trips through the typed document.
+    assert layer["train"] is None and audit["dataset"]["train_rows"] == 0
+    from pipeline.document import AuditDocument
+
+    text = result.audit_json.read_text()
+    assert json.dumps(AuditDocument.from_json(json.loads(text)).to_json(), indent=2, allow_nan=False) == text
+    html = result.report_html.read_text()
+    assert "Dead (train)" not in html and "audited rows" in html
 
 
 def test_untraceable_model_is_audited_through_named_layers(german_config, dead_state_dict, store, tmp_path):

@@ -177,3 +177,33 @@ def test_sigterm_ends_run_killed(write_config, store, tmp_path):
     assert not (tmp_path / run_id / "audit.json").exists()
     children = MlflowClient(store).search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert [c.info.status for c in children] == ["KILLED"]
+
+
+def test_every_document_metric_is_logged_with_its_value(passed, store):
+    from pipeline.document import AuditDocument
+
+    _, summary, _ = passed
+    raw = json.loads(open(summary["audit_json"]).read())
+    expected = AuditDocument.from_json(raw, source=summary["audit_json"]).metrics()
+    logged = MlflowClient(store).get_run(summary["run_id"]).data.metrics
+    assert len(expected) > 100  # groups of three views, disparities, two layers, seeds
+    assert sorted(set(expected) - set(logged)) == []
+    assert {k: logged[k] for k in expected} == pytest.approx(expected, rel=1e-12, abs=0)
+    # Each split's unit counts under its own key, straight from audit.json. (In this short run the two splits
+    # may well have the same counts; test_document.py checks the keys on a document where they differ.)
+    layers = raw["capacity"]["layers"]
+    assert len(layers) == 2
+    for i, layer in enumerate(layers, start=1):
+        for split in ("train", "test"):
+            for name in ("dead", "dead_fraction", "dormant", "dormant_fraction", "rare", "rare_fraction"):
+                assert logged[f"{name}/layer{i}/{split}"] == pytest.approx(layer[split][name]), (i, split, name)
+
+
+def test_a_real_audit_json_round_trips_through_the_typed_document(passed):
+    from pipeline.document import AuditDocument
+
+    _, summary, _ = passed
+    text = open(summary["audit_json"]).read()
+    doc = AuditDocument.from_json(json.loads(text))
+    assert doc.mode == "run" and doc.training is not None and len(doc.seeds.seeds) == 2
+    assert json.dumps(doc.to_json(), indent=2, allow_nan=False) == text  # byte for byte what the run wrote

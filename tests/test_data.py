@@ -466,3 +466,51 @@ def test_shipped_adult_data(monkeypatch):
     assert table.missing_by_column == {c: n for c, n in expected.items() if c not in ("fnlwgt", "education")}
     assert set(table.frame["income"]) == {"<=50K", ">50K"}
     assert (table.frame["income"] == ">50K").sum() == sum(r["income"] == ">50K" for r in rows)
+
+
+# --- the raw UCI layout: a space after every comma ---------------------------------------------------
+
+# adult.data as UCI ships it (with a header line in the same layout): ", " between fields, " ?" for missing.
+UCI_RAW = """\
+age, workclass, fnlwgt, education, education_num, marital_status, occupation, relationship, race, sex, capital_gain, capital_loss, hours_per_week, native_country, income
+39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, United-States, <=50K
+50, Self-emp-not-inc, 83311, Bachelors, 13, Married-civ-spouse, Exec-managerial, Husband, White, Male, 0, 0, 13, United-States, <=50K
+38, Private, 215646, HS-grad, 9, Divorced, Handlers-cleaners, Not-in-family, White, Male, 0, 0, 40, United-States, <=50K
+54, ?, 180211, Some-college, 10, Married-civ-spouse, ?, Husband, Asian-Pac-Islander, Male, 0, 0, 60, South, >50K
+28, Private, 338409, Bachelors, 13, Married-civ-spouse, Prof-specialty, Wife, Black, Female, 0, 0, 40, Cuba, <=50K
+37, Private, 284582, Masters, 14, Married-civ-spouse, Exec-managerial, Wife, White, Female, 0, 0, 40, ?, <=50K
+52, Self-emp-not-inc, 209642, HS-grad, 9, Married-civ-spouse, Exec-managerial, Husband, White, Male, 0, 0, 45, United-States, >50K
+31, Private, 45781, Masters, 14, Never-married, Prof-specialty, Not-in-family, White, Female, 14084, 0, 50, United-States, >50K
+18, ?, 103497, Some-college, 10, Never-married, ?, Own-child, White, Female, 0, 0, 30, United-States, <=50K
+42, Private, 159449, Bachelors, 13, Married-civ-spouse, Exec-managerial, Husband, White, Male, 5178, 0, 40, United-States, >50K
+"""
+
+
+def test_raw_uci_layout_with_spaces_after_commas(tmp_path):
+    path = tmp_path / "adult.data.csv"
+    path.write_text(UCI_RAW, encoding="utf-8")
+    cfg = full_cfg(path, drop=["fnlwgt", "education"])
+    table = data.load(cfg.dataset, source=SOURCE)
+    frame = table.frame
+    assert list(frame.columns) == ["age", "workclass", "education_num", "marital_status", "occupation",
+                                   "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week",
+                                   "native_country", "income"]
+    # Categories as written, without the leading space; "?" (rows 4 and 9, and row 6's country) is missing.
+    assert frame["workclass"].fillna("MISSING").tolist() == [
+        "State-gov", "Self-emp-not-inc", "Private", "MISSING", "Private", "Private", "Self-emp-not-inc", "Private",
+        "MISSING", "Private"]
+    assert sorted(frame["native_country"].dropna().unique()) == ["Cuba", "South", "United-States"]
+    assert table.missing_by_column == {"workclass": 2, "occupation": 2, "native_country": 1}
+    for col in ("workclass", "marital_status", "occupation", "relationship", "race", "sex", "native_country", "income"):
+        assert not frame[col].dropna().str.startswith(" ").any(), col
+    # Numbers are numbers, not text with a space in front.
+    for col in ("age", "education_num", "capital_gain", "capital_loss", "hours_per_week"):
+        assert pd.api.types.is_integer_dtype(frame[col]), col
+    assert frame["age"].sum() == 39 + 50 + 38 + 54 + 28 + 37 + 52 + 31 + 18 + 42
+    assert frame["capital_gain"].tolist() == [2174, 0, 0, 0, 0, 0, 0, 14084, 0, 5178]
+    # The positive label '>50K' matches ' >50K' as written: four rows (4, 7, 8, 10).
+    assert set(frame["income"]) == {"<=50K", ">50K"}
+    rows = data.encode_all(table, cfg, None, source=SOURCE)
+    assert rows.y.tolist() == [0, 0, 0, 1, 0, 0, 1, 1, 0, 1]
+    assert rows.s["sex"].tolist() == ["Male"] * 4 + ["Female"] * 2 + ["Male"] + ["Female"] * 2 + ["Male"]
+    assert rows.encoder.categorical["workclass"] == ("(missing)", "Private", "Self-emp-not-inc", "State-gov")

@@ -315,3 +315,46 @@ def test_judge_on_a_fairness_evaluation():
         "demographic_parity_ratio:g": "not_evaluated",
         "equalized_odds_difference:g": "not_evaluated",
     }
+
+
+# --- capacity share gap: only eligible groups are compared ---------------------------------------------
+
+
+def _shares_evaluation(small_status: str, small_rows: int) -> tuple[Evaluation, dict]:
+    """By sex: eligible A and B (100 rows each) and a third group C of ``small_status``.
+
+    Shares of live units: layer 1 A 1, B 15/16, C 1/4; layer 2 A 1, B 31/32, C 1/8. Between A and B
+    the largest gap is 1/16 = 0.0625 (layer 1), within 0.10; with C it would be 1 - 1/8 = 0.875.
+    """
+    from pipeline.capacity import GroupCapacity, LayerGroupCapacity
+
+    eligible = small_status == "ok"
+    table = pd.DataFrame({"group": ["A", "B", "C"], "count": [100, 100, small_rows],
+                          "status": ["ok", "ok", small_status], "eligible": [True, True, eligible]})
+
+    def layer(name: str, units: int, shares: dict[str, float]) -> LayerGroupCapacity:
+        rows = {"A": 100, "B": 100, "C": small_rows}
+        return LayerGroupCapacity(name, units, rows=200 + small_rows, alive=units, tau=0.1, groups=tuple(
+            GroupCapacity(g, rows[g], 0, 0, 0, 0, share) for g, share in shares.items()))
+
+    per_layer = [layer("acts.0", 16, {"A": 1.0, "B": 15 / 16, "C": 1 / 4}),
+                 layer("acts.1", 32, {"A": 1.0, "B": 31 / 32, "C": 1 / 8})]
+    ev = Evaluation(overall={"accuracy": 0.9}, groups={"sex": table}, disparities={})
+    return ev, {"sex": per_layer}
+
+
+@pytest.mark.parametrize(("status", "rows"), [("insufficient_data", 12), ("suppressed", 4)])
+def test_capacity_share_gap_leaves_out_ineligible_groups(status, rows):
+    ev, group_capacity = _shares_evaluation(status, rows)
+    (f,) = policy.judge(only(max_capacity_share_gap=0.10), ev, [], group_capacity=group_capacity)
+    assert (f.id, f.status, f.value, f.threshold) == ("capacity_share_gap:sex", "pass", 0.0625, 0.10)
+    assert f.message.startswith("By sex, in hidden layer 1 (acts.0) the units alive for 'B' are 94% of the units")
+    assert "'C'" not in f.message
+
+
+def test_capacity_share_gap_compares_every_eligible_group():
+    # The same shares with C large enough to be gated: its gap of 1 - 1/8 in layer 2 fails the check.
+    ev, group_capacity = _shares_evaluation("ok", 40)
+    (f,) = policy.judge(only(max_capacity_share_gap=0.10), ev, [], group_capacity=group_capacity)
+    assert (f.status, f.value) == ("fail", 0.875)
+    assert "hidden layer 2 (acts.1) the units alive for 'C' are 12% of the units" in f.message

@@ -1,11 +1,6 @@
 """Capacity stage: find a model's ReLUs and measure how much of each layer is still in use.
 
-A unit is *dead* on a dataset when its post-ReLU output is zero for every row.
-It is *tau-dormant* (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL")
-when its score s_i = E|h_i| / mean_k E|h_k| is at most tau; dead units are dormant.
-It is *rarely firing* (Dohare et al. 2024, "Loss of plasticity in deep continual
-learning") when it is > 0 on fewer than a fraction (default 1%) of the rows; dead
-units fire rarely.
+Dead, tau-dormant and rarely-firing units are defined in ``units.py``.
 
 Where each number is computed:
 
