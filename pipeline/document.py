@@ -127,18 +127,24 @@ class GroupRow:
     status: vocab.GroupStatus
     eligible: bool  # large enough to be gated
     values: dict[str, float | None]
+    rates_left_out: tuple[str, ...] = ()  # of an eligible group: rates whose denominator is too small to compare
 
     @property
     def suppressed(self) -> bool:
         return self.status == "suppressed"
 
     def to_json(self) -> dict:
-        return {"group": self.group, **_clean(self.values), "status": self.status, "eligible": self.eligible}
+        return {"group": self.group, **_clean(self.values), "status": self.status, "eligible": self.eligible,
+                "rates_left_out": list(self.rates_left_out)}
 
     @classmethod
     def from_json(cls, raw: dict) -> GroupRow:
-        values = {k: v for k, v in raw.items() if k not in ("group", "status", "eligible")}
-        return cls(group=raw["group"], status=raw["status"], eligible=raw["eligible"], values=values)
+        values = {k: v for k, v in raw.items() if k not in _GROUP_FIELDS}
+        return cls(group=raw["group"], status=raw["status"], eligible=raw["eligible"], values=values,
+                   rates_left_out=tuple(raw["rates_left_out"]))
+
+
+_GROUP_FIELDS = ("group", "status", "eligible", "rates_left_out")
 
 
 @dataclass(frozen=True)
@@ -722,12 +728,14 @@ def seed_summary(seeds: list[SeedAudit]) -> SeedSummary:
 
 def _group_rows(table) -> tuple[GroupRow, ...]:
     """Group rows from a fairness group table; a suppressed group keeps only its name and status."""
+    flags = {f"{rate}_eligible": rate for rate in vocab.DENOMINATORS}
     rows = []
     for record in table.to_dict(orient="records"):
-        values = {k: _num(v) for k, v in record.items() if k not in ("group", "status", "eligible")}
+        values = {k: _num(v) for k, v in record.items() if k not in _GROUP_FIELDS and k not in flags}
+        left_out = tuple(rate for flag, rate in flags.items() if record["eligible"] and not record[flag])
         if record["status"] == "suppressed":
             values = dict.fromkeys(values)
-        rows.append(GroupRow(str(record["group"]), record["status"], bool(record["eligible"]), values))
+        rows.append(GroupRow(str(record["group"]), record["status"], bool(record["eligible"]), values, left_out))
     return tuple(rows)
 
 

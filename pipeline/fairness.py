@@ -18,7 +18,7 @@ from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
 
 from pipeline import uncertainty
 from pipeline.config import AuditConfig
-from pipeline.vocabulary import INTERSECTION_JOIN, view_name
+from pipeline.vocabulary import DENOMINATORS, INTERSECTION_JOIN, view_name
 
 GROUP_METRICS = ("count", "positives", "negatives", "accuracy", "selection_rate",
                  "true_positive_rate", "false_positive_rate", "false_negative_rate", "precision")
@@ -109,7 +109,14 @@ def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: 
     table["status"] = np.where(table["count"] < suppress_below, "suppressed",
                                np.where(table["count"] < min_group_size, "insufficient_data", "ok"))
     table["eligible"] = table["status"] == "ok"
+    for rate, denominator in DENOMINATORS.items():
+        table[f"{rate}_eligible"] = table["eligible"] & (table[denominator] >= min_group_size)
     return table
+
+
+def eligible_masks(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per disparity rate, which groups' rates enter it (their denominator is large enough)."""
+    return {rate: table[f"{rate}_eligible"].to_numpy() for rate in DENOMINATORS}
 
 
 def disparities(table: pd.DataFrame) -> dict[str, Disparity]:
@@ -118,25 +125,24 @@ def disparities(table: pd.DataFrame) -> dict[str, Disparity]:
     The values come from ``uncertainty.disparities`` (the definition the bootstrap uses too);
     this adds which groups sit at either end of each gap.
     """
-    eligible = table["eligible"].to_numpy()
+    eligible = eligible_masks(table)
     groups = table["group"].astype(str).to_numpy()
-    rates = {m: table[m].to_numpy(dtype=np.float64)
-             for m in ("selection_rate", "true_positive_rate", "false_positive_rate")}
+    rates = {m: table[m].to_numpy(dtype=np.float64) for m in DENOMINATORS}
     values = {name: float(v) for name, v in uncertainty.disparities(rates, eligible).items()}
 
     def ends(metric: str) -> tuple[str | None, str | None, int]:
         """(highest group, lowest group, groups compared) of one rate among eligible groups."""
-        v = np.where(eligible, rates[metric], np.nan)
+        v = np.where(eligible[metric], rates[metric], np.nan)
         n = int(np.sum(~np.isnan(v)))
         return (str(groups[np.nanargmax(v)]), str(groups[np.nanargmin(v)]), n) if n >= 2 else (None, None, n)
 
     sel, tpr, fpr = ends("selection_rate"), ends("true_positive_rate"), ends("false_positive_rate")
     # Equalized odds names the pair of whichever rate gives the larger gap (the smaller ratio).
     if tpr[0] is not None and fpr[0] is not None:
-        gap = {m: np.nanmax(rates[m][eligible]) - np.nanmin(rates[m][eligible])
+        gap = {m: np.nanmax(rates[m][eligible[m]]) - np.nanmin(rates[m][eligible[m]])
                for m in ("true_positive_rate", "false_positive_rate")}
         eo_diff = tpr if gap["true_positive_rate"] >= gap["false_positive_rate"] else fpr
-        ratio = {m: _rate(np.nanmin(rates[m][eligible]), np.nanmax(rates[m][eligible])) for m in gap}
+        ratio = {m: _rate(np.nanmin(rates[m][eligible[m]]), np.nanmax(rates[m][eligible[m]])) for m in gap}
         eo_ratio = fpr if (np.nan_to_num(ratio["false_positive_rate"], nan=2)
                            < np.nan_to_num(ratio["true_positive_rate"], nan=2)) else tpr
     else:
@@ -216,7 +222,7 @@ def _with_intervals(table, counts, gaps, y_true, proba, sensitive, audit, rng, w
     for metric in uncertainty.RATES:
         low, high = uncertainty.interval(boot_rates[metric], audit.ci_level)
         table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] = low, high
-    replicates = uncertainty.disparities(boot_rates, table["eligible"].to_numpy())
+    replicates = uncertainty.disparities(boot_rates, eligible_masks(table))
     gaps = {name: replace(d, ci_low=float(lo), ci_high=float(hi))
             for name, d in gaps.items()
             for lo, hi in [uncertainty.interval(replicates[name], audit.ci_level)]}

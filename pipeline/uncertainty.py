@@ -82,15 +82,19 @@ def rates(counts: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def disparities(rate: dict[str, np.ndarray], eligible: np.ndarray) -> dict[str, np.ndarray]:
+def disparities(rate: dict[str, np.ndarray], eligible: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The five disparities over the last axis (groups), among eligible groups with defined rates.
 
-    Works on point estimates (shape (groups,)) and on bootstrap replicates (shape
-    (replicates, groups)) alike. Fewer than two defined values give NaN.
+    ``eligible`` is one boolean mask over groups, or one per rate (``selection_rate``,
+    ``true_positive_rate``, ``false_positive_rate``): a rate enters only for groups where
+    its own denominator is large enough. Works on point estimates (shape (groups,)) and
+    on bootstrap replicates (shape (replicates, groups)) alike. Fewer than two defined
+    values give NaN.
     """
 
-    def spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        values = np.where(eligible, values, np.nan)
+    def spread(metric: str) -> tuple[np.ndarray, np.ndarray]:
+        mask = eligible[metric] if isinstance(eligible, dict) else eligible
+        values = np.where(mask, rate[metric], np.nan)
         defined = np.sum(~np.isnan(values), axis=-1) >= 2
         with np.errstate(all="ignore"), _quiet():
             high = np.where(defined, np.nanmax(values, axis=-1), np.nan)
@@ -101,9 +105,9 @@ def disparities(rate: dict[str, np.ndarray], eligible: np.ndarray) -> dict[str, 
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(high > 0, low / np.where(high > 0, high, 1.0), np.nan)
 
-    sel_lo, sel_hi = spread(rate["selection_rate"])
-    tpr_lo, tpr_hi = spread(rate["true_positive_rate"])
-    fpr_lo, fpr_hi = spread(rate["false_positive_rate"])
+    sel_lo, sel_hi = spread("selection_rate")
+    tpr_lo, tpr_hi = spread("true_positive_rate")
+    fpr_lo, fpr_hi = spread("false_positive_rate")
     both = ~np.isnan(tpr_hi) & ~np.isnan(fpr_hi)
     return {
         "demographic_parity_difference": sel_hi - sel_lo,

@@ -23,6 +23,9 @@ UnitKind = Literal["dead", "dormant", "rare"]
 Check = Literal["accuracy", "demographic_parity_difference", "demographic_parity_ratio",
                 "equalized_odds_difference", "dead_fraction", "dormant_fraction", "capacity_share_gap"]
 
+# The rates that enter disparities, and the count each is a share of: a group's rate is compared
+# only when that denominator reaches audit.min_group_size (an FPR from 8 negatives is too noisy).
+DENOMINATORS = {"selection_rate": "count", "true_positive_rate": "positives", "false_positive_rate": "negatives"}
 INTERSECTION_JOIN = " & "  # group label of an intersection: 'Female & Black'
 REGRESSION = "regression"  # prefix of a finding that compares with a baseline audit
 

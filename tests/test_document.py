@@ -49,7 +49,8 @@ def test_json_of_the_run_document_by_hand():
                                                     "dormant_fraction": 0.125, "rare": 5, "rare_fraction": 0.3125}
     suppressed = raw["groups"]["sex"][3]
     assert suppressed["group"] == SUPPRESSED and suppressed["status"] == "suppressed"
-    assert {v for k, v in suppressed.items() if k not in ("group", "status", "eligible")} == {None}
+    assert suppressed["rates_left_out"] == []
+    assert {v for k, v in suppressed.items() if k not in ("group", "status", "eligible", "rates_left_out")} == {None}
     assert [f["passed"] for f in raw["findings"]] == [True, None, False, True, None, None, False, True, None,
                                                       False, None, True]
     gaps = raw["disparities"]["sex"]

@@ -67,7 +67,8 @@ def _close(actual: float, expected: float) -> bool:
 def test_group_table_columns_and_order():
     y_true, y_pred, sensitive = _hand_case()
     table = fairness.group_table(y_true, y_pred, sensitive, min_group_size=5)
-    assert list(table.columns) == ["group", *fairness.GROUP_METRICS, "status", "eligible"]
+    assert list(table.columns) == ["group", *fairness.GROUP_METRICS, "status", "eligible", "selection_rate_eligible",
+                                   "true_positive_rate_eligible", "false_positive_rate_eligible"]
     assert table["group"].tolist() == ["A", "B", "C", "D"]
 
 
@@ -125,7 +126,17 @@ def test_eligibility_is_count_at_least_min_group_size(min_group_size, eligible):
 #   FPR        .4 .25 .5 1/3            -> .25, C/B, 4 groups; ratio .5
 #   EO difference .75 (TPR, 3 groups), EO ratio .25 (TPR, 3 groups)
 HAND_DISPARITIES = {
+    # A rate enters only when its own denominator reaches min_group_size: at 5, B's TPR (4 positives) and
+    # FPR (4 negatives) are left out, so TPR has one group (A) and every error-rate gap is undefined.
     5: {
+        "demographic_parity_difference": (0.35, "A", "B", 3),
+        "demographic_parity_ratio": (5 / 12, "A", "B", 3),
+        "equalized_odds_difference": (NAN, None, None, 1),
+        "equalized_odds_ratio": (NAN, None, None, 1),
+        "equal_opportunity_difference": (NAN, None, None, 1),
+    },
+    # At 4, B's rates enter (4 positives, 4 negatives; C's do not: 1 positive, 2 negatives, 3 rows).
+    4: {
         "demographic_parity_difference": (0.35, "A", "B", 3),
         "demographic_parity_ratio": (5 / 12, "A", "B", 3),
         "equalized_odds_difference": (0.55, "A", "B", 2),
@@ -151,7 +162,7 @@ def test_disparities_match_hand_values(min_group_size):
     for name, (value, best, worst, n) in expected.items():
         d = gaps[name]
         assert d.metric == name
-        assert d.value == pytest.approx(value, abs=1e-12), name
+        assert _close(d.value, value), name
         assert (d.best_group, d.worst_group, d.groups_compared) == (best, worst, n), name
 
 
@@ -183,10 +194,11 @@ def test_disparities_undefined_with_one_eligible_group():
     # min_group_size=9: only A (10 rows) is eligible, so there is nothing to compare.
     y_true, y_pred, sensitive = _hand_case()
     gaps = fairness.disparities(fairness.group_table(y_true, y_pred, sensitive, min_group_size=9))
-    for d in gaps.values():
+    for name, d in gaps.items():
         assert math.isnan(d.value)
         assert (d.best_group, d.worst_group) == (None, None)
-        assert d.groups_compared == 1
+        # Selection rates: A's 10 rows. Error rates: no group has 9 positives (TPR) and 9 negatives (FPR) at once.
+        assert d.groups_compared == (1 if name.startswith("demographic_parity") else 0), name
         assert d.to_dict()["value"] is None
 
 

@@ -291,14 +291,15 @@ def test_finding_to_json_and_back():
 
 
 def test_judge_on_a_fairness_evaluation():
-    # 40 rows, g in {a, b}, 20 each. a: 10 positives all predicted 1, 10 negatives predicted 0 (sel .5).
+    # 40 rows, g in {a, b}, 20 each (min_group_size 10: every count and denominator is large enough).
+    # a: 10 positives all predicted 1, 10 negatives predicted 0 (sel .5).
     # b: 10 positives, 5 predicted 1; 10 negatives, 0 predicted 1 (sel .25).
     # Accuracy (20 + 15) / 40 = .875. DP difference .25 (a best, b worst), ratio .5;
     # TPR a 1, b .5 -> EO difference .5; FPR both 0.
     y = np.array([1] * 10 + [0] * 10 + [1] * 10 + [0] * 10)
     proba = np.array([0.9] * 10 + [0.1] * 10 + [0.9] * 5 + [0.1] * 5 + [0.1] * 10)
     s = pd.DataFrame({"g": ["a"] * 20 + ["b"] * 20})
-    ev = fairness.evaluate(y, proba, s, audit=_audit(0.5, 20), bootstrap=False, intersections=True)
+    ev = fairness.evaluate(y, proba, s, audit=_audit(0.5, 10), bootstrap=False, intersections=True)
     f = _by_id(policy.judge(PolicyConfig(), ev, []))
     assert (f["accuracy"].status, f["accuracy"].value) == ("pass", 0.875)
     assert f["demographic_parity_difference:g"].value == pytest.approx(0.25)

@@ -509,7 +509,7 @@ def test_vectorized_disparities_equal_point_disparities(case, min_group_size):
     counts = _tables()[case]
     table = fairness._table(counts, min_group_size, 0)
     expected = fairness.disparities(table)
-    got = uncertainty.disparities({m: table[m].to_numpy() for m in uncertainty.RATES}, table["eligible"].to_numpy())
+    got = uncertainty.disparities({m: table[m].to_numpy() for m in uncertainty.RATES}, fairness.eligible_masks(table))
     assert set(got) == set(expected) == set(uncertainty.DISPARITIES)
     for name, d in expected.items():
         assert _same(got[name], d.value), (case, min_group_size, name, got[name], d.value)
@@ -521,7 +521,7 @@ def test_vectorized_disparities_on_adult_with_ineligible_groups(adult):
     table = fairness._table(counts, 100, 10)  # two small races are not eligible
     assert 0 < (~table["eligible"]).sum() < len(table) - 1
     expected = fairness.disparities(table)
-    got = uncertainty.disparities({m: table[m].to_numpy() for m in uncertainty.RATES}, table["eligible"].to_numpy())
+    got = uncertainty.disparities({m: table[m].to_numpy() for m in uncertainty.RATES}, fairness.eligible_masks(table))
     for name, d in expected.items():
         assert _same(got[name], d.value), name
 
