@@ -142,7 +142,9 @@ def _execute(call, as_json: bool) -> None:
 @click.option("--model-module", default=None, help="A Python factory 'package.module:callable' returning the model.")
 @click.option("--state-dict", default=None, help="With --model-module: weights saved by torch.save(model.state_dict()).")
 @click.option("--layers", default=None, help="Comma-separated submodules whose outputs are post-ReLU (untraceable models).")
-@click.option("--encoder", default=None, help="With --model-module: encoder.json from the run that trained it.")
+@click.option("--encoder", default=None,
+              help="Required with --model-module: the encoder.json of the run that trained the model (its MLflow "
+                   "artifact model_inputs/encoder.json); the encoding is never re-fitted on the audited rows.")
 @click.option("--data", "data_path", default=None, help="Audit this data file instead of the config's dataset.path.")
 @_audit_outputs
 def audit(config_path, model_uri, model_module, state_dict, layers, encoder, data_path, tracking_uri, reports_dir,

@@ -33,6 +33,7 @@ class Table:
     rows_read: int
     rows_dropped_missing: int
     missing_by_column: dict[str, int]
+    row_numbers: np.ndarray  # each row of ``frame``: its 0-based position among the file's data rows
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Split:
     x_test: np.ndarray
     y_test: np.ndarray
     s_test: pd.DataFrame
+    test_rows: np.ndarray  # the test rows' 0-based positions in the file (``Table.row_numbers``), sorted
     encoder: Encoder
     feature_columns: list[str] = field(default_factory=list)
 
@@ -92,7 +94,9 @@ class AuditRows:
     x: np.ndarray
     y: np.ndarray
     s: pd.DataFrame
+    rows: np.ndarray  # each row's 0-based position in the file (``Table.row_numbers``), sorted
     encoder: Encoder
+    unseen_categories: dict[str, int]  # column -> rows whose category the encoder has not seen (all-zero one-hot)
     feature_columns: list[str] = field(default_factory=list)
 
 
@@ -153,8 +157,10 @@ def load(cfg: DatasetConfig, *, source: str) -> Table:
     frame = frame[used]
     missing = {c: int(n) for c, n in frame.isna().sum().items() if n}
     rows_read = len(frame)
+    row_numbers = np.arange(rows_read)  # kept through dropped rows, so a run can name the rows it used
     if cfg.missing == "drop_rows":
-        frame = frame.dropna().reset_index(drop=True)
+        complete = frame.notna().all(axis=1).to_numpy()
+        frame, row_numbers = frame[complete].reset_index(drop=True), row_numbers[complete]
         if frame.empty:
             raise DataError(f"{path}: every row has a missing value; use dataset.missing: category")
     return Table(
@@ -165,6 +171,7 @@ def load(cfg: DatasetConfig, *, source: str) -> Table:
         rows_read=rows_read,
         rows_dropped_missing=rows_read - len(frame),
         missing_by_column=missing,
+        row_numbers=row_numbers,
     )
 
 
@@ -209,15 +216,17 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
         raise DataError(f"{source}: split: cannot split {table.path}: {err}") from err
 
     features, y, groups = _roles(frame, ds)
-    train, test = frame.iloc[np.sort(train_idx)], frame.iloc[np.sort(test_idx)]
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    train, test = frame.iloc[train_idx], frame.iloc[test_idx]
     encoder = fit_encoder(train[features])
     return Split(
         x_train=encoder.transform(train),
-        y_train=y[np.sort(train_idx)],
-        s_train=groups.iloc[np.sort(train_idx)].reset_index(drop=True),
+        y_train=y[train_idx],
+        s_train=groups.iloc[train_idx].reset_index(drop=True),
         x_test=encoder.transform(test),
-        y_test=y[np.sort(test_idx)],
-        s_test=groups.iloc[np.sort(test_idx)].reset_index(drop=True),
+        y_test=y[test_idx],
+        s_test=groups.iloc[test_idx].reset_index(drop=True),
+        test_rows=table.row_numbers[test_idx],
         encoder=encoder,
         feature_columns=features,
     )
@@ -262,17 +271,37 @@ def read_encoder(path: str | Path) -> Encoder:
     return Encoder.from_dict(raw)
 
 
-def encode_all(table: Table, cfg: Config, encoder: Encoder | None, *, source: str) -> AuditRows:
-    """Every row as audit data, encoded with ``encoder`` (the one the model was trained with).
+def encode_all(table: Table, cfg: Config, encoder: Encoder, *, source: str) -> AuditRows:
+    """Every row as audit data, encoded with ``encoder``, the one the model was trained with.
 
-    ``None`` fits an encoder on these rows.
+    The encoding is part of the model: it is never fitted on the audited rows, whose medians,
+    scales and categories differ from the training rows' (and from one subset to another).
+    A category the encoder has not seen encodes as zeros in its column's one-hot block; such
+    rows are counted per column in ``AuditRows.unseen_categories``.
+
+    Raises
+    ------
+    DataError
+        When the data lacks a column the encoder needs, or holds text in a numeric one.
     """
     frame = table.frame
-    features, y, groups = _roles(frame, cfg.dataset)
-    fitted = encoder if encoder is not None else fit_encoder(frame[features])
-    missing = [c for c in [*fitted.numeric, *fitted.categorical] if c not in frame.columns]
+    _, y, groups = _roles(frame, cfg.dataset)
+    columns = [*encoder.numeric, *encoder.categorical]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: dataset.path: the model was trained on column(s) {', '.join(missing)}, "
                         f"which {table.path} lacks; columns are: {', '.join(map(str, frame.columns))}")
-    return AuditRows(x=fitted.transform(frame), y=y, s=groups.reset_index(drop=True), encoder=fitted,
-                     feature_columns=[*fitted.numeric, *fitted.categorical])
+    for col in encoder.numeric:
+        values = frame[col]
+        if values.notna().any() and not pd.api.types.is_numeric_dtype(values):
+            example = values.dropna().astype("string").iloc[0]
+            raise DataError(f"{source}: dataset.path: column '{col}' of {table.path} holds text (e.g. '{example}'); "
+                            "the model's encoder standardizes it as a number")
+    unseen = {}
+    for col, cats in encoder.categorical.items():
+        values = frame[col].astype("string").fillna(MISSING_CATEGORY)
+        count = int((~values.isin(cats)).sum())
+        if count:
+            unseen[col] = count
+    return AuditRows(x=encoder.transform(frame), y=y, s=groups.reset_index(drop=True), rows=table.row_numbers,
+                     encoder=encoder, unseen_categories=unseen, feature_columns=columns)

@@ -41,9 +41,9 @@ if TYPE_CHECKING:
     from pipeline.fairness import Disparity, Evaluation
     from pipeline.training import TrainResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: three-valued verdict and its reasons, per-rate eligibility, typed finding fields
 _MSG_SCHEMA = ("{source}: schema_version {found!r}; expected {expected} (an audit.json written by this version "
-               "of the pipeline)")
+               "of the pipeline; README: audit.json, schema history)")
 _MSG_NOT_AN_AUDIT = "{source}: not an audit document: {why}"
 
 
@@ -85,7 +85,10 @@ class Finding(_Record):
     """One judged check: what was measured, against what threshold, and what it means.
 
     ``metric`` is the MLflow key of the judged value; ``regression_of`` is, for a regression
-    finding, the id of the check that worsened since the baseline.
+    finding, the id of the check that worsened since the baseline. ``rows_to_decide`` (an
+    inconclusive finding judged on an interval) estimates how many test rows each group at the
+    ends of the gap would need for the interval to clear the threshold at the observed value
+    (interval width shrinking as 1/sqrt(rows)).
     """
 
     id: str
@@ -102,6 +105,10 @@ class Finding(_Record):
     seed_sensitive: bool = False  # the seed range exceeds the distance to the threshold
     metric: str | None = None
     regression_of: str | None = None
+    check: str | None = None  # the check's name (vocabulary.Check), its view (feature or intersection) or layer
+    view: str | None = None
+    layer: int | None = None
+    rows_to_decide: dict[str, int] | None = None  # inconclusive: test rows per group likely to decide it
 
     @property
     def passed(self) -> bool | None:
@@ -537,17 +544,18 @@ class DatasetInfo(_Record):
     sensitive_as_input: bool
     feature_columns: list[str]
     n_model_inputs: int
+    unseen_categories: dict[str, int]  # audit mode: per column, rows whose category the encoder never saw
 
     @classmethod
     def of(cls, table, ds: DatasetConfig, *, train_rows: int, test_rows: int, feature_columns,
-           n_model_inputs: int) -> DatasetInfo:
+           n_model_inputs: int, unseen_categories: dict[str, int] | None = None) -> DatasetInfo:
         """From a ``data.Table`` and the dataset config."""
         return cls(name=table.name, path=table.path, sha256=table.sha256, rows=table.rows_read,
                    rows_used=len(table.frame), rows_dropped_missing=table.rows_dropped_missing,
                    missing_by_column=dict(table.missing_by_column), train_rows=train_rows, test_rows=test_rows,
                    target=ds.target, positive_label=ds.positive_label, sensitive_features=list(ds.sensitive_features),
                    sensitive_as_input=ds.sensitive_as_input, feature_columns=list(feature_columns),
-                   n_model_inputs=int(n_model_inputs))
+                   n_model_inputs=int(n_model_inputs), unseen_categories=dict(unseen_categories or {}))
 
 
 # --- the document --------------------------------------------------------------------------------
@@ -564,6 +572,7 @@ class AuditDocument:
     mode: vocab.Mode
     verdict: vocab.Verdict
     findings: tuple[Finding, ...]
+    verdict_reasons: tuple[str, ...]  # why the verdict is not a pass, in plain sentences (empty for a pass)
     overall: dict[str, float | None]  # accuracy, balanced_accuracy, roc_auc, ... with interval bounds
     ci_level: float | None  # None: point estimates only
     n_boot: int
@@ -591,10 +600,11 @@ class AuditDocument:
         return [f for f in self.findings if f.status == status]
 
     def to_json(self) -> dict:
-        """The ``audit.json`` data (schema 1): plain JSON, undefined numbers as null."""
+        """The ``audit.json`` data (schema 2): plain JSON, undefined numbers as null."""
         return {
             "schema_version": self.schema_version, "run_id": self.run_id, "run_name": self.run_name,
-            "created": self.created, "verdict": self.verdict, "findings": [f.to_json() for f in self.findings],
+            "created": self.created, "verdict": self.verdict, "verdict_reasons": list(self.verdict_reasons),
+            "findings": [f.to_json() for f in self.findings],
             "overall": _clean(self.overall), "ci_level": _num(self.ci_level), "n_boot": self.n_boot,
             "groups": {v: [r.to_json() for r in rows] for v, rows in self.groups.items()},
             "empty_groups": _clean(self.empty_groups),
@@ -614,14 +624,15 @@ class AuditDocument:
         if not isinstance(raw, dict):
             raise UserError(_MSG_NOT_AN_AUDIT.format(source=source, why=f"expected a JSON object, got {type(raw).__name__}"))
         found = raw.get("schema_version")
-        if type(found) is not int or found != SCHEMA_VERSION:  # neither true nor 1.0 is version 1
+        if type(found) is not int or found != SCHEMA_VERSION:  # neither true nor 2.0 is version 2
             raise UserError(_MSG_SCHEMA.format(source=source, found=found, expected=SCHEMA_VERSION))
         try:
             config = from_dict(raw["config"], source=f"{source}: config")
             return cls(
                 schema_version=raw["schema_version"], run_id=raw["run_id"], run_name=raw["run_name"],
                 created=raw["created"], mode=raw["mode"], verdict=raw["verdict"],
-                findings=tuple(Finding.from_json(f) for f in raw["findings"]), overall=raw["overall"],
+                findings=tuple(Finding.from_json(f) for f in raw["findings"]),
+                verdict_reasons=tuple(raw["verdict_reasons"]), overall=raw["overall"],
                 ci_level=raw["ci_level"], n_boot=raw["n_boot"],
                 groups={v: tuple(GroupRow.from_json(r) for r in rows) for v, rows in raw["groups"].items()},
                 empty_groups=raw["empty_groups"],
@@ -668,6 +679,8 @@ class AuditDocument:
         for status, n in self.counts().items():
             if status != "pass":
                 metrics[vocab.findings_metric(status)] = n
+        for column, n in self.dataset.unseen_categories.items():
+            metrics[vocab.metric_key("unseen_categories", column)] = n
         return {k: float(v) for k, v in metrics.items()
                 if v is not None and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))}
 
@@ -751,7 +764,7 @@ def _training(train: TrainResult) -> TrainingSummary:
         history=tuple(EpochLoss(r.epoch, r.train_loss, r.val_loss, r.val_accuracy) for r in train.history))
 
 
-def build(seeds: list[SeedAudit], findings: list[Finding], verdict: vocab.Verdict, *, cfg: Config,
+def build(seeds: list[SeedAudit], findings: list[Finding], verdict: vocab.Verdict, *, reasons: list[str], cfg: Config,
           dataset: DatasetInfo, run_id: str, run_name: str, tracking_uri: str, versions: dict[str, str],
           model: dict[str, Any], summary: SeedSummary | None = None, remedies: tuple[Remedy, ...] = (),
           baseline: BaselineSummary | None = None, created: str | None = None) -> AuditDocument:
@@ -779,7 +792,7 @@ def build(seeds: list[SeedAudit], findings: list[Finding], verdict: vocab.Verdic
     return AuditDocument(
         schema_version=SCHEMA_VERSION, run_id=run_id, run_name=run_name,
         created=created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        mode="run" if train else "audit", verdict=verdict, findings=tuple(findings),
+        mode="run" if train else "audit", verdict=verdict, findings=tuple(findings), verdict_reasons=tuple(reasons),
         overall={k: _num(v) for k, v in ev.overall.items()}, ci_level=_num(ev.ci_level), n_boot=cfg.audit.n_boot,
         groups={view: _group_rows(table) for view, table in ev.groups.items()},
         empty_groups={k: list(v) for k, v in ev.empty_groups.items()},

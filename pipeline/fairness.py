@@ -102,11 +102,20 @@ def group_table(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame,
     return _table(group_counts(y_true, y_pred, sensitive), min_group_size, suppress_below)
 
 
-def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: int) -> pd.DataFrame:
+def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: int, *,
+           withheld: np.ndarray | None = None) -> pd.DataFrame:
+    """Counts, rates and status per group; ``withheld`` groups (disclosure control) are suppressed too.
+
+    A suppressed group is never eligible, so it never enters a disparity: a disparity's value
+    and ends would give away the rate of a group at either end.
+    """
     c = counts.counts
     table = pd.DataFrame({"group": list(counts.groups), "count": c.sum(1), "positives": c[:, 0] + c[:, 3],
                           "negatives": c[:, 1] + c[:, 2], **uncertainty.rates(c)})
-    table["status"] = np.where(table["count"] < suppress_below, "suppressed",
+    hidden = table["count"].to_numpy() < suppress_below
+    if withheld is not None:
+        hidden = hidden | withheld
+    table["status"] = np.where(hidden, "suppressed",
                                np.where(table["count"] < min_group_size, "insufficient_data", "ok"))
     table["eligible"] = table["status"] == "ok"
     for rate, denominator in DENOMINATORS.items():
@@ -164,7 +173,8 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
              intersections: bool, bootstrap: bool = True) -> Evaluation:
     """The whole fairness evaluation of one model's test predictions.
 
-    With ``bootstrap``, every group rate and disparity gets a percentile interval from
+    With ``bootstrap``, every group rate gets a percentile interval and every disparity the
+    bias-aware interval of ``uncertainty.interval(..., point=)``, from
     ``audit.n_boot`` stratified count resamples, and each group's ROC AUC, expected
     calibration error and Brier score one from row resamples (seeded: ``audit.bootstrap_seed``).
     """
@@ -182,15 +192,30 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
                              uncertainty.row_weights(strata, n_boot=audit.n_boot, rng=rng)])
     overall = overall_metrics(y_true, proba, threshold=audit.decision_threshold)
     groups, gaps, samples, empty, bins = {}, {}, {}, {}, {}
+    # Disclosure control needs every view's counts at once: a withheld intersection cell could
+    # otherwise be recovered as its published margin minus its published siblings.
+    from pipeline import disclosure
+
+    tables = {name: group_counts(y_true, y_pred, sensitive[cols]) for name, cols in audited.items()}
+    labels = {name: view_labels(sensitive[cols]) for name, cols in audited.items()}
+    nesting = {fine: {coarse: disclosure.coarse_index(labels[fine], tables[fine].groups,
+                                                      labels[coarse], tables[coarse].groups)
+                      for coarse, few in audited.items() if set(few) < set(many)}
+               for fine, many in audited.items() if len(many) > 1}
+    withheld = disclosure.suppression(
+        {name: t.counts for name, t in tables.items()}, nesting, suppress_below=audit.suppress_below,
+        avoid={name: t.sizes >= max(audit.min_group_size, audit.suppress_below) for name, t in tables.items()},
+    ).suppressed
     for name, cols in audited.items():
-        counts = group_counts(y_true, y_pred, sensitive[cols])
-        table = _table(counts, audit.min_group_size, audit.suppress_below)
+        counts = tables[name]
+        table = _table(counts, audit.min_group_size, audit.suppress_below, withheld=withheld[name])
         gaps[name] = disparities(table)
         if len(cols) > 1:
             empty[name] = _empty_combinations(sensitive[cols], counts.groups)
-        else:
+        else:  # reliability bins show scores and labels: only for published groups
+            shown = set(table.loc[table["status"] != "suppressed", "group"])
             bins[name] = {g: uncertainty.reliability(y_true[mask], proba[mask], bins=audit.calibration_bins)
-                          for g, mask in _masks(sensitive[cols], counts.groups)}
+                          for g, mask in _masks(sensitive[cols], counts.groups) if g in shown}
         if bootstrap:
             table, gaps[name], samples[name] = _with_intervals(
                 table, counts, gaps[name], y_true, proba, sensitive[cols], audit, rng, weights)
@@ -215,7 +240,7 @@ def _masks(sensitive: pd.DataFrame, groups: tuple[str, ...]):
 
 
 def _with_intervals(table, counts, gaps, y_true, proba, sensitive, audit, rng, weights):
-    """Add percentile intervals to a group table and its disparities; keep the disparity replicates."""
+    """Add intervals to a group table (percentile) and its disparities (bias-aware); keep the disparity replicates."""
     boot = uncertainty.bootstrap_counts(counts.counts, n_boot=audit.n_boot, rng=rng)
     boot_rates = uncertainty.rates(boot)
     table = table.copy()
@@ -225,7 +250,7 @@ def _with_intervals(table, counts, gaps, y_true, proba, sensitive, audit, rng, w
     replicates = uncertainty.disparities(boot_rates, eligible_masks(table))
     gaps = {name: replace(d, ci_low=float(lo), ci_high=float(hi))
             for name, d in gaps.items()
-            for lo, hi in [uncertainty.interval(replicates[name], audit.ci_level)]}
+            for lo, hi in [uncertainty.interval(replicates[name], audit.ci_level, point=d.value)]}
     # Scores: ROC AUC, ECE and Brier per group, from row resamples of that group.
     scored = {key: [] for key in ("roc_auc", "ece", "brier")}
     for _, mask in _masks(sensitive, counts.groups):

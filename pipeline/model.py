@@ -102,15 +102,35 @@ def load_from_module(spec: str, state_dict_path) -> tuple[nn.Module, dict]:
                  "parameters": sum(p.numel() for p in net.parameters())}
 
 
-def check_inputs(net: nn.Module, x: np.ndarray, *, source: str) -> None:
-    """One forward pass on two rows: a model that expects other inputs is a user error, said plainly."""
+MESSAGE_WIDTH = ("{source}: the model expects {expected} inputs per row (its first Linear layer), but the encoder "
+                 "gives {given}, in this order: {names}; use the encoder.json of the run that trained the model")
+MESSAGE_REFUSED = ("{source}: the model does not accept the encoded data ({given} inputs per row, in this order: "
+                   "{names}): {error}")
+
+
+def _input_width(net: nn.Module) -> int | None:
+    """``in_features`` of the first ``nn.Linear`` the model registers (its input layer in the usual layout)."""
+    return next((m.in_features for m in net.modules() if isinstance(m, nn.Linear)), None)
+
+
+def check_inputs(net: nn.Module, x: np.ndarray, *, source: str, feature_names: list[str] | None = None) -> None:
+    """One forward pass on two rows: a model that expects other inputs is a user error, said plainly.
+
+    ``feature_names``: the encoder's input names in order, named in the message when the model
+    refuses the rows (with the width the model expects, when its first Linear layer says).
+    """
     from pipeline.errors import UserError
 
+    names = ", ".join(feature_names) if feature_names is not None else "unnamed"
     try:
         with torch.no_grad():
             out = net(torch.from_numpy(x[:2]))
     except RuntimeError as err:
-        raise UserError(f"{source}: the model does not accept the encoded data ({x.shape[1]} inputs per row): "
-                        f"{str(err).splitlines()[0]}") from err
+        expected = _input_width(net)
+        if expected is not None and expected != x.shape[1]:
+            raise UserError(MESSAGE_WIDTH.format(source=source, expected=expected, given=x.shape[1],
+                                                 names=names)) from err
+        raise UserError(MESSAGE_REFUSED.format(source=source, given=x.shape[1], names=names,
+                                               error=str(err).splitlines()[0])) from err
     if out.numel() != min(2, len(x)):
         raise UserError(f"{source}: expected one logit per row, got output of shape {tuple(out.shape)}")

@@ -12,6 +12,8 @@ from pathlib import Path
 from pipeline.document import AuditDocument
 
 AUDIT_JSON, REPORT_HTML, MODEL_CARD = "audit.json", "report.html", "model_card.md"
+TEST_ROWS = "split/test_rows.npz"  # run: the rows of the data file that formed the test split
+AUDITED_ROWS = "split/audited_rows.npz"  # audit: every audited row of the data file
 
 
 def write_reports(doc: AuditDocument, out_dir: Path, plots: dict[str, bytes] | None = None) -> list[Path]:
@@ -32,6 +34,16 @@ def write_reports(doc: AuditDocument, out_dir: Path, plots: dict[str, bytes] | N
 def rewrite_reports(doc: AuditDocument, folder: Path) -> list[Path]:
     """Re-render report.html and model_card.md from an updated document, reusing the folder's plots."""
     return write_reports(doc, folder, plots={p.name: p.read_bytes() for p in folder.glob("*.png")})
+
+
+def write_rows(path: Path, rows) -> None:
+    """Row numbers as an ``.npz`` with one int64 array ``rows``: sorted 0-based positions among the data
+    file's rows (header excluded), counted before rows with missing values were dropped. Read it back
+    with ``numpy.load(path)["rows"]`` (no pickle)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, rows=np.sort(np.asarray(rows, dtype=np.int64)))
 
 
 def write_document(doc: AuditDocument, path: Path) -> None:

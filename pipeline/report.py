@@ -201,6 +201,15 @@ def with_interval(values: dict, metric: str, kind: str = "rate") -> str:
     return f"{value} [{fmt(low, kind)}, {fmt(high, kind)}]"
 
 
+def left_out(row) -> str:
+    """The rates of a group left out of the disparities, with their too-small denominators: 'FPR (8 negatives)'."""
+    from pipeline.vocabulary import DENOMINATORS
+
+    words = {"count": "rows", "positives": "positives", "negatives": "negatives"}
+    return ", ".join(f"{RATE_LABELS[rate]} ({fmt(row.values[DENOMINATORS[rate]], 'int')} "
+                     f"{words[DENOMINATORS[rate]]})" for rate in row.rates_left_out)
+
+
 def bracketed(value, low, high, kind: str = "num") -> str:
     """A value with its interval when it has one: '0.185 [0.170, 0.199]'."""
     text = fmt(value, kind)
@@ -214,6 +223,7 @@ def render_html(audit: AuditDocument, images: dict[str, bytes]) -> str:
     env.filters["fmt"] = fmt
     env.globals["with_interval"] = with_interval
     env.globals["bracketed"] = bracketed
+    env.globals["left_out"] = left_out
     inline = {name: base64.b64encode(png).decode("ascii") for name, png in images.items()}
     order = {"fail": 0, "inconclusive": 1, "not_evaluated": 2, "pass": 3}
     return env.get_template("report.html.j2").render(
@@ -234,6 +244,8 @@ def run_description(audit: AuditDocument) -> str:
     lines.append(f"Dataset {_code(ds.name)} ({ds.rows} rows, sha256 `{ds.sha256[:12]}…`), "
                  f"{len(audit.findings)} checks, {len(failed)} failed, {len(unsure)} inconclusive, "
                  f"{len(skipped)} not evaluated.")
+    if audit.verdict_reasons:
+        lines += ["", *(f"- {_md(r)}" for r in audit.verdict_reasons)]
     if failed:
         lines += ["", "### Failed checks"] + [f"- {_md(f.message)}" for f in failed]
     if unsure:
@@ -292,6 +304,7 @@ def model_card(audit: AuditDocument) -> str:
         f"# Model card: {_md(audit.run_name)}",
         "",
         f"Audit verdict: **{audit.verdict.upper()}** (run `{audit.run_id}`, {audit.created}).",
+        *(f"- {_md(r)}" for r in audit.verdict_reasons),
         "",
         _review_line(audit),
         "",
@@ -329,11 +342,13 @@ def model_card(audit: AuditDocument) -> str:
         "## Caveats",
         f"- Groups with fewer than {cfg.audit.min_group_size} test rows are reported but not gated; "
         "their rates are too noisy to judge.",
-        f"- Intervals are {audit.ci_level:.0%} percentile bootstrap intervals ({audit.n_boot} resamples, "
-        "stratified by group); the gate uses Bonferroni-widened intervals when configured (see each finding)."
+        f"- Intervals are {audit.ci_level:.0%} bootstrap intervals ({audit.n_boot} resamples, stratified by group; "
+        "for disparities widened toward the estimate's upward bias); the gate uses Bonferroni-widened intervals "
+        "when configured (see each finding)."
         if audit.ci_level else "- Point estimates only: differences of a few points may be noise.",
         f"- Groups with fewer than {cfg.audit.suppress_below} test rows are suppressed "
-        "(no counts or rates shown) so that no individual can be singled out.",
+        "(no counts or rates shown) so that no individual can be singled out, with as many other groups as it "
+        "takes that none can be recovered by subtracting published counts (complementary suppression).",
         "- Fairness metrics are computed on the test split of the same data source; they say nothing about "
         "populations or time periods the data does not cover. See the dataset's datasheet for known issues.",
         "",

@@ -67,6 +67,19 @@ class StageTimer:
 
 
 @dataclass(frozen=True)
+class _Rows:
+    """What the audit judged: which rows of the data file, encoded how, and how many trained the model."""
+
+    encoder: object  # data.Encoder
+    feature_columns: list[str]
+    n_inputs: int
+    train_rows: int  # 0 in audit mode
+    judged: object  # np.ndarray: sorted 0-based file row numbers of the test split, or of every audited row
+    artifact: str  # outputs.TEST_ROWS or outputs.AUDITED_ROWS
+    unseen_categories: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class _Session:
     """What both commands settle before the MLflow run starts."""
 
@@ -110,8 +123,11 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                      "dropout": cfg.model.dropout, "parameters": sum(p.numel() for p in seeds[0].train.model.parameters())}
             return seeds, remedies, model, seeds[0].train.model
 
-        return _audited_run(session, audited, timer, encoder=split.encoder, rows=(split.y_train, split.y_test),
-                            feature_columns=split.feature_columns, n_inputs=split.x_train.shape[1])
+        from pipeline import outputs
+
+        judged = _Rows(split.encoder, split.feature_columns, split.x_train.shape[1], len(split.y_train),
+                       split.test_rows, outputs.TEST_ROWS)
+        return _audited_run(session, audited, timer, judged)
 
 
 def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,
@@ -129,6 +145,14 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         raise UserError("audit: give exactly one of --model-uri or --model-module")
     if module is not None and state_dict is None:
         raise UserError("audit: --model-module needs --state-dict (a file saved with torch.save(model.state_dict()))")
+    if module is not None and encoder is None:
+        raise UserError("audit: --model-module needs --encoder: the feature encoding is part of the model and is "
+                        "never re-fitted on the audited rows; use the encoder.json of the run that trained it, its "
+                        "MLflow artifact model_inputs/encoder.json (mlflow artifacts download -r RUN_ID -a "
+                        "model_inputs/encoder.json)")
+    if model_uri is not None and encoder is not None:
+        raise UserError("audit: --encoder goes with --model-module only; a --model-uri model's encoder is read "
+                        "from the run that logged it")
     reports_dir = jobs.writable_dir(Path(reports_dir))
     with jobs.job_lock(reports_dir, config_path, model_uri or module):
         timer = timer or StageTimer()
@@ -149,9 +173,13 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
             net, fitted, model_info = tracking.load_logged_model(model_uri, session.uri)
         else:
             net, model_info = model_mod.load_from_module(module, state_dict)
-            fitted = data.read_encoder(encoder) if encoder else None
+            fitted = data.read_encoder(encoder)
         rows = data.encode_all(table, cfg, fitted, source=str(config_path))
-        model_mod.check_inputs(net, rows.x, source=model_uri or module)
+        if rows.unseen_categories:
+            logger.warning("data: %s has categories the model's encoder has not seen (encoded as all-zero one-hot "
+                           "rows); rows per column: %s", table.path,
+                           ", ".join(f"{col} {n}" for col, n in rows.unseen_categories.items()))
+        model_mod.check_inputs(net, rows.x, source=model_uri or module, feature_names=rows.encoder.feature_names)
         probe = capacity.ReluProbe(net, layers=layers)  # before the run: an untraceable model leaves no run behind
         timer.lap("imports")
 
@@ -159,9 +187,12 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
             seed = _evaluate_model(net, cfg, rows.x, rows.y, rows.s, timer, probe=probe, run_id=run_id, x_train=None)
             return [seed], (), model_info, None
 
+        from pipeline import outputs
+
         tags = {f"audited_model.{k}": str(v) for k, v in model_info.items() if v is not None}
-        return _audited_run(session, audited, timer, encoder=rows.encoder, rows=((), rows.y),
-                            feature_columns=rows.feature_columns, n_inputs=rows.x.shape[1], extra_tags=tags)
+        judged = _Rows(rows.encoder, rows.feature_columns, rows.x.shape[1], 0, rows.rows, outputs.AUDITED_ROWS,
+                       rows.unseen_categories)
+        return _audited_run(session, audited, timer, judged, extra_tags=tags)
 
 
 def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baseline: str | None,
@@ -177,8 +208,8 @@ def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baselin
     return _Session(cfg, table, run_name, uri, intended, not_logged, baseline, base, reports_dir)
 
 
-def _audited_run(s: _Session, audited: Callable, timer: StageTimer, *, encoder, rows, feature_columns,
-                 n_inputs: int, extra_tags: dict[str, str] | None = None) -> RunResult:
+def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows, *,
+                 extra_tags: dict[str, str] | None = None) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it."""
     from pipeline import document, policy, report, tracking
 
@@ -193,10 +224,11 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, *, encoder, 
                                 seed_ranges={k: st.range for k, st in summary.metrics.items() if summary.spread(k)},
                                 group_capacity=primary.group_capacity, baseline=s.baseline,
                                 measured_on="the training data" if trained is not None else "the audited rows")
-        verdict = policy.verdict(findings, inconclusive_fails=cfg.policy.inconclusive_fails)
-        dataset = document.DatasetInfo.of(table, cfg.dataset, train_rows=len(rows[0]), test_rows=len(rows[1]),
-                                          feature_columns=feature_columns, n_model_inputs=n_inputs)
-        doc = document.build(seeds, findings, verdict, cfg=cfg, dataset=dataset, run_id=parent.info.run_id,
+        verdict, reasons = policy.decide(findings, features=cfg.dataset.sensitive_features)
+        dataset = document.DatasetInfo.of(table, cfg.dataset, train_rows=rows.train_rows, test_rows=len(rows.judged),
+                                          feature_columns=rows.feature_columns, n_model_inputs=rows.n_inputs,
+                                          unseen_categories=rows.unseen_categories)
+        doc = document.build(seeds, findings, verdict, reasons=reasons, cfg=cfg, dataset=dataset, run_id=parent.info.run_id,
                              run_name=s.run_name, tracking_uri=s.uri, versions=tracking.package_versions(),
                              model=model_info, summary=summary, remedies=remedies,
                              baseline=document.BaselineSummary.of(s.baseline_spec, s.baseline, findings))
@@ -205,25 +237,27 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, *, encoder, 
 
         out_dir = s.reports_dir / parent.info.run_id
         outputs.write_reports(doc, out_dir)
+        outputs.write_rows(out_dir / rows.artifact, rows.judged)  # which file rows were judged, for recomputing
         timer.lap("report")
-        tracking.log_audit(doc, primary, trained, encoder, table, out_dir, description=report.run_description(doc),
+        tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir, description=report.run_description(doc),
                            extra_tags=extra_tags)
         timer.lap("mlflow_logging")
 
     logger.info("seconds by stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in timer.seconds.items()))
-    exit_code = EXIT_PASS if verdict == "pass" else EXIT_FAIL
+    passed = verdict == "pass" or (verdict == "inconclusive" and not cfg.policy.inconclusive_fails)
+    exit_code = EXIT_PASS if passed else EXIT_FAIL
     if s.not_logged:
         jobs.not_logged_marker(out_dir, intended=s.intended, reason=s.not_logged, local=s.uri)
         logger.error("%s: the audit is complete in %s; log it later with: python -m pipeline push %s "
                      "--tracking-uri %s", s.not_logged, out_dir, out_dir, s.intended)
         exit_code = EXIT_NOT_LOGGED
-    failing = {"fail", "inconclusive"} if cfg.policy.inconclusive_fails else {"fail"}
     return RunResult(
         run_id=parent.info.run_id, run_name=s.run_name, verdict=verdict, exit_code=exit_code, not_logged=s.not_logged,
         audit_json=(out_dir / outputs.AUDIT_JSON).resolve(), report_html=(out_dir / outputs.REPORT_HTML).resolve(),
         tracking_uri=s.uri, experiment_id=parent.info.experiment_id,
-        failed_findings=[f.id for f in findings if f.status in failing],
-        inconclusive_findings=[f.id for f in findings if f.status == "inconclusive"], seconds=timer.seconds)
+        failed_findings=[f.id for f in findings if f.status == "fail"],
+        inconclusive_findings=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
+        seconds=timer.seconds)
 
 
 def _train_and_audit(cfg, split, seed: int, timer: StageTimer, progress: Progress | None, *,

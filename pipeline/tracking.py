@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import config as config_mod
 from pipeline import vocabulary as vocab
-from pipeline.document import AuditDocument, ReviewEntry, SeedAudit
+from pipeline.document import SCHEMA_VERSION, AuditDocument, ReviewEntry, SeedAudit
 from pipeline.errors import Interrupted, UserError
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
 
     cfg = doc.config
     # The model first: MLflow 3 links a logged model to the run's metrics, and reads each one's history.
-    model_info = _log_model(model, doc.dataset.n_model_inputs) if model is not None else None
+    model_info = _log_model(model, encoder.feature_names) if model is not None else None
     mlflow.log_dict(encoder.to_dict(), "model_inputs/encoder.json")
     mlflow.log_params(config_mod.flatten(cfg))
     # Every audit number, and the audited model's training curve as step metrics, in one batch.
@@ -197,10 +197,10 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     for view, rows in doc.groups.items():
         mlflow.log_table(pd.DataFrame([r.to_json() for r in rows]),
                          artifact_file=f"fairness/groups_{vocab.artifact_key(view)}.json")
-    # The dataset by reference: name, source path, digest, schema and row count; never its rows.
+    # The dataset by reference: name, absolute source path, digest, schema and row count; never its rows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hints on source resolution and int columns
-        dataset = mlflow.data.from_pandas(table.frame, source=table.path, name=table.name,
+        dataset = mlflow.data.from_pandas(table.frame, source=str(Path(table.path).resolve()), name=table.name,
                                           targets=cfg.dataset.target, digest=table.sha256[:20])
         dataset.__dict__["schema"] = dataset_schema(table.frame)  # fills MLflow's cached_property
         _log_input(dataset)
@@ -233,7 +233,8 @@ def register(model_uri: str, name: str, doc: AuditDocument, alias: str) -> str:
         client.set_registered_model_alias(name, alias, version)
         logger.info("registry: %s version %s registered and aliased '%s'", name, version, alias)
     else:
-        logger.info("registry: %s version %s registered; alias '%s' not moved (verdict fail)", name, version, alias)
+        logger.info("registry: %s version %s registered; alias '%s' not moved (verdict %s)", name, version, alias,
+                    doc.verdict)
     return str(version)
 
 
@@ -268,25 +269,34 @@ def dataset_schema(frame):
     return _infer_schema(pd.concat(rows))
 
 
-def _log_model(model, n_features: int):
-    """The audited network in the 'pt2' graph format (no pickle), with a signature.
+def _log_model(model, feature_names: list[str]):
+    """The audited network in the 'pt2' graph format (no pickle), with a signature naming its inputs.
 
     The input example is all zeros (mean numeric values, no category), so no
     person's row is stored with the model.
+
+    MLflow exports 'pt2' only from a tensor signature, so the model is logged with one and
+    then given the named signature: one float32 column per encoder feature, in input order.
+    ``mlflow.pytorch.load_model`` ignores signatures (the module takes a float32 array);
+    MLflow's pyfunc then expects a DataFrame with these column names.
     """
     import mlflow.pytorch
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature, set_signature
+    from mlflow.types import ColSpec, Schema
 
-    example = np.zeros((2, n_features), dtype=np.float32)
+    example = np.zeros((2, len(feature_names)), dtype=np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     requirements = [f"torch=={metadata.version('torch').split('+')[0]}", f"mlflow=={metadata.version('mlflow')}"]
+    tensors = infer_signature(example, output)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns does not apply
-        return mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
-                                        input_example=example, serialization_format="pt2",
-                                        pip_requirements=requirements)
+        info = mlflow.pytorch.log_model(model, name="model", signature=tensors, input_example=example,
+                                        serialization_format="pt2", pip_requirements=requirements)
+    named = ModelSignature(inputs=Schema([ColSpec("float", name) for name in feature_names]), outputs=tensors.outputs)
+    set_signature(info.model_uri, named)
+    return info
 
 
 def load_logged_model(model_uri: str, tracking_uri: str):
@@ -318,6 +328,11 @@ def load_logged_model(model_uri: str, tracking_uri: str):
     except MlflowException as err:
         raise UserError(f"--model-uri: run {info.run_id} has no model_inputs/encoder.json; was it logged by "
                         "this pipeline?") from err
+    inputs = info.signature.inputs if info.signature is not None else None
+    if inputs is not None and not inputs.is_tensor_spec() and inputs.input_names() != encoder.feature_names:
+        # Models logged before the signature named its inputs have a tensor signature: nothing to compare.
+        raise UserError(f"--model-uri: the signature of '{model_uri}' names inputs {', '.join(inputs.input_names())}; "
+                        f"its run's model_inputs/encoder.json gives {', '.join(encoder.feature_names)}")
     audited = {"uri": model_uri, "model_id": getattr(info, "model_id", None), "source_run_id": info.run_id,
                "name": None, "version": None}
     if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
@@ -400,7 +415,8 @@ def find_baseline(spec: str, experiment_id: str) -> AuditDocument | None:
     """The audit of the baseline: ``last-pass`` (newest passing audit of the experiment) or a run id."""
     client = MlflowClient()
     if spec == "last-pass":
-        runs = client.search_runs([experiment_id], "tags.verdict = 'pass' and attributes.status = 'FINISHED'",
+        runs = client.search_runs([experiment_id], "tags.verdict = 'pass' and attributes.status = 'FINISHED' and "
+                                  f"tags.schema_version = '{SCHEMA_VERSION}'",
                                   order_by=["attributes.start_time DESC"], max_results=20)
         if not runs:
             logger.info("baseline: no earlier passing audit in this experiment; nothing to compare")

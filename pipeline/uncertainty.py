@@ -143,12 +143,31 @@ def bootstrap_counts(counts: np.ndarray, *, n_boot: int, rng: np.random.Generato
     return out
 
 
-def interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval over the first axis, ignoring NaN replicates; NaN when all are NaN."""
+def interval(samples: np.ndarray, level: float, *,
+             point: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap interval over the first axis, ignoring NaN replicates; NaN when all are NaN.
+
+    Without ``point``: the percentile interval, quantiles (1 - level)/2 and (1 + level)/2.
+
+    With ``point`` (the estimate on the data): the smallest interval that holds both the
+    percentile interval (q_lo, q_hi) and the basic interval (2 point - q_hi, 2 point - q_lo).
+    Disparities use it. A max-minus-min over groups is biased upward (a noisy small group
+    pushes the max up or the min down), and its replicates are biased upward again around
+    the estimate, so the percentile interval sits too high: with a 30-row group it covered a
+    true gap of 0.058 in 77% of simulated audits, not 95%. The basic interval reflects that
+    shift down; the percentile upper end stays, since the basic upper end falls short when
+    the bias is small. The result always contains the estimate, and for a statistic whose
+    replicates are symmetric about it (a single rate on many rows) it is the percentile
+    interval. Coverage measured in tests/test_coverage.py and the README. An undefined
+    ``point`` (NaN) gives NaN.
+    """
     alpha = (1.0 - level) / 2.0
     with np.errstate(all="ignore"), _quiet():
         low, high = np.nanquantile(samples, [alpha, 1.0 - alpha], axis=0)
-    return low, high
+    if point is None:
+        return low, high
+    point = np.asarray(point, dtype=np.float64)
+    return np.minimum(low, 2.0 * point - high), np.maximum(high, 2.0 * point - low)
 
 
 def row_weights(strata: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:

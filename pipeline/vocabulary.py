@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import re
 import typing
+from dataclasses import dataclass
 from typing import Literal
 
 FindingStatus = Literal["pass", "fail", "inconclusive", "not_evaluated"]
 FINDING_STATUSES: tuple[FindingStatus, ...] = typing.get_args(FindingStatus)
 GroupStatus = Literal["ok", "insufficient_data", "suppressed"]
-Verdict = Literal["pass", "fail"]
+Verdict = Literal["pass", "fail", "inconclusive"]
 Mode = Literal["run", "audit"]  # trained and audited here, or an existing model audited
 Comparison = Literal["<=", ">="]
 CapacitySplit = Literal["train", "test"]  # in audit mode, "test" holds the audited rows
 UnitKind = Literal["dead", "dormant", "rare"]
 Check = Literal["accuracy", "demographic_parity_difference", "demographic_parity_ratio",
                 "equalized_odds_difference", "dead_fraction", "dormant_fraction", "capacity_share_gap"]
+FAIRNESS_CHECKS: tuple[Check, ...] = ("demographic_parity_difference", "demographic_parity_ratio",
+                                      "equalized_odds_difference")
 
 # The rates that enter disparities, and the count each is a share of: a group's rate is compared
 # only when that denominator reaches audit.min_group_size (an FPR from 8 negatives is too noisy).
@@ -47,6 +50,19 @@ def finding_id(check: Check, *, view: str | None = None, layer: int | None = Non
     """'accuracy', 'demographic_parity_difference:sex', 'dead_fraction:layer1'."""
     subject = view if view is not None else layer_name(layer) if layer is not None else None
     return check if subject is None else f"{check}:{subject}"
+
+
+@dataclass(frozen=True)
+class CheckRef:
+    """What a check is about: its name, and the view or the layer it judges."""
+
+    check: Check
+    view: str | None = None
+    layer: int | None = None
+
+    @property
+    def id(self) -> str:
+        return finding_id(self.check, view=self.view, layer=self.layer)
 
 
 def regression_id(finding: str) -> str:

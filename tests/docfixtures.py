@@ -303,6 +303,7 @@ def small_document(*, female: str = "female", male: str = "male", **overrides) -
     doc = AuditDocument(
         schema_version=SCHEMA_VERSION, run_id=RUN_ID, run_name="german-mlp16x8-functional-relu-20260101-120000",
         created="2026-01-01T12:00:00+00:00", mode="run", verdict="fail", findings=findings,
+        verdict_reasons=("3 check(s) failed.",),
         overall=dict(OVERALL), ci_level=0.95, n_boot=1000, groups=_group_rows(female, male), empty_groups={},
         disparities=_disparities(female, male), calibration=_calibration(female, male),
         capacity=CapacitySection(
@@ -329,7 +330,8 @@ def small_document(*, female: str = "female", male: str = "male", **overrides) -
             name="german", path="data/german.csv.gz", sha256="c0ffee" * 10 + "abcd", rows=1093, rows_used=1093,
             rows_dropped_missing=0, missing_by_column={"savings": 12}, train_rows=765, test_rows=328,
             target="credit_risk", positive_label="good", sensitive_features=["sex", "age_group"],
-            sensitive_as_input=False, feature_columns=["month", "credit_amount", "savings"], n_model_inputs=9),
+            sensitive_as_input=False, feature_columns=["month", "credit_amount", "savings"], n_model_inputs=9,
+            unseen_categories={}),
         model={"architecture": "ReLUMLP", "hidden_sizes": [16, 8], "relu": "functional", "dropout": 0.0,
                "parameters": 305},  # 9*16+16 + 16*8+8 + 8+1,
         config=config(),

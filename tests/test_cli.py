@@ -59,7 +59,7 @@ def test_pass_exits_0_with_json_summary(passed):
     assert summary["verdict"] == "pass" and summary["exit_code"] == 0
     assert summary["audit_json"].startswith("/") and summary["report_html"].startswith("/")
     audit = json.loads(open(summary["audit_json"]).read())
-    assert audit["schema_version"] == 1 and audit["run_id"] == summary["run_id"]
+    assert audit["schema_version"] == 2 and audit["run_id"] == summary["run_id"]
     for key in ("run_id", "verdict", "findings", "overall", "groups", "disparities", "capacity", "dataset", "config"):
         assert key in audit
     sha = hashlib.sha256((ROOT / "data/german.csv.gz").read_bytes()).hexdigest()

@@ -510,7 +510,7 @@ def test_raw_uci_layout_with_spaces_after_commas(tmp_path):
     assert frame["capital_gain"].tolist() == [2174, 0, 0, 0, 0, 0, 0, 14084, 0, 5178]
     # The positive label '>50K' matches ' >50K' as written: four rows (4, 7, 8, 10).
     assert set(frame["income"]) == {"<=50K", ">50K"}
-    rows = data.encode_all(table, cfg, None, source=SOURCE)
+    rows = data.encode_all(table, cfg, data.fit_encoder(frame.drop(columns=["income", "sex", "race"])), source=SOURCE)
     assert rows.y.tolist() == [0, 0, 0, 1, 0, 0, 1, 1, 0, 1]
     assert rows.s["sex"].tolist() == ["Male"] * 4 + ["Female"] * 2 + ["Male"] + ["Female"] * 2 + ["Male"]
     assert rows.encoder.categorical["workclass"] == ("(missing)", "Private", "Self-emp-not-inc", "State-gov")

@@ -42,7 +42,8 @@ def test_json_round_trip(build):
 
 def test_json_of_the_run_document_by_hand():
     raw = small_document().to_json()
-    assert raw["schema_version"] == 1 and raw["mode"] == "run" and raw["verdict"] == "fail"
+    assert raw["schema_version"] == 2 and raw["mode"] == "run" and raw["verdict"] == "fail"
+    assert raw["verdict_reasons"] == ["3 check(s) failed."]
     assert raw["capacity"]["layers"][0]["train"] == {"dead": 2, "dead_fraction": 0.125, "dormant": 4,
                                                      "dormant_fraction": 0.25, "rare": 3, "rare_fraction": 0.1875}
     assert raw["capacity"]["layers"][0]["test"] == {"dead": 1, "dead_fraction": 0.0625, "dormant": 2,
@@ -74,7 +75,8 @@ def test_json_of_the_audit_mode_document_by_hand():
 MISSING = object()
 
 
-@pytest.mark.parametrize("found", [2, MISSING, "1", 0, None], ids=["2", "missing", "text", "0", "null"])
+@pytest.mark.parametrize("found", [1, 3, MISSING, "2", 2.0, True, None], ids=["1", "3", "missing", "text", "float", "bool",
+                                                                       "null"])
 def test_from_json_refuses_another_schema_version(found):
     raw = small_document().to_json()
     if found is MISSING:
@@ -82,13 +84,13 @@ def test_from_json_refuses_another_schema_version(found):
     else:
         raw["schema_version"] = found
     shown = None if found is MISSING else found
-    expected = document._MSG_SCHEMA.format(source=SOURCE, found=shown, expected=1)
+    expected = document._MSG_SCHEMA.format(source=SOURCE, found=shown, expected=2)
     with pytest.raises(UserError, match=f"^{re.escape(expected)}$") as info:
         AuditDocument.from_json(raw, source=SOURCE)
     message = str(info.value)
-    assert message.startswith(f"{SOURCE}: schema_version {shown!r}; expected 1")
-    if found == "1":
-        assert "schema_version '1';" in message  # text, not the number: the message says which
+    assert message.startswith(f"{SOURCE}: schema_version {shown!r}; expected 2")
+    if found == "2":
+        assert "schema_version '2';" in message  # text, not the number: the message says which
 
 
 @pytest.mark.parametrize(("raw", "kind"), [([], "list"), ("audit", "str"), (None, "NoneType"), (1, "int")])

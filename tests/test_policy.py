@@ -227,7 +227,7 @@ def test_undefined_value_is_not_evaluated_and_does_not_fail():
         assert f.value is None and f.passed is None
         assert "'age_group'" in f.message and "not evaluated" in f.message
         assert f.to_json()["passed"] is None and f.to_json()["value"] is None
-    assert policy.verdict(findings) == "pass"
+    assert policy.verdict(findings) == "inconclusive"  # a check that could not be evaluated is never a pass
 
 
 def test_nan_next_to_a_real_failure_still_fails():
@@ -250,10 +250,11 @@ def _f(status):
 @pytest.mark.parametrize(
     ("statuses", "expected"),
     [
-        ([], "pass"),
+        ([], "pass"),  # no sensitive feature named here: see test_uncertainty for the feature rule
         (["pass"], "pass"),
-        (["not_evaluated"], "pass"),
-        (["pass", "not_evaluated", "pass"], "pass"),
+        (["not_evaluated"], "inconclusive"),
+        (["pass", "not_evaluated", "pass"], "inconclusive"),
+        (["pass", "inconclusive"], "inconclusive"),
         (["fail"], "fail"),
         (["pass", "pass", "fail"], "fail"),
         (["not_evaluated", "fail"], "fail"),
@@ -282,6 +283,10 @@ def test_finding_to_json_and_back():
         "seed_sensitive": False,
         "metric": None,
         "regression_of": None,
+        "check": None,
+        "view": None,
+        "layer": None,
+        "rows_to_decide": None,
         "passed": False,
     }
     assert policy.Finding("accuracy", "pass", 0.8, 0.75, ">=", "m").passed is True
@@ -359,3 +364,40 @@ def test_capacity_share_gap_compares_every_eligible_group():
     (f,) = policy.judge(only(max_capacity_share_gap=0.10), ev, [], group_capacity=group_capacity)
     assert (f.status, f.value) == ("fail", 0.875)
     assert "hidden layer 2 (acts.1) the units alive for 'C' are 12% of the units" in f.message
+
+
+# --- how much data would decide an inconclusive check ------------------------------------------------
+
+
+def _gated(value: float, replicates: np.ndarray, *, count_male=400, count_female=100) -> Evaluation:
+    """Selection-rate gap by sex with bootstrap replicates; the two groups' sizes in the group table."""
+    table = pd.DataFrame({"group": ["Female", "Male"], "count": [count_female, count_male]})
+    return Evaluation(overall={"accuracy": 0.9, "count": 500.0}, groups={"sex": table},
+                      disparities={"sex": gaps(dpd=value)}, samples={"sex": {"demographic_parity_difference": replicates}},
+                      ci_level=0.95)
+
+
+@pytest.mark.parametrize(("value", "center"), [(0.07, 0.07), (0.13, 0.13)], ids=["passing_side", "failing_side"])
+def test_rows_to_decide_an_inconclusive_disparity(value, center):
+    # Replicates spread evenly over center +- 0.06: the 95% interval straddles the 0.10 threshold.
+    replicates = center + np.linspace(-0.06, 0.06, 2001)
+    (f,) = policy.judge(only(max_demographic_parity_difference=0.10, multiple_comparisons="none"),
+                        _gated(value, replicates), [])
+    assert f.status == "inconclusive" and f.ci_low < 0.10 < f.ci_high
+    # By hand: the bound facing the threshold must move to it; the half-width shrinks as 1/sqrt(rows).
+    half = (f.ci_high - value) if value < 0.10 else (value - f.ci_low)
+    factor = (half / abs(value - 0.10)) ** 2
+    assert factor > 1
+    assert f.rows_to_decide == {"Male": math.ceil(400 * factor), "Female": math.ceil(100 * factor)}
+    assert "test rows for 'Male'" in f.message and "(now 400, 100)" in f.message
+
+
+def test_rows_to_decide_only_for_inconclusive_findings():
+    passing = policy.judge(only(max_demographic_parity_difference=0.10, multiple_comparisons="none"),
+                           _gated(0.05, 0.05 + np.linspace(-0.01, 0.01, 501)), [])
+    on_threshold = policy.judge(only(max_demographic_parity_difference=0.10, multiple_comparisons="none"),
+                                _gated(0.10, 0.10 + np.linspace(-0.05, 0.05, 501)), [])
+    assert passing[0].status == "pass" and passing[0].rows_to_decide is None
+    # A value on the threshold: no sample size decides it, and the finding says nothing it cannot back.
+    assert on_threshold[0].status == "inconclusive" and on_threshold[0].rows_to_decide is None
+    assert "would likely decide" not in on_threshold[0].message
