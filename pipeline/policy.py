@@ -113,9 +113,9 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth
                         f"to the threshold: the outcome of this check depends on the seed.")
         needed = _rows_to_decide(c, float(low), float(high)) if status == "inconclusive" else None
         if needed:
-            message += (" At the observed value, about " + ", ".join(f"{n:,} test rows for '{g}'" for g, n in
-                                                                     needed.items())
-                        + f" (now {', '.join(f'{c.sizes[g]:,}' for g in needed)}) would likely decide this check.")
+            message += (" At the observed value, about " + ", ".join(
+                f"{n:,} test rows" + ("" if g == EVERYONE else f" for '{g}'") for g, n in needed.items())
+                + f" (now {', '.join(f'{c.sizes[g]:,}' for g in needed)}) would likely decide this check.")
         findings.append(Finding(
             id=c.id, status=status, value=_clean(c.value), threshold=c.threshold, comparison=c.comparison,
             message=message, judged_on="interval" if interval else "point",
@@ -165,8 +165,8 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
         samples = evaluation.samples.get(feature, {})
         dpd, dpr, eod = (gaps["demographic_parity_difference"], gaps["demographic_parity_ratio"],
                          gaps["equalized_odds_difference"])
-        undefined = (f"Fewer than two groups of '{feature}' have enough rows (and, for error rates, "
-                     "both outcomes) to compare, so this check was not evaluated.")
+        undefined = (f"Fewer than two groups of '{feature}' have enough rows (and, for error rates, enough "
+                     "positives and negatives) to compare, so this check was not evaluated.")
         if policy.max_demographic_parity_difference is not None:
             t = policy.max_demographic_parity_difference
             gap = _pp(dpd.value)
@@ -316,9 +316,12 @@ def _baseline_checks(policy: PolicyConfig, evaluation: Evaluation, layers: list[
     return checks
 
 
+EVERYONE = "everyone"  # rows_to_decide of a check on all rows (accuracy)
+
+
 def _everyone(evaluation: Evaluation) -> dict[str, int] | None:
     count = evaluation.overall.get("count")
-    return None if count is None or math.isnan(count) else {"everyone": int(count)}
+    return None if count is None or math.isnan(count) else {EVERYONE: int(count)}
 
 
 def _sizes(evaluation: Evaluation, view: str, gap) -> dict[str, int] | None:
