@@ -102,11 +102,15 @@ def _finish(summary: dict, code: int, as_json: bool) -> None:
 @cli.command()
 @click.option("--config", "config_path", default="configs/adult.yaml", show_default=True,
               help="YAML config naming the data, model, training, policy and tracking.")
+@click.option("--register-recommended", is_flag=True,
+              help="With mitigation enabled: register the recommended candidate as a new model version.")
 @_audit_outputs
-def run(config_path: str, tracking_uri: str | None, reports_dir: str, baseline: str | None, as_json: bool) -> None:
-    """Train, audit, gate and log one model. Exit 0 pass, 1 policy fail, 2 bad input."""
+def run(config_path: str, register_recommended: bool, tracking_uri: str | None, reports_dir: str,
+        baseline: str | None, as_json: bool) -> None:
+    """Train, audit, gate and log one model. Exit 0 pass, 1 fail or inconclusive, 2 bad input."""
     _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir,
-                                       baseline=baseline, progress=_progress), as_json)
+                                       baseline=baseline, progress=_progress,
+                                       register_recommended=register_recommended), as_json)
 
 
 def _execute(call, as_json: bool) -> None:

@@ -124,6 +124,26 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class MitigationConfig:
+    """What-if mitigation when fairness is at stake: candidates measured with the same gate (README: Mitigation)."""
+
+    enabled: bool = False
+    feature: str | None = None  # the sensitive feature to mitigate for; default: the first of dataset.sensitive_features
+    methods: tuple[Literal["threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing"], ...] = (
+        "threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing")
+    constraints: tuple[Literal["demographic_parity", "equalized_odds", "equal_opportunity"], ...] = field(
+        default=("demographic_parity", "equalized_odds"), metadata=_check(min_items=1))
+    penalty_strengths: tuple[float, ...] = field(default=(1.0, 4.0), metadata=_check(gt=0))  # fairness_penalty grid
+    validation_fraction: float = field(default=0.2, metadata=_check(gt=0, lt=1))  # of training rows, for post-processing
+    reductions_max_iter: int = field(default=10, metadata=_check(ge=1))  # exponentiated_gradient iterations
+    reductions_eps: float = field(default=0.02, metadata=_check(gt=0))  # its allowed constraint violation
+    epochs: int | None = field(default=None, metadata=_check(ge=1))  # candidates' training epochs; null: training.epochs
+    # Candidates that use the sensitive attribute at decision time (threshold_optimizer) are shown but
+    # never recommended unless this is true: such decisions are unlawful disparate treatment in many settings.
+    allow_group_aware_decisions: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig
     split: SplitConfig = SplitConfig()
@@ -132,6 +152,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     policy: PolicyConfig = PolicyConfig()
     tracking: TrackingConfig = TrackingConfig()
+    mitigation: MitigationConfig = MitigationConfig()
 
 
 def load(path: str | Path) -> tuple[Config, dict]:
@@ -162,6 +183,10 @@ def load(path: str | Path) -> tuple[Config, dict]:
 def from_dict(raw: object, *, source: str = "<config>") -> Config:
     """Validate a plain mapping into a :class:`Config`."""
     cfg = _build(Config, raw, source, prefix="")
+    feature = cfg.mitigation.feature
+    if feature is not None and feature not in cfg.dataset.sensitive_features:
+        raise ConfigError(f"{source}: mitigation.feature: got '{feature}'; expected one of "
+                          f"dataset.sensitive_features: {', '.join(cfg.dataset.sensitive_features)}")
     if cfg.audit.suppress_below > cfg.audit.min_group_size:
         raise ConfigError(
             f"{source}: audit.suppress_below: got {cfg.audit.suppress_below}; expected at most "

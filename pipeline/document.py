@@ -558,6 +558,76 @@ class DatasetInfo(_Record):
                    n_model_inputs=int(n_model_inputs), unseen_categories=dict(unseen_categories or {}))
 
 
+# --- mitigation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One mitigation candidate measured like the audited model (the first one: the unmitigated model)."""
+
+    name: str
+    method: str  # none, threshold_optimizer, exponentiated_gradient, fairness_penalty, reweighing
+    constraint: str | None
+    strength: float | None
+    group_aware: bool  # needs the sensitive attribute at decision time
+    verdict: vocab.Verdict
+    accuracy: float
+    accuracy_ci_low: float | None
+    accuracy_ci_high: float | None
+    accuracy_cost: float  # unmitigated minus this accuracy on the same rows (positive: less accurate)
+    cost_ci_low: float | None
+    cost_ci_high: float | None
+    disparities: dict[str, dict[str, DisparityEntry]]  # view -> gated disparity -> entry
+    dead_fraction: list[float]  # by layer, training rows (for a mixture: the heaviest network)
+    dormant_fraction: list[float]
+    selection_rate: dict[str, float | None]  # mitigated feature: group -> selection rate (published groups)
+    ece: dict[str, float | None]  # mitigated feature: group -> expected calibration error
+    failing: list[str]  # ids of failed findings
+    open: list[str]  # ids of inconclusive or not-evaluated findings
+    pareto: dict[str, bool]  # gated disparity of the mitigated feature -> on the accuracy frontier
+    seconds: float
+    run_id: str | None = None  # its nested MLflow run
+
+    def to_json(self) -> dict:
+        out = {f.name: _clean(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["disparities"] = {v: {k: d.to_json() for k, d in gaps.items()} for v, gaps in self.disparities.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict) -> CandidateResult:
+        return cls(**{**raw, "disparities": {v: {k: DisparityEntry.from_json(d) for k, d in gaps.items()}
+                                             for v, gaps in raw["disparities"].items()}})
+
+
+@dataclass(frozen=True)
+class MitigationSection:
+    """Measured options when fairness is at stake: candidates, their frontier, one recommendation."""
+
+    feature: str  # the sensitive feature the candidates mitigate for
+    allow_group_aware_decisions: bool
+    validation_rows: int  # training rows held out to fit post-processing (never test rows)
+    candidates: tuple[CandidateResult, ...]
+    recommended: str | None  # the candidate's name; None when none passes among those allowed
+    recommendation: str  # one plain sentence
+    closest: str | None  # when none passes: the allowed candidate that came closest
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"feature": self.feature, "allow_group_aware_decisions": self.allow_group_aware_decisions,
+                "validation_rows": self.validation_rows, "candidates": [c.to_json() for c in self.candidates],
+                "recommended": self.recommended, "recommendation": self.recommendation, "closest": self.closest,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> MitigationSection | None:
+        if raw is None:
+            return None
+        return cls(**{**raw, "candidates": tuple(CandidateResult.from_json(c) for c in raw["candidates"])})
+
+    def candidate(self, name: str) -> CandidateResult:
+        return next(c for c in self.candidates if c.name == name)
+
+
 # --- the document --------------------------------------------------------------------------------
 
 
@@ -591,6 +661,7 @@ class AuditDocument:
     review: Review | None = None  # filled by `pipeline review`
     baseline: BaselineSummary | None = None
     metric_names: dict[str, str] = field(default_factory=lambda: dict(vocab.METRIC_NAMES))
+    mitigation: MitigationSection | None = None  # with mitigation.enabled
 
     def counts(self) -> dict[vocab.FindingStatus, int]:
         """How many findings have each status."""
@@ -616,6 +687,7 @@ class AuditDocument:
             "seeds": self.seeds.to_json(), "dataset": self.dataset.to_json(), "model": _clean(self.model),
             "config": to_dict(self.config), "tracking_uri": self.tracking_uri, "versions": dict(self.versions),
             "metric_names": dict(self.metric_names),
+            "mitigation": None if self.mitigation is None else self.mitigation.to_json(),
         }
 
     @classmethod
@@ -644,6 +716,7 @@ class AuditDocument:
                 dataset=DatasetInfo.from_json(raw["dataset"]), model=raw["model"], config=config,
                 tracking_uri=raw["tracking_uri"], versions=raw["versions"], review=Review.from_json(raw["review"]),
                 baseline=BaselineSummary.from_json(raw["baseline"]), metric_names=raw["metric_names"],
+                mitigation=MitigationSection.from_json(raw["mitigation"]),
             )
         except (KeyError, TypeError) as err:
             raise UserError(_MSG_NOT_AN_AUDIT.format(source=source, why=f"{type(err).__name__}: {err}")) from err
@@ -767,7 +840,8 @@ def _training(train: TrainResult) -> TrainingSummary:
 def build(seeds: list[SeedAudit], findings: list[Finding], verdict: vocab.Verdict, *, reasons: list[str], cfg: Config,
           dataset: DatasetInfo, run_id: str, run_name: str, tracking_uri: str, versions: dict[str, str],
           model: dict[str, Any], summary: SeedSummary | None = None, remedies: tuple[Remedy, ...] = (),
-          baseline: BaselineSummary | None = None, created: str | None = None) -> AuditDocument:
+          baseline: BaselineSummary | None = None, created: str | None = None,
+          mitigation: MitigationSection | None = None) -> AuditDocument:
     """The audit document of the first (audited) seed, with the others' spread.
 
     Pure: every value comes from the arguments (``created`` defaults to now).
@@ -812,5 +886,5 @@ def build(seeds: list[SeedAudit], findings: list[Finding], verdict: vocab.Verdic
             measured_on="training and test splits" if train else "the audit data"),
         training=_training(train) if train else None,
         seeds=summary, dataset=dataset, model=model, config=cfg, tracking_uri=tracking_uri, versions=versions,
-        baseline=baseline,
+        baseline=baseline, mitigation=mitigation,
     )

@@ -67,9 +67,13 @@ class Evaluation:
     views: dict[str, list[str]] = field(default_factory=dict)  # audited view -> its sensitive columns
 
 
-def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float) -> dict[str, float]:
-    """Accuracy, balanced accuracy, ROC AUC and log loss on the whole test split."""
-    y_pred = (proba >= threshold).astype(int)
+def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float,
+                    y_pred: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy, balanced accuracy, ROC AUC and log loss on the whole test split.
+
+    ``y_pred``: the decisions, when they are not ``proba >= threshold`` (a post-processed model).
+    """
+    y_pred = (proba >= threshold).astype(int) if y_pred is None else y_pred
     both_classes = len(np.unique(y_true)) == 2
     rates = uncertainty.rates(confusion_counts(y_true, y_pred))
     return {
@@ -170,15 +174,17 @@ def disparities(table: pd.DataFrame) -> dict[str, Disparity]:
 
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, audit: AuditConfig,
-             intersections: bool, bootstrap: bool = True) -> Evaluation:
+             intersections: bool, bootstrap: bool = True, decisions: np.ndarray | None = None) -> Evaluation:
     """The whole fairness evaluation of one model's test predictions.
 
     With ``bootstrap``, every group rate gets a percentile interval and every disparity the
     bias-aware interval of ``uncertainty.interval(..., point=)``, from
     ``audit.n_boot`` stratified count resamples, and each group's ROC AUC, expected
     calibration error and Brier score one from row resamples (seeded: ``audit.bootstrap_seed``).
+    ``decisions``: the 0/1 decisions when they are not ``proba >= audit.decision_threshold``
+    (a mitigation candidate that post-processes the scores); ``proba`` still scores AUC and calibration.
     """
-    y_pred = (proba >= audit.decision_threshold).astype(int)
+    y_pred = (proba >= audit.decision_threshold).astype(int) if decisions is None else np.asarray(decisions, int)
     y_true = y_true.astype(int)
     audited = {name: [name] for name in sensitive.columns}
     if intersections and sensitive.shape[1] > 1:
@@ -190,7 +196,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
         strata = np.unique(strata, axis=0, return_inverse=True)[1].ravel()
         weights = np.vstack([np.ones((1, len(y_true)), dtype=np.float32),  # row 0: the point estimate
                              uncertainty.row_weights(strata, n_boot=audit.n_boot, rng=rng)])
-    overall = overall_metrics(y_true, proba, threshold=audit.decision_threshold)
+    overall = overall_metrics(y_true, proba, threshold=audit.decision_threshold, y_pred=y_pred)
     groups, gaps, samples, empty, bins = {}, {}, {}, {}, {}
     # Disclosure control needs every view's counts at once: a withheld intersection cell could
     # otherwise be recovered as its published margin minus its published siblings.

@@ -133,6 +133,9 @@ def plots(audit: AuditDocument) -> dict[str, bytes]:
             ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         images["remedies.png"] = _png(fig)
 
+    if audit.mitigation is not None:
+        images.update(frontier_plots(audit))
+
     history = audit.training.history if audit.training else ()
     if history:
         fig, ax = _axes(7, 3)
@@ -144,6 +147,46 @@ def plots(audit: AuditDocument) -> dict[str, bytes]:
         ax.set_title("Training")
         ax.legend(fontsize=8)
         images["training.png"] = _png(fig)
+    return images
+
+
+_VERDICT_COLOURS = {"pass": "#1a7f37", "fail": "#b42318", "inconclusive": "#9a6700"}
+
+
+def frontier_plots(audit: AuditDocument) -> dict[str, bytes]:
+    """Per gated disparity of the mitigated feature: accuracy against the disparity, both with intervals,
+    the policy threshold, the unmitigated model marked, the frontier joined, each point coloured by verdict."""
+    m, policy = audit.mitigation, audit.config.policy
+    thresholds = {"demographic_parity_difference": policy.max_demographic_parity_difference,
+                  "demographic_parity_ratio": policy.min_demographic_parity_ratio,
+                  "equalized_odds_difference": policy.max_equalized_odds_difference}
+    images = {}
+    for index, (name, threshold) in enumerate(thresholds.items(), start=1):
+        points = [(c, c.disparities[m.feature][name]) for c in m.candidates if m.feature in c.disparities]
+        points = [(c, d) for c, d in points if d.value is not None]
+        if not points:
+            continue
+        fig, ax = _axes(7, 4.2)
+        for c, d in points:
+            xerr = None if d.ci_low is None else [[max(d.value - d.ci_low, 0)], [max(d.ci_high - d.value, 0)]]
+            yerr = None if c.accuracy_ci_low is None else [[max(c.accuracy - c.accuracy_ci_low, 0)],
+                                                           [max(c.accuracy_ci_high - c.accuracy, 0)]]
+            ax.errorbar([d.value], [c.accuracy], xerr=xerr, yerr=yerr, fmt="*" if c.method == "none" else "o",
+                        markersize=12 if c.method == "none" else 6, color=_VERDICT_COLOURS[c.verdict],
+                        elinewidth=0.7, capsize=2)
+            ax.annotate(_short(c.name, 30) + (" (group-aware)" if c.group_aware else ""), (d.value, c.accuracy),
+                        fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+        front = sorted((d.value, c.accuracy) for c, d in points if c.pareto.get(name))
+        if len(front) > 1:
+            ax.plot(*zip(*front), color="grey", linewidth=0.8, linestyle="-", zorder=0)
+        if threshold is not None:
+            ax.axvline(threshold, color="black", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(f"{name.replace('_', ' ')} by {m.feature} (bars: {audit.ci_level or 0.95:.0%} intervals; "
+                      f"dashed: policy)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"Mitigation candidates: accuracy against {name.replace('_', ' ')} "
+                     "(green pass, red fail, amber inconclusive; star: unmitigated)", fontsize=8)
+        images[f"mitigation_{index}.png"] = _png(fig)
     return images
 
 
@@ -231,6 +274,7 @@ def render_html(audit: AuditDocument, images: dict[str, bytes]) -> str:
         rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
         fairness_images=[n for n in inline if n.startswith("fairness_")],
         calibration_images=[n for n in inline if n.startswith("calibration_")],
+        mitigation_images=[n for n in inline if n.startswith("mitigation_")],
         remedy_text=remedy_summary(audit.capacity.remedies),
         config_yaml=yaml.safe_dump(to_dict(audit.config), sort_keys=False), counts=audit.counts(),
     )
@@ -246,6 +290,8 @@ def run_description(audit: AuditDocument) -> str:
                  f"{len(skipped)} not evaluated.")
     if audit.verdict_reasons:
         lines += ["", *(f"- {_md(r)}" for r in audit.verdict_reasons)]
+    if audit.mitigation is not None:
+        lines += ["", "### Mitigation", _md(audit.mitigation.recommendation)]
     if failed:
         lines += ["", "### Failed checks"] + [f"- {_md(f.message)}" for f in failed]
     if unsure:
@@ -329,6 +375,8 @@ def model_card(audit: AuditDocument) -> str:
         "",
         "## Fairness and capacity findings",
     ]
+    if audit.mitigation is not None:
+        lines[-1:-1] = ["## Mitigation", _md(audit.mitigation.recommendation), ""]
     lines += [f"- **{f.status.replace('_', ' ').upper()}**: {_md(f.message)}" for f in audit.findings]
     seeds = audit.seeds
     if len(seeds.seeds) > 1:

@@ -96,8 +96,12 @@ class _Session:
 
 def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: str | None = None,
         reports_dir: str | Path = "reports", baseline: str | None = None, timer: StageTimer | None = None,
-        progress: Progress | None = None) -> RunResult:
-    """Train, evaluate, check capacity, gate, report and log one audit (under the job's lock)."""
+        progress: Progress | None = None, register_recommended: bool = False) -> RunResult:
+    """Train, evaluate, check capacity, gate, report and log one audit (under the job's lock).
+
+    With ``mitigation.enabled``, mitigation candidates are measured with the same gate;
+    ``register_recommended`` registers the recommended one as a new version of the registered model.
+    """
     reports_dir = jobs.writable_dir(Path(reports_dir))
     with jobs.job_lock(reports_dir, config_path):
         timer = timer or StageTimer()
@@ -123,11 +127,15 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                      "dropout": cfg.model.dropout, "parameters": sum(p.numel() for p in seeds[0].train.model.parameters())}
             return seeds, remedies, model, seeds[0].train.model
 
+        def mitigated(seeds, findings, verdict):
+            return _mitigate(cfg, split, timer, seeds[0], findings, verdict) if cfg.mitigation.enabled else None
+
         from pipeline import outputs
 
         judged = _Rows(split.encoder, split.feature_columns, split.x_train.shape[1], len(split.y_train),
                        split.test_rows, outputs.TEST_ROWS)
-        return _audited_run(session, audited, timer, judged)
+        return _audited_run(session, audited, timer, judged, mitigated=mitigated,
+                            register_recommended=register_recommended)
 
 
 def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,
@@ -209,7 +217,8 @@ def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baselin
 
 
 def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows, *,
-                 extra_tags: dict[str, str] | None = None) -> RunResult:
+                 extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
+                 register_recommended: bool = False) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it."""
     from pipeline import document, policy, report, tracking
 
@@ -225,13 +234,15 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
                                 group_capacity=primary.group_capacity, baseline=s.baseline,
                                 measured_on="the training data" if trained is not None else "the audited rows")
         verdict, reasons = policy.decide(findings, features=cfg.dataset.sensitive_features)
+        mitigation = mitigated(seeds, findings, verdict) if mitigated else None
         dataset = document.DatasetInfo.of(table, cfg.dataset, train_rows=rows.train_rows, test_rows=len(rows.judged),
                                           feature_columns=rows.feature_columns, n_model_inputs=rows.n_inputs,
                                           unseen_categories=rows.unseen_categories)
         doc = document.build(seeds, findings, verdict, reasons=reasons, cfg=cfg, dataset=dataset, run_id=parent.info.run_id,
                              run_name=s.run_name, tracking_uri=s.uri, versions=tracking.package_versions(),
                              model=model_info, summary=summary, remedies=remedies,
-                             baseline=document.BaselineSummary.of(s.baseline_spec, s.baseline, findings))
+                             baseline=document.BaselineSummary.of(s.baseline_spec, s.baseline, findings),
+                             mitigation=mitigation)
         timer.lap("evaluation")
         from pipeline import outputs
 
@@ -241,6 +252,8 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
         timer.lap("report")
         tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir, description=report.run_description(doc),
                            extra_tags=extra_tags)
+        if register_recommended:
+            _register_recommended(doc)
         timer.lap("mlflow_logging")
 
     logger.info("seconds by stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in timer.seconds.items()))
@@ -279,20 +292,22 @@ def _train_and_audit(cfg, split, seed: int, timer: StageTimer, progress: Progres
 
 
 def _evaluate_model(net, cfg, x, y, s, timer: StageTimer, *, x_train, full: bool = True, probe=None,
-                    seed: int | None = None, run_id: str, train=None):
+                    seed: int | None = None, run_id: str, train=None, scores=None, decisions=None):
     """Fairness and capacity of one model on rows ``x`` (and dead units on training rows, when trained here).
 
     ``full``: bootstrap intervals, effective ranks and group-conditional capacity; for the
     audited model. The other seeds only need the point numbers that show the seed spread.
     ``probe``: a ``capacity.ReluProbe`` already built (and so checked) for ``net``.
+    ``scores``/``decisions``: a mitigation candidate's, when they are not the network's own.
     """
     import torch
 
     from pipeline import capacity, fairness, model
     from pipeline.document import SeedAudit
 
-    evaluation = fairness.evaluate(y, model.predict_proba(net, x), s, audit=cfg.audit,
-                                   intersections=cfg.dataset.intersections, bootstrap=full)
+    scores = model.predict_proba(net, x) if scores is None else scores
+    evaluation = fairness.evaluate(y, scores, s, audit=cfg.audit, intersections=cfg.dataset.intersections,
+                                   bootstrap=full, decisions=decisions)
     timer.lap("evaluation")
     probe = probe or capacity.ReluProbe(net)
     health = {"tau": cfg.audit.dormant_tau, "rare_threshold": cfg.audit.rare_threshold}
@@ -323,6 +338,100 @@ def _remedies(cfg, split, timer: StageTimer, audited, progress: Progress | None)
                                    run_name=f"remedy-{name}")
         rows.append(Remedy.of(name, outcome))
     return tuple(rows)
+
+
+def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict):
+    """Every configured mitigation candidate, measured with the same engine and gate; frontier; recommendation."""
+    import numpy as np
+
+    from pipeline import decision, document, mitigation, model, policy, tracking
+
+    started = time.perf_counter()
+    m = cfg.mitigation
+    feature = m.feature or cfg.dataset.sensitive_features[0]
+    candidates, validation = mitigation.build_candidates(
+        split, cfg, primary.train.model, feature=feature, methods=m.methods, constraints=m.constraints,
+        strengths=m.penalty_strengths, seed=cfg.training.seeds[0], validation_fraction=m.validation_fraction,
+        eg_max_iter=m.reductions_max_iter, eg_eps=m.reductions_eps, epochs=m.epochs)
+    timer.lap("mitigation")
+    base = (model.predict_proba(primary.train.model, split.x_test) >= cfg.audit.decision_threshold).astype(int)
+    cost = {"n_boot": cfg.audit.n_boot, "level": cfg.audit.ci_level, "seed": cfg.audit.bootstrap_seed}
+    measured = [(None, primary, findings, verdict, (0.0, 0.0, 0.0), 0.0)]
+    for cand in candidates:
+        with tracking.candidate_run(cand.name) as child:
+            audited = _evaluate_model(cand.networks[0], cfg, split.x_test, split.y_test, split.s_test, timer,
+                                      x_train=split.x_train, run_id=child.info.run_id, scores=cand.scores,
+                                      decisions=cand.decisions)
+            found = policy.judge(cfg.policy, audited.evaluation, audited.gated_capacity,
+                                 group_capacity=audited.group_capacity)
+            said = policy.decide(found, features=cfg.dataset.sensitive_features)[0]
+            paid = decision.accuracy_cost(split.y_test, base, cand.decisions, **cost)
+            tracking.log_candidate(cand, audited, found, said, paid)
+            timer.lap("mitigation")
+        measured.append((cand, audited, found, said, paid, cand.seconds))
+    results = [_candidate_result(cand, audited, found, said, paid, seconds, feature)
+               for cand, audited, found, said, paid, seconds in measured]
+    results = _with_frontier(results, feature)
+    options = [decision.Option(r.name, r.accuracy, r.verdict, r.group_aware, tuple(r.failing), tuple(r.open),
+                               (r.accuracy_cost, r.cost_ci_low, r.cost_ci_high)) for r in results]
+    chosen, sentence, closest = decision.recommend(options, allow_group_aware=m.allow_group_aware_decisions)
+    logger.info("mitigation: %s", sentence)
+    return document.MitigationSection(feature=feature, allow_group_aware_decisions=m.allow_group_aware_decisions,
+                                      validation_rows=int(np.size(validation)), candidates=tuple(results),
+                                      recommended=chosen, recommendation=sentence, closest=closest,
+                                      seconds=time.perf_counter() - started)
+
+
+def _candidate_result(cand, audited, findings, verdict, paid, seconds, feature):
+    from pipeline.document import CandidateResult, DisparityEntry, _num
+
+    ev = audited.evaluation
+    table = ev.groups[feature]
+    shown = table[table["status"] != "suppressed"]
+    gated = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference")
+    return CandidateResult(
+        name=cand.name if cand else "none (unmitigated)", method=cand.method if cand else "none",
+        constraint=cand.constraint if cand else None, strength=cand.strength if cand else None,
+        group_aware=bool(cand.group_aware) if cand else False, verdict=verdict,
+        accuracy=float(ev.overall["accuracy"]), accuracy_ci_low=_num(ev.overall.get("accuracy_ci_low")),
+        accuracy_ci_high=_num(ev.overall.get("accuracy_ci_high")), accuracy_cost=paid[0], cost_ci_low=paid[1],
+        cost_ci_high=paid[2],
+        disparities={view: {k: DisparityEntry.of(gaps[k]) for k in gated} for view, gaps in ev.disparities.items()},
+        dead_fraction=[layer.dead_fraction for layer in audited.gated_capacity],
+        dormant_fraction=[layer.dormant_fraction for layer in audited.gated_capacity],
+        selection_rate={str(g): _num(v) for g, v in zip(shown["group"], shown["selection_rate"])},
+        ece={str(g): _num(v) for g, v in zip(shown["group"], shown["ece"])} if "ece" in shown else {},
+        failing=[f.id for f in findings if f.status == "fail"],
+        open=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
+        pareto={}, seconds=float(seconds), run_id=None if cand is None else audited.run_id)
+
+
+def _with_frontier(results, feature):
+    """Mark, per gated disparity of the mitigated feature, the candidates on the accuracy frontier."""
+    from pipeline import decision
+
+    marks = {}
+    for name, low_is_better in decision.BETTER_LOW.items():
+        values = [r.disparities[feature][name].value for r in results]
+        badness = [None if v is None else (v if low_is_better else -v) for v in values]
+        marks[name] = decision.pareto([r.accuracy for r in results], badness)
+    return [dataclasses.replace(r, pareto={name: on[i] for name, on in marks.items()}) for i, r in enumerate(results)]
+
+
+def _register_recommended(doc) -> None:
+    """Register the recommended candidate as a new version of the registered model (verdict tag, alias rule)."""
+    from pipeline import tracking
+
+    m = doc.mitigation
+    if m is None or m.recommended is None or not doc.config.tracking.registered_model:
+        logger.warning("register-recommended: nothing to register (%s)", "no recommendation" if m else
+                       "mitigation is off")
+        return
+    chosen = m.candidate(m.recommended)
+    if chosen.run_id is None:
+        logger.info("register-recommended: the recommendation is the unmitigated model, registered with the audit")
+        return
+    tracking.register_candidate(chosen, doc)
 
 
 def _run_name(dataset: str, cfg) -> str:

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import config as config_mod
 from pipeline import vocabulary as vocab
+from pipeline.config import to_dict as to_plain
 from pipeline.document import SCHEMA_VERSION, AuditDocument, ReviewEntry, SeedAudit
 from pipeline.errors import Interrupted, UserError
 
@@ -215,6 +216,85 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
         version = register(model_info.model_uri, cfg.tracking.registered_model, doc, cfg.tracking.audited_alias)
         tags["registered_model"] = f"{cfg.tracking.registered_model}/{version}"
     mlflow.set_tags(tags)
+
+
+@contextmanager
+def candidate_run(name: str) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one mitigation candidate."""
+    parent = mlflow.active_run()
+    with _ended_run(run_name=f"{parent.info.run_name}-mitigation-{vocab.metric_key(name)}", nested=True,
+                    experiment_id=parent.info.experiment_id) as active:
+        mlflow.set_tag("mitigation.candidate", name)
+        yield active
+
+
+def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[float, float, float]) -> None:
+    """A candidate's nested run: what it is, its numbers with intervals, its findings and verdict, and what
+    reproduces it (``candidate.json`` and ``weights.pt``: torch state_dicts, no pickled code)."""
+    import json
+    import tempfile
+
+    import torch
+
+    ev = audited.evaluation
+    mlflow.log_params({"method": cand.method, "constraint": str(cand.constraint), "strength": str(cand.strength),
+                       "group_aware": str(cand.group_aware)})
+    values = {k: v for k, v in ev.overall.items()}
+    values.update({"accuracy_cost": cost[0], "accuracy_cost_ci_low": cost[1], "accuracy_cost_ci_high": cost[2],
+                   "seconds": cand.seconds})
+    for view, gaps in ev.disparities.items():
+        for name, d in gaps.items():
+            key = vocab.disparity_metric(name, view)
+            values.update({key: d.value, f"{key}_ci_low": d.ci_low, f"{key}_ci_high": d.ci_high})
+    values.update(audited.metrics())
+    _log_metrics(audited.run_id, {k: v for k, v in values.items() if v is not None})
+    mlflow.log_dict({"verdict": verdict, "findings": [f.to_json() for f in findings]}, "findings.json")
+    mlflow.set_tag("verdict", verdict)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(list(cand.state_dicts), f"{tmp}/weights.pt")
+        (Path(tmp) / "candidate.json").write_text(json.dumps(
+            {"name": cand.name, "method": cand.method, "artifact": cand.artifact}, default=float), encoding="utf-8")
+        mlflow.log_artifacts(tmp, "candidate")
+
+
+def register_candidate(result, doc: AuditDocument) -> str:
+    """Log the candidate as a pyfunc model (from code, no pickle) in its run, register it as a new version of
+    the registered model with its verdict, and move the alias only if it passed."""
+    import json
+    import tempfile
+
+    import mlflow.pyfunc
+
+    name, alias = doc.config.tracking.registered_model, doc.config.tracking.audited_alias
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(client.download_artifacts(result.run_id, "candidate", tmp))
+        stored = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
+        stored.update(feature=doc.mitigation.feature, feature_names=_feature_names(doc), config=to_plain(doc.config))
+        (folder / "candidate.json").write_text(json.dumps(stored, default=float), encoding="utf-8")
+        with mlflow.start_run(run_id=result.run_id, nested=True), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(Path(__file__).with_name("candidate_model.py")),
+                artifacts={"candidate": str(folder / "candidate.json"), "weights": str(folder / "weights.pt")},
+                code_paths=[str(Path(__file__).parent)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        version = mlflow.register_model(info.model_uri, name, tags={
+            "verdict": result.verdict, "audit_run_id": doc.run_id, "mitigation.candidate": result.name}).version
+    if result.verdict == "pass":
+        client.set_registered_model_alias(name, alias, version)
+    logger.info("registry: %s version %s is mitigation candidate %s (verdict %s)", name, version, result.name,
+                result.verdict)
+    return str(version)
+
+
+def _feature_names(doc: AuditDocument) -> list[str]:
+    """The encoded input names, in order, of the run's encoder."""
+    from pipeline.data import Encoder
+
+    raw = mlflow.artifacts.load_dict(f"runs:/{doc.run_id}/model_inputs/encoder.json")
+    return Encoder.from_dict(raw).feature_names
 
 
 def _audit_tags(doc: AuditDocument) -> dict[str, str]:

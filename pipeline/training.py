@@ -4,6 +4,8 @@
   every unit on a fixed probe sample, optional ReDo recycling, early stopping.
   Deterministic on CPU for a given seed: the seed fixes the initial weights, the
   validation split, the shuffling and dropout (and the weights ReDo draws).
+  Optional sample weights and a differentiable batch penalty (fairness mitigation,
+  :mod:`pipeline.mitigation`); without them, every number is what it was before they existed.
 - :class:`UnitTimeline`: per-epoch unit counts, and the epoch each unit died or revived.
 - :func:`recycle_dormant`: ReDo (Sokar et al. 2023): reinitialize tau-dormant units and
   reset their optimizer moments.
@@ -45,6 +47,10 @@ _MSG_RECYCLE_SHAPE = ("cannot recycle layer '{layer}' of {model}: {why}; recycli
 # --- the training loop -----------------------------------------------------------------------------
 
 
+# (logits, 0/1 labels, group codes) of one batch -> a scalar tensor added to its loss.
+Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class EpochRecord:
     """What one epoch did: losses, accuracy, unit fractions per layer, units recycled, timings."""
@@ -83,7 +89,9 @@ def device_for(choice: str) -> torch.device:
 
 def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: TrainingConfig,
           audit_cfg: AuditConfig, seed: int,
-          on_epoch: Callable[[EpochRecord, int], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[EpochRecord, int], None] | None = None,
+          sample_weight: np.ndarray | None = None, groups: np.ndarray | None = None,
+          penalty: Penalty | None = None) -> TrainResult:
     """Train one model; hold out ``validation_fraction`` of ``x`` for early stopping.
 
     After each epoch, dead units are counted on a fixed sample of training rows
@@ -100,6 +108,18 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
         Fixes the weights, the validation split, the shuffling, dropout and ReDo.
     on_epoch
         Called after every epoch with its record and the number of epochs configured.
+    sample_weight
+        Non-negative weight per row of ``x``. Rows weighing 0 are left out before anything
+        else (validation split, probe sample, batches), so they change nothing: training
+        is then exactly training without them. The others are scaled to mean 1; a
+        batch's loss is the mean of weight x cross-entropy, and the validation loss and
+        accuracy used for early stopping are weighted averages.
+    groups
+        Integer group code per row of ``x`` (the sensitive attribute); needed by ``penalty``.
+    penalty
+        ``penalty(logits, labels, group_codes)`` of a batch: a differentiable scalar added
+        to the batch's loss, and to the validation loss (computed on all validation rows),
+        so early stopping watches the objective being minimized.
 
     Returns
     -------
@@ -107,6 +127,19 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
         The model with the weights of the best validation epoch, in eval mode, on the CPU.
     """
     started = time.perf_counter()
+    if penalty is not None and groups is None:
+        raise ValueError("train: a penalty needs the rows' group codes; pass groups=")
+    for name, values in (("sample_weight", sample_weight), ("groups", groups)):
+        if values is not None and np.shape(values) != (len(x),):
+            raise ValueError(f"train: {name} has shape {np.shape(values)}; expected one value per row ({len(x)},)")
+    weights = None
+    if sample_weight is not None:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+        if not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.max() <= 0:
+            raise ValueError("train: sample_weight must be finite and non-negative, with at least one positive")
+        kept = weights > 0
+        x, y, weights = x[kept], y[kept], (weights[kept] / weights[kept].mean()).astype(np.float32)
+        groups = None if groups is None else groups[kept]
     torch.manual_seed(seed)
     device = device_for(train_cfg.device)
     rng = np.random.default_rng(seed)
@@ -117,6 +150,12 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
     y_fit = torch.from_numpy(y[fit_idx]).to(device)
     x_val = torch.from_numpy(x[val_idx]).to(device)
     y_val = torch.from_numpy(y[val_idx]).to(device)
+    w_fit, w_val, g_fit, g_val = None, None, None, None
+    if weights is not None:
+        w_fit, w_val = torch.from_numpy(weights[fit_idx]).to(device), torch.from_numpy(weights[val_idx]).to(device)
+    if groups is not None:
+        codes = np.asarray(groups, dtype=np.int64)
+        g_fit, g_val = torch.from_numpy(codes[fit_idx]).to(device), torch.from_numpy(codes[val_idx]).to(device)
     probe_rows = np.sort(rng.choice(len(x), size=min(audit_cfg.capacity_sample, len(x)), replace=False))
     x_probe = torch.from_numpy(x[probe_rows]).to(device)
 
@@ -142,14 +181,18 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
         total = 0.0
         for start in range(0, len(perm), train_cfg.batch_size):
             batch = perm[start:start + train_cfg.batch_size]
-            loss = F.binary_cross_entropy_with_logits(model(x_fit[batch]), y_fit[batch])
+            logits = model(x_fit[batch])
+            loss = F.binary_cross_entropy_with_logits(logits, y_fit[batch],
+                                                      weight=None if w_fit is None else w_fit[batch])
+            if penalty is not None:
+                loss = loss + penalty(logits, y_fit[batch], g_fit[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
 
         # --- validation loss, and the state of every unit (dead, dormant, rarely firing)
-        val_loss, val_accuracy = _evaluate(model, x_val, y_val)
+        val_loss, val_accuracy = _evaluate(model, x_val, y_val, w_val, g_val, penalty)
         measured = time.perf_counter()
         states = [capacity.unit_states(s, tau=audit_cfg.dormant_tau, rare_threshold=audit_cfg.rare_threshold)
                   for s in probe.stats(x_probe)]
@@ -186,11 +229,20 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+              groups: torch.Tensor | None = None, penalty: Penalty | None = None) -> tuple[float, float]:
+    """Validation loss (weighted average, plus the penalty when given) and accuracy (weighted)."""
     model.eval()
     logits = model(x)
-    loss = F.binary_cross_entropy_with_logits(logits, y).item()
-    accuracy = ((logits > 0).float() == y).float().mean().item()
+    if weight is None:
+        loss = F.binary_cross_entropy_with_logits(logits, y).item()
+        accuracy = ((logits > 0).float() == y).float().mean().item()
+    else:
+        losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        loss = ((weight * losses).sum() / weight.sum()).item()
+        accuracy = ((weight * ((logits > 0).float() == y).float()).sum() / weight.sum()).item()
+    if penalty is not None:
+        loss += penalty(logits, y, groups).item()
     model.train()
     return loss, accuracy
 

@@ -1,0 +1,38 @@
+"""An MLflow pyfunc model of a mitigation candidate, logged as code (MLflow's "models from code"), not pickled.
+
+Its artifacts are ``candidate.json`` (what the candidate is: method, thresholds table or mixture
+weights, the encoder's feature names and the config) and ``weights.pt`` (torch state_dicts, read
+with ``weights_only=True``). ``predict`` takes a DataFrame with one float column per encoded input
+(the names of ``model_inputs/encoder.json``'s features, in order) and, for a group-aware candidate,
+the sensitive column; it returns the 0/1 decisions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class CandidateModel(PythonModel):
+    def load_context(self, context):
+        import torch
+
+        with open(context.artifacts["candidate"], encoding="utf-8") as fh:
+            self.stored = json.load(fh)
+        self.state_dicts = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
+
+    def predict(self, context, model_input, params=None):
+        from pipeline import config as config_mod
+        from pipeline import mitigation
+
+        cfg = config_mod.from_dict(self.stored["config"], source="candidate.json")
+        x = model_input[self.stored["feature_names"]].to_numpy(dtype=np.float32)
+        feature = self.stored["feature"]
+        groups = model_input[feature].astype(str).to_numpy() if feature in model_input else None
+        return mitigation.predict_stored(self.stored["artifact"], self.state_dicts, x, groups, cfg)
+
+
+mlflow.models.set_model(CandidateModel())

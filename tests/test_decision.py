@@ -1,0 +1,64 @@
+"""From measured candidates to a decision: the accuracy frontier, the recommendation, the paired accuracy cost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import decision
+from pipeline.decision import Option
+
+
+def test_frontier_marks_exactly_the_non_dominated_points():
+    # Five hand-placed candidates (accuracy, disparity; lower disparity is better):
+    #   A .85 .20   the most accurate: on the frontier
+    #   B .84 .05   fairer than A, beaten by nobody: on
+    #   C .80 .05   as fair as B but less accurate: dominated by B
+    #   D .83 .12   between A and B, but B beats it on both (.84 >= .83 and .05 <= .12): dominated by B
+    #   E .70 .01   the fairest: on
+    accuracy = [0.85, 0.84, 0.80, 0.83, 0.70]
+    disparity = [0.20, 0.05, 0.05, 0.12, 0.01]
+    assert decision.pareto(accuracy, disparity) == [True, True, False, False, True]
+
+
+def test_frontier_ignores_undefined_values_and_keeps_ties():
+    # Two identical points dominate neither each other; an undefined disparity is never on the frontier.
+    assert decision.pareto([0.8, 0.8, 0.9], [0.1, 0.1, None]) == [True, True, False]
+
+
+def _option(name, accuracy, verdict, group_aware=False, failing=(), open_=(), cost=(0.01, 0.005, 0.015)):
+    return Option(name, accuracy, verdict, group_aware, tuple(failing), tuple(open_), cost)
+
+
+def test_a_group_aware_candidate_is_never_recommended_unless_allowed():
+    options = [_option("none (unmitigated)", 0.86, "fail", failing=["demographic_parity_difference:sex"], cost=(0, 0, 0)),
+               _option("threshold_optimizer:demographic_parity", 0.85, "pass", group_aware=True),  # the best passing
+               _option("reweighing", 0.84, "pass", cost=(0.02, 0.014, 0.026)),
+               _option("fairness_penalty:demographic_parity@4", 0.83, "pass", cost=(0.03, 0.02, 0.04))]
+    name, sentence, closest = decision.recommend(options, allow_group_aware=False)
+    assert name == "reweighing" and closest is None
+    assert "2.0 points of accuracy [1.4, 2.6]" in sentence
+    assert "threshold_optimizer:demographic_parity" in sentence and "group-aware" in sentence  # said, not chosen
+    name, _, _ = decision.recommend(options, allow_group_aware=True)
+    assert name == "threshold_optimizer:demographic_parity"
+
+
+def test_when_none_passes_the_closest_and_what_still_fails_are_named():
+    options = [_option("none (unmitigated)", 0.86, "fail", failing=["a", "b"]),
+               _option("reweighing", 0.84, "fail", failing=["b"], open_=["c"]),
+               _option("fairness_penalty:demographic_parity@4", 0.80, "inconclusive", open_=["c", "d"])]
+    name, sentence, closest = decision.recommend(options, allow_group_aware=False)
+    assert name is None and closest == "fairness_penalty:demographic_parity@4"  # no failing check at all
+    assert "No candidate meets the policy" in sentence and "still fails: nothing" in sentence and "c, d" in sentence
+
+
+def test_accuracy_cost_is_paired_and_matches_hand_counts():
+    # 10 rows: the base is right on rows 0-7, the candidate on rows 0-5 and 8: base-only right 2, candidate-only 1.
+    y = np.zeros(10, dtype=int)
+    base = np.array([0] * 8 + [1, 1])
+    candidate = np.array([0] * 6 + [1, 1, 0, 1])
+    cost, low, high = decision.accuracy_cost(y, base, candidate, n_boot=2000, level=0.95, seed=0)
+    assert cost == pytest.approx((2 - 1) / 10)
+    assert low < cost < high and -1 <= low and high <= 1
+    # Identical decisions cost exactly nothing, with a zero-width interval.
+    assert decision.accuracy_cost(y, base, base, n_boot=100, level=0.95, seed=0) == (0.0, 0.0, 0.0)
