@@ -30,8 +30,10 @@ class CandidateModel(PythonModel):
 
         cfg = config_mod.from_dict(self.stored["config"], source="candidate.json")
         x = model_input[self.stored["feature_names"]].to_numpy(dtype=np.float32)
-        feature = self.stored["feature"]
-        groups = model_input[feature].astype(str).to_numpy() if feature in model_input else None
+        columns = self.stored["feature"].split(" & ")  # one sensitive column, or an intersection's columns
+        groups = None
+        if all(c in model_input for c in columns):
+            groups = model_input[columns].astype(str).agg(" & ".join, axis=1).to_numpy()
         return mitigation.predict_stored(self.stored["artifact"], self.state_dicts, x, groups, cfg)
 
 

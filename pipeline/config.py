@@ -128,7 +128,8 @@ class MitigationConfig:
     """What-if mitigation when fairness is at stake: candidates measured with the same gate (README: Mitigation)."""
 
     enabled: bool = False
-    feature: str | None = None  # the sensitive feature to mitigate for; default: the first of dataset.sensitive_features
+    # The sensitive feature to mitigate for, or their intersection ("sex & race"); default: the first feature.
+    feature: str | None = None
     methods: tuple[Literal["threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing"], ...] = (
         "threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing")
     constraints: tuple[Literal["demographic_parity", "equalized_odds", "equal_opportunity"], ...] = field(
@@ -183,10 +184,12 @@ def load(path: str | Path) -> tuple[Config, dict]:
 def from_dict(raw: object, *, source: str = "<config>") -> Config:
     """Validate a plain mapping into a :class:`Config`."""
     cfg = _build(Config, raw, source, prefix="")
-    feature = cfg.mitigation.feature
-    if feature is not None and feature not in cfg.dataset.sensitive_features:
-        raise ConfigError(f"{source}: mitigation.feature: got '{feature}'; expected one of "
-                          f"dataset.sensitive_features: {', '.join(cfg.dataset.sensitive_features)}")
+    feature, views = cfg.mitigation.feature, list(cfg.dataset.sensitive_features)
+    if cfg.dataset.intersections and len(views) > 1:
+        views.append(" & ".join(cfg.dataset.sensitive_features))  # vocabulary.view_name, without importing it
+    if feature is not None and feature not in views:
+        raise ConfigError(f"{source}: mitigation.feature: got '{feature}'; expected a sensitive feature or their "
+                          f"intersection: {', '.join(views)}")
     if cfg.audit.suppress_below > cfg.audit.min_group_size:
         raise ConfigError(
             f"{source}: audit.suppress_below: got {cfg.audit.suppress_below}; expected at most "

@@ -96,7 +96,8 @@ def recommend(options: Sequence[Option], *, allow_group_aware: bool) -> tuple[st
     if not allowed:
         return None, "No candidate is allowed: every one uses the sensitive attribute at decision time.", None
     closest = min(allowed, key=lambda o: (len(o.failing), len(o.open), -o.accuracy))
-    still = ", ".join(closest.failing) or "nothing"
-    unsure = f"; inconclusive or not evaluated: {', '.join(closest.open)}" if closest.open else ""
+    fails = f"still fails {', '.join(closest.failing)}" if closest.failing else "fails no check"
+    unsure = f"{'; it' if closest.failing else ' but'} cannot show compliance on {', '.join(closest.open)}" \
+        if closest.open else ""
     return None, (f"No candidate meets the policy. Closest: {closest.name} (accuracy {closest.accuracy:.1%}), "
-                  f"which still fails: {still}{unsure}."), closest.name
+                  f"which {fails}{unsure}."), closest.name

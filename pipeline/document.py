@@ -611,12 +611,13 @@ class MitigationSection:
     recommendation: str  # one plain sentence
     closest: str | None  # when none passes: the allowed candidate that came closest
     seconds: float
+    not_built: dict[str, str] = field(default_factory=dict)  # candidate -> why these data refused it
 
     def to_json(self) -> dict:
         return {"feature": self.feature, "allow_group_aware_decisions": self.allow_group_aware_decisions,
                 "validation_rows": self.validation_rows, "candidates": [c.to_json() for c in self.candidates],
                 "recommended": self.recommended, "recommendation": self.recommendation, "closest": self.closest,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "not_built": dict(self.not_built)}
 
     @classmethod
     def from_json(cls, raw: dict | None) -> MitigationSection | None:

@@ -298,7 +298,8 @@ def build_candidates(split, cfg: Config, base_model: torch.nn.Module, *, feature
                      constraints: Sequence[str], strengths: Sequence[float], seed: int,
                      validation_fraction: float = 0.2, eg_max_iter: int = 10, eg_eps: float = 0.02,
                      epochs: int | None = None,
-                     validation_rows: np.ndarray | None = None) -> tuple[list[Candidate], np.ndarray]:
+                     validation_rows: np.ndarray | None = None,
+                     skipped: list[tuple[str, str]] | None = None) -> tuple[list[Candidate], np.ndarray]:
     """Every configured candidate on the test split, and the validation row indices used by post-processing.
 
     Parameters
@@ -326,6 +327,10 @@ def build_candidates(split, cfg: Config, base_model: torch.nn.Module, *, feature
         Epochs of every network trained here; ``None``: ``cfg.training.epochs``.
     validation_rows
         Indices into the training split to fit the thresholds on.
+    skipped
+        When given, a candidate that cannot be built on these data (fairlearn refuses a group
+        whose validation rows all have one label, for example) is appended here as
+        ``(name, reason)`` and the others go on; without it, the error propagates.
 
     Returns
     -------
@@ -356,12 +361,21 @@ def build_candidates(split, cfg: Config, base_model: torch.nn.Module, *, feature
             for strength in strengths if method == "fairness_penalty" else (None,):
                 started = time.perf_counter()
                 name = candidate_name(method, constraint, strength)
-                if method == "threshold_optimizer":
-                    built = _threshold_optimizer(split, base_model, g_train, g_test, val, constraint, seed, net_params)
-                elif method == "exponentiated_gradient":
-                    built = _exponentiated_gradient(split, g_train, constraint, eg_eps, eg_max_iter, seed, net_params)
-                else:
-                    built = _trained(split, g_train, method, constraint, strength, cfg, train_cfg, seed)
+                try:
+                    if method == "threshold_optimizer":
+                        built = _threshold_optimizer(split, base_model, g_train, g_test, val, constraint, seed,
+                                                     net_params)
+                    elif method == "exponentiated_gradient":
+                        built = _exponentiated_gradient(split, g_train, constraint, eg_eps, eg_max_iter, seed,
+                                                        net_params)
+                    else:
+                        built = _trained(split, g_train, method, constraint, strength, cfg, train_cfg, seed)
+                except ValueError as err:  # fairlearn's refusals of degenerate data (not bugs: they name the group)
+                    if skipped is None:
+                        raise
+                    logger.warning("mitigation candidate %s not built: %s", name, err)
+                    skipped.append((name, str(err).splitlines()[0]))
+                    continue
                 scores, decisions, networks, artifact = built
                 artifact = {"name": name, "method": method, "constraint": constraint, "strength": strength,
                             "group_aware": GROUP_AWARE[method], **common, **artifact}

@@ -349,10 +349,12 @@ def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict):
     started = time.perf_counter()
     m = cfg.mitigation
     feature = m.feature or cfg.dataset.sensitive_features[0]
+    skipped: list[tuple[str, str]] = []
     candidates, validation = mitigation.build_candidates(
-        split, cfg, primary.train.model, feature=feature, methods=m.methods, constraints=m.constraints,
-        strengths=m.penalty_strengths, seed=cfg.training.seeds[0], validation_fraction=m.validation_fraction,
-        eg_max_iter=m.reductions_max_iter, eg_eps=m.reductions_eps, epochs=m.epochs)
+        _with_view(split, primary.evaluation.views[feature]), cfg, primary.train.model, feature=feature,
+        methods=m.methods, constraints=m.constraints, strengths=m.penalty_strengths, seed=cfg.training.seeds[0],
+        validation_fraction=m.validation_fraction, eg_max_iter=m.reductions_max_iter, eg_eps=m.reductions_eps,
+        epochs=m.epochs, skipped=skipped)
     timer.lap("mitigation")
     base = (model.predict_proba(primary.train.model, split.x_test) >= cfg.audit.decision_threshold).astype(int)
     cost = {"n_boot": cfg.audit.n_boot, "level": cfg.audit.ci_level, "seed": cfg.audit.bootstrap_seed}
@@ -379,7 +381,19 @@ def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict):
     return document.MitigationSection(feature=feature, allow_group_aware_decisions=m.allow_group_aware_decisions,
                                       validation_rows=int(np.size(validation)), candidates=tuple(results),
                                       recommended=chosen, recommendation=sentence, closest=closest,
-                                      seconds=time.perf_counter() - started)
+                                      seconds=time.perf_counter() - started, not_built=dict(skipped))
+
+
+def _with_view(split, columns: list[str]):
+    """The split, with an intersection's group labels as one more sensitive column (named like its view)."""
+    if len(columns) == 1:
+        return split
+    from pipeline import fairness, vocabulary
+
+    name = vocabulary.view_name(columns)
+    s_train, s_test = (frame.assign(**{name: fairness.view_labels(frame[columns])})
+                       for frame in (split.s_train, split.s_test))
+    return dataclasses.replace(split, s_train=s_train, s_test=s_test)
 
 
 def _candidate_result(cand, audited, findings, verdict, paid, seconds, feature):

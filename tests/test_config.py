@@ -39,7 +39,7 @@ BAD_VALUES = [
         None,
         "trainng",
         {},
-        "trainng: unknown key; valid keys are: audit, dataset, model, policy, split, tracking, training",
+        "trainng: unknown key; valid keys are: audit, dataset, mitigation, model, policy, split, tracking, training",
     ),
     ("model", "activation", "gelu", "model.activation: got 'gelu' (str); expected one of: relu, leaky_relu"),
     (
@@ -261,7 +261,7 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
     # One param per field of every section: 10 + 3 + 5 + 10 + 12 + 11 + 3.
-    assert len(flat) == 54
+    assert len(flat) == 64  # 54 before the mitigation section (10 keys)
     assert set(flat) == {
         "dataset.path",
         "dataset.target",

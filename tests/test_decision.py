@@ -49,7 +49,13 @@ def test_when_none_passes_the_closest_and_what_still_fails_are_named():
                _option("fairness_penalty:demographic_parity@4", 0.80, "inconclusive", open_=["c", "d"])]
     name, sentence, closest = decision.recommend(options, allow_group_aware=False)
     assert name is None and closest == "fairness_penalty:demographic_parity@4"  # no failing check at all
-    assert "No candidate meets the policy" in sentence and "still fails: nothing" in sentence and "c, d" in sentence
+    assert sentence == ("No candidate meets the policy. Closest: fairness_penalty:demographic_parity@4 (accuracy 80.0%), "
+                        "which fails no check but cannot show compliance on c, d.")
+    # Equal numbers of failing and open checks: the more accurate one is closer.
+    options[2] = _option("fairness_penalty:demographic_parity@4", 0.80, "fail", failing=["e"], open_=["c"])
+    _, sentence, closest = decision.recommend(options, allow_group_aware=False)
+    assert closest == "reweighing"
+    assert sentence.endswith("which still fails b; it cannot show compliance on c.")
 
 
 def test_accuracy_cost_is_paired_and_matches_hand_counts():
