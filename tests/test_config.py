@@ -42,6 +42,11 @@ BAD_VALUES = [
         "trainng: unknown key; valid keys are: audit, dataset, mitigation, model, policy, split, tracking, training",
     ),
     ("model", "activation", "gelu", "model.activation: got 'gelu' (str); expected one of: relu, leaky_relu"),
+    ("mitigation", "feature", "gender",
+     "mitigation.feature: got 'gender'; expected a sensitive feature or their intersection: s"),
+    ("mitigation", "methods", ["threshold_optimizer", "massage"], "mitigation.methods[1]: got 'massage' (str); "
+     "expected one of: threshold_optimizer, exponentiated_gradient, fairness_penalty, reweighing"),
+    ("mitigation", "penalty_strengths", [1.0, 0], "mitigation.penalty_strengths: got 0.0; expected a value greater than 0"),
     (
         "dataset",
         "sensitive",
@@ -241,6 +246,11 @@ DEFAULTS = {
     "policy.max_dead_fraction": 0.10, "policy.gate_on": "interval", "policy.inconclusive_fails": True,
     "policy.multiple_comparisons": "bonferroni", "policy.baseline_tolerance": 0.02,
     "tracking.experiment": "fairness-audit",
+    "mitigation.enabled": False, "mitigation.feature": None,
+    "mitigation.methods": ("threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing"),
+    "mitigation.constraints": ("demographic_parity", "equalized_odds"), "mitigation.penalty_strengths": (1.0, 4.0),
+    "mitigation.validation_fraction": 0.2, "mitigation.reductions_max_iter": 10, "mitigation.reductions_eps": 0.02,
+    "mitigation.epochs": None, "mitigation.allow_group_aware_decisions": False,
 }
 # fmt: on
 
@@ -260,8 +270,8 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 10 + 3 + 5 + 10 + 12 + 11 + 3.
-    assert len(flat) == 64  # 54 before the mitigation section (10 keys)
+    # One param per field of every section: 10 + 3 + 5 + 10 + 12 + 11 + 3 + 10 (mitigation).
+    assert len(flat) == 64
     assert set(flat) == {
         "dataset.path",
         "dataset.target",
