@@ -229,6 +229,54 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
                       "--workers", "1"])
 
 
+@cli.command()
+@click.option("--stale", is_flag=True, help="Runs left RUNNING by a process that is gone (marks them FAILED).")
+@_tracking_option()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
+    """List runs left behind: --stale shows those whose process died (SIGKILL, OOM) and ends them FAILED."""
+    _setup_logging()
+    if not stale:
+        raise click.UsageError("give --stale (runs whose process is gone)")
+
+    def call():
+        from pipeline import config, tracking
+
+        uri = config.tracking_uri(tracking_uri)
+        return {"tracking_uri": uri, "stale": [
+            {"run_id": r.info.run_id, "run_name": r.info.run_name, "experiment_id": r.info.experiment_id,
+             "status": r.info.status, **{k.removeprefix("pipeline."): r.data.tags.get(k, "") for k in (
+                 tracking.OWNER_PID, tracking.OWNER_HOST, tracking.ORPHANED_FOUND, tracking.ORPHANED_REASON)}}
+            for r in tracking.stale_runs(uri)]}
+
+    summary, code = _guarded(call)
+    if code is None and not as_json:
+        for r in summary["stale"]:
+            click.echo(f"{r['run_id']} {r['run_name']} {r['status']} since {r['orphaned_found']}: {r['orphaned_reason']}")
+        click.echo(f"{len(summary['stale'])} stale run(s) in {summary['tracking_uri']}")
+    _finish(summary, code or 0, as_json)
+
+
+@cli.command()
+@click.option("--data", "data_path", required=True, help="The new data set: a .csv, .csv.gz or .parquet file.")
+@click.option("--out", default=None, help="Where to write the config. Default: configs/<data file name>.yaml.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def init(data_path: str, out: str | None, force: bool) -> None:
+    """Write a starter config for a new data set (column table on stderr); check it, then run it."""
+
+    def call():
+        from pipeline.init import init as write_starter
+
+        return write_starter(data_path, out=out, force=force)
+
+    result, code = _guarded(call)
+    if code is not None:
+        sys.exit(code)
+    click.echo(result.table, err=True)
+    click.echo(f"wrote {result.out}: check the lines marked CHECK, then run:")
+    click.echo(f"  {result.next_command}")
+
+
 def main() -> None:
     try:
         cli(prog_name="python -m pipeline")

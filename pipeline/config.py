@@ -18,6 +18,16 @@ from pipeline.errors import ConfigError
 
 DEFAULT_CONFIG = Path("configs/adult.yaml")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# The stores MLflow 3 accepts for the audit: a database or a tracking server (its file store is refused).
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+MESSAGE_TRACKING_URI = ("{source}: got '{uri}'; expected a tracking store: sqlite:///path/mlflow.db, "
+                        "http(s)://host:port, postgresql://user@host/db (or mysql://, mssql://){hint}")
+MESSAGE_STATE_DICT = "--state-dict: '{path}' {found}; expected a file saved with torch.save(model.state_dict())"
+MESSAGE_DUPLICATE_SENSITIVE = ("{source}: dataset.sensitive_features: column '{column}' is listed twice; "
+                               "expected each column once")
+MESSAGE_JOIN_IN_NAME = ("{source}: dataset.sensitive_features: column '{column}' contains ' & ', which joins the "
+                        "columns of an intersection ('sex & race'); rename the column in the data")
+MESSAGE_BINS = "{source}: dataset.bins.{column}: {problem}"
 
 
 def tracking_uri(cli_uri: str | None) -> str:
@@ -25,6 +35,16 @@ def tracking_uri(cli_uri: str | None) -> str:
     import os
 
     return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str, *, source: str) -> None:
+    """Refuse a tracking URI MLflow 3 cannot log an audit to (unknown scheme, a file store, a bare path)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme in TRACKING_SCHEMES:
+        return
+    hint = ("; MLflow 3 refuses the file store: use sqlite:///path/mlflow.db" if scheme in ("file", "")
+            else "")
+    raise ConfigError(MESSAGE_TRACKING_URI.format(source=source, uri=uri, hint=hint))
 
 
 def _check(*, min_items: int = 0, **bounds):
@@ -44,6 +64,10 @@ class DatasetConfig:
     missing_values: tuple[str, ...] = ()  # markers read as missing, e.g. "?" in Adult
     missing: Literal["category", "drop_rows"] = "category"  # how missing values are handled
     intersections: bool = True  # also audit the intersection of all sensitive features
+    # A numeric sensitive column audited by interval: {age: [0, 25, 45, 65, 120]} gives groups [0, 25) ... [65, 120].
+    bins: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # A text input column with more levels is refused (an identifier, a free-text field): drop it or group it.
+    max_categories: int = field(default=100, metadata=_check(ge=2))
 
 
 @dataclass(frozen=True)
@@ -60,6 +84,13 @@ class ModelConfig:
     activation: Literal["relu", "leaky_relu"] = "relu"  # leaky_relu: slope 0.01 (a remedy for dead units)
     init: Literal["default", "he"] = "default"  # he: Kaiming-normal weights, zero biases
     dropout: float = field(default=0.0, metadata=_check(ge=0, lt=1))
+    # Refused above this many weights, before training: [40000, 40000] took 21.6 GB before one epoch.
+    max_parameters: int = field(default=50_000_000, metadata=_check(ge=1))
+
+    def parameters(self, n_inputs: int) -> int:
+        """Weights and biases of the configured MLP (one output logit) for ``n_inputs`` encoded inputs."""
+        sizes = (n_inputs, *self.hidden_sizes, 1)
+        return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
 
 
 @dataclass(frozen=True)
@@ -184,6 +215,7 @@ def load(path: str | Path) -> tuple[Config, dict]:
 def from_dict(raw: object, *, source: str = "<config>") -> Config:
     """Validate a plain mapping into a :class:`Config`."""
     cfg = _build(Config, raw, source, prefix="")
+    _check_sensitive(cfg.dataset, source)
     feature, views = cfg.mitigation.feature, list(cfg.dataset.sensitive_features)
     if cfg.dataset.intersections and len(views) > 1:
         views.append(" & ".join(cfg.dataset.sensitive_features))  # vocabulary.view_name, without importing it
@@ -196,6 +228,25 @@ def from_dict(raw: object, *, source: str = "<config>") -> Config:
             f"audit.min_group_size ({cfg.audit.min_group_size}), so no suppressed group is ever gated"
         )
     return cfg
+
+
+def _check_sensitive(ds: DatasetConfig, source: str) -> None:
+    """Sensitive features: each once, none with the intersection separator; bins only for them, sorted."""
+    seen: set[str] = set()
+    for column in ds.sensitive_features:
+        if column in seen:
+            raise ConfigError(MESSAGE_DUPLICATE_SENSITIVE.format(source=source, column=column))
+        if " & " in column:
+            raise ConfigError(MESSAGE_JOIN_IN_NAME.format(source=source, column=column))
+        seen.add(column)
+    for column, edges in ds.bins.items():
+        if column not in seen:
+            problem = f"'{column}' is not a sensitive feature; expected one of: {', '.join(ds.sensitive_features)}"
+        elif len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+            problem = f"got {list(edges)}; expected at least two edges in increasing order, e.g. [0, 25, 45, 65, 120]"
+        else:
+            continue
+        raise ConfigError(MESSAGE_BINS.format(source=source, column=column, problem=problem))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -271,6 +322,12 @@ def _coerce(hint, value, source: str, key: str):
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, source, key)
+    if origin is dict:
+        key_hint, value_hint = args
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {_describe(value)}")
+        return {_coerce(key_hint, k, source, key): _coerce(value_hint, v, source, f"{key}.{k}")
+                for k, v in value.items()}
     if origin is Literal:
         if value not in args:
             choices = ", ".join(map(str, args))

@@ -21,6 +21,43 @@ from pipeline.errors import DataError
 MISSING_CATEGORY = "(missing)"
 _READERS = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
+# What is refused before training (README: "What is refused before training"). Each message names
+# the file or key, the column, what was found and what is expected.
+MIN_ROWS = 50  # fewer rows cannot be split and audited with any group of useful size
+MAX_LABEL_LENGTH = 100  # a group label enters MLflow keys (group/<feature>/<label>/<metric>, at most 250 characters)
+MAX_SENSITIVE_VALUES = 20  # a numeric sensitive column with more distinct values is continuous: bin it
+IDENTIFIER_SHARE = 0.9  # a text input whose distinct values cover this share of the rows identifies them
+MESSAGE_DUPLICATE_HEADER = ("{path}: column name '{column}' appears {count} times in the header; expected unique "
+                            "column names (pandas would silently rename the copy to '{column}.1')")
+MESSAGE_TOO_FEW_ROWS = ("{path}: has {rows} usable rows; expected at least {minimum} to split into training and "
+                        "test rows and audit groups")
+MESSAGE_NON_FINITE = ("{path}: column '{column}' has {count} non-finite value(s) (inf, -inf, or a number beyond "
+                      "float range such as 1e309); expected finite numbers; fix or remove those rows")
+MESSAGE_MULTICLASS = ("{source}: dataset.target: column '{target}' of {path} has {count} classes ({classes}); "
+                      "expected two; binarize it in the data (e.g. '{positive}' against all others) and audit that column")
+MESSAGE_SINGLE_CLASS = ("{source}: dataset.target: every row of {path} has the label '{label}' in column "
+                        "'{target}'; expected rows with '{positive}' (the positive label) and rows with another label")
+MESSAGE_SENSITIVE_IS_TARGET = ("{source}: dataset.sensitive_features: column '{column}' {how} the target "
+                               "'{target}'; a fairness audit compares outcomes across groups, so expected a column "
+                               "other than the label")
+MESSAGE_LONG_LABEL = ("{path}: column '{column}' has a group label of {length} characters ('{start}...'); "
+                      "expected at most {limit} (it is part of MLflow metric keys); shorten the labels")
+MESSAGE_CONTINUOUS = ("{source}: dataset.sensitive_features: column '{column}' is numeric with {count} distinct "
+                      "values; expected at most {limit} groups; bin it with dataset.bins, e.g. "
+                      "bins: {{{column}: [{edges}]}}")
+MESSAGE_BINS_NOT_NUMERIC = "{source}: dataset.bins.{column}: column '{column}' of {path} is not numeric; expected numbers"
+MESSAGE_OUTSIDE_BINS = ("{source}: dataset.bins.{column}: {count} value(s) of column '{column}' lie outside "
+                        "[{low:g}, {high:g}] (e.g. {example:g}); expected edges that cover every value")
+MESSAGE_NO_INPUTS = ("{source}: dataset: no model inputs are left after the target, the sensitive features and "
+                     "dataset.drop; columns are: {columns}")
+MESSAGE_TOO_MANY_CATEGORIES = ("{source}: dataset.max_categories: input column '{column}' has {count} distinct "
+                               "values; expected at most {limit}; add it to dataset.drop (or group its values)")
+MESSAGE_IDENTIFIER = ("{source}: dataset.drop: input column '{column}' has a distinct value in {count} of {rows} "
+                      "rows, so it identifies rows; add it to dataset.drop (it would be stored in encoder.json)")
+MESSAGE_TOO_MANY_PARAMETERS = ("{source}: model.hidden_sizes: {sizes} on at most {inputs} encoded inputs gives up to "
+                               "{parameters:,} parameters; expected at most model.max_parameters ({limit:,}); use "
+                               "smaller layers or raise model.max_parameters")
+
 
 @dataclass(frozen=True)
 class Table:
@@ -128,6 +165,7 @@ def load(cfg: DatasetConfig, *, source: str) -> Table:
     markers = list(cfg.missing_values)
     try:
         if kind == "csv":
+            _check_header(path)
             # An empty field is always missing; other pandas defaults ("NA", "None") stay values.
             frame = pd.read_csv(path, na_values=["", *markers], keep_default_na=False, skipinitialspace=True)
         else:
@@ -138,6 +176,7 @@ def load(cfg: DatasetConfig, *, source: str) -> Table:
         raise DataError(f"{path}: cannot be read as {kind}: {str(err).splitlines()[0]}") from err
     if frame.empty:
         raise DataError(f"{path}: has no rows")
+    frame.columns = [str(c) for c in frame.columns]
 
     _check_columns(cfg, frame, source, path)
     labels = frame[cfg.target].astype("string")
@@ -194,6 +233,117 @@ def _check_columns(cfg: DatasetConfig, frame: pd.DataFrame, source: str, path: P
         )
 
 
+def _check_header(path: Path) -> None:
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False,
+                         skipinitialspace=True).iloc[0].tolist() if path.stat().st_size else []
+    counts = pd.Series(header, dtype=object).value_counts()
+    if len(counts) and counts.iloc[0] > 1:
+        raise DataError(MESSAGE_DUPLICATE_HEADER.format(path=path, column=counts.index[0], count=int(counts.iloc[0])))
+
+
+def check_table(table: Table, cfg: DatasetConfig, *, source: str) -> None:
+    """Refuse data an audit cannot be right on (``run`` and ``audit``): too few rows, non-finite numbers, a
+    target that is not binary, sensitive columns that are the label, continuous, or with labels too long
+    for MLflow keys.
+
+    Raises
+    ------
+    DataError
+        Naming the file or the config key, the column, what was found and what is expected.
+    """
+    frame, path = table.frame, table.path
+    if len(frame) < MIN_ROWS:
+        raise DataError(MESSAGE_TOO_FEW_ROWS.format(path=path, rows=len(frame), minimum=MIN_ROWS))
+    for col in frame.columns:
+        series = frame[col]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            count = int(np.isinf(series.astype("float64")).sum())
+            if count:
+                raise DataError(MESSAGE_NON_FINITE.format(path=path, column=col, count=count))
+    labels = frame[cfg.target].astype("string")
+    classes = sorted(labels.unique())
+    if len(classes) > 2:
+        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        raise DataError(MESSAGE_MULTICLASS.format(source=source, target=cfg.target, path=path, count=len(classes),
+                                                  classes=shown, positive=cfg.positive_label))
+    if len(classes) < 2:
+        raise DataError(MESSAGE_SINGLE_CLASS.format(source=source, path=path, label=classes[0],
+                                                    positive=cfg.positive_label, target=cfg.target))
+    for col in cfg.sensitive_features:
+        series = frame[col]
+        if col == cfg.target:
+            raise DataError(MESSAGE_SENSITIVE_IS_TARGET.format(source=source, column=col, how="is",
+                                                               target=cfg.target))
+        numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        if col in cfg.bins:
+            if not numeric:
+                raise DataError(MESSAGE_BINS_NOT_NUMERIC.format(source=source, column=col, path=path))
+            edges = cfg.bins[col]
+            outside = series[(series < edges[0]) | (series > edges[-1])]
+            if len(outside):
+                raise DataError(MESSAGE_OUTSIDE_BINS.format(source=source, column=col, count=len(outside),
+                                                            low=edges[0], high=edges[-1],
+                                                            example=float(outside.iloc[0])))
+            continue
+        values = series.astype("string").fillna(MISSING_CATEGORY)
+        distinct = values.unique()
+        if numeric and len(distinct) > MAX_SENSITIVE_VALUES:
+            quartiles = series.quantile([0, 0.25, 0.5, 0.75, 1]).to_numpy()
+            edges = ", ".join(f"{v:g}" for v in dict.fromkeys(np.round(quartiles, 0)))
+            raise DataError(MESSAGE_CONTINUOUS.format(source=source, column=col, count=len(distinct),
+                                                      limit=MAX_SENSITIVE_VALUES, edges=edges))
+        longest = max(distinct, key=len)
+        if len(longest) > MAX_LABEL_LENGTH:
+            raise DataError(MESSAGE_LONG_LABEL.format(path=path, column=col, length=len(longest),
+                                                      start=longest[:40], limit=MAX_LABEL_LENGTH))
+        pairs = pd.crosstab(values, labels) > 0
+        if len(distinct) > 1 and (pairs.sum(axis=1) == 1).all() and (pairs.sum(axis=0) == 1).all():
+            raise DataError(MESSAGE_SENSITIVE_IS_TARGET.format(
+                source=source, column=col, how="has values that map one-to-one to", target=cfg.target))
+
+
+def check_trainable(table: Table, cfg: Config, *, source: str) -> None:
+    """What ``run`` trains on: at least one model input, no identifier or huge vocabulary among them (they
+    would be stored in ``encoder.json``), and a network within ``model.max_parameters``."""
+    frame = table.frame
+    features, _, _ = _roles(frame, cfg.dataset)
+    if not features:
+        raise DataError(MESSAGE_NO_INPUTS.format(source=source, columns=", ".join(map(str, frame.columns))))
+    limit = cfg.dataset.max_categories
+    for col in features:
+        series = frame[col]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            continue
+        count = int(series.nunique(dropna=True))
+        if count >= IDENTIFIER_SHARE * len(frame):
+            raise DataError(MESSAGE_IDENTIFIER.format(source=source, column=col, count=count, rows=len(frame)))
+        if count > limit:
+            raise DataError(MESSAGE_TOO_MANY_CATEGORIES.format(source=source, column=col, count=count, limit=limit))
+    # The encoded width is at most one input per numeric column plus one per category (and "(missing)").
+    width = sum(1 if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+                else int(frame[c].nunique(dropna=False)) for c in features)
+    check_model_size(cfg, width, source=source)
+
+
+def check_model_size(cfg: Config, n_inputs: int, *, source: str) -> None:
+    """Refuse a network above ``model.max_parameters`` before any memory is allocated for it."""
+    parameters = cfg.model.parameters(n_inputs)
+    if parameters > cfg.model.max_parameters:
+        raise DataError(MESSAGE_TOO_MANY_PARAMETERS.format(
+            source=source, sizes=list(cfg.model.hidden_sizes), inputs=n_inputs, parameters=parameters,
+            limit=cfg.model.max_parameters))
+
+
+def bin_labels(values: pd.Series, edges: tuple[float, ...]) -> pd.Series:
+    """Numbers as interval labels: '[25, 45)', the last interval closed ('[65, 120]'); missing stays missing."""
+    names = [f"[{a:g}, {b:g})" for a, b in zip(edges, edges[1:])]
+    names[-1] = names[-1][:-1] + "]"
+    index = np.clip(np.searchsorted(np.asarray(edges), values.astype("float64").to_numpy(), side="right") - 1,
+                    0, len(names) - 1)
+    out = pd.Series(np.asarray(names, dtype=object)[index], index=values.index, dtype="string")
+    return out.mask(values.isna())
+
+
 def split(table: Table, cfg: Config, *, source: str) -> Split:
     """Stratified train/test split, then an encoder fitted on the training rows only."""
     from sklearn.model_selection import train_test_split
@@ -237,7 +387,8 @@ def _roles(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[list[str], np.ndarra
     excluded = {ds.target} | (set() if ds.sensitive_as_input else set(ds.sensitive_features))
     features = [c for c in frame.columns if c not in excluded]
     y = (frame[ds.target].astype("string") == ds.positive_label).to_numpy(dtype=np.float32)
-    groups = frame[list(ds.sensitive_features)].astype("string").fillna(MISSING_CATEGORY)
+    groups = pd.DataFrame({col: bin_labels(frame[col], ds.bins[col]) if col in ds.bins else frame[col].astype("string")
+                           for col in ds.sensitive_features}, index=frame.index).fillna(MISSING_CATEGORY)
     return features, y, groups
 
 

@@ -726,9 +726,10 @@ class AuditDocument:
         """Every number of the audit as flat MLflow metrics (undefined ones left out: missing means undefined)."""
         metrics: dict[str, Any] = {k: v for k, v in self.overall.items()}
         for view, rows in self.groups.items():
+            keys = vocab.group_metric_keys(view, [(row.group, name) for row in rows for name in row.values])
             for row in rows:  # suppressed groups carry None and are left out
                 for name, value in row.values.items():
-                    metrics[vocab.group_metric(view, row.group, name)] = value
+                    metrics[keys[row.group, name]] = value
         for view, gaps in self.disparities.items():
             for name, gap in gaps.items():
                 key = vocab.disparity_metric(name, view)

@@ -59,11 +59,35 @@ def build(n_features: int, cfg: ModelConfig) -> ReLUMLP:
     return model
 
 
+MESSAGE_OUTPUT_SHAPE = ("{source}: the model returned output of shape {shape} for {rows} rows; expected logits of "
+                        "shape (N,) or (N, 1) (one logit per row, the positive label's) or (N, 2) (two class logits, "
+                        "class 1 the positive label)")
+
+
+def positive_probability(out: torch.Tensor, *, source: str = "model") -> torch.Tensor:
+    """The positive label's probability from a model's logits: sigmoid of (N,) or (N, 1), softmax column 1 of (N, 2).
+
+    (N, 2) outputs are read as logits, never as probabilities: softmax of probabilities would
+    squash them towards 0.5 without changing their order, so a model returning probabilities
+    must return their logits instead (or one logit per row).
+    """
+    from pipeline.errors import UserError
+
+    if out.ndim == 1:
+        return torch.sigmoid(out)
+    if out.ndim == 2 and out.shape[1] == 1:
+        return torch.sigmoid(out[:, 0])
+    if out.ndim == 2 and out.shape[1] == 2:
+        return torch.softmax(out, dim=1)[:, 1]
+    rows = out.shape[0] if out.ndim else 0
+    raise UserError(MESSAGE_OUTPUT_SHAPE.format(source=source, shape=tuple(out.shape), rows=rows))
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Probability of the positive label for each row."""
+    """Probability of the positive label for each row (see :func:`positive_probability` for the output shapes)."""
     model.eval()
-    return torch.sigmoid(model(torch.from_numpy(x))).numpy().astype(np.float64)
+    return positive_probability(model(torch.from_numpy(x))).numpy().astype(np.float64)
 
 
 def load_from_module(spec: str, state_dict_path) -> tuple[nn.Module, dict]:
@@ -75,11 +99,15 @@ def load_from_module(spec: str, state_dict_path) -> tuple[nn.Module, dict]:
     import sys
     from pathlib import Path
 
+    from pipeline.config import MESSAGE_STATE_DICT
     from pipeline.errors import UserError
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UserError(f"--model-module: got '{spec}'; expected 'package.module:factory', e.g. 'mymodels:build'")
+    path = Path(state_dict_path)
+    if not path.is_file():
+        raise UserError(MESSAGE_STATE_DICT.format(path=path, found="is a directory" if path.is_dir() else "not found"))
     sys.path.insert(0, str(Path.cwd()))  # a module next to the config, as a user would expect
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -132,5 +160,6 @@ def check_inputs(net: nn.Module, x: np.ndarray, *, source: str, feature_names: l
                                                  names=names)) from err
         raise UserError(MESSAGE_REFUSED.format(source=source, given=x.shape[1], names=names,
                                                error=str(err).splitlines()[0])) from err
-    if out.numel() != min(2, len(x)):
-        raise UserError(f"{source}: expected one logit per row, got output of shape {tuple(out.shape)}")
+    if out.ndim == 0 or out.shape[0] != min(2, len(x)):
+        raise UserError(MESSAGE_OUTPUT_SHAPE.format(source=source, shape=tuple(out.shape), rows=min(2, len(x))))
+    positive_probability(out, source=source)

@@ -23,6 +23,9 @@ from pipeline.document import AuditDocument, Remedy
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
+# Group labels are data: '$x$' or 'A$B' must print as written, not parse as mathtext (which raises on '$5$$').
+matplotlib.rcParams["text.parse_math"] = False
+
 _TEMPLATES = Path(__file__).parent / "templates"
 RATE_COLUMNS = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate",
                 "false_negative_rate", "precision")

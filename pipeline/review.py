@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import uuid
 from pathlib import Path
 
 from pipeline import config as config_mod
@@ -13,6 +14,9 @@ from pipeline.document import Review, ReviewEntry
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+_ALREADY_REVIEWED = ("review: run '{run_id}' was already reviewed ({decision} by {by} at {time}); "
+                     "add --force to record a new decision")
 
 
 def review(run_id: str, *, decision: str, by: str, note: str | None = None, force: bool = False,
@@ -32,11 +36,23 @@ def review(run_id: str, *, decision: str, by: str, note: str | None = None, forc
         raise UserError("review: --by: expected the reviewer's name, got an empty string")
     uri = config_mod.tracking_uri(tracking_uri)
     run = tracking.get_audit_run(run_id, uri)
+    tracking.mark_orphans(uri)  # after: a run that is not there is a one-line error
+    # Take the next number; a reviewer who started at the same moment may take it first (see tracking).
+    while True:
+        claims = tracking.review_claims(run)
+        number = max(claims, default=0) + 1
+        latest = claims[number - 1] if claims else {
+            "decision": run.data.tags.get("review.decision"), "by": run.data.tags.get("review.by"),
+            "time": run.data.tags.get("review.time")}
+        if latest["decision"] and not force:
+            raise UserError(_ALREADY_REVIEWED.format(run_id=run_id, **latest))
+        claim = {"decision": decision, "by": by, "time": jobs.now(), "claim": uuid.uuid4().hex[:12]}
+        if tracking.claim_review(run_id, uri, number, claim):
+            break
+        run = tracking.get_audit_run(run_id, uri)
+    run = tracking.wait_for_review_turn(run_id, uri, number)  # earlier numbers are recorded first
     previous = run.data.tags.get("review.decision")
-    if previous and not force:
-        raise UserError(f"review: run '{run_id}' was already reviewed ({previous} by {run.data.tags.get('review.by')} "
-                        f"at {run.data.tags.get('review.time')}); add --force to record a new decision")
-    entry = ReviewEntry(decision=decision, by=by, time=jobs.now(), note=note, verdict=run.data.tags["verdict"],
+    entry = ReviewEntry(decision=decision, by=by, time=claim["time"], note=note, verdict=run.data.tags["verdict"],
                         supersedes=previous)
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_audit(run_id, uri, Path(tmp))
@@ -49,7 +65,7 @@ def review(run_id: str, *, decision: str, by: str, note: str | None = None, forc
         doc = outputs.read_document(folder / outputs.AUDIT_JSON)
         doc = dataclasses.replace(doc, review=Review(latest=entry, history=history))
         files = outputs.rewrite_reports(doc, folder)
-        tracking.record_review(run_id, uri, entry, folder, files)
+        tracking.record_review(run_id, uri, entry, folder, files, number)
         local = Path(reports_dir) / run_id
         if local.is_dir():
             for path in files:

@@ -102,6 +102,8 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
     With ``mitigation.enabled``, mitigation candidates are measured with the same gate;
     ``register_recommended`` registers the recommended one as a new version of the registered model.
     """
+    config_mod.check_tracking_uri(config_mod.tracking_uri(tracking_uri),
+                                  source="--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
     reports_dir = jobs.writable_dir(Path(reports_dir))
     with jobs.job_lock(reports_dir, config_path):
         timer = timer or StageTimer()
@@ -110,6 +112,8 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
 
         timer.lap("imports")
         table = data.load(cfg.dataset, source=str(config_path))
+        data.check_table(table, cfg.dataset, source=str(config_path))
+        data.check_trainable(table, cfg, source=str(config_path))
         split = data.split(table, cfg, source=str(config_path))
         logger.info("data: %s, %d rows (%d train, %d test), %d features", table.path, len(table.frame),
                     len(split.y_train), len(split.y_test), split.x_train.shape[1])
@@ -161,6 +165,8 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
     if model_uri is not None and encoder is not None:
         raise UserError("audit: --encoder goes with --model-module only; a --model-uri model's encoder is read "
                         "from the run that logged it")
+    config_mod.check_tracking_uri(config_mod.tracking_uri(tracking_uri),
+                                  source="--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
     reports_dir = jobs.writable_dir(Path(reports_dir))
     with jobs.job_lock(reports_dir, config_path, model_uri or module):
         timer = timer or StageTimer()
@@ -171,6 +177,7 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
 
         timer.lap("imports")
         table = data.load(cfg.dataset, source=str(config_path))
+        data.check_table(table, cfg.dataset, source=str(config_path))
         timer.lap("data")
         from pipeline import capacity, tracking
         from pipeline import model as model_mod

@@ -77,10 +77,87 @@ def preload_store(uri: str) -> None:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, "Evaluation runs");
+# this value is the one its UI reads for the model-training view (runs, metrics, charts).
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+# Who started a run: a run still RUNNING whose owner is gone was killed (SIGKILL, OOM killer, power loss).
+OWNER_PID, OWNER_HOST, OWNER_START = "pipeline.owner_pid", "pipeline.owner_host", "pipeline.owner_start"
+ORPHANED_FOUND, ORPHANED_REASON = "pipeline.orphaned_found", "pipeline.orphaned_reason"
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None when it is
+    gone or a zombie. With the PID it names one process: a PID reused later has another start time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]  # fields[0] is field 3 (state)
+
+
+def owner_tags() -> dict[str, str]:
+    import os
+    import socket
+
+    pid = os.getpid()
+    return {OWNER_PID: str(pid), OWNER_HOST: socket.gethostname(), OWNER_START: _process_start(pid) or ""}
+
+
+def _owner_gone(tags: dict[str, str], host: str) -> bool:
+    """Whether the run's owner process, on this host, no longer exists (its PID absent or reused)."""
+    if tags.get(OWNER_HOST) != host or not tags.get(OWNER_PID, "").isdigit():
+        return False  # another host's process: we cannot see it
+    start = _process_start(int(tags[OWNER_PID]))
+    return start is None or (bool(tags.get(OWNER_START)) and start != tags[OWNER_START])
+
+
+def mark_orphans(uri: str) -> list:
+    """End as FAILED the RUNNING runs of this store whose owner process, on this host, is gone.
+
+    Each gets the tags ``pipeline.orphaned_found`` (UTC time) and ``pipeline.orphaned_reason``; one log
+    line per dead owner names its runs. Runs owned by another host are left alone. Returns the runs marked.
+    """
+    import socket
+    from datetime import datetime, timezone
+
+    client = MlflowClient(uri)
+    host = socket.gethostname()
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return []
+    running = client.search_runs(exp_ids, f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'",
+                                 max_results=1000)
+    orphans = [r for r in running if _owner_gone(r.data.tags, host)]
+    found = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    by_owner: dict[str, list[str]] = {}
+    for run in orphans:
+        reason = f"owner process {run.data.tags[OWNER_PID]} on {host} is gone"
+        client.set_tag(run.info.run_id, ORPHANED_FOUND, found)
+        client.set_tag(run.info.run_id, ORPHANED_REASON, reason)
+        client.set_terminated(run.info.run_id, "FAILED")
+        by_owner.setdefault(reason, []).append(run.info.run_id)
+    for reason, ids in by_owner.items():
+        logger.warning("mlflow: marked %d orphaned run(s) FAILED (%s): %s", len(ids), reason, ", ".join(ids))
+    return [client.get_run(r.info.run_id) for r in orphans]
+
+
+def stale_runs(uri: str) -> list:
+    """Runs of this store that were marked orphaned (now or earlier), newest first; marks new ones first."""
+    mark_orphans(uri)
+    client = MlflowClient(uri)
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return []
+    return client.search_runs(exp_ids, f"tags.`{ORPHANED_FOUND}` LIKE '%'", order_by=["attributes.start_time DESC"],
+                              max_results=1000)
+
+
 @contextmanager
 def _ended_run(**kwargs) -> Iterator[mlflow.ActiveRun]:
     """Start a run that ends FINISHED, FAILED on an exception, or KILLED on an interrupt."""
     active = mlflow.start_run(**kwargs)
+    mlflow.set_tags(owner_tags())  # so a later command can tell when this process died without ending it
     status = "FAILED"
     try:
         yield active
@@ -98,12 +175,18 @@ def experiment_id(uri: str, experiment: str) -> str:
     with _sqlite_init_lock(uri):  # two first runs at once would both migrate a new database
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                exp_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment),
+                                                  tags={EXPERIMENT_KIND: MODEL_TRAINING})
+            except MlflowException:  # created meanwhile by a concurrent run
+                found = client.get_experiment_by_name(experiment)
         if found is not None:
-            return found.experiment_id
-        try:
-            return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
-        except MlflowException:  # created meanwhile by a concurrent run
-            return client.get_experiment_by_name(experiment).experiment_id
+            exp_id = found.experiment_id
+            if found.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
+    mark_orphans(uri)
+    return exp_id
 
 
 @contextmanager
@@ -476,8 +559,54 @@ def download_audit(run_id: str, tracking_uri: str, into: Path) -> Path:
     return into
 
 
-def record_review(run_id: str, tracking_uri: str, entry: ReviewEntry, folder: Path, files: list[Path]) -> None:
-    """Tags with the latest decision, the appended review log, and the re-rendered files."""
+# Concurrent reviews of one run are put in order by numbered claims: the param ``review.claim.<n>``.
+# MLflow refuses to change a logged param, atomically (the store's primary key), so exactly one
+# reviewer gets each number; the holder of number n waits until ``review.count`` says n-1 is done.
+REVIEW_CLAIM, REVIEW_COUNT = "review.claim.", "review.count"
+REVIEW_TURN_TIMEOUT = 120.0  # seconds to wait for an earlier reviewer before going ahead without it
+
+
+def review_claims(run) -> dict[int, dict]:
+    """The run's numbered review claims: number -> {decision, by, time, claim}."""
+    import json
+
+    return {int(k.removeprefix(REVIEW_CLAIM)): json.loads(v) for k, v in run.data.params.items()
+            if k.startswith(REVIEW_CLAIM) and k.removeprefix(REVIEW_CLAIM).isdigit()}
+
+
+def claim_review(run_id: str, tracking_uri: str, number: int, claim: dict) -> bool:
+    """Log claim ``number``; False when another reviewer holds it already."""
+    import json
+
+    client = MlflowClient(tracking_uri)
+    value = json.dumps(claim, sort_keys=True)
+    try:
+        client.log_param(run_id, f"{REVIEW_CLAIM}{number}", value)
+    except MlflowException:  # "Changing param values is not allowed": someone else has this number
+        pass
+    return client.get_run(run_id).data.params.get(f"{REVIEW_CLAIM}{number}") == value
+
+
+def wait_for_review_turn(run_id: str, tracking_uri: str, number: int):
+    """The run once every review with a smaller number has been recorded (or after a timeout)."""
+    client = MlflowClient(tracking_uri)
+    deadline = time.monotonic() + REVIEW_TURN_TIMEOUT
+    while True:
+        run = client.get_run(run_id)
+        done = int(run.data.tags.get(REVIEW_COUNT, "0") or 0)
+        if done >= number - 1:
+            return run
+        if time.monotonic() > deadline:
+            logger.warning("review: claim %d of run %s was never completed within %.0f s; going ahead", done + 1,
+                           run_id, REVIEW_TURN_TIMEOUT)
+            return run
+        time.sleep(0.2)
+
+
+def record_review(run_id: str, tracking_uri: str, entry: ReviewEntry, folder: Path, files: list[Path],
+                  number: int | None = None) -> None:
+    """Tags with the latest decision, the appended review log, and the re-rendered files; then
+    ``review.count`` = ``number``, which lets the next claim go ahead."""
     client = MlflowClient(tracking_uri)
     tags = {"review.decision": entry.decision, "review.by": entry.by, "review.time": entry.time,
             "review.note": entry.note or ""}
@@ -486,6 +615,8 @@ def record_review(run_id: str, tracking_uri: str, entry: ReviewEntry, folder: Pa
     client.log_artifact(run_id, str(folder / REVIEW_LOG), "review")
     for path in files:
         client.log_artifact(run_id, str(path))
+    if number is not None:
+        client.set_tag(run_id, REVIEW_COUNT, str(number))
 
 
 # --- baseline ----------------------------------------------------------------------------------

@@ -83,6 +83,28 @@ def _sanitize(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", part).strip("_") or "_"
 
 
+def group_metric_keys(view: str, pairs: typing.Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """:func:`group_metric` for every (group, metric name) of one view, each key unique.
+
+    Labels that sanitize alike ('A/B' and 'A_B') would overwrite each other's metrics; each of them
+    gets a stable suffix, the first 8 hex digits of the label's SHA-256: 'group/sex/A_B-3f2a9c1d/...'.
+    Labels that do not collide keep their plain key. The original label stays in ``audit.json``.
+    """
+    import hashlib
+
+    pairs = list(pairs)
+    labels = list(dict.fromkeys(group for group, _ in pairs))
+    by_part: dict[str, list[str]] = {}
+    for label in labels:
+        by_part.setdefault(_sanitize(label), []).append(label)
+    parts = {}
+    for part, same in by_part.items():
+        for label in same:
+            suffix = "-" + hashlib.sha256(label.encode("utf-8")).hexdigest()[:8] if len(same) > 1 else ""
+            parts[label] = part + suffix
+    return {(group, name): "/".join(("group", _sanitize(view), parts[group], _sanitize(name))) for group, name in pairs}
+
+
 def disparity_metric(name: str, view: str) -> str:
     """'demographic_parity_difference/sex'."""
     return metric_key(name, view)

@@ -62,13 +62,15 @@ class _Text(HTMLParser):
         return [text for _, text in self.nodes]
 
 
-def render(url: str, tmp: Path, screenshot: Path | None = None) -> _Text:
+def render(url: str, tmp: Path, screenshot: Path | None = None, window: tuple[int, int] = WINDOW,
+           scrollbars: bool = False) -> _Text:
     """The DOM of `url` after MLflow's UI has rendered it (and a screenshot, when asked)."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} not found: the browser test needs Debian's chromium "
                     "(apt-get install -y chromium chromium-driver; .ci/run installs it)")
     profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp)  # fresh: no state from earlier pages
-    cmd = [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+    flags = [f for f in FLAGS if not (scrollbars and f == "--hide-scrollbars")]
+    cmd = [str(CHROMIUM), *flags, f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
            "--dump-dom", *([f"--screenshot={screenshot}"] if screenshot else []), url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     pgid = os.getpgid(proc.pid)
@@ -158,3 +160,54 @@ def test_artifacts_view_lists_and_opens_the_report(logged, mlflow_server, tmp_pa
     assert f"Path: {run.info.artifact_uri}/report.html" in texts
     (preview,) = [f for f in page.iframes if "mlflow-html-iframe" in (f.get("class") or "")]
     assert (preview.get("src") or "").startswith(f"blob:{mlflow_server}/")
+
+
+# Appended to a copy of report.html: after layout, each table's box and scroll extent, as one text node.
+OVERFLOW_PROBE = """<script>
+window.addEventListener("load", () => {
+  const tables = [...document.querySelectorAll("table")].map(t => ({
+    right: t.getBoundingClientRect().right, scrollWidth: t.scrollWidth, clientWidth: t.clientWidth,
+    overflowX: getComputedStyle(t).overflowX}));
+  const out = document.createElement("div");
+  out.textContent = "OVERFLOW:" + JSON.stringify({viewport: document.documentElement.clientWidth,
+                                                  page: document.documentElement.scrollWidth, tables});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.parametrize("width", [1280, 600])
+def test_report_tables_fit_or_scroll_visibly(logged, tmp_path, width):
+    """No table of report.html runs off the page: each fits, or scrolls inside its own box."""
+    summary, _ = logged
+    report = Path(summary["report_html"])
+    probed = report.with_name(f"report-probe-{width}.html")
+    probed.write_text(report.read_text(encoding="utf-8").replace("</body>", OVERFLOW_PROBE + "</body>"),
+                      encoding="utf-8")
+    screenshot = tmp_path / f"report-{width}.png"
+    page = render(probed.as_uri(), tmp_path, screenshot, window=(width, 1000), scrollbars=True)
+    (found,) = [t for t in page.texts() if t.startswith("OVERFLOW:")]
+    layout = json.loads(found.removeprefix("OVERFLOW:"))
+    assert layout["tables"], "the report has tables"
+    assert layout["page"] <= layout["viewport"], f"the page scrolls sideways at {width} px: {layout}"
+    for i, table in enumerate(layout["tables"]):
+        assert table["right"] <= layout["viewport"] + 0.5, f"table {i} runs off the page at {width} px: {table}"
+        if table["scrollWidth"] > table["clientWidth"]:
+            assert table["overflowX"] in ("auto", "scroll"), f"table {i} is cut off at {width} px: {table}"
+    if width <= 600:
+        assert any(t["scrollWidth"] > t["clientWidth"] for t in layout["tables"]), "a wide table scrolls"
+    assert _png_size(screenshot) == (width, 1000)
+
+
+def test_experiment_opens_in_the_model_training_view(logged, mlflow_server, tmp_path):
+    """Tagged ``mlflow.experimentKind: custom_model_development``. MLflow 3.17's UI reads the view from
+    its GenAI / Model training switch (``?workflowType=``, else the browser's last choice, else GenAI),
+    not from the tag: a link with ``workflowType=machine_learning`` shows the runs, not GenAI evaluations."""
+    _, run = logged
+    experiment = MlflowClient(mlflow_server).get_experiment(run.info.experiment_id)
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    page = render(f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning",
+                  tmp_path)
+    texts = page.texts()
+    assert {"Run Name", run.info.run_name} <= set(texts), texts[:120]  # the runs table
+    assert not {"Evaluation runs", "Token Usage", "Judges", "Playground"} & set(texts), texts[:120]

@@ -51,7 +51,7 @@ BAD_VALUES = [
         "dataset",
         "sensitive",
         ["sex"],
-        "dataset.sensitive: unknown key; valid keys are: drop, intersections, missing, "
+        "dataset.sensitive: unknown key; valid keys are: bins, drop, intersections, max_categories, missing, "
         "missing_values, name, path, positive_label, sensitive_as_input, "
         "sensitive_features, target",
     ),
@@ -246,6 +246,7 @@ DEFAULTS = {
     "policy.max_dead_fraction": 0.10, "policy.gate_on": "interval", "policy.inconclusive_fails": True,
     "policy.multiple_comparisons": "bonferroni", "policy.baseline_tolerance": 0.02,
     "tracking.experiment": "fairness-audit",
+    "dataset.bins": {}, "dataset.max_categories": 100, "model.max_parameters": 50_000_000,
     "mitigation.enabled": False, "mitigation.feature": None,
     "mitigation.methods": ("threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing"),
     "mitigation.constraints": ("demographic_parity", "equalized_odds"), "mitigation.penalty_strengths": (1.0, 4.0),
@@ -270,8 +271,8 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 10 + 3 + 5 + 10 + 12 + 11 + 3 + 10 (mitigation).
-    assert len(flat) == 64
+    # One param per field of every section: 12 + 3 + 6 + 10 + 12 + 11 + 3 + 10 (mitigation).
+    assert len(flat) == 67
     assert set(flat) == {
         "dataset.path",
         "dataset.target",

@@ -60,3 +60,43 @@ def test_review_errors_exit_2(args, expected, audited, store):
     args = [a.replace("RUN", result.run_id) for a in args]
     proc = run_cli("review", *args, "--tracking-uri", store)
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["without-force", "with-force"])
+def test_two_reviews_at_once_are_put_in_order(force, tmp_path, store):
+    """Started together: without --force one is recorded and the other refused; with --force both are
+    recorded, in the log and in the order their tags were written."""
+    import threading
+
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})))
+    rid = runner.run(path, tracking_uri=store, reports_dir=tmp_path / "reports").run_id
+    barrier, done = threading.Barrier(2), {}
+
+    def review(flag: str, by: str) -> None:
+        barrier.wait()
+        done[by] = run_cli("review", rid, flag, "--by", by, "--tracking-uri", store, *(["--force"] if force else []))
+
+    threads = [threading.Thread(target=review, args=args) for args in (("--approve", "Ada"), ("--reject", "Bob"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    codes = sorted(proc.returncode for proc in done.values())
+    tags = MlflowClient(store).get_run(rid).data.tags
+    mlflow.set_tracking_uri(store)
+    log = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{rid}/review/log.jsonl").splitlines()]
+    if not force:
+        assert codes == [0, 2], {k: p.stderr[-2000:] for k, p in done.items()}
+        (loser,) = [p for p in done.values() if p.returncode == 2]
+        (winner,) = [by for by, p in done.items() if p.returncode == 0]
+        assert "was already reviewed (" in loser.stderr and "add --force" in loser.stderr
+        assert "Traceback" not in loser.stderr
+        assert [e["by"] for e in log] == [winner] and tags["review.by"] == winner
+    else:
+        assert codes == [0, 0], {k: p.stderr[-2000:] for k, p in done.items()}
+        assert sorted(e["by"] for e in log) == ["Ada", "Bob"]
+        assert tags["review.by"] == log[-1]["by"] and tags["review.count"] == "2"
+        assert log[1]["supersedes"] == log[0]["decision"] and log[0]["supersedes"] is None
