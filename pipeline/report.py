@@ -291,10 +291,10 @@ def run_description(audit: AuditDocument) -> str:
     lines.append(f"Dataset {_code(ds.name)} ({ds.rows} rows, sha256 `{ds.sha256[:12]}…`), "
                  f"{len(audit.findings)} checks, {len(failed)} failed, {len(unsure)} inconclusive, "
                  f"{len(skipped)} not evaluated.")
+    if audit.mitigation is not None:  # first, so MLflow shows it before folding the description
+        lines += ["", f"**Mitigation:** {_md(audit.mitigation.recommendation)}"]
     if audit.verdict_reasons:
         lines += ["", *(f"- {_md(r)}" for r in audit.verdict_reasons)]
-    if audit.mitigation is not None:
-        lines += ["", "### Mitigation", _md(audit.mitigation.recommendation)]
     if failed:
         lines += ["", "### Failed checks"] + [f"- {_md(f.message)}" for f in failed]
     if unsure:

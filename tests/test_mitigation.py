@@ -87,7 +87,9 @@ def test_candidates_are_judged_by_the_same_gate_and_one_is_recommended(registere
     card = (open(summary["audit_json"].replace("audit.json", "model_card.md")).read())
     assert "## Mitigation" in card
     run = MlflowClient(STORE[0]).get_run(summary["run_id"])
-    assert "### Mitigation" in run.data.tags["mlflow.note.content"]
+    description = run.data.tags["mlflow.note.content"].splitlines()
+    assert description[4].startswith("**Mitigation:** ")  # before MLflow folds the description
+    assert m["recommended"].replace("_", "\\_") in description[4]  # Markdown-escaped
 
 
 def test_each_candidate_is_a_nested_run_with_its_verdict(registered):
