@@ -8,6 +8,15 @@ MLflow's tables is set-up, not a run). Stage seconds come from the run's own JSO
 summary; "interpreter" is what the parent's clock sees beyond them: Python start-up,
 CLI parsing and exit. Shares are of the wall time measured in the same run.
 Targets (issue 2): wall < 20 s; MLflow logging + report < 15% of it.
+
+    .venv/bin/python benchmarks/stages.py --pairs 5
+
+compares the default audit with benchmarks/yardstick.py, the script a practitioner
+would write by hand: the two run alternately (yardstick, audit, yardstick, ...), each in
+a fresh interpreter against its own store, created by one untimed run of each first.
+Wall time is the parent's clock around the child; peak RSS is the child's ru_maxrss
+from os.wait4 (KiB on Linux). Targets (issue "half the cost of a hand-written script"):
+median wall ratio audit / yardstick <= 0.5; median peak-RSS ratio <= 1.0.
 """
 
 from __future__ import annotations
@@ -20,32 +29,120 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+WALL_RATIO_TARGET, RSS_RATIO_TARGET = 0.5, 1.0
 ORDER = ("imports", "data", "training", "evaluation", "dead_units", "mlflow_logging", "report", "interpreter")
 
 
-def once(config: str, tmp: str) -> dict[str, float]:
+@dataclass(frozen=True)
+class Child:
+    """One child process: its wall time, peak resident set size, exit code and output."""
+
+    wall: float
+    rss_mib: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_child(args: list[str]) -> Child:
+    """Run ``python args...`` in ``ROOT``; the peak RSS is this child's own ``ru_maxrss`` (KiB on Linux)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", config, "--json",
-                          "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--reports-dir", f"{tmp}/reports"],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if out.returncode not in (0, 1):
-        sys.exit(f"audit failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
-    stages = dict(json.loads(out.stdout)["seconds"])
-    stages["interpreter"] = wall - sum(stages.values())
-    stages["wall"] = wall
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        return Child(wall, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read())
+
+
+def audit_args(config: str, tmp: str) -> list[str]:
+    return ["-m", "pipeline", "run", "--config", config, "--json",
+            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--reports-dir", f"{tmp}/reports"]
+
+
+def run_audit(config: str, tmp: str) -> Child:
+    child = run_child(audit_args(config, tmp))
+    if child.returncode not in (0, 1):  # 1: the audit ran and a policy check failed
+        sys.exit(f"audit failed (exit {child.returncode}):\n{child.stderr[-2000:]}")
+    return child
+
+
+def run_yardstick(tmp: str) -> Child:
+    child = run_child(["benchmarks/yardstick.py", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"])
+    if child.returncode != 0:
+        sys.exit(f"yardstick failed (exit {child.returncode}):\n{child.stderr[-2000:]}")
+    return child
+
+
+def stage_seconds(child: Child) -> dict[str, float]:
+    """Stage seconds from the audit's JSON summary, plus "interpreter" (the rest of the wall) and "wall"."""
+    stages = dict(json.loads(child.stdout)["seconds"])
+    stages["interpreter"] = child.wall - sum(stages.values())
+    stages["wall"] = child.wall
     return stages
+
+
+def once(config: str, tmp: str) -> dict[str, float]:
+    return stage_seconds(run_audit(config, tmp))
+
+
+def verdict(ratio: float, target: float) -> str:
+    return "met" if ratio <= target else "NOT met"
+
+
+def pairs(config: str, n: int) -> None:
+    """Yardstick and audit alternately, ``n`` pairs, each against its own pre-created store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {name: Path(tmp, name) for name in ("yardstick", "audit")}
+        for store in stores.values():
+            store.mkdir()
+        # Untimed first runs: create each store's tables, experiment and registered model.
+        run_yardstick(str(stores["yardstick"]))
+        run_audit(config, str(stores["audit"]))
+        results = [(run_yardstick(str(stores["yardstick"])), run_audit(config, str(stores["audit"])))
+                   for _ in range(n)]
+    print(f"default audit ({config}) vs benchmarks/yardstick.py, {n} pairs run alternately (yardstick first)")
+    print(f"{'pair':<6}{'yard s':>9}{'audit s':>9}{'ratio':>7}{'yard MiB':>10}{'audit MiB':>10}{'ratio':>7}")
+    wall_ratios, rss_ratios = [], []
+    for i, (yard, audit) in enumerate(results, 1):
+        wall_ratios.append(audit.wall / yard.wall)
+        rss_ratios.append(audit.rss_mib / yard.rss_mib)
+        print(f"{i:<6}{yard.wall:>9.2f}{audit.wall:>9.2f}{wall_ratios[-1]:>7.2f}"
+              f"{yard.rss_mib:>10.0f}{audit.rss_mib:>10.0f}{rss_ratios[-1]:>7.2f}")
+    wall_ratio, rss_ratio = statistics.median(wall_ratios), statistics.median(rss_ratios)
+    print(f"median wall ratio (audit / yardstick):     {wall_ratio:.2f}   target <= {WALL_RATIO_TARGET}: "
+          f"{verdict(wall_ratio, WALL_RATIO_TARGET)}")
+    print(f"median peak-RSS ratio (audit / yardstick): {rss_ratio:.2f}   target <= {RSS_RATIO_TARGET}: "
+          f"{verdict(rss_ratio, RSS_RATIO_TARGET)}")
+    runs = [stage_seconds(audit) for _, audit in results]
+    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    wall = median["wall"]
+    print(f"audit stages, median of {n}: wall {wall:.2f} s "
+          f"(yardstick median {statistics.median(y.wall for y, _ in results):.2f} s)")
+    print(f"{'stage':<16}{'seconds':>9}{'share':>8}")
+    for stage in ORDER:
+        print(f"{stage:<16}{median[stage]:>9.2f}{median[stage] / wall:>8.1%}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/adult.yaml")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pairs", type=int, nargs="?", const=5, metavar="N",
+                        help="instead: N pairs (at least 5; 5 when N is omitted) of benchmarks/yardstick.py and the audit, alternately")
     args = parser.parse_args()
+    if args.pairs is not None:
+        if args.pairs < 5:
+            parser.error(f"--pairs: expected at least 5 pairs (medians of fewer are noise), got {args.pairs}")
+        pairs(args.config, args.pairs)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-c", "import sys; from mlflow.tracking import MlflowClient; "
                         "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{tmp}/mlflow.db"],
