@@ -47,27 +47,35 @@ def reachable_or_local(uri: str, reports_dir: Path) -> tuple[str, str | None]:
     """
     if not uri.startswith(("http://", "https://")):
         return uri, None
-    import urllib.error
-    import urllib.request
-
-    error = ""
-    for attempt in range(CONNECT_ATTEMPTS):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT) as response:
-                if response.status == 200:
-                    return uri, None
-                error = f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError) as err:
-            error = str(getattr(err, "reason", err))
-        if attempt < CONNECT_ATTEMPTS - 1:
-            time.sleep(2**attempt)
+    answered, error = _answers(uri, attempts=CONNECT_ATTEMPTS)
+    if answered:
+        return uri, None
     local = f"sqlite:///{(reports_dir / '.offline' / 'mlflow.db').resolve()}"
     reason = f"tracking server {uri} unreachable after {CONNECT_ATTEMPTS} attempts ({error})"
     logger.warning("%s; logging to %s instead", reason, local)
     (reports_dir / ".offline").mkdir(parents=True, exist_ok=True)
     preload_store(local)
-
     return local, reason
+
+
+def _answers(uri: str, *, attempts: int) -> tuple[bool, str]:
+    """Whether a tracking server answers ``/health`` within ``attempts`` tries (waits 1 s, 2 s, … between
+    them), and the last error when it does not."""
+    import urllib.error
+    import urllib.request
+
+    error = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT) as response:
+                if response.status == 200:
+                    return True, ""
+                error = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as err:
+            error = str(getattr(err, "reason", err))
+        if attempt < attempts - 1:
+            time.sleep(2**attempt)
+    return False, error
 
 
 def preload_store(uri: str) -> None:
@@ -144,6 +152,11 @@ def mark_orphans(uri: str) -> list:
 
 def stale_runs(uri: str) -> list:
     """Runs of this store that were marked orphaned (now or earlier), newest first; marks new ones first."""
+    if uri.startswith(("http://", "https://")):
+        answered, error = _answers(uri, attempts=1)
+        if not answered:
+            raise UserError(f"--tracking-uri: {uri} does not answer ({error}); expected a running tracking "
+                            "server, or the store's sqlite:/// URI")
     mark_orphans(uri)
     client = MlflowClient(uri)
     exp_ids = [e.experiment_id for e in client.search_experiments()]

@@ -100,3 +100,13 @@ def test_other_commands_mark_orphans_too(tmp_path, write_config):
     assert client.get_run(dead).info.status == "FAILED"
     new = client.get_run(json.loads(proc.stdout)["run_id"])
     assert new.info.status == "FINISHED" and new.data.tags[tracking.OWNER_PID] not in ("", str(os.getpid()))
+
+
+def test_stale_against_a_server_that_does_not_answer_is_one_line_exit_2():
+    with socket.socket() as sock:  # a free port on loopback that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = run_cli("runs", "--stale", "--tracking-uri", f"http://127.0.0.1:{port}")
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and f"--tracking-uri: http://127.0.0.1:{port} does not answer" in lines[0]
