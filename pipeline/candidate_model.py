@@ -26,14 +26,19 @@ class CandidateModel(PythonModel):
 
     def predict(self, context, model_input, params=None):
         from pipeline import config as config_mod
-        from pipeline import mitigation
+        from pipeline import fairness, mitigation
+        from pipeline.vocabulary import INTERSECTION_JOIN
 
         cfg = config_mod.from_dict(self.stored["config"], source="candidate.json")
+        missing = [c for c in self.stored["feature_names"] if c not in model_input]
+        if missing:
+            raise ValueError(f"model input lacks {len(missing)} encoded column(s), e.g. {missing[:5]}; expected the "
+                             "feature names of the run's model_inputs/encoder.json, in order")
         x = model_input[self.stored["feature_names"]].to_numpy(dtype=np.float32)
-        columns = self.stored["feature"].split(" & ")  # one sensitive column, or an intersection's columns
+        columns = self.stored["feature"].split(INTERSECTION_JOIN)  # one sensitive column, or an intersection's
         groups = None
         if all(c in model_input for c in columns):
-            groups = model_input[columns].astype(str).agg(" & ".join, axis=1).to_numpy()
+            groups = fairness.view_labels(model_input[columns])
         return mitigation.predict_stored(self.stored["artifact"], self.state_dicts, x, groups, cfg)
 
 

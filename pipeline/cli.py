@@ -21,6 +21,8 @@ import click
 
 from pipeline.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USER_ERROR, Busy, Interrupted, UserError
 
+_BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
+
 
 def _progress(label: str):
     """Training progress: a bar on a terminal; one log line per epoch otherwise."""
@@ -32,7 +34,10 @@ def _progress(label: str):
                 f"val_loss {rec.val_loss:.4f} val_accuracy {rec.val_accuracy:.4f} max_dead {dead:.2f}")
         if tty:
             done = int(20 * rec.epoch / epochs)
-            sys.stderr.write(f"\r[{'#' * done}{'.' * (20 - done)}] {text}\033[K")
+            # A new bar starts on its own line, also when the last one stopped early.
+            sys.stderr.write(f"{chr(10) if rec.epoch == 1 and _BAR_OPEN else ''}\r[{'#' * done}{'.' * (20 - done)}] "
+                             f"{text}\033[K")
+            _BAR_OPEN[:] = [] if rec.epoch == epochs else [True]
             if rec.epoch == epochs:
                 sys.stderr.write("\n")
             sys.stderr.flush()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import ConfigError
+from pipeline.vocabulary import INTERSECTION_JOIN, view_name
 
 DEFAULT_CONFIG = Path("configs/adult.yaml")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -218,7 +219,7 @@ def from_dict(raw: object, *, source: str = "<config>") -> Config:
     _check_sensitive(cfg.dataset, source)
     feature, views = cfg.mitigation.feature, list(cfg.dataset.sensitive_features)
     if cfg.dataset.intersections and len(views) > 1:
-        views.append(" & ".join(cfg.dataset.sensitive_features))  # vocabulary.view_name, without importing it
+        views.append(view_name(cfg.dataset.sensitive_features))
     if feature is not None and feature not in views:
         raise ConfigError(f"{source}: mitigation.feature: got '{feature}'; expected a sensitive feature or their "
                           f"intersection: {', '.join(views)}")
@@ -236,7 +237,7 @@ def _check_sensitive(ds: DatasetConfig, source: str) -> None:
     for column in ds.sensitive_features:
         if column in seen:
             raise ConfigError(MESSAGE_DUPLICATE_SENSITIVE.format(source=source, column=column))
-        if " & " in column:
+        if INTERSECTION_JOIN in column:
             raise ConfigError(MESSAGE_JOIN_IN_NAME.format(source=source, column=column))
         seen.add(column)
     for column, edges in ds.bins.items():

@@ -44,13 +44,25 @@ def accuracy_cost(y: np.ndarray, base: np.ndarray, candidate: np.ndarray, *, n_b
     return float(cost), float(low), float(high)
 
 
+def mark_frontier(results: list, feature: str) -> list:
+    """Candidate results (``document.CandidateResult``) with ``pareto`` set, per gated disparity of ``feature``."""
+    import dataclasses
+
+    marks = {}
+    for name, low_is_better in BETTER_LOW.items():
+        values = [r.disparities[feature][name].value for r in results]
+        marks[name] = pareto([r.accuracy for r in results],
+                             [None if v is None else (v if low_is_better else -v) for v in values])
+    return [dataclasses.replace(r, pareto={name: on[i] for name, on in marks.items()}) for i, r in enumerate(results)]
+
+
 def pareto(accuracy: Sequence[float], badness: Sequence[float | None]) -> list[bool]:
     """Non-dominated points: no other point has accuracy >= and badness <= with one of them strict.
 
     ``badness``: lower is better (a difference, or minus a ratio); ``None`` (undefined) is never on
     the frontier and dominates nothing.
     """
-    points = [(a, b) for a, b in zip(accuracy, badness)]
+    points = list(zip(accuracy, badness))
     on = []
     for i, (a, b) in enumerate(points):
         if b is None or math.isnan(b):
@@ -73,6 +85,7 @@ class Option:
     failing: tuple[str, ...]  # ids of findings that failed
     open: tuple[str, ...]  # ids of findings inconclusive or not evaluated
     cost: tuple[float, float, float]  # accuracy cost (value, low, high) against the unmitigated model
+    unmitigated: bool = False  # the audited model itself, as it is
 
 
 def recommend(options: Sequence[Option], *, allow_group_aware: bool) -> tuple[str | None, str, str | None]:
@@ -81,7 +94,7 @@ def recommend(options: Sequence[Option], *, allow_group_aware: bool) -> tuple[st
     passing = [o for o in allowed if o.verdict == "pass"]
     if passing:
         best = max(passing, key=lambda o: o.accuracy)
-        if best.cost == (0.0, 0.0, 0.0):  # the unmitigated model itself
+        if best.unmitigated:
             return best.name, f"The audited model ({best.name}) already meets the policy; no mitigation is needed.", None
         cost, low, high = (100 * v for v in best.cost)
         price = (f"at no measurable cost in accuracy ({-cost:+.1f} points [{-high:+.1f}, {-low:+.1f}])"

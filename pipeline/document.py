@@ -561,6 +561,9 @@ class DatasetInfo(_Record):
 # --- mitigation ----------------------------------------------------------------------------------
 
 
+UNMITIGATED = "none (unmitigated)"  # the first candidate: the audited model as it is
+
+
 @dataclass(frozen=True)
 class CandidateResult:
     """One mitigation candidate measured like the audited model (the first one: the unmitigated model)."""
@@ -592,6 +595,31 @@ class CandidateResult:
         out = {f.name: _clean(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["disparities"] = {v: {k: d.to_json() for k, d in gaps.items()} for v, gaps in self.disparities.items()}
         return out
+
+    @classmethod
+    def of(cls, cand, audited: SeedAudit, findings: list[Finding], verdict: vocab.Verdict,
+           cost: tuple[float, float, float], feature: str) -> CandidateResult:
+        """From a ``mitigation.Candidate`` (``None``: the unmitigated model) and its audit."""
+        ev = audited.evaluation
+        table = ev.groups[feature]
+        shown = table[table["status"] != "suppressed"]
+        return cls(
+            name=cand.name if cand else UNMITIGATED, method=cand.method if cand else "none",
+            constraint=cand.constraint if cand else None, strength=cand.strength if cand else None,
+            group_aware=bool(cand.group_aware) if cand else False, verdict=verdict,
+            accuracy=float(ev.overall["accuracy"]), accuracy_ci_low=_num(ev.overall.get("accuracy_ci_low")),
+            accuracy_ci_high=_num(ev.overall.get("accuracy_ci_high")), accuracy_cost=cost[0], cost_ci_low=cost[1],
+            cost_ci_high=cost[2],
+            disparities={view: {k: DisparityEntry.of(gaps[k]) for k in vocab.FAIRNESS_CHECKS}
+                         for view, gaps in ev.disparities.items()},
+            dead_fraction=[layer.dead_fraction for layer in audited.gated_capacity],
+            dormant_fraction=[layer.dormant_fraction for layer in audited.gated_capacity],
+            selection_rate={str(g): _num(v) for g, v in zip(shown["group"], shown["selection_rate"])},
+            ece={str(g): _num(v) for g, v in zip(shown["group"], shown["ece"])} if "ece" in shown else {},
+            failing=[f.id for f in findings if f.status == "fail"],
+            open=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
+            pareto={}, seconds=float(cand.seconds if cand else 0.0),
+            run_id=None if cand is None else audited.run_id)
 
     @classmethod
     def from_json(cls, raw: dict) -> CandidateResult:

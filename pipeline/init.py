@@ -469,7 +469,10 @@ def init(data: str | Path, *, out: str | Path | None = None, force: bool = False
         data_mod.split(table_, cfg, source=str(out))  # also what `run` refuses before training (identifiers, ...)
     except UserError as err:
         raise UserError(MSG_INVALID.format(out=out, err=err)) from err
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"{out}: cannot write the config: {err.strerror}; give --out a writable file path") from err
     return InitResult(out=out, table=table, proposal=proposal,
                       next_command=f"python -m pipeline run --config {out}")

@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline import uncertainty
 from pipeline import vocabulary as vocab
-from pipeline.capacity import LayerHealth
+from pipeline.capacity.units import LayerHealth  # numpy only: judging needs no torch
 from pipeline.config import PolicyConfig
 from pipeline.document import Finding
 from pipeline.fairness import Evaluation

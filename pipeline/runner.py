@@ -365,7 +365,7 @@ def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict):
     timer.lap("mitigation")
     base = (model.predict_proba(primary.train.model, split.x_test) >= cfg.audit.decision_threshold).astype(int)
     cost = {"n_boot": cfg.audit.n_boot, "level": cfg.audit.ci_level, "seed": cfg.audit.bootstrap_seed}
-    measured = [(None, primary, findings, verdict, (0.0, 0.0, 0.0), 0.0)]
+    results = [document.CandidateResult.of(None, primary, findings, verdict, (0.0, 0.0, 0.0), feature)]
     for cand in candidates:
         with tracking.candidate_run(cand.name) as child:
             audited = _evaluate_model(cand.networks[0], cfg, split.x_test, split.y_test, split.s_test, timer,
@@ -377,12 +377,11 @@ def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict):
             paid = decision.accuracy_cost(split.y_test, base, cand.decisions, **cost)
             tracking.log_candidate(cand, audited, found, said, paid)
             timer.lap("mitigation")
-        measured.append((cand, audited, found, said, paid, cand.seconds))
-    results = [_candidate_result(cand, audited, found, said, paid, seconds, feature)
-               for cand, audited, found, said, paid, seconds in measured]
-    results = _with_frontier(results, feature)
+        results.append(document.CandidateResult.of(cand, audited, found, said, paid, feature))
+    results = decision.mark_frontier(results, feature)
     options = [decision.Option(r.name, r.accuracy, r.verdict, r.group_aware, tuple(r.failing), tuple(r.open),
-                               (r.accuracy_cost, r.cost_ci_low, r.cost_ci_high)) for r in results]
+                               (r.accuracy_cost, r.cost_ci_low, r.cost_ci_high), unmitigated=r.run_id is None)
+               for r in results]
     chosen, sentence, closest = decision.recommend(options, allow_group_aware=m.allow_group_aware_decisions)
     logger.info("mitigation: %s", sentence)
     return document.MitigationSection(feature=feature, allow_group_aware_decisions=m.allow_group_aware_decisions,
@@ -401,42 +400,6 @@ def _with_view(split, columns: list[str]):
     s_train, s_test = (frame.assign(**{name: fairness.view_labels(frame[columns])})
                        for frame in (split.s_train, split.s_test))
     return dataclasses.replace(split, s_train=s_train, s_test=s_test)
-
-
-def _candidate_result(cand, audited, findings, verdict, paid, seconds, feature):
-    from pipeline.document import CandidateResult, DisparityEntry, _num
-
-    ev = audited.evaluation
-    table = ev.groups[feature]
-    shown = table[table["status"] != "suppressed"]
-    gated = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference")
-    return CandidateResult(
-        name=cand.name if cand else "none (unmitigated)", method=cand.method if cand else "none",
-        constraint=cand.constraint if cand else None, strength=cand.strength if cand else None,
-        group_aware=bool(cand.group_aware) if cand else False, verdict=verdict,
-        accuracy=float(ev.overall["accuracy"]), accuracy_ci_low=_num(ev.overall.get("accuracy_ci_low")),
-        accuracy_ci_high=_num(ev.overall.get("accuracy_ci_high")), accuracy_cost=paid[0], cost_ci_low=paid[1],
-        cost_ci_high=paid[2],
-        disparities={view: {k: DisparityEntry.of(gaps[k]) for k in gated} for view, gaps in ev.disparities.items()},
-        dead_fraction=[layer.dead_fraction for layer in audited.gated_capacity],
-        dormant_fraction=[layer.dormant_fraction for layer in audited.gated_capacity],
-        selection_rate={str(g): _num(v) for g, v in zip(shown["group"], shown["selection_rate"])},
-        ece={str(g): _num(v) for g, v in zip(shown["group"], shown["ece"])} if "ece" in shown else {},
-        failing=[f.id for f in findings if f.status == "fail"],
-        open=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
-        pareto={}, seconds=float(seconds), run_id=None if cand is None else audited.run_id)
-
-
-def _with_frontier(results, feature):
-    """Mark, per gated disparity of the mitigated feature, the candidates on the accuracy frontier."""
-    from pipeline import decision
-
-    marks = {}
-    for name, low_is_better in decision.BETTER_LOW.items():
-        values = [r.disparities[feature][name].value for r in results]
-        badness = [None if v is None else (v if low_is_better else -v) for v in values]
-        marks[name] = decision.pareto([r.accuracy for r in results], badness)
-    return [dataclasses.replace(r, pareto={name: on[i] for name, on in marks.items()}) for i, r in enumerate(results)]
 
 
 def _register_recommended(doc) -> None:

@@ -595,9 +595,12 @@ def claim_review(run_id: str, tracking_uri: str, number: int, claim: dict) -> bo
     value = json.dumps(claim, sort_keys=True)
     try:
         client.log_param(run_id, f"{REVIEW_CLAIM}{number}", value)
-    except MlflowException:  # "Changing param values is not allowed": someone else has this number
-        pass
-    return client.get_run(run_id).data.params.get(f"{REVIEW_CLAIM}{number}") == value
+    except MlflowException:  # "Changing param values is not allowed": someone else has this number ...
+        held = client.get_run(run_id).data.params.get(f"{REVIEW_CLAIM}{number}")
+        if held is None:  # ... or the write itself failed: say so rather than retry for ever
+            raise
+        return held == value
+    return True
 
 
 def wait_for_review_turn(run_id: str, tracking_uri: str, number: int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,12 @@ def test_accuracy_cost_is_paired_and_matches_hand_counts():
     assert low < cost < high and -1 <= low and high <= 1
     # Identical decisions cost exactly nothing, with a zero-width interval.
     assert decision.accuracy_cost(y, base, base, n_boot=100, level=0.95, seed=0) == (0.0, 0.0, 0.0)
+
+
+def test_a_candidate_that_costs_nothing_is_not_mistaken_for_the_unmitigated_model():
+    options = [_option("none (unmitigated)", 0.86, "fail", failing=["a"], cost=(0.0, 0.0, 0.0)),
+               _option("fairness_penalty:demographic_parity@1", 0.86, "pass", cost=(0.0, 0.0, 0.0))]
+    options[0] = dataclasses.replace(options[0], unmitigated=True)  # the audited model itself fails
+    name, sentence, _ = decision.recommend(options, allow_group_aware=False)
+    assert name == "fairness_penalty:demographic_parity@1"
+    assert sentence.startswith("Recommended: fairness_penalty") and "no mitigation is needed" not in sentence
