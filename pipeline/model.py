@@ -49,6 +49,17 @@ class ReLUMLP(nn.Module):
         return self.out(x).squeeze(-1)
 
 
+def one_thread() -> None:
+    """Pin torch to one intra-op thread, for every training and scoring of an audit.
+
+    Multi-threaded kernels split their sums by thread count, so the same seed gave different
+    weights on machines with different numbers of cores (torch's default is one thread per
+    core), and on a worker process that runs with one thread. With one thread the numbers
+    depend only on the torch build; for networks of this size it is also as fast.
+    """
+    torch.set_num_threads(1)
+
+
 def build(n_features: int, cfg: ModelConfig) -> ReLUMLP:
     """The configured :class:`ReLUMLP` for ``n_features`` inputs (He init when ``cfg.init`` is ``"he"``)."""
     model = ReLUMLP(n_features, cfg.hidden_sizes, relu=cfg.relu, dropout=cfg.dropout, activation=cfg.activation)

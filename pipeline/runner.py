@@ -122,6 +122,9 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         # model in MLflow's 'pt2' format needs (~1.2 s to import).
         import torch._dynamo  # noqa: F401
 
+        from pipeline import model as model_mod
+
+        model_mod.one_thread()
         session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
 
         def audited(run_id: str):
@@ -182,6 +185,7 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         from pipeline import capacity, tracking
         from pipeline import model as model_mod
 
+        model_mod.one_thread()
         session = _session(cfg, table, f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
                            tracking_uri, reports_dir, baseline, timer)
         if model_uri is not None:
