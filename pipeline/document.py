@@ -8,7 +8,7 @@ checks ``schema_version`` once, at that boundary. Report, model card, MLflow met
 Where each number comes from, in one hop from its type:
 
 ==========================  =============================================================
-``overall``, ``groups``,     ``fairness.evaluate`` (counts through fairlearn's MetricFrame,
+``overall``, ``groups``,     ``fairness.evaluate`` (counts: one bincount per view, checked against fairlearn,
 ``disparities``,             intervals from ``uncertainty``)
 ``calibration``
 ``findings``, ``verdict``    ``policy.judge`` and ``policy.verdict``

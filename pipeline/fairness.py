@@ -1,4 +1,7 @@
-"""Fairness stage: overall metrics, per-group metrics through fairlearn's MetricFrame, disparities.
+"""Fairness stage: overall metrics, per-group confusion counts and rates, disparities.
+
+Counts are one ``bincount`` per view (``uncertainty.CountTable``); tests check them against
+fairlearn's ``MetricFrame``, which the default path no longer imports (~0.8 s).
 
 The positive label is the favourable outcome (income >50K, good credit). A group
 is *better off* when it receives that outcome more often: higher selection rate,
@@ -13,7 +16,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from fairlearn.metrics import MetricFrame
 from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
 
 from pipeline import uncertainty
@@ -87,17 +89,14 @@ def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float,
     }
 
 
-def group_counts(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame) -> uncertainty.CountTable:
-    """Each group's confusion counts through one MetricFrame call; empty intersections left out."""
-    frame = MetricFrame(metrics={"confusion": confusion_counts}, y_true=y_true, y_pred=y_pred,
-                        sensitive_features=sensitive if sensitive.shape[1] > 1 else sensitive.iloc[:, 0])
-    by_group = frame.by_group["confusion"]
-    # MetricFrame lists every combination of feature values; an empty intersection holds NaN, not counts.
-    by_group = by_group[[isinstance(v, np.ndarray) for v in by_group]]
-    index = by_group.index.to_frame(index=False).astype(str)
-    labels = index.agg(INTERSECTION_JOIN.join, axis=1) if index.shape[1] > 1 else index.iloc[:, 0]
-    order = np.argsort(labels.to_numpy(), kind="stable")
-    return uncertainty.CountTable(tuple(labels.iloc[order]), np.stack(by_group.to_numpy())[order].astype(np.int64))
+def group_counts(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame, *,
+                 labels: np.ndarray | None = None) -> uncertainty.CountTable:
+    """Each group's confusion counts, groups in text order; intersections with no rows do not appear.
+
+    ``labels``: the rows' group labels (``view_labels(sensitive)``) when already made.
+    """
+    labels = view_labels(sensitive) if labels is None else labels
+    return uncertainty.CountTable.from_predictions(y_true, y_pred, labels)
 
 
 def group_table(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame, *,
@@ -190,20 +189,20 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
     if intersections and sensitive.shape[1] > 1:
         audited[view_name(sensitive.columns)] = list(sensitive.columns)
     rng = np.random.default_rng(audit.bootstrap_seed)
-    weights = None
+    resampled = None
     if bootstrap:  # one stratified row resample for all score metrics (AUC, ECE, Brier)
         strata = sensitive.astype(str).apply(lambda col: pd.factorize(col)[0]).to_numpy()
         strata = np.unique(strata, axis=0, return_inverse=True)[1].ravel()
-        weights = np.vstack([np.ones((1, len(y_true)), dtype=np.float32),  # row 0: the point estimate
-                             uncertainty.row_weights(strata, n_boot=audit.n_boot, rng=rng)])
+        resampled = uncertainty.row_multiplicities(strata, n_boot=audit.n_boot, rng=rng)
     overall = overall_metrics(y_true, proba, threshold=audit.decision_threshold, y_pred=y_pred)
     groups, gaps, samples, empty, bins = {}, {}, {}, {}, {}
     # Disclosure control needs every view's counts at once: a withheld intersection cell could
     # otherwise be recovered as its published margin minus its published siblings.
     from pipeline import disclosure
 
-    tables = {name: group_counts(y_true, y_pred, sensitive[cols]) for name, cols in audited.items()}
     labels = {name: view_labels(sensitive[cols]) for name, cols in audited.items()}
+    tables = {name: group_counts(y_true, y_pred, sensitive[cols], labels=labels[name])
+              for name, cols in audited.items()}
     nesting = {fine: {coarse: disclosure.coarse_index(labels[fine], tables[fine].groups,
                                                       labels[coarse], tables[coarse].groups)
                       for coarse, few in audited.items() if set(few) < set(many)}
@@ -214,6 +213,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
     ).suppressed
     for name, cols in audited.items():
         counts = tables[name]
+        masks = [(g, labels[name] == g) for g in counts.groups]
         table = _table(counts, audit.min_group_size, audit.suppress_below, withheld=withheld[name])
         gaps[name] = disparities(table)
         if len(cols) > 1:
@@ -221,13 +221,13 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
         else:  # reliability bins show scores and labels: only for published groups
             shown = set(table.loc[table["status"] != "suppressed", "group"])
             bins[name] = {g: uncertainty.reliability(y_true[mask], proba[mask], bins=audit.calibration_bins)
-                          for g, mask in _masks(sensitive[cols], counts.groups) if g in shown}
+                          for g, mask in masks if g in shown}
         if bootstrap:
             table, gaps[name], samples[name] = _with_intervals(
-                table, counts, gaps[name], y_true, proba, sensitive[cols], audit, rng, weights)
+                table, counts, gaps[name], y_true, proba, masks, audit, rng, resampled)
         groups[name] = table
     if bootstrap:
-        overall, samples["overall"] = _overall_intervals(overall, y_true, y_pred, proba, audit, rng, weights)
+        overall, samples["overall"] = _overall_intervals(overall, y_true, y_pred, proba, audit, rng, resampled)
     return Evaluation(overall=overall, groups=groups, disparities=gaps, samples=samples, empty_groups=empty,
                       reliability=bins, ci_level=audit.ci_level if bootstrap else math.nan, views=audited)
 
@@ -239,13 +239,7 @@ def view_labels(sensitive: pd.DataFrame) -> np.ndarray:
     return labels.to_numpy()
 
 
-def _masks(sensitive: pd.DataFrame, groups: tuple[str, ...]):
-    labels = view_labels(sensitive)
-    for g in groups:
-        yield g, labels == g
-
-
-def _with_intervals(table, counts, gaps, y_true, proba, sensitive, audit, rng, weights):
+def _with_intervals(table, counts, gaps, y_true, proba, masks, audit, rng, resampled):
     """Add intervals to a group table (percentile) and its disparities (bias-aware); keep the disparity replicates."""
     boot = uncertainty.bootstrap_counts(counts.counts, n_boot=audit.n_boot, rng=rng)
     boot_rates = uncertainty.rates(boot)
@@ -259,10 +253,9 @@ def _with_intervals(table, counts, gaps, y_true, proba, sensitive, audit, rng, w
             for lo, hi in [uncertainty.interval(replicates[name], audit.ci_level, point=d.value)]}
     # Scores: ROC AUC, ECE and Brier per group, from row resamples of that group.
     scored = {key: [] for key in ("roc_auc", "ece", "brier")}
-    for _, mask in _masks(sensitive, counts.groups):
-        y, p, w = y_true[mask].astype(np.float64), proba[mask], weights[:, mask]
-        values = {"roc_auc": uncertainty.weighted_auc(y, p, w)}
-        values["ece"], values["brier"] = uncertainty.weighted_calibration(y, p, w, bins=audit.calibration_bins)
+    for _, mask in masks:
+        values = uncertainty.score_replicates(y_true[mask].astype(np.float64), proba[mask], resampled[:, mask],
+                                              bins=audit.calibration_bins)
         for key, v in values.items():
             low, high = uncertainty.interval(v[1:], audit.ci_level)
             scored[key].append((v[0], low, high))
@@ -273,7 +266,7 @@ def _with_intervals(table, counts, gaps, y_true, proba, sensitive, audit, rng, w
     return table, gaps, replicates
 
 
-def _overall_intervals(overall, y_true, y_pred, proba, audit, rng, weights):
+def _overall_intervals(overall, y_true, y_pred, proba, audit, rng, resampled):
     counts = confusion_counts(y_true, y_pred)[None, :]
     boot = uncertainty.rates(uncertainty.bootstrap_counts(counts, n_boot=audit.n_boot, rng=rng))
     overall = dict(overall)
@@ -282,7 +275,9 @@ def _overall_intervals(overall, y_true, y_pred, proba, audit, rng, weights):
         samples[metric] = boot[metric][:, 0]
         overall[f"{metric}_ci_low"], overall[f"{metric}_ci_high"] = (
             float(v) for v in uncertainty.interval(samples[metric], audit.ci_level))
-    auc = uncertainty.weighted_auc(y_true.astype(np.float64), proba, weights[1:])
+    y = y_true.astype(np.float64)
+    auc = np.concatenate([uncertainty.weighted_auc(y, proba, resampled[i:i + 128].astype(np.float32))
+                          for i in range(0, len(resampled), 128)])
     overall["roc_auc_ci_low"], overall["roc_auc_ci_high"] = (float(v) for v in uncertainty.interval(auc, audit.ci_level))
     return overall, samples
 

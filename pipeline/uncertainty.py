@@ -9,7 +9,8 @@ size), so no resample loses a group (fairlearn issue #1441). Count tables merge 
 addition, so tables computed on data shards aggregate exactly.
 
 ROC AUC, Brier score and expected calibration error need the scores: their bootstrap
-draws row multiplicities per group and evaluates all resamples at once as matrix products.
+draws row multiplicities per group (uint16) and evaluates the resamples a block at a time
+as matrix products.
 """
 
 from __future__ import annotations
@@ -170,23 +171,50 @@ def interval(samples: np.ndarray, level: float, *,
     return np.minimum(low, 2.0 * point - high), np.maximum(high, 2.0 * point - low)
 
 
-def row_weights(strata: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap multiplicities of every row, resampled within its stratum: (n_boot, rows), float32.
+def row_multiplicities(strata: np.ndarray, *, n_boot: int, rng: np.random.Generator,
+                       block: int = 64) -> np.ndarray:
+    """Bootstrap multiplicities of every row, resampled within its stratum: (n_boot, rows), uint16.
 
     Each stratum keeps its size in every resample. One draw serves all audited views:
     strata are the finest groups (the intersection of all sensitive features), and any
-    coarser group is a union of strata, so it keeps its size too.
+    coarser group is a union of strata, so it keeps its size too. The draws are made
+    ``block`` resamples at a time, which gives the same numbers as one draw of all of them
+    (the generator's stream does not depend on how a draw is split), so memory beyond the
+    result is a block, not n_boot x rows of int64.
     """
     strata = np.asarray(strata)
-    n = len(strata)
-    draws = np.empty((n_boot, n), dtype=np.int64)
-    position = 0
+    out = np.zeros((n_boot, len(strata)), dtype=np.uint16)
     for code in np.unique(strata):
         rows = np.flatnonzero(strata == code)
-        draws[:, position:position + len(rows)] = rows[rng.integers(0, len(rows), size=(n_boot, len(rows)))]
-        position += len(rows)
-    flat = (np.arange(n_boot)[:, None] * n + draws).ravel()
-    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float32)
+        m = len(rows)
+        if m >= np.iinfo(np.uint16).max:  # a row drawn 65,535 times in one resample: never, but not silently
+            out = out.astype(np.uint32)
+        for start in range(0, n_boot, block):
+            k = min(block, n_boot - start)
+            draws = rng.integers(0, m, size=(k, m))
+            counts = np.bincount((np.arange(k)[:, None] * m + draws).ravel(), minlength=k * m)
+            out[start:start + k, rows] = counts.reshape(k, m)
+    return out
+
+
+def row_weights(strata: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`row_multiplicities` as float32 weights, (n_boot, rows)."""
+    return row_multiplicities(strata, n_boot=n_boot, rng=rng).astype(np.float32)
+
+
+def score_replicates(y: np.ndarray, scores: np.ndarray, multiplicities: np.ndarray, *, bins: int,
+                     block: int = 128) -> dict[str, np.ndarray]:
+    """ROC AUC, expected calibration error and Brier score, on the rows and then on each resample.
+
+    Returns arrays of 1 + len(multiplicities): element 0 the estimate (unit weights), then
+    one per resample. ECE and Brier are one float32 matrix product over all of them; ROC AUC,
+    whose cumulative sums are float64 per resample and row, is evaluated ``block`` resamples
+    at a time, so its memory does not grow with the number of resamples.
+    """
+    weights = np.vstack([np.ones((1, len(y)), dtype=np.float32), multiplicities.astype(np.float32)])
+    ece, brier = weighted_calibration(y, scores, weights, bins=bins)
+    auc = np.concatenate([weighted_auc(y, scores, weights[i:i + block]) for i in range(0, len(weights), block)])
+    return {"roc_auc": auc, "ece": ece, "brier": brier}
 
 
 def weighted_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:

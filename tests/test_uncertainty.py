@@ -259,15 +259,19 @@ def test_count_table_from_predictions_equals_hand_counts():
     assert table.counts.dtype == np.int64
 
 
-def test_count_table_equals_the_metricframe_path(adult):
-    """Two independent counting paths: one bincount, and fairness.group_counts through MetricFrame."""
+def test_group_counts_equal_fairlearns_metricframe(adult):
+    """Two independent counting paths: fairness.group_counts (one bincount) and fairlearn's MetricFrame."""
+    from fairlearn.metrics import MetricFrame
+
     y, proba, s = adult
     pred = (proba >= 0.5).astype(int)
-    labels = (s["sex"] + fairness.INTERSECTION_JOIN + s["race"]).to_numpy()
-    direct = uncertainty.CountTable.from_predictions(y.astype(int), pred, labels)
-    via_frame = fairness.group_counts(y.astype(int), pred, s[["sex", "race"]])
-    assert direct.groups == via_frame.groups
-    np.testing.assert_array_equal(direct.counts, via_frame.counts)
+    counts = fairness.group_counts(y.astype(int), pred, s[["sex", "race"]])
+    frame = MetricFrame(metrics={"confusion": fairness.confusion_counts}, y_true=y.astype(int), y_pred=pred,
+                        sensitive_features=s[["sex", "race"]]).by_group["confusion"]
+    frame = frame[[isinstance(v, np.ndarray) for v in frame]]  # MetricFrame lists empty intersections as NaN
+    expected = {f"{sex}{fairness.INTERSECTION_JOIN}{race}": v for (sex, race), v in frame.items()}
+    assert counts.groups == tuple(sorted(expected))
+    np.testing.assert_array_equal(counts.counts, np.stack([expected[g] for g in counts.groups]))
 
 
 def test_count_tables_of_shards_add_up_to_the_whole():
@@ -386,6 +390,37 @@ def test_row_weights_with_string_strata():
     weights = uncertainty.row_weights(strata, n_boot=200, rng=np.random.default_rng(0))
     for code, size in (("x", 3), ("y", 2), ("z", 1)):
         np.testing.assert_array_equal(weights[:, strata == code].sum(axis=1), np.full(200, size))
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+def test_row_multiplicities_in_blocks_equal_one_draw_of_all_resamples(block):
+    """The blocked draw gives the numbers of one draw of every resample (the stream does not depend on splits)."""
+    rng = np.random.default_rng(8)
+    strata = rng.permutation(np.repeat([0, 1, 2], [300, 41, 2]))
+    blocked = uncertainty.row_multiplicities(strata, n_boot=150, rng=np.random.default_rng(2), block=block)
+    reference = np.random.default_rng(2)  # the unblocked algorithm: all resamples of a stratum at once
+    expected = np.zeros((150, len(strata)), dtype=np.int64)
+    for code in range(3):
+        rows = np.flatnonzero(strata == code)
+        draws = rows[reference.integers(0, len(rows), size=(150, len(rows)))]
+        for b in range(150):
+            np.add.at(expected[b], draws[b], 1)
+    assert blocked.dtype == np.uint16
+    np.testing.assert_array_equal(blocked, expected)
+
+
+def test_score_replicates_equal_one_evaluation_of_all_weights(tied_scores):
+    from sklearn.metrics import roc_auc_score
+
+    y, scores = tied_scores
+    multiplicities = uncertainty.row_multiplicities(np.zeros(len(y), int), n_boot=300, rng=np.random.default_rng(1))
+    out = uncertainty.score_replicates(y, scores, multiplicities, bins=10, block=64)
+    weights = np.vstack([np.ones((1, len(y)), dtype=np.float32), multiplicities.astype(np.float32)])
+    np.testing.assert_array_equal(out["roc_auc"], uncertainty.weighted_auc(y, scores, weights))
+    ece, brier = uncertainty.weighted_calibration(y, scores, weights, bins=10)
+    np.testing.assert_array_equal(out["ece"], ece)
+    np.testing.assert_array_equal(out["brier"], brier)
+    assert out["roc_auc"][0] == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
 
 
 # --- weighted_auc ------------------------------------------------------------------------------
