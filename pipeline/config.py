@@ -177,6 +177,16 @@ class MitigationConfig:
 
 
 @dataclass(frozen=True)
+class ExecutionConfig:
+    """Where trainings and data shards run (README: Execution). Never changes a number of the audit."""
+
+    executor: Literal["local", "ray"] = "local"
+    # local: processes for the seeds and remedies, forked from this one; 0: one per CPU core; 1: in this process.
+    workers: int = field(default=0, metadata=_check(ge=0))
+    ray_address: str | None = None  # ray: a running cluster ("127.0.0.1:6379"); null: start one here on 127.0.0.1
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig
     split: SplitConfig = SplitConfig()
@@ -186,6 +196,7 @@ class Config:
     policy: PolicyConfig = PolicyConfig()
     tracking: TrackingConfig = TrackingConfig()
     mitigation: MitigationConfig = MitigationConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
 
 def load(path: str | Path) -> tuple[Config, dict]:

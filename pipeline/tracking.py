@@ -234,13 +234,32 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 
 @contextmanager
-def seed_run(seed: int, *, name: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """A nested run for one trained model: a seed of the audited model, or a named what-if remedy."""
+def training_runs(trainings: list[tuple[int, str | None]]) -> Iterator[list[str]]:
+    """Nested runs, one per ``(seed, name)`` training (a seed, or a named what-if remedy), all open at once.
+
+    They are open while the trainings run (in worker processes, which never talk to MLflow), and
+    end together: FINISHED, FAILED on an exception, KILLED on an interrupt.
+    """
+    from mlflow.tracking.context.registry import resolve_tags
+
     parent = mlflow.active_run()
-    with _ended_run(run_name=f"{parent.info.run_name}-{name or f'seed{seed}'}", nested=True,
-                    experiment_id=parent.info.experiment_id) as active:
-        mlflow.set_tags({"seed": str(seed), **({"remedy": name.removeprefix("remedy-")} if name else {})})
-        yield active
+    client = MlflowClient()
+    ids: list[str] = []
+    status = "FAILED"
+    try:
+        for seed, name in trainings:
+            run_name = f"{parent.info.run_name}-{name or f'seed{seed}'}"
+            tags = resolve_tags({"mlflow.parentRunId": parent.info.run_id, "seed": str(seed), **owner_tags(),
+                                 **({"remedy": name.removeprefix("remedy-")} if name else {})})
+            ids.append(client.create_run(parent.info.experiment_id, run_name=run_name, tags=tags).info.run_id)
+        yield ids
+        status = "FINISHED"
+    except (KeyboardInterrupt, Interrupted):
+        status = "KILLED"
+        raise
+    finally:
+        for run_id in ids:
+            client.set_terminated(run_id, status)
 
 
 def _log_metrics(run_id: str, values: dict[str, float], step: int = 0, timestamp: int | None = None) -> None:

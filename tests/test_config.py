@@ -39,7 +39,7 @@ BAD_VALUES = [
         None,
         "trainng",
         {},
-        "trainng: unknown key; valid keys are: audit, dataset, mitigation, model, policy, split, tracking, training",
+        "trainng: unknown key; valid keys are: audit, dataset, execution, mitigation, model, policy, split, tracking, training",
     ),
     ("model", "activation", "gelu", "model.activation: got 'gelu' (str); expected one of: relu, leaky_relu"),
     ("mitigation", "feature", "gender",
@@ -47,6 +47,8 @@ BAD_VALUES = [
     ("mitigation", "methods", ["threshold_optimizer", "massage"], "mitigation.methods[1]: got 'massage' (str); "
      "expected one of: threshold_optimizer, exponentiated_gradient, fairness_penalty, reweighing"),
     ("mitigation", "penalty_strengths", [1.0, 0], "mitigation.penalty_strengths: got 0.0; expected a value greater than 0"),
+    ("execution", "executor", "spark", "execution.executor: got 'spark' (str); expected one of: local, ray"),
+    ("execution", "workers", -1, "execution.workers: got -1; expected a value at least 0"),
     (
         "dataset",
         "sensitive",
@@ -252,6 +254,7 @@ DEFAULTS = {
     "mitigation.constraints": ("demographic_parity", "equalized_odds"), "mitigation.penalty_strengths": (1.0, 4.0),
     "mitigation.validation_fraction": 0.2, "mitigation.reductions_max_iter": 10, "mitigation.reductions_eps": 0.02,
     "mitigation.epochs": None, "mitigation.allow_group_aware_decisions": False,
+    "execution.executor": "local", "execution.workers": 0, "execution.ray_address": None,
 }
 # fmt: on
 
@@ -271,8 +274,8 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 12 + 3 + 6 + 10 + 12 + 11 + 3 + 10 (mitigation).
-    assert len(flat) == 67
+    # One param per field of every section: 12 + 3 + 6 + 10 + 12 + 11 + 3 + 10 (mitigation) + 3 (execution).
+    assert len(flat) == 70
     assert set(flat) == {
         "dataset.path",
         "dataset.target",

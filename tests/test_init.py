@@ -91,7 +91,7 @@ def test_german_proposal(german):
     assert "personal_status" in result.table and "encodes sex" in result.table
     _loads(out)
     raw = yaml.safe_load(out.read_text())
-    assert set(raw) == {"dataset", "split", "model", "training", "audit", "policy", "tracking", "mitigation"}
+    assert set(raw) == {"dataset", "split", "model", "training", "audit", "policy", "tracking", "mitigation", "execution"}
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])

@@ -206,12 +206,19 @@ def test_audit_columns_follow_the_config_and_the_encoder():
 
 # --- memory -------------------------------------------------------------------------------------
 
+# The peak is VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child started from a
+# large pytest process would begin at pytest's peak and show no growth.
 MEASURE = """
-import json, resource, sys
+import json, sys
 import pandas as pd, pyarrow.parquet
 from pipeline.stream import batches, shards
+
+def peak_kib():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
 mode, path, columns = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kib()
 if mode == "stream":
     rows = 0
     for shard in shards(path, source="t"):
@@ -219,7 +226,7 @@ if mode == "stream":
             rows += len(frame)
 else:
     rows = len(pd.read_parquet(path, columns=columns).replace(["?"], float("nan")))
-growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+growth = peak_kib() - before
 print(json.dumps({"rows": rows, "growth_kib": growth}))
 """
 

@@ -1,0 +1,145 @@
+"""Local workers: trainings in forked processes give the numbers of one process, and never outlive a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, small_config
+from mlflow.tracking import MlflowClient
+
+from pipeline import runner, workers
+
+
+def _square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def test_forked_results_come_in_order_from_other_processes():
+    offset = 7  # a closure: forked workers inherit it, nothing is pickled but items and results
+    with workers.Forked(2) as pool:
+        pending = pool.submit(lambda x: (x + offset, os.getpid()), list(range(6)))
+        results = pending.results()
+    assert [r for r, _ in results] == [x + offset for x in range(6)]
+    assert os.getpid() not in {pid for _, pid in results}
+    with workers.InProcess() as pool:
+        assert pool.submit(_square_and_pid, [3, 4]).results() == [(9, os.getpid()), (16, os.getpid())]
+
+
+def test_an_error_in_a_worker_is_raised_here():
+    def fail_on_two(x: int) -> int:
+        if x == 2:
+            raise ValueError(f"item {x} is bad")
+        return x
+
+    with workers.Forked(2) as pool, pytest.raises(ValueError, match="item 2 is bad"):
+        pool.submit(fail_on_two, [1, 2, 3]).results()
+
+
+def test_leaving_the_block_stops_workers_still_running():
+    with workers.Forked(2) as pool:
+        pending = pool.submit(lambda seconds: (os.getpid(), time.sleep(seconds)), [0.0, 0.0, 60.0, 60.0])
+        time.sleep(1.0)
+        children = _children(os.getpid())
+        assert len(children) == 2
+    time.sleep(0.2)
+    assert not [pid for pid in children if _alive(pid)]
+    assert pending is not None
+
+
+def test_local_picks_one_process_per_core_and_never_more_than_the_tasks():
+    assert isinstance(workers.local(1, tasks=5), workers.InProcess)
+    assert not isinstance(workers.local(1, tasks=5), workers.Forked)
+    assert isinstance(workers.local(0, tasks=1), workers.InProcess) and not isinstance(
+        workers.local(0, tasks=1), workers.Forked)
+    assert workers.local(3, tasks=2).workers == 2
+    assert workers.local(0, tasks=50).workers == (os.cpu_count() or 1) or os.cpu_count() == 1
+
+
+def test_forked_and_in_process_trainings_give_the_same_audit(write_config, store, tmp_path):
+    cfg = small_config(**{"training.seeds": [0, 1, 2], "audit.remedies": ["he_init"]})
+    results = {}
+    for count in (1, 2):
+        cfg["execution"] = {"workers": count}
+        results[count] = runner.run(write_config(cfg, f"w{count}.yaml"), tracking_uri=store,
+                                    reports_dir=tmp_path / f"w{count}")
+    one, two = (json.loads(results[c].audit_json.read_text()) for c in (1, 2))
+    assert one["seeds"] and one["capacity"]
+    for key in ("overall", "groups", "disparities", "calibration", "findings", "verdict", "capacity", "seeds"):
+        assert one[key] == two[key], key
+    assert one["training"]["history"] == two["training"]["history"]
+    # Each training has its nested run, finished, with its own metrics.
+    client = MlflowClient(store)
+    for result in results.values():
+        children = client.search_runs([result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.run_id}'")
+        assert sorted(c.data.tags.get("remedy") or c.data.tags["seed"] for c in children) == ["0", "1", "2", "he_init"]
+        assert {c.info.status for c in children} == {"FINISHED"}
+        assert all(c.data.metrics for c in children)
+
+
+def test_sigterm_while_workers_train_ends_every_run_killed_and_leaves_no_worker(write_config, store, tmp_path):
+    cfg = small_config(**{"training.epochs": 5000, "training.batch_size": 8, "training.seeds": [0, 1]})
+    cfg["execution"] = {"workers": 2}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
+                             "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id, deadline = None, time.time() + 300
+        for line in proc.stderr:  # wait until the run has started
+            if "mlflow: run " in line:
+                run_id = line.split("mlflow: run ")[1].split()[0]
+                break
+        # Keep reading, so the workers' epoch lines never fill the pipe and block the process.
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        client = MlflowClient(store)
+        experiment = client.get_run(run_id).info.experiment_id
+        while len(client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run_id}'")) < 2:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        pool = _children(proc.pid)
+        assert len(pool) == 2
+        proc.send_signal(signal.SIGTERM)
+        stdout = proc.stdout.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert json.loads(stdout.strip().splitlines()[-1])["error"] == "interrupted"
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
+    assert not [pid for pid in pool if _alive(pid)]
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
