@@ -118,18 +118,18 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         logger.info("data: %s, %d rows (%d train, %d test), %d features", table.path, len(table.frame),
                     len(split.y_train), len(split.y_test), split.x_train.shape[1])
         timer.lap("data")
-        # Config and data are valid: now the heavy stages, and torch._dynamo, which logging the
-        # model in MLflow's 'pt2' format needs (~0.8 s to import).
-        import torch._dynamo  # noqa: F401
-
+        # Config and data are valid: now the heavy stages.
         from pipeline import model as model_mod
         from pipeline import workers
 
         model_mod.one_thread()
         trainings = _trainings(cfg)
-        # The seeds (and remedies) train in forked workers while this process loads MLflow.
+        # The seeds (and remedies) train in forked workers while this process loads MLflow and
+        # torch._dynamo, which logging the model in MLflow's 'pt2' format needs (~0.8 s to import).
         with workers.local(cfg.execution.workers, tasks=len(trainings)) as pool:
             pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
+            import torch._dynamo  # noqa: F401
+
             session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
 
             def audited(run_id: str):
@@ -256,7 +256,7 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
                  extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
                  register_recommended: bool = False) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it."""
-    from pipeline import document, policy, report, tracking
+    from pipeline import document, policy, report, tracking, workers
 
     cfg, table = s.cfg, s.table
     with tracking.audit_run(s.uri, cfg.tracking.experiment, s.run_name) as parent, \
@@ -283,11 +283,14 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
         from pipeline import outputs
 
         out_dir = s.reports_dir / parent.info.run_id
-        outputs.write_reports(doc, out_dir)
         outputs.write_rows(out_dir / rows.artifact, rows.judged)  # which file rows were judged, for recomputing
-        timer.lap("report")
-        tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir, description=report.run_description(doc),
-                           extra_tags=extra_tags)
+        # The report renders in a forked process while this one logs the model and the numbers.
+        with workers.local(0, tasks=2) as pool:
+            rendering = pool.submit(lambda d: outputs.write_reports(d, out_dir), [doc])
+            timer.lap("report")
+            tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir,
+                               description=report.run_description(doc), extra_tags=extra_tags,
+                               before_artifacts=rendering.results)
         if register_recommended:
             _register_recommended(doc)
         timer.lap("mlflow_logging")
