@@ -75,6 +75,11 @@ def _audit_outputs(command):
         click.option("--baseline", default=None,
                      help="Compare with an earlier audit of the experiment: 'last-pass' or a run id."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr."),
+        click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+                     help="Where trainings and data shards run. Default: the config's execution.executor (local)."),
+        click.option("--ray-address", default=None,
+                     help="With --executor ray: a running cluster's head, host:port. Default: the config's "
+                          "execution.ray_address, else a Ray started here."),
     ]):
         command = option(command)
     return command
@@ -111,11 +116,12 @@ def _finish(summary: dict, code: int, as_json: bool) -> None:
               help="With mitigation enabled: register the recommended candidate as a new model version.")
 @_audit_outputs
 def run(config_path: str, register_recommended: bool, tracking_uri: str | None, reports_dir: str,
-        baseline: str | None, as_json: bool) -> None:
+        baseline: str | None, as_json: bool, executor: str | None, ray_address: str | None) -> None:
     """Train, audit, gate and log one model. Exit 0 pass, 1 fail or inconclusive, 2 bad input."""
     _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir,
                                        baseline=baseline, progress=_progress,
-                                       register_recommended=register_recommended), as_json)
+                                       register_recommended=register_recommended,
+                                       execution={"executor": executor, "ray_address": ray_address}), as_json)
 
 
 def _execute(call, as_json: bool) -> None:
@@ -154,16 +160,19 @@ def _execute(call, as_json: bool) -> None:
 @click.option("--encoder", default=None,
               help="Required with --model-module: the encoder.json of the run that trained the model (its MLflow "
                    "artifact model_inputs/encoder.json); the encoding is never re-fitted on the audited rows.")
-@click.option("--data", "data_path", default=None, help="Audit this data file instead of the config's dataset.path.")
+@click.option("--data", "data_path", default=None,
+              help="Audit this data instead of the config's dataset.path: a CSV file, or Parquet (a file, a directory "
+                   "of *.parquet files or a glob), which is read in record batches, shard by shard.")
 @_audit_outputs
 def audit(config_path, model_uri, model_module, state_dict, layers, encoder, data_path, tracking_uri, reports_dir,
-          baseline, as_json) -> None:
+          baseline, as_json, executor, ray_address) -> None:
     """Audit an existing model without training it. Exit 0 pass, 1 policy fail, 2 bad input."""
 
     def call(runner):
         return runner.audit(config_path, model_uri=model_uri, module=model_module, state_dict=state_dict,
                             layers=layers.split(",") if layers else None, encoder=encoder, data_path=data_path,
-                            tracking_uri=tracking_uri, reports_dir=reports_dir, baseline=baseline)
+                            tracking_uri=tracking_uri, reports_dir=reports_dir, baseline=baseline,
+                            execution={"executor": executor, "ray_address": ray_address})
 
     _execute(call, as_json)
 

@@ -286,6 +286,16 @@ def with_remedy(cfg: Config, remedy: str) -> Config:
     return changes[remedy](cfg)
 
 
+def with_execution(cfg: Config, *, executor: str | None = None, ray_address: str | None = None) -> Config:
+    """The config with the command line's ``--executor`` and ``--ray-address`` (None: keep the config's)."""
+    ex = cfg.execution
+    ex = dataclasses.replace(ex, executor=executor or ex.executor, ray_address=ray_address or ex.ray_address)
+    if ex.ray_address is not None and ex.executor != "ray":
+        raise ConfigError(f"--ray-address {ex.ray_address}: the executor is '{ex.executor}'; expected --executor ray "
+                          "(or execution.executor: ray in the config)")
+    return dataclasses.replace(cfg, execution=ex)
+
+
 def flatten(cfg: Config) -> dict[str, str]:
     """Dotted keys to text values, for ``mlflow.log_params``."""
     flat: dict[str, str] = {}

@@ -1,8 +1,11 @@
-"""Where the shards of an audit run: in this process, or as tasks on a Ray cluster.
+"""Where trainings and data shards run: in this process, in processes forked from it, or as Ray tasks.
 
-Two executors with one method that matters, ``map(fn, items) -> list`` (results in input order):
+Three executors with two methods: ``submit(fn, items) -> Pending`` (its ``results()`` in input
+order) and ``map(fn, items) -> list`` (submit and wait):
 
-- :class:`LocalExecutor` calls ``fn`` on each item here, in order. It is the default and never imports Ray.
+- :class:`LocalExecutor` calls ``fn`` on each item here, in order. It never imports Ray.
+- :class:`ForkExecutor` runs the items in processes forked from this one (:func:`local` picks one per
+  core): the seeds and remedies of ``run`` train there while the parent loads MLflow.
 - :class:`RayExecutor` submits each item as a Ray task and gathers the results in input order. ``ray`` is
   imported only when one is created (the import alone takes a noticeable time).
 
@@ -39,7 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pipeline.errors import UserError
 
@@ -69,6 +72,8 @@ class ShardFailed(RuntimeError):
 
 
 class Executor(Protocol):
+    def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]: ...
+
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]: ...
 
     def close(self) -> None: ...
@@ -78,11 +83,30 @@ class Executor(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+class Pending(Generic[R]):
+    """Results still being computed; :meth:`results` waits for them, in the order of the items."""
+
+    def __init__(self, wait: Callable[[], list[R]]):
+        self._wait = wait
+        self._results: list[R] | None = None
+
+    def results(self) -> list[R]:
+        if self._results is None:
+            self._results = self._wait()
+        return self._results
+
+
 class LocalExecutor:
-    """Runs ``fn`` on each item in this process, in order."""
+    """Runs ``fn`` on each item in this process, in order (``submit``: when the results are first asked for)."""
+
+    workers = 1
+
+    def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]:
+        items = list(items)
+        return Pending(lambda: [fn(item) for item in items])
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        return [fn(item) for item in items]
+        return self.submit(fn, items).results()
 
     def close(self) -> None:
         pass
@@ -92,6 +116,68 @@ class LocalExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_FORKED: dict[int, Callable] = {}  # functions handed to forked workers by inheritance, never pickled
+
+
+class ForkExecutor(LocalExecutor):
+    """Items in ``workers`` processes forked from this one when :meth:`submit` is called (POSIX).
+
+    A forked worker inherits the modules already imported and the data already in memory, so it
+    starts in milliseconds, and ``fn`` may be any callable, a closure included: it is never
+    pickled (items and results are). ``submit`` returns at once, so the caller works meanwhile
+    (the runner loads MLflow while the seeds train). Each worker pins torch to one thread, as
+    the runner does, so the numbers equal those of one process. An exception in a worker is
+    raised again by :meth:`Pending.results`; leaving the ``with`` block (a failed run, an
+    interrupt) stops every worker still running.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pools: list = []
+
+    def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]:
+        import functools
+        import multiprocessing
+
+        items = list(items)
+        key = len(_FORKED)
+        _FORKED[key] = fn
+        pool = multiprocessing.get_context("fork").Pool(min(self.workers, len(items)), initializer=_fork_start)
+        self._pools.append(pool)
+        result = pool.map_async(functools.partial(_call_forked, key), items, chunksize=1)
+        pool.close()
+        return Pending(result.get)
+
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.terminate()
+            pool.join()
+        self._pools.clear()
+
+
+def local(workers: int, *, tasks: int) -> LocalExecutor:
+    """``workers`` forked processes for ``tasks`` items (0: one per CPU core); one (or one item): this process."""
+    count = min(workers or os.cpu_count() or 1, tasks)
+    if count <= 1 or not hasattr(os, "fork"):
+        return LocalExecutor()
+    return ForkExecutor(count)
+
+
+def _fork_start() -> None:
+    """A forked worker leaves interrupts to its parent, which stops it (SIGTERM) when it stops itself."""
+    import signal
+
+    from pipeline import model
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises Interrupted
+    model.one_thread()
+
+
+def _call_forked(key: int, item):
+    return _FORKED[key](item)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -220,18 +306,25 @@ class RayExecutor:
                else f" ({type(problem).__name__}: {_first_line(problem)})")
         raise UserError(MESSAGE_UNREACHABLE.format(address=address, why=why, host=host, port=port))
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]:
+        """Submit every item now; :meth:`Pending.results` gathers them in input order."""
         import ray
 
         if not self._connected:
             raise RuntimeError("RayExecutor is closed")
         items = list(items)
         if not items:
-            return []
+            return Pending(list)
         task = ray.remote(_in_worker).options(num_cpus=self.num_cpus_per_task, max_retries=self.max_retries,
                                               retry_exceptions=False)
         fn_ref = ray.put(fn)  # pickled once, not once per item
         refs = [task.remote(fn_ref, item) for item in items]
+        return Pending(lambda: self._gather(ray, refs))
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        return self.submit(fn, items).results()
+
+    def _gather(self, ray: Any, refs: list[Any]) -> list[Any]:
         index = {ref: i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
         unread = set(refs)
@@ -299,13 +392,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def executor_for(kind: Literal["local", "ray"], address: str | None = None, **ray_options: Any) -> Executor:
-    """The executor for ``--executor KIND`` (and its Ray address); Ray is imported only for 'ray'."""
+def executor_for(kind: Literal["local", "ray"], address: str | None = None, *, workers: int = 1,
+                 tasks: int = 1, **ray_options: Any) -> Executor:
+    """The executor for ``--executor KIND`` (and its Ray address); Ray is imported only for 'ray'.
+
+    ``local``: :func:`local` with ``workers`` processes for ``tasks`` items.
+    """
     if kind == "local":
         if address is not None:
             raise UserError(f"Ray address '{address}' given, but the executor is 'local'; "
                             "expected --executor ray with an address, or no address")
-        return LocalExecutor()
+        return local(workers, tasks=tasks)
     if kind == "ray":
         return RayExecutor(address, **ray_options)
     raise UserError(f"executor: got '{kind}'; expected 'local' or 'ray'")

@@ -50,14 +50,18 @@ class ReLUMLP(nn.Module):
 
 
 def one_thread() -> None:
-    """Pin torch to one intra-op thread, for every training and scoring of an audit.
+    """Pin torch, and numpy's BLAS, to one thread, for every training, scoring and evaluation of an audit.
 
     Multi-threaded kernels split their sums by thread count, so the same seed gave different
     weights on machines with different numbers of cores (torch's default is one thread per
-    core), and on a worker process that runs with one thread. With one thread the numbers
-    depend only on the torch build; for networks of this size it is also as fast.
+    core), and on a worker process that runs with one thread (a Ray task); numpy's float32
+    matrix products (the calibration bootstrap) moved in the 9th digit the same way. With one
+    thread the numbers depend only on the builds; for networks of this size it is also as fast.
     """
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(1)
+    threadpool_limits(1)
 
 
 def build(n_features: int, cfg: ModelConfig) -> ReLUMLP:

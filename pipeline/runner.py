@@ -96,18 +96,20 @@ class _Session:
 
 def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: str | None = None,
         reports_dir: str | Path = "reports", baseline: str | None = None, timer: StageTimer | None = None,
-        progress: Progress | None = None, register_recommended: bool = False) -> RunResult:
+        progress: Progress | None = None, register_recommended: bool = False,
+        execution: dict | None = None) -> RunResult:
     """Train, evaluate, check capacity, gate, report and log one audit (under the job's lock).
 
     With ``mitigation.enabled``, mitigation candidates are measured with the same gate;
     ``register_recommended`` registers the recommended one as a new version of the registered model.
+    ``execution``: ``executor``/``ray_address`` given on the command line (None: the config's).
     """
     config_mod.check_tracking_uri(config_mod.tracking_uri(tracking_uri),
                                   source="--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
     reports_dir = jobs.writable_dir(Path(reports_dir))
     with jobs.job_lock(reports_dir, config_path):
         timer = timer or StageTimer()
-        cfg, _ = config_mod.load(config_path)
+        cfg = config_mod.with_execution(config_mod.load(config_path)[0], **(execution or {}))
         from pipeline import data  # pandas and scikit-learn only: data errors still answer in a second
 
         timer.lap("imports")
@@ -119,14 +121,15 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                     len(split.y_train), len(split.y_test), split.x_train.shape[1])
         timer.lap("data")
         # Config and data are valid: now the heavy stages.
+        from pipeline import executor
         from pipeline import model as model_mod
-        from pipeline import workers
 
         model_mod.one_thread()
         trainings = _trainings(cfg)
-        # The seeds (and remedies) train in forked workers while this process loads MLflow and
-        # torch._dynamo, which logging the model in MLflow's 'pt2' format needs (~0.8 s to import).
-        with workers.local(cfg.execution.workers, tasks=len(trainings)) as pool:
+        # The seeds (and remedies) train in forked workers (or Ray tasks) while this process loads
+        # MLflow and torch._dynamo, which logging the model in MLflow's 'pt2' format needs (~0.8 s).
+        ex = cfg.execution
+        with executor.executor_for(ex.executor, ex.ray_address, workers=ex.workers, tasks=len(trainings)) as pool:
             pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
             import torch._dynamo  # noqa: F401
 
@@ -174,7 +177,7 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
           module: str | None = None, state_dict: str | Path | None = None, layers: list[str] | None = None,
           encoder: str | Path | None = None, data_path: str | Path | None = None, tracking_uri: str | None = None,
           reports_dir: str | Path = "reports", baseline: str | None = None,
-          timer: StageTimer | None = None) -> RunResult:
+          timer: StageTimer | None = None, execution: dict | None = None) -> RunResult:
     """Audit an existing model, without training it, on the data named by the config (or ``data_path``).
 
     The model is an MLflow model URI (``runs:/…``, ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``)
@@ -198,7 +201,7 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
     reports_dir = jobs.writable_dir(Path(reports_dir))
     with jobs.job_lock(reports_dir, config_path, model_uri or module):
         timer = timer or StageTimer()
-        cfg, _ = config_mod.load(config_path)
+        cfg = config_mod.with_execution(config_mod.load(config_path)[0], **(execution or {}))
         if data_path is not None:
             cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(data_path)))
         from pipeline import data
@@ -256,7 +259,7 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
                  extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
                  register_recommended: bool = False) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it."""
-    from pipeline import document, policy, report, tracking, workers
+    from pipeline import document, executor, policy, report, tracking
 
     cfg, table = s.cfg, s.table
     with tracking.audit_run(s.uri, cfg.tracking.experiment, s.run_name) as parent, \
@@ -285,7 +288,8 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
         out_dir = s.reports_dir / parent.info.run_id
         outputs.write_rows(out_dir / rows.artifact, rows.judged)  # which file rows were judged, for recomputing
         # The report renders in a forked process while this one logs the model and the numbers.
-        with workers.local(0, tasks=2) as pool:
+        # (In this process under Ray: forking a process that holds Ray's client threads is not safe.)
+        with executor.local(0 if cfg.execution.executor == "local" else 1, tasks=2) as pool:
             rendering = pool.submit(lambda d: outputs.write_reports(d, out_dir), [doc])
             timer.lap("report")
             tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir,

@@ -146,3 +146,13 @@ def mlflow_server(tmp_path_factory):
         proc.wait(timeout=10)
         left = group_members(pgid)
         assert not left, f"mlflow server processes {left} survived SIGTERM and SIGKILL; log tail:\n{log_tail()}"
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """One real Ray cluster for the session (``ray start --head`` on 127.0.0.1, token auth, own process group);
+    this process holds its token while it runs (``raycluster.client_env``)."""
+    from raycluster import client_env, ray_cluster
+
+    with ray_cluster() as cluster, client_env(cluster):
+        yield cluster

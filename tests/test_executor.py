@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from raycluster import client_env, free_port, group_pids, ray_cluster
+from raycluster import free_port, group_pids
 
 from pipeline.errors import UserError
 from pipeline.executor import LocalExecutor, RayExecutor, ShardFailed, executor_for
@@ -23,16 +23,15 @@ TIMINGS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="session")
-def ray_address():
-    """A private Ray head on 127.0.0.1 for this session; this process holds its token while it runs."""
-    with ray_cluster() as cluster, client_env(cluster):
-        TIMINGS["cluster start (s)"] = cluster.startup_seconds
-        # Ray workers cannot import this module (pytest imports it from tests/ as a top-level module):
-        # ship its functions by value.
-        import ray.cloudpickle
+def ray_address(ray_head):
+    """The session's Ray head (conftest.ray_head); this process holds its token while it runs."""
+    TIMINGS["cluster start (s)"] = ray_head.startup_seconds
+    # Ray workers cannot import this module (pytest imports it from tests/ as a top-level module):
+    # ship its functions by value.
+    import ray.cloudpickle
 
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        yield cluster
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray_head
     print("\nexecutor timings:", {k: round(v, 3) for k, v in TIMINGS.items()})
 
 

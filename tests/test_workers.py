@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import runner, workers
+from pipeline import executor, runner
 
 
 def _square_and_pid(x: int) -> tuple[int, int]:
@@ -24,12 +24,12 @@ def _square_and_pid(x: int) -> tuple[int, int]:
 
 def test_forked_results_come_in_order_from_other_processes():
     offset = 7  # a closure: forked workers inherit it, nothing is pickled but items and results
-    with workers.Forked(2) as pool:
+    with executor.ForkExecutor(2) as pool:
         pending = pool.submit(lambda x: (x + offset, os.getpid()), list(range(6)))
         results = pending.results()
     assert [r for r, _ in results] == [x + offset for x in range(6)]
     assert os.getpid() not in {pid for _, pid in results}
-    with workers.InProcess() as pool:
+    with executor.LocalExecutor() as pool:
         assert pool.submit(_square_and_pid, [3, 4]).results() == [(9, os.getpid()), (16, os.getpid())]
 
 
@@ -39,12 +39,12 @@ def test_an_error_in_a_worker_is_raised_here():
             raise ValueError(f"item {x} is bad")
         return x
 
-    with workers.Forked(2) as pool, pytest.raises(ValueError, match="item 2 is bad"):
+    with executor.ForkExecutor(2) as pool, pytest.raises(ValueError, match="item 2 is bad"):
         pool.submit(fail_on_two, [1, 2, 3]).results()
 
 
 def test_leaving_the_block_stops_workers_still_running():
-    with workers.Forked(2) as pool:
+    with executor.ForkExecutor(2) as pool:
         pending = pool.submit(lambda seconds: (os.getpid(), time.sleep(seconds)), [0.0, 0.0, 60.0, 60.0])
         time.sleep(1.0)
         children = _children(os.getpid())
@@ -55,12 +55,12 @@ def test_leaving_the_block_stops_workers_still_running():
 
 
 def test_local_picks_one_process_per_core_and_never_more_than_the_tasks():
-    assert isinstance(workers.local(1, tasks=5), workers.InProcess)
-    assert not isinstance(workers.local(1, tasks=5), workers.Forked)
-    assert isinstance(workers.local(0, tasks=1), workers.InProcess) and not isinstance(
-        workers.local(0, tasks=1), workers.Forked)
-    assert workers.local(3, tasks=2).workers == 2
-    assert workers.local(0, tasks=50).workers == (os.cpu_count() or 1) or os.cpu_count() == 1
+    assert isinstance(executor.local(1, tasks=5), executor.LocalExecutor)
+    assert not isinstance(executor.local(1, tasks=5), executor.ForkExecutor)
+    assert isinstance(executor.local(0, tasks=1), executor.LocalExecutor) and not isinstance(
+        executor.local(0, tasks=1), executor.ForkExecutor)
+    assert executor.local(3, tasks=2).workers == 2
+    assert executor.local(0, tasks=50).workers == (os.cpu_count() or 1) or os.cpu_count() == 1
 
 
 def test_forked_and_in_process_trainings_give_the_same_audit(write_config, store, tmp_path):
@@ -143,3 +143,21 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_ray_and_local_executors_give_the_same_audit_of_the_shipped_config(ray_head, store, tmp_path):
+    """`run --executor ray` on a real cluster, connected by address: the numbers of the local executor."""
+    from conftest import run_cli
+
+    docs = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-address", ray_head.address])):
+        done = run_cli("run", "--config", "configs/adult.yaml", "--tracking-uri", store, "--reports-dir",
+                       str(tmp_path / name), "--json", *extra, env=ray_head.client_env)
+        assert done.returncode == 1, done.stderr[-3000:]  # the shipped config fails its policy
+        docs[name] = json.loads(Path(json.loads(done.stdout)["audit_json"]).read_text())
+    local, ray = docs["local"], docs["ray"]
+    assert ray["config"]["execution"]["executor"] == "ray" and local["config"]["execution"]["executor"] == "local"
+    assert len(local["seeds"]["seeds"]) == 3
+    for key in ("overall", "groups", "disparities", "calibration", "findings", "verdict", "capacity", "seeds"):
+        assert local[key] == ray[key], key
+    assert local["training"]["history"] == ray["training"]["history"]
