@@ -20,6 +20,7 @@ import traceback
 import click
 
 from pipeline.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USER_ERROR, Busy, Interrupted, UserError
+from pipeline.executor import ShardFailed
 
 _BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
 
@@ -98,6 +99,9 @@ def _guarded(call) -> tuple[object, int | None]:
     except (KeyboardInterrupt, Interrupted):
         click.echo("error: interrupted; the MLflow run (if any) was ended as KILLED", err=True)
         return {"error": "interrupted"}, EXIT_INTERRUPTED
+    except ShardFailed as err:  # not a bug here: a worker died on every retry, or a task raised
+        click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
+        return {"error": str(err)}, EXIT_UNEXPECTED
     except Exception as err:  # report, never swallow: traceback and a distinct exit code
         traceback.print_exc()
         return {"error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
@@ -133,7 +137,14 @@ def _execute(call, as_json: bool) -> None:
     def audit():
         from pipeline import runner
 
-        return call(runner)
+        if not as_json:
+            return call(runner)
+        # stdout carries the JSON summary alone: what libraries print there (Ray's notices of a
+        # worker that died and was retried) goes to stderr with the logs.
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            return call(runner)
 
     result, code = _guarded(audit)
     if code is not None:

@@ -545,17 +545,22 @@ class DatasetInfo(_Record):
     feature_columns: list[str]
     n_model_inputs: int
     unseen_categories: dict[str, int]  # audit mode: per column, rows whose category the encoder never saw
+    # A streamed audit (Parquet, shard by shard): executor, shards and rows counted, bytes of the partials.
+    streaming: dict | None = None
 
     @classmethod
     def of(cls, table, ds: DatasetConfig, *, train_rows: int, test_rows: int, feature_columns,
-           n_model_inputs: int, unseen_categories: dict[str, int] | None = None) -> DatasetInfo:
-        """From a ``data.Table`` and the dataset config."""
+           n_model_inputs: int, unseen_categories: dict[str, int] | None = None,
+           streaming: dict | None = None) -> DatasetInfo:
+        """From a ``data.Table`` and the dataset config (streamed: the rows were never held in ``table.frame``)."""
         return cls(name=table.name, path=table.path, sha256=table.sha256, rows=table.rows_read,
-                   rows_used=len(table.frame), rows_dropped_missing=table.rows_dropped_missing,
+                   rows_used=test_rows if streaming else len(table.frame),
+                   rows_dropped_missing=table.rows_read - test_rows if streaming else table.rows_dropped_missing,
                    missing_by_column=dict(table.missing_by_column), train_rows=train_rows, test_rows=test_rows,
                    target=ds.target, positive_label=ds.positive_label, sensitive_features=list(ds.sensitive_features),
                    sensitive_as_input=ds.sensitive_as_input, feature_columns=list(feature_columns),
-                   n_model_inputs=int(n_model_inputs), unseen_categories=dict(unseen_categories or {}))
+                   n_model_inputs=int(n_model_inputs), unseen_categories=dict(unseen_categories or {}),
+                   streaming=streaming)
 
 
 # --- mitigation ----------------------------------------------------------------------------------

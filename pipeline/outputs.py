@@ -14,6 +14,7 @@ from pipeline.document import AuditDocument
 AUDIT_JSON, REPORT_HTML, MODEL_CARD = "audit.json", "report.html", "model_card.md"
 TEST_ROWS = "split/test_rows.npz"  # run: the rows of the data file that formed the test split
 AUDITED_ROWS = "split/audited_rows.npz"  # audit: every audited row of the data file
+SHARDS = "split/shards.json"  # a streamed audit: the Parquet shards whose every row was audited, in order
 
 
 def write_reports(doc: AuditDocument, out_dir: Path, plots: dict[str, bytes] | None = None) -> list[Path]:
@@ -44,6 +45,12 @@ def write_rows(path: Path, rows) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, rows=np.sort(np.asarray(rows, dtype=np.int64)))
+
+
+def write_shards(path: Path, shards: list[dict]) -> None:
+    """The shards of a streamed audit (file, row groups, first row number, rows), in audit order, as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(shards, indent=1), encoding="utf-8")
 
 
 def write_document(doc: AuditDocument, path: Path) -> None:

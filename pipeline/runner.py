@@ -75,8 +75,9 @@ class _Rows:
     n_inputs: int
     train_rows: int  # 0 in audit mode
     judged: object  # np.ndarray: sorted 0-based file row numbers of the test split, or of every audited row
-    artifact: str  # outputs.TEST_ROWS or outputs.AUDITED_ROWS
+    artifact: str  # outputs.TEST_ROWS or outputs.AUDITED_ROWS (outputs.SHARDS when streamed: judged is None)
     unseen_categories: dict[str, int] = dataclasses.field(default_factory=dict)
+    streaming: Callable[[], dict] | None = None  # streamed: what was counted (known once the shards are merged)
 
 
 @dataclass(frozen=True)
@@ -204,11 +205,16 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         cfg = config_mod.with_execution(config_mod.load(config_path)[0], **(execution or {}))
         if data_path is not None:
             cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(data_path)))
-        from pipeline import data
+        from pipeline import data, stream
 
         timer.lap("imports")
-        table = data.load(cfg.dataset, source=str(config_path))
-        data.check_table(table, cfg.dataset, source=str(config_path))
+        shards = None
+        if stream.is_parquet(cfg.dataset.path):  # streamed shard by shard: never read whole
+            shards = stream.shards(cfg.dataset.path, source=str(config_path))
+            table = stream.provenance(shards, cfg.dataset)
+        else:
+            table = data.load(cfg.dataset, source=str(config_path))
+            data.check_table(table, cfg.dataset, source=str(config_path))
         timer.lap("data")
         from pipeline import capacity, tracking
         from pipeline import model as model_mod
@@ -221,6 +227,8 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         else:
             net, model_info = model_mod.load_from_module(module, state_dict)
             fitted = data.read_encoder(encoder)
+        if shards is not None:
+            return _audit_shards(session, shards, net, fitted, model_info, layers, timer, source=str(config_path))
         rows = data.encode_all(table, cfg, fitted, source=str(config_path))
         if rows.unseen_categories:
             logger.warning("data: %s has categories the model's encoder has not seen (encoded as all-zero one-hot "
@@ -240,6 +248,38 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         judged = _Rows(rows.encoder, rows.feature_columns, rows.x.shape[1], 0, rows.rows, outputs.AUDITED_ROWS,
                        rows.unseen_categories)
         return _audited_run(session, audited, timer, judged, extra_tags=tags)
+
+
+def _audit_shards(s: _Session, shards, net, encoder, model_info: dict, layers, timer: StageTimer, *,
+                  source: str) -> RunResult:
+    """Audit a model on Parquet shards as map-reduce (``streaming``): local processes or Ray tasks score
+    the shards into mergeable partials; this process merges them, evaluates and logs."""
+    from pipeline import capacity, executor, outputs, stream, streaming
+    from pipeline.document import SeedAudit
+
+    cfg = s.cfg
+    # Before the run starts: a missing or mistyped column, or an untraceable model, leaves no run behind.
+    stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, encoder), source=source)
+    capacity.ReluProbe(net, layers=layers)
+    timer.lap("imports")
+    ex = cfg.execution
+    counted: dict = {}
+    with executor.executor_for(ex.executor, ex.ray_address, workers=ex.workers, tasks=len(shards)) as pool:
+
+        def audited(run_id: str):
+            evaluation, cap, found = streaming.audit_shards(shards, net=net, cfg=cfg, encoder=encoder, executor=pool,
+                                                            layers=layers, source=source)
+            timer.lap("evaluation")
+            counted.update(found)
+            seed = SeedAudit(seed=None, run_id=run_id, evaluation=evaluation, capacity={"test": cap.health},
+                             ranks=cap.ranks, group_capacity=cap.groups)
+            return [seed], (), model_info, None
+
+        tags = {f"audited_model.{k}": str(v) for k, v in model_info.items() if v is not None}
+        files = [dataclasses.asdict(shard) for shard in shards]
+        judged = _Rows(encoder, [*encoder.numeric, *encoder.categorical], len(encoder.feature_names), 0, None,
+                       outputs.SHARDS, streaming=lambda: {"executor": ex.executor, **counted, "files": files})
+        return _audited_run(s, audited, timer, judged, extra_tags=tags)
 
 
 def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baseline: str | None,
@@ -274,9 +314,12 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
                                 measured_on="the training data" if trained is not None else "the audited rows")
         verdict, reasons = policy.decide(findings, features=cfg.dataset.sensitive_features)
         mitigation = mitigated(seeds, findings, verdict) if mitigated else None
-        dataset = document.DatasetInfo.of(table, cfg.dataset, train_rows=rows.train_rows, test_rows=len(rows.judged),
-                                          feature_columns=rows.feature_columns, n_model_inputs=rows.n_inputs,
-                                          unseen_categories=rows.unseen_categories)
+        streamed = rows.streaming() if rows.streaming else None
+        dataset = document.DatasetInfo.of(
+            table, cfg.dataset, train_rows=rows.train_rows,
+            test_rows=streamed["rows_audited"] if streamed else len(rows.judged),
+            feature_columns=rows.feature_columns, n_model_inputs=rows.n_inputs,
+            unseen_categories=streamed["unseen_categories"] if streamed else rows.unseen_categories, streaming=streamed)
         doc = document.build(seeds, findings, verdict, reasons=reasons, cfg=cfg, dataset=dataset, run_id=parent.info.run_id,
                              run_name=s.run_name, tracking_uri=s.uri, versions=tracking.package_versions(),
                              model=model_info, summary=summary, remedies=remedies,
@@ -286,7 +329,10 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
         from pipeline import outputs
 
         out_dir = s.reports_dir / parent.info.run_id
-        outputs.write_rows(out_dir / rows.artifact, rows.judged)  # which file rows were judged, for recomputing
+        if rows.judged is None:  # streamed: every row of the shards listed, in order
+            outputs.write_shards(out_dir / rows.artifact, streamed["files"])
+        else:  # which file rows were judged, for recomputing
+            outputs.write_rows(out_dir / rows.artifact, rows.judged)
         # The report renders in a forked process while this one logs the model and the numbers.
         # (In this process under Ray: forking a process that holds Ray's client threads is not safe.)
         with executor.local(0 if cfg.execution.executor == "local" else 1, tasks=2) as pool:

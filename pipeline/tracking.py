@@ -317,9 +317,15 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     # The dataset by reference: name, absolute source path, digest, schema and row count; never its rows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hints on source resolution and int columns
-        dataset = mlflow.data.from_pandas(table.frame, source=str(Path(table.path).resolve()), name=table.name,
-                                          targets=cfg.dataset.target, digest=table.sha256[:20])
-        dataset.__dict__["schema"] = dataset_schema(table.frame)  # fills MLflow's cached_property
+        if doc.dataset.streaming:  # never held in memory: source, name and digest (rows in audit.json)
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+
+            dataset = MetaDataset(resolve_dataset_source(table.path), name=table.name, digest=table.sha256[:20])
+        else:
+            dataset = mlflow.data.from_pandas(table.frame, source=str(Path(table.path).resolve()), name=table.name,
+                                              targets=cfg.dataset.target, digest=table.sha256[:20])
+            dataset.__dict__["schema"] = dataset_schema(table.frame)  # fills MLflow's cached_property
         _log_input(dataset)
     if before_artifacts is not None:
         before_artifacts()
@@ -512,11 +518,15 @@ def load_logged_model(model_uri: str, tracking_uri: str):
     mlflow.set_tracking_uri(tracking_uri)
     try:
         info = get_model_info(model_uri)
+        local = Path(mlflow.artifacts.download_artifacts(model_uri))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            exported = mlflow.pytorch.load_model(model_uri)
+            exported = mlflow.pytorch.load_model(str(local))
         # torch.export's module refuses train()/eval(); a plain GraphModule of the same graph does not.
         net = torch.fx.GraphModule(exported, exported.graph)
+        archive = local / "data" / "model.pt2"
+        if archive.is_file():  # what a streamed audit sends its workers (such a module does not pickle)
+            net.pt2_archive = archive.read_bytes()
     except MlflowException as err:
         raise UserError(f"--model-uri: cannot load '{model_uri}' from {tracking_uri}: {err.message}") from err
     if info.run_id is None:
