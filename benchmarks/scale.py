@@ -133,7 +133,7 @@ def main() -> None:
             print(f"\nper-core rate (local executor, one process, evaluation stage): {per_core:,.0f} rows/s; "
                   f"one shard's partials: {partial / 1e6:.2f} MB")
             print(f"1 billion rows on 50 nodes x 8 cores: {1e9 / (per_core * 400):.0f} s of shard work; "
-                  f"{1e9 / 2e6:.0f} shards of 2 M rows send {1e9 / 2e6 * partial / 1e9:.2f} GB of partials to the driver")
+                  f"{1e9 / 1e6:.0f} shards of 1 M rows send {1e9 / 1e6 * partial / 1e9:.2f} GB of partials to the driver")
 
         # The fan-out: the shipped config with more seeds, local (forked workers) and Ray.
         cfg = yaml.safe_load((ROOT / "configs/adult.yaml").read_text())

@@ -271,7 +271,10 @@ def bootstrap_scores(view: ViewScores, *, calibration_bins: int, n_boot: int, rn
             n = int(view.hist[g].sum())
             if n == 0:
                 continue
-            draw = rng.multinomial(n, (view.hist[g] / n).ravel(), size=r).reshape(r, 2, bins)
+            cells = np.flatnonzero(view.hist[g])  # empty cells never draw a row: leave them out (faster)
+            draw = np.zeros((r, 2 * bins), dtype=np.int64)
+            draw[:, cells] = rng.multinomial(n, view.hist[g].ravel()[cells] / n, size=r)
+            draw = draw.reshape(r, 2, bins)
             draw_p, draw_p2 = draw * mean_p[g], draw * mean_p2[g]
             found = score_metrics(draw, draw_p, draw_p2, calibration_bins=k)
             for key in out:
@@ -356,20 +359,39 @@ class UnitPartial:
         return out
 
 
-def _unit_sums(h: np.ndarray, codes: np.ndarray | None, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Firing counts and fixed-point |h| sums, (units,) or per group (groups, units)."""
+def _unit_values(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and unit: fired (0/1) and |h| in fixed point (integers), both as float64, for exact sums."""
     scaled = np.rint(np.abs(h.astype(np.float64)) * ABS_SCALE)
     if scaled.size and scaled.sum(0).max() >= 2**62:  # margin: the float sum is approximate
         raise ValueError(f"sum of |activation|: over 2**62 / ABS_SCALE = {2**62 / ABS_SCALE:.3g} for one unit "
                          "in one partial would overflow int64 fixed point; use smaller shards")
-    fired, scaled = (h > 0).astype(np.int64), scaled.astype(np.int64)
+    return (h > 0).astype(np.float64), scaled
+
+
+def _unit_sums(values: tuple[np.ndarray, np.ndarray], codes: np.ndarray | None,
+               groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Firing counts and fixed-point |h| sums, (units,) or per group (groups, units), as int64.
+
+    Sums of integers held in float64 are exact while they stay below 2**53, whatever the order
+    of the additions, so a matrix product (one-hot groups x rows) gives them exactly and fast;
+    beyond that, int64 sums over the rows sorted by group.
+    """
+    fired, scaled = values
+    exact = not scaled.size or scaled.sum(0).max() < 2**53
     if codes is None:
-        return fired.sum(0), scaled.sum(0)
+        if exact:
+            return fired.sum(0).astype(np.int64), scaled.sum(0).astype(np.int64)
+        return fired.sum(0).astype(np.int64), scaled.astype(np.int64).sum(0)
     if groups == 0:  # a shard without rows
-        return np.zeros((0, h.shape[1]), np.int64), np.zeros((0, h.shape[1]), np.int64)
+        return np.zeros((0, fired.shape[1]), np.int64), np.zeros((0, fired.shape[1]), np.int64)
+    if exact:
+        onehot = np.zeros((groups, len(codes)))
+        onehot[codes, np.arange(len(codes))] = 1.0
+        return (onehot @ fired).astype(np.int64), (onehot @ scaled).astype(np.int64)
     order = np.argsort(codes, kind="stable")
     starts = np.searchsorted(codes[order], np.arange(groups))  # every group has a row in this shard
-    return np.add.reduceat(fired[order], starts, axis=0), np.add.reduceat(scaled[order], starts, axis=0)
+    return (np.add.reduceat(fired[order], starts, axis=0).astype(np.int64),
+            np.add.reduceat(scaled[order].astype(np.int64), starts, axis=0))
 
 
 def unit_partial(activations: Sequence, labels_by_view: Mapping[str, np.ndarray] | None = None, *,
@@ -396,13 +418,14 @@ def unit_partial(activations: Sequence, labels_by_view: Mapping[str, np.ndarray]
     if any(a.ndim != 2 or len(a) != rows for a in arrays) or not all(np.isfinite(a).all() for a in arrays):
         raise ValueError("activations: expected finite (rows x units) arrays with the same rows per layer")
     names = tuple(layers) if layers is not None else tuple(f"layer{i}" for i in range(len(arrays)))
-    totals = [_unit_sums(a, None, 0) for a in arrays]
+    values = [_unit_values(a) for a in arrays]
+    totals = [_unit_sums(v, None, 0) for v in values]
     views = {}
     for view, labels in (labels_by_view or {}).items():
         groups, codes = _group_codes(labels)
         if len(codes) != rows:
             raise ValueError(f"labels of view '{view}' must have one entry per row ({rows})")
-        sums = [_unit_sums(a, codes, len(groups)) for a in arrays]
+        sums = [_unit_sums(v, codes, len(groups)) for v in values]
         views[view] = UnitGroups(groups, np.bincount(codes, minlength=len(groups)).astype(np.int64),
                                  tuple(s[0] for s in sums), tuple(s[1] for s in sums))
     return UnitPartial(names, rows, tuple(t[0] for t in totals), tuple(t[1] for t in totals), views)

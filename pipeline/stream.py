@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from pipeline.data import Encoder
 
 PARQUET_SUFFIXES = (".parquet", ".pq")  # what a directory is searched for (recursively)
-ROWS_PER_SHARD = 2_000_000  # a shard is one file, or row groups of one file adding up to about this many rows
+ROWS_PER_SHARD = 1_000_000  # a shard is one file, or row groups of one file adding up to about this many rows
 BATCH_SIZE = 65_536  # rows per pandas batch: ~10-20 MB for an Adult-shaped table
 
 # What a column must hold (values of the ``columns`` mapping of check_schema).
