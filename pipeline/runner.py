@@ -121,19 +121,19 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         logger.info("data: %s, %d rows (%d train, %d test), %d features", table.path, len(table.frame),
                     len(split.y_train), len(split.y_test), split.x_train.shape[1])
         timer.lap("data")
-        # Config and data are valid: now the heavy stages.
+        # Config and data are valid: now the heavy stages, and torch._dynamo, which logging the
+        # model in MLflow's 'pt2' format needs (~0.8 s to import; before the fork, its pages are shared).
+        import torch._dynamo  # noqa: F401
+
         from pipeline import executor
         from pipeline import model as model_mod
 
         model_mod.one_thread()
         trainings = _trainings(cfg)
-        # The seeds (and remedies) train in forked workers (or Ray tasks) while this process loads
-        # MLflow and torch._dynamo, which logging the model in MLflow's 'pt2' format needs (~0.8 s).
+        # The seeds (and remedies) train in forked workers (or Ray tasks) while this process loads MLflow.
         ex = cfg.execution
         with executor.executor_for(ex.executor, ex.ray_address, workers=ex.workers, tasks=len(trainings)) as pool:
             pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
-            import torch._dynamo  # noqa: F401
-
             session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
 
             def audited(run_id: str):
@@ -299,7 +299,7 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
                  extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
                  register_recommended: bool = False) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it."""
-    from pipeline import document, executor, policy, report, tracking
+    from pipeline import document, policy, report, tracking
 
     cfg, table = s.cfg, s.table
     with tracking.audit_run(s.uri, cfg.tracking.experiment, s.run_name) as parent, \
@@ -333,14 +333,10 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
             outputs.write_shards(out_dir / rows.artifact, streamed["files"])
         else:  # which file rows were judged, for recomputing
             outputs.write_rows(out_dir / rows.artifact, rows.judged)
-        # The report renders in a forked process while this one logs the model and the numbers.
-        # (In this process under Ray: forking a process that holds Ray's client threads is not safe.)
-        with executor.local(0 if cfg.execution.executor == "local" else 1, tasks=2) as pool:
-            rendering = pool.submit(lambda d: outputs.write_reports(d, out_dir), [doc])
-            timer.lap("report")
-            tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir,
-                               description=report.run_description(doc), extra_tags=extra_tags,
-                               before_artifacts=rendering.results)
+        outputs.write_reports(doc, out_dir)
+        timer.lap("report")
+        tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir, description=report.run_description(doc),
+                           extra_tags=extra_tags)
         if register_recommended:
             _register_recommended(doc)
         timer.lap("mlflow_logging")

@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -292,11 +292,10 @@ def log_seed(outcome: SeedAudit) -> None:
 
 
 def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out_dir: Path, *, description: str,
-              extra_tags: dict[str, str] | None = None, before_artifacts: Callable[[], object] | None = None) -> None:
+              extra_tags: dict[str, str] | None = None) -> None:
     """Everything about the audit, on the parent run, in batches.
 
     ``model``: the trained network to log and register (``None`` when an existing model was audited).
-    ``before_artifacts``: waits until ``out_dir`` is complete (the report renders meanwhile).
     """
     import pandas as pd
 
@@ -327,8 +326,6 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
                                               targets=cfg.dataset.target, digest=table.sha256[:20])
             dataset.__dict__["schema"] = dataset_schema(table.frame)  # fills MLflow's cached_property
         _log_input(dataset)
-    if before_artifacts is not None:
-        before_artifacts()
     mlflow.log_artifacts(str(out_dir))
 
     tags = {**_audit_tags(doc), "mlflow.note.content": description}
