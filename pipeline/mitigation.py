@@ -299,7 +299,7 @@ def build_candidates(split, cfg: Config, base_model: torch.nn.Module, *, feature
                      validation_fraction: float = 0.2, eg_max_iter: int = 10, eg_eps: float = 0.02,
                      epochs: int | None = None,
                      validation_rows: np.ndarray | None = None,
-                     skipped: list[tuple[str, str]] | None = None) -> tuple[list[Candidate], np.ndarray]:
+                     skipped: list[tuple[str, str]] | None = None, executor=None) -> tuple[list[Candidate], np.ndarray]:
     """Every configured candidate on the test split, and the validation row indices used by post-processing.
 
     Parameters
@@ -331,6 +331,9 @@ def build_candidates(split, cfg: Config, base_model: torch.nn.Module, *, feature
         When given, a candidate that cannot be built on these data (fairlearn refuses a group
         whose validation rows all have one label, for example) is appended here as
         ``(name, reason)`` and the others go on; without it, the error propagates.
+    executor
+        Where the candidates are built (``pipeline.executor``: forked processes, Ray tasks);
+        ``None``: here, one after another.
 
     Returns
     -------
@@ -355,36 +358,46 @@ def build_candidates(split, cfg: Config, base_model: torch.nn.Module, *, feature
         val = (np.sort(np.asarray(validation_rows, dtype=np.int64)) if validation_rows is not None else
                carve_validation_rows(split.y_train, g_train, fraction=validation_fraction, seed=seed,
                                      feature=feature))
+    specs = [(method, constraint, strength) for method in [m for m in METHODS if m in methods]
+             for constraint in ((None,) if method == "reweighing" else constraints)
+             for strength in (strengths if method == "fairness_penalty" else (None,))]
+
+    def build(spec):
+        """One candidate, or the reason the data refuses it (fairlearn's refusals name the group)."""
+        method, constraint, strength = spec
+        started = time.perf_counter()
+        try:
+            if method == "threshold_optimizer":
+                built = _threshold_optimizer(split, base_model, g_train, g_test, val, constraint, seed, net_params)
+            elif method == "exponentiated_gradient":
+                built = _exponentiated_gradient(split, g_train, constraint, eg_eps, eg_max_iter, seed, net_params)
+            else:
+                built = _trained(split, g_train, method, constraint, strength, cfg, train_cfg, seed)
+        except ValueError as err:
+            if skipped is None:
+                raise
+            return err
+        return built, time.perf_counter() - started
+
+    # Independent trainings: in forked processes or Ray tasks when the caller gives an executor.
+    from pipeline.executor import LocalExecutor
+
+    outcomes = (executor or LocalExecutor()).map(build, specs)
     candidates = []
-    for method in [m for m in METHODS if m in methods]:
-        for constraint in (None,) if method == "reweighing" else constraints:
-            for strength in strengths if method == "fairness_penalty" else (None,):
-                started = time.perf_counter()
-                name = candidate_name(method, constraint, strength)
-                try:
-                    if method == "threshold_optimizer":
-                        built = _threshold_optimizer(split, base_model, g_train, g_test, val, constraint, seed,
-                                                     net_params)
-                    elif method == "exponentiated_gradient":
-                        built = _exponentiated_gradient(split, g_train, constraint, eg_eps, eg_max_iter, seed,
-                                                        net_params)
-                    else:
-                        built = _trained(split, g_train, method, constraint, strength, cfg, train_cfg, seed)
-                except ValueError as err:  # fairlearn's refusals of degenerate data (not bugs: they name the group)
-                    if skipped is None:
-                        raise
-                    logger.warning("mitigation candidate %s not built: %s", name, err)
-                    skipped.append((name, str(err).splitlines()[0]))
-                    continue
-                scores, decisions, networks, artifact = built
-                artifact = {"name": name, "method": method, "constraint": constraint, "strength": strength,
-                            "group_aware": GROUP_AWARE[method], **common, **artifact}
-                seconds = time.perf_counter() - started
-                logger.info("mitigation candidate %s: %.1f s", name, seconds)
-                candidates.append(Candidate(
-                    name=name, method=method, constraint=constraint, strength=strength,
-                    group_aware=GROUP_AWARE[method], scores=scores, decisions=decisions, networks=networks,
-                    seconds=seconds, artifact=artifact, state_dicts=[_state_dict(n) for n in networks]))
+    for (method, constraint, strength), outcome in zip(specs, outcomes):
+        name = candidate_name(method, constraint, strength)
+        if isinstance(outcome, ValueError):
+            logger.warning("mitigation candidate %s not built: %s", name, outcome)
+            skipped.append((name, str(outcome).splitlines()[0]))
+            continue
+        (scores, decisions, networks, artifact), seconds = outcome
+        artifact = {"name": name, "method": method, "constraint": constraint, "strength": strength,
+                    "group_aware": GROUP_AWARE[method], **common, **artifact}
+        logger.info("mitigation candidate %s: %.1f s", name, seconds)
+        candidates.append(Candidate(
+            name=name, method=method, constraint=constraint, strength=strength,
+            group_aware=GROUP_AWARE[method], scores=scores, decisions=decisions, networks=networks,
+            seconds=seconds, artifact=artifact, state_dicts=[_state_dict(n) for n in networks]))
     return candidates, val
 
 

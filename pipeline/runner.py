@@ -164,7 +164,9 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                 return seeds, remedies, model, net
 
             def mitigated(seeds, findings, verdict):
-                return _mitigate(cfg, split, timer, seeds[0], findings, verdict) if cfg.mitigation.enabled else None
+                if not cfg.mitigation.enabled:
+                    return None
+                return _mitigate(cfg, split, timer, seeds[0], findings, verdict, executor=pool)
 
             from pipeline import outputs
 
@@ -426,7 +428,7 @@ def _evaluate_model(net, cfg, x, y, s, timer: StageTimer, *, x_train, full: bool
                      group_capacity=by_group, train=train)
 
 
-def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict):
+def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict, *, executor=None):
     """Every configured mitigation candidate, measured with the same engine and gate; frontier; recommendation."""
     import numpy as np
 
@@ -440,7 +442,7 @@ def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict):
         _with_view(split, primary.evaluation.views[feature]), cfg, primary.train.model, feature=feature,
         methods=m.methods, constraints=m.constraints, strengths=m.penalty_strengths, seed=cfg.training.seeds[0],
         validation_fraction=m.validation_fraction, eg_max_iter=m.reductions_max_iter, eg_eps=m.reductions_eps,
-        epochs=m.epochs, skipped=skipped)
+        epochs=m.epochs, skipped=skipped, executor=executor)
     timer.lap("mitigation")
     base = (model.predict_proba(primary.train.model, split.x_test) >= cfg.audit.decision_threshold).astype(int)
     cost = {"n_boot": cfg.audit.n_boot, "level": cfg.audit.ci_level, "seed": cfg.audit.bootstrap_seed}

@@ -286,3 +286,24 @@ def test_build_candidates_refuses_bad_choices(adult, kwargs, message):
             "strengths": [1.0], "seed": SEED, **kwargs}
     with pytest.raises(UserError, match=message):
         mitigation.build_candidates(split, cfg, base, **args)
+
+
+def test_candidates_built_in_forked_processes_equal_those_built_here(adult):
+    """The same candidates, in the same order, with the same decisions and weights, from two forked workers."""
+    from pipeline import executor, model
+
+    cfg, _, split, base = adult
+    model.one_thread()  # what every worker does, and what the runner does before anything
+    sequential, _ = mitigation.build_candidates(split, cfg, base, methods=["fairness_penalty", "reweighing"],
+                                                constraints=["demographic_parity"], feature="sex", seed=SEED,
+                                                strengths=[4.0])
+    with executor.ForkExecutor(2) as pool:
+        forked, _ = mitigation.build_candidates(split, cfg, base, methods=["fairness_penalty", "reweighing"],
+                                                constraints=["demographic_parity"], feature="sex", seed=SEED,
+                                                strengths=[4.0], executor=pool)
+    assert len(forked) == 2 and [c.name for c in forked] == [c.name for c in sequential]
+    for a, b in zip(sequential, forked):
+        np.testing.assert_array_equal(a.decisions, b.decisions)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        for sa, sb in zip(a.state_dicts, b.state_dicts):
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
