@@ -181,7 +181,8 @@ class ExecutionConfig:
     """Where trainings and data shards run (README: Execution). Never changes a number of the audit."""
 
     executor: Literal["local", "ray"] = "local"
-    # local: processes for the seeds and remedies, forked from this one; 0: one per CPU core; 1: in this process.
+    # local: processes for trainings and shards, forked from this one; 0: auto (one per CPU core, but trainings
+    # too small to pay for the processes stay in this one); 1: in this process.
     workers: int = field(default=0, metadata=_check(ge=0))
     ray_address: str | None = None  # ray: a running cluster ("127.0.0.1:6379"); null: start one here on 127.0.0.1
 

@@ -132,7 +132,8 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         trainings = _trainings(cfg)
         # The seeds (and remedies) train in forked workers (or Ray tasks) while this process loads MLflow.
         ex = cfg.execution
-        with executor.executor_for(ex.executor, ex.ray_address, workers=ex.workers, tasks=len(trainings)) as pool:
+        with executor.executor_for(ex.executor, ex.ray_address, workers=_workers(cfg, len(split.y_train), trainings),
+                                   tasks=len(trainings)) as pool:
             pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
             session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
 
@@ -368,6 +369,19 @@ class _Training:
     seed: int
     name: str | None = None  # "remedy-<name>"; None for a seed
     full: bool = True  # bootstrap intervals, ranks and group capacity (the audited seed and remedies)
+
+
+# Forked workers pay for themselves once the trainings are large enough. Measured on 2 cores: Adult's
+# three seeds (0.8 M row-epochs) ran 1.6 s faster with two workers, German's (0.1 M) 0.4 s slower.
+FORK_MIN_ROW_EPOCHS = 200_000
+
+
+def _workers(cfg, train_rows: int, trainings: list[_Training]) -> int:
+    """``execution.workers``, or for 0 (auto): one per core if the trainings are large, else this process."""
+    if cfg.execution.workers:
+        return cfg.execution.workers
+    row_epochs = train_rows * sum(job.cfg.training.epochs for job in trainings)
+    return 0 if row_epochs >= FORK_MIN_ROW_EPOCHS else 1
 
 
 def _trainings(cfg) -> list[_Training]:

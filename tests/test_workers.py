@@ -162,3 +162,14 @@ def test_ray_and_local_executors_give_the_same_audit_of_the_shipped_config(ray_h
     for key in ("overall", "groups", "disparities", "calibration", "findings", "verdict", "capacity", "seeds"):
         assert local[key] == ray[key], key
     assert local["training"]["history"] == ray["training"]["history"]
+
+
+def test_auto_workers_fork_only_for_trainings_large_enough_to_pay_for_it():
+    from pipeline import config
+
+    cfg = config.from_dict(small_config(**{"training.epochs": 10, "training.seeds": [0, 1]}))
+    jobs = runner._trainings(cfg)
+    assert runner._workers(cfg, 700, jobs) == 1  # 700 rows x 20 epochs: this process
+    assert runner._workers(cfg, runner.FORK_MIN_ROW_EPOCHS // 20, jobs) == 0  # one per core
+    explicit = config.from_dict({**small_config(), "execution": {"workers": 3}})
+    assert runner._workers(explicit, 700, runner._trainings(explicit)) == 3
