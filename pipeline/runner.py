@@ -138,19 +138,7 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
             session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
 
             def audited(run_id: str):
-                from pipeline import tracking
-
-                with tracking.training_runs([(job.seed, job.name) for job in trainings]) as run_ids:
-                    timer.lap("mlflow_logging")
-                    done = pending.results()
-                    timer.lap("training")
-                    logger.info("trainings: %s", "; ".join(
-                        f"{job.name or f'seed {job.seed}'} " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
-                        for job, (_, seconds) in zip(trainings, done)))
-                    outcomes = [dataclasses.replace(outcome, run_id=child) for (outcome, _), child in zip(done, run_ids)]
-                    for outcome in outcomes:
-                        tracking.log_seed(outcome)
-                timer.lap("mlflow_logging")
+                outcomes = _logged(trainings, pending, timer)
                 seeds = outcomes[:len(cfg.training.seeds)]
                 remedies = ()
                 if cfg.audit.remedies:
@@ -403,6 +391,24 @@ def _train_and_evaluate(job: _Training, split, progress: Progress | None):
     outcome = _evaluate_model(result.model, job.cfg, split.x_test, split.y_test, split.s_test, timer,
                               x_train=split.x_train, full=job.full, seed=job.seed, run_id="", train=result)
     return outcome, timer.seconds
+
+
+def _logged(trainings: list[_Training], pending, timer: StageTimer) -> list:
+    """Wait for the trainings (each in its nested MLflow run, open meanwhile) and log each one's outcome."""
+    from pipeline import tracking
+
+    with tracking.training_runs([(job.seed, job.name) for job in trainings]) as run_ids:
+        timer.lap("mlflow_logging")
+        done = pending.results()
+        timer.lap("training")
+        logger.info("trainings: %s", "; ".join(
+            f"{job.name or f'seed {job.seed}'} " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
+            for job, (_, seconds) in zip(trainings, done)))
+        outcomes = [dataclasses.replace(outcome, run_id=child) for (outcome, _), child in zip(done, run_ids)]
+        for outcome in outcomes:
+            tracking.log_seed(outcome)
+    timer.lap("mlflow_logging")
+    return outcomes
 
 
 def _evaluate_model(net, cfg, x, y, s, timer: StageTimer, *, x_train, full: bool = True, probe=None,
