@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import ConfigError
-from pipeline.vocabulary import INTERSECTION_JOIN, view_name
+from pipeline.vocabulary import INTERSECTION_JOIN, audited_views
 
 DEFAULT_CONFIG = Path("configs/adult.yaml")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -229,9 +229,8 @@ def from_dict(raw: object, *, source: str = "<config>") -> Config:
     """Validate a plain mapping into a :class:`Config`."""
     cfg = _build(Config, raw, source, prefix="")
     _check_sensitive(cfg.dataset, source)
-    feature, views = cfg.mitigation.feature, list(cfg.dataset.sensitive_features)
-    if cfg.dataset.intersections and len(views) > 1:
-        views.append(view_name(cfg.dataset.sensitive_features))
+    feature = cfg.mitigation.feature
+    views = list(audited_views(cfg.dataset.sensitive_features, intersections=cfg.dataset.intersections))
     if feature is not None and feature not in views:
         raise ConfigError(f"{source}: mitigation.feature: got '{feature}'; expected a sensitive feature or their "
                           f"intersection: {', '.join(views)}")

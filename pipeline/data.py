@@ -137,12 +137,13 @@ class AuditRows:
     feature_columns: list[str] = field(default_factory=list)
 
 
-def fingerprint(path: Path) -> str:
-    """SHA-256 of the file's bytes."""
+def fingerprint(*paths: Path | str) -> str:
+    """SHA-256 of the files' bytes, one after another (one file: of its bytes)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in paths:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -20,7 +20,7 @@ from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
 
 from pipeline import uncertainty
 from pipeline.config import AuditConfig
-from pipeline.vocabulary import DENOMINATORS, INTERSECTION_JOIN, view_name
+from pipeline.vocabulary import DENOMINATORS, INTERSECTION_JOIN, audited_views
 
 GROUP_METRICS = ("count", "positives", "negatives", "accuracy", "selection_rate",
                  "true_positive_rate", "false_positive_rate", "false_negative_rate", "precision")
@@ -185,9 +185,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
     """
     y_pred = (proba >= audit.decision_threshold).astype(int) if decisions is None else np.asarray(decisions, int)
     y_true = y_true.astype(int)
-    audited = {name: [name] for name in sensitive.columns}
-    if intersections and sensitive.shape[1] > 1:
-        audited[view_name(sensitive.columns)] = list(sensitive.columns)
+    audited = audited_views(list(sensitive.columns), intersections=intersections)
     rng = np.random.default_rng(audit.bootstrap_seed)
     resampled = None
     if bootstrap:  # one stratified row resample for all score metrics (AUC, ECE, Brier)
@@ -242,15 +240,7 @@ def view_labels(sensitive: pd.DataFrame) -> np.ndarray:
 def _with_intervals(table, counts, gaps, y_true, proba, masks, audit, rng, resampled):
     """Add intervals to a group table (percentile) and its disparities (bias-aware); keep the disparity replicates."""
     boot = uncertainty.bootstrap_counts(counts.counts, n_boot=audit.n_boot, rng=rng)
-    boot_rates = uncertainty.rates(boot)
-    table = table.copy()
-    for metric in uncertainty.RATES:
-        low, high = uncertainty.interval(boot_rates[metric], audit.ci_level)
-        table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] = low, high
-    replicates = uncertainty.disparities(boot_rates, eligible_masks(table))
-    gaps = {name: replace(d, ci_low=float(lo), ci_high=float(hi))
-            for name, d in gaps.items()
-            for lo, hi in [uncertainty.interval(replicates[name], audit.ci_level, point=d.value)]}
+    table, gaps, replicates = count_intervals(table, gaps, boot, audit.ci_level)
     # Scores: ROC AUC, ECE and Brier per group, from row resamples of that group.
     scored = {key: [] for key in ("roc_auc", "ece", "brier")}
     for _, mask in masks:
@@ -266,15 +256,37 @@ def _with_intervals(table, counts, gaps, y_true, proba, masks, audit, rng, resam
     return table, gaps, replicates
 
 
-def _overall_intervals(overall, y_true, y_pred, proba, audit, rng, resampled):
-    counts = confusion_counts(y_true, y_pred)[None, :]
-    boot = uncertainty.rates(uncertainty.bootstrap_counts(counts, n_boot=audit.n_boot, rng=rng))
+def count_intervals(table: pd.DataFrame, gaps: dict[str, Disparity], boot: np.ndarray,
+                    level: float) -> tuple[pd.DataFrame, dict[str, Disparity], dict[str, np.ndarray]]:
+    """A group table with every rate's percentile interval, and its disparities with their bias-aware
+    interval, from bootstrap count tables ``boot`` (replicates, groups, 4); plus the disparity replicates."""
+    boot_rates = uncertainty.rates(boot)
+    table = table.copy()
+    for metric in uncertainty.RATES:
+        low, high = uncertainty.interval(boot_rates[metric], level)
+        table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] = low, high
+    replicates = uncertainty.disparities(boot_rates, eligible_masks(table))
+    gaps = {name: replace(d, ci_low=float(lo), ci_high=float(hi))
+            for name, d in gaps.items()
+            for lo, hi in [uncertainty.interval(replicates[name], level, point=d.value)]}
+    return table, gaps, replicates
+
+
+def overall_count_intervals(overall: dict, counts: np.ndarray, *, audit: AuditConfig,
+                            rng: np.random.Generator) -> tuple[dict, dict[str, np.ndarray]]:
+    """Overall accuracy and selection rate with their intervals, from a count bootstrap of the total ``counts``."""
+    boot = uncertainty.rates(uncertainty.bootstrap_counts(np.asarray(counts)[None, :], n_boot=audit.n_boot, rng=rng))
     overall = dict(overall)
     samples = {}
     for metric in ("accuracy", "selection_rate"):
         samples[metric] = boot[metric][:, 0]
         overall[f"{metric}_ci_low"], overall[f"{metric}_ci_high"] = (
             float(v) for v in uncertainty.interval(samples[metric], audit.ci_level))
+    return overall, samples
+
+
+def _overall_intervals(overall, y_true, y_pred, proba, audit, rng, resampled):
+    overall, samples = overall_count_intervals(overall, confusion_counts(y_true, y_pred), audit=audit, rng=rng)
     y = y_true.astype(np.float64)
     auc = np.concatenate([uncertainty.weighted_auc(y, proba, resampled[i:i + 128].astype(np.float32))
                           for i in range(0, len(resampled), 128)])

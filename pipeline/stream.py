@@ -118,22 +118,16 @@ def provenance(found: Sequence[Shard], dataset: DatasetConfig):
     """A ``data.Table`` that describes streamed data without holding its rows: name, absolute path (the
     directory, glob or file given), the SHA-256 of every file's bytes in shard order, and the row count
     from the Parquet metadata. Its frame is empty."""
-    import hashlib
-
     import numpy as np
     import pandas as pd
 
-    from pipeline.data import Table
+    from pipeline.data import Table, fingerprint
 
-    digest = hashlib.sha256()
-    for file in dict.fromkeys(shard.path for shard in found):  # each file once, in order
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+    files = dict.fromkeys(shard.path for shard in found)  # each file once, in order
     where = Path(dataset.path)
     name = dataset.name or (where.name if where.is_dir() else where.stem)
     return Table(frame=pd.DataFrame(), name=name, path=str(where.resolve()) if where.exists() else dataset.path,
-                 sha256=digest.hexdigest(), rows_read=sum(shard.rows for shard in found), rows_dropped_missing=0,
+                 sha256=fingerprint(*files), rows_read=sum(shard.rows for shard in found), rows_dropped_missing=0,
                  missing_by_column={}, row_numbers=np.empty(0, dtype=np.int64))
 
 

@@ -53,19 +53,19 @@ import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline import disclosure, fairness, partials, stream, uncertainty
+from pipeline import disclosure, fairness, partials, stream, uncertainty, vocabulary
 from pipeline.capacity.groups import LayerGroupCapacity, _group_entry
 from pipeline.capacity.units import LayerHealth, layer_health
 from pipeline.config import AuditConfig, Config, DatasetConfig
 from pipeline.data import MISSING_CATEGORY, Encoder, _roles
 from pipeline.errors import DataError
-from pipeline.vocabulary import INTERSECTION_JOIN, view_name
+from pipeline.vocabulary import INTERSECTION_JOIN
 
 if TYPE_CHECKING:
     from torch import nn
@@ -214,10 +214,7 @@ class ShardResult:
 
 def audited_views(dataset: DatasetConfig) -> dict[str, list[str]]:
     """Audited view -> its sensitive columns, as ``fairness.evaluate`` builds them (and the intersection)."""
-    views = {c: [c] for c in dataset.sensitive_features}
-    if dataset.intersections and len(dataset.sensitive_features) > 1:
-        views[view_name(dataset.sensitive_features)] = list(dataset.sensitive_features)
-    return views
+    return vocabulary.audited_views(dataset.sensitive_features, intersections=dataset.intersections)
 
 
 def audit_shard(shard: stream.Shard, *, net_state: NetState | Pt2State | nn.Module, cfg: Config, encoder: Encoder,
@@ -476,13 +473,8 @@ def evaluation_from(merged: MergedAudit, *, audit: AuditConfig, views: Mapping[s
                 finest_boot = (name, boot)
         groups[name] = table
     if bootstrap:
-        total = tables[first].counts.sum(0)[None, :]
-        boot = uncertainty.rates(uncertainty.bootstrap_counts(total, n_boot=audit.n_boot, rng=rng))
-        samples["overall"] = {}
-        for metric in ("accuracy", "selection_rate"):
-            samples["overall"][metric] = boot[metric][:, 0]
-            overall[f"{metric}_ci_low"], overall[f"{metric}_ci_high"] = (
-                float(v) for v in uncertainty.interval(samples["overall"][metric], audit.ci_level))
+        overall, samples["overall"] = fairness.overall_count_intervals(overall, tables[first].counts.sum(0),
+                                                                       audit=audit, rng=rng)
         overall["roc_auc_ci_low"], overall["roc_auc_ci_high"] = (
             float(v) for v in uncertainty.interval(finest_boot[1]["overall_roc_auc"], audit.ci_level))
     return fairness.Evaluation(overall=overall, groups=groups, disparities=gaps, samples=samples,
@@ -492,15 +484,7 @@ def evaluation_from(merged: MergedAudit, *, audit: AuditConfig, views: Mapping[s
 
 def _with_intervals(table: pd.DataFrame, gaps: dict, found: dict, boot: dict, audit: AuditConfig):
     """As ``fairness._with_intervals``, from ``partials.bootstrap_scores`` replicates instead of row resamples."""
-    boot_rates = uncertainty.rates(boot["counts"])
-    table = table.copy()
-    for metric in uncertainty.RATES:
-        low, high = uncertainty.interval(boot_rates[metric], audit.ci_level)
-        table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] = low, high
-    replicates = uncertainty.disparities(boot_rates, fairness.eligible_masks(table))
-    gaps = {name: replace(d, ci_low=float(lo), ci_high=float(hi))
-            for name, d in gaps.items()
-            for lo, hi in [uncertainty.interval(replicates[name], audit.ci_level, point=d.value)]}
+    table, gaps, replicates = fairness.count_intervals(table, gaps, boot["counts"], audit.ci_level)
     for key in ("roc_auc", "ece", "brier"):
         low, high = uncertainty.interval(boot[key], audit.ci_level)
         table[key], table[f"{key}_ci_low"], table[f"{key}_ci_high"] = found[key], low, high

@@ -38,6 +38,14 @@ def view_name(columns: typing.Sequence[str]) -> str:
     return INTERSECTION_JOIN.join(columns)
 
 
+def audited_views(features: typing.Sequence[str], *, intersections: bool) -> dict[str, list[str]]:
+    """Audited view -> its sensitive columns: each feature, then (with ``intersections``) all of them."""
+    views = {name: [name] for name in features}
+    if intersections and len(features) > 1:
+        views[view_name(features)] = list(features)
+    return views
+
+
 # --- finding ids ---------------------------------------------------------------------------------
 
 
