@@ -9,6 +9,7 @@ as an ``Encoder``.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -347,8 +348,6 @@ def bin_labels(values: pd.Series, edges: tuple[float, ...]) -> pd.Series:
 
 def split(table: Table, cfg: Config, *, source: str) -> Split:
     """Stratified train/test split, then an encoder fitted on the training rows only."""
-    from sklearn.model_selection import train_test_split
-
     ds = cfg.dataset
     frame = table.frame
     strata_cols = [ds.target] if cfg.split.stratify_by is None else list(cfg.split.stratify_by)
@@ -360,9 +359,8 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
             )
     strata = frame.groupby(strata_cols, dropna=False).ngroup().to_numpy() if strata_cols else None
     try:
-        train_idx, test_idx = train_test_split(
-            np.arange(len(frame)), test_size=cfg.split.test_size, random_state=cfg.split.seed, stratify=strata
-        )
+        train_idx, test_idx = shuffle_split(len(frame), test_size=cfg.split.test_size, seed=cfg.split.seed,
+                                            strata=strata)
     except ValueError as err:
         raise DataError(f"{source}: split: cannot split {table.path}: {err}") from err
 
@@ -381,6 +379,62 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
         encoder=encoder,
         feature_columns=features,
     )
+
+
+def shuffle_split(n: int, *, test_size: float, seed: int, strata: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test row indices: scikit-learn's ``train_test_split(range(n), test_size=, random_state=seed,
+    stratify=strata)``, the same rows in the same order, without importing scikit-learn (0.75 s).
+
+    The test split has ceil(test_size x n) rows. With ``strata``, each stratum gives the train and test
+    splits its share of rows, rounded as scikit-learn's ``StratifiedShuffleSplit`` rounds them (largest
+    remainders first, ties broken at random), and the rows are drawn from ``RandomState(seed)`` in its
+    order. Kept bit for bit equal to scikit-learn so that a split, and every number computed on it,
+    does not change with the implementation (tests/test_data.py compares them on many inputs).
+    Raises ValueError saying why the rows cannot be split.
+    """
+    n_test = math.ceil(test_size * n)
+    n_train = n - n_test
+    if n_train <= 0:
+        raise ValueError(f"{n} rows with test_size {test_size} leave no training row")
+    rng = np.random.RandomState(seed)
+    if strata is None:
+        permutation = rng.permutation(n)
+        return permutation[n_test:n_test + n_train], permutation[:n_test]
+    classes, codes, counts = np.unique(np.asarray(strata), return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"{int((counts < 2).sum())} stratum (combination of split.stratify_by values) has a single "
+                         "row; each needs at least 2, one for training and one for testing")
+    if min(n_train, n_test) < len(classes):
+        raise ValueError(f"{len(classes)} strata do not fit in a split of {n_train} training and {n_test} test rows; "
+                         "each split needs a row of every stratum")
+    members = np.split(np.argsort(codes, kind="stable"), np.cumsum(counts)[:-1])
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train, test = [], []
+    for i, rows in enumerate(members):
+        drawn = rows.take(rng.permutation(counts[i]), mode="clip")
+        train.extend(drawn[:n_i[i]])
+        test.extend(drawn[n_i[i]:n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """scikit-learn's ``_approximate_mode``: ``draws`` shared out in proportion to ``counts``, floored,
+    then one more each to the largest remainders, ties drawn at random."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            now = min(len(tied), need)
+            floored[rng.choice(tied, size=now, replace=False)] += 1
+            need -= now
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 def _roles(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[list[str], np.ndarray, pd.DataFrame]:

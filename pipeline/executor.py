@@ -165,6 +165,12 @@ def local(workers: int, *, tasks: int) -> LocalExecutor:
     return ForkExecutor(count)
 
 
+def beside() -> LocalExecutor:
+    """One forked process for work that overlaps this one's (the report renders while the run logs to
+    MLflow); without ``fork``, this process, when the results are asked for."""
+    return ForkExecutor(1) if hasattr(os, "fork") else LocalExecutor()
+
+
 def _fork_start() -> None:
     """A forked worker leaves interrupts to its parent, which stops it (SIGTERM) when it stops itself."""
     import signal

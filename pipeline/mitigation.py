@@ -218,11 +218,11 @@ def fairness_penalty(constraint: Constraint, strength: float) -> training.Penalt
 
 def carve_validation_rows(y: np.ndarray, groups: np.ndarray, *, fraction: float, seed: int, feature: str) -> np.ndarray:
     """Sorted indices of ``fraction`` of the rows, stratified by label and group, seeded."""
-    from sklearn.model_selection import train_test_split
+    from pipeline.data import shuffle_split
 
     strata = pd.factorize(pd.Series(np.asarray(y).astype(int).astype(str)) + "|" + pd.Series(groups))[0]
     try:
-        _, chosen = train_test_split(np.arange(len(y)), test_size=fraction, random_state=seed, stratify=strata)
+        _, chosen = shuffle_split(len(y), test_size=fraction, seed=seed, strata=strata)
     except ValueError as err:
         raise UserError(_MSG_STRATA.format(feature=feature, error=err)) from err
     return np.sort(chosen)

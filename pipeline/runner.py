@@ -121,10 +121,6 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         logger.info("data: %s, %d rows (%d train, %d test), %d features", table.path, len(table.frame),
                     len(split.y_train), len(split.y_test), split.x_train.shape[1])
         timer.lap("data")
-        # Config and data are valid: now the heavy stages, and torch._dynamo, which logging the
-        # model in MLflow's 'pt2' format needs (~0.8 s to import; before the fork, its pages are shared).
-        import torch._dynamo  # noqa: F401
-
         from pipeline import executor
         from pipeline import model as model_mod
 
@@ -136,6 +132,10 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                                    tasks=len(trainings)) as pool:
             pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
             session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
+            from pipeline import tracking
+
+            tracking.preload_model_logging()
+            timer.lap("imports")
 
             def audited(run_id: str):
                 outcomes = _logged(trainings, pending, timer)
@@ -290,7 +290,7 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
                  extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
                  register_recommended: bool = False) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it."""
-    from pipeline import document, policy, report, tracking
+    from pipeline import document, executor, policy, report, tracking
 
     cfg, table = s.cfg, s.table
     with tracking.audit_run(s.uri, cfg.tracking.experiment, s.run_name) as parent, \
@@ -324,10 +324,14 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
             outputs.write_shards(out_dir / rows.artifact, streamed["files"])
         else:  # which file rows were judged, for recomputing
             outputs.write_rows(out_dir / rows.artifact, rows.judged)
-        outputs.write_reports(doc, out_dir)
-        timer.lap("report")
-        tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir, description=report.run_description(doc),
-                           extra_tags=extra_tags)
+        # The plots and report render in a forked process while this one logs to MLflow.
+        with executor.beside() as aside:
+            reports = aside.submit(lambda folder: _timed(outputs.write_reports, doc, folder), [out_dir])
+            timer.lap("report")
+            tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir,
+                               description=report.run_description(doc), extra_tags=extra_tags,
+                               written=reports.results)
+        logger.info("report: rendered in %.2f s, alongside MLflow logging", reports.results()[0])
         if register_recommended:
             _register_recommended(doc)
         timer.lap("mlflow_logging")
@@ -347,6 +351,13 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
         failed_findings=[f.id for f in findings if f.status == "fail"],
         inconclusive_findings=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
         seconds=timer.seconds)
+
+
+def _timed(fn: Callable, *args) -> float:
+    """Seconds ``fn(*args)`` took."""
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 @dataclass(frozen=True)

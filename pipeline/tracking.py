@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -292,10 +292,11 @@ def log_seed(outcome: SeedAudit) -> None:
 
 
 def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out_dir: Path, *, description: str,
-              extra_tags: dict[str, str] | None = None) -> None:
+              extra_tags: dict[str, str] | None = None, written: Callable[[], object] | None = None) -> None:
     """Everything about the audit, on the parent run, in batches.
 
     ``model``: the trained network to log and register (``None`` when an existing model was audited).
+    ``written``: waits until the files of ``out_dir`` are written (they are rendered meanwhile).
     """
     import pandas as pd
 
@@ -326,6 +327,8 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
                                               targets=cfg.dataset.target, digest=table.sha256[:20])
             dataset.__dict__["schema"] = dataset_schema(table.frame)  # fills MLflow's cached_property
         _log_input(dataset)
+    if written is not None:
+        written()
     mlflow.log_artifacts(str(out_dir))
 
     tags = {**_audit_tags(doc), "mlflow.note.content": description}
@@ -468,6 +471,12 @@ def dataset_schema(frame):
 
     rows = [frame.head(1)] + [frame[frame[c].isna()].head(1) for c in frame.columns if frame[c].isna().any()]
     return _infer_schema(pd.concat(rows))
+
+
+def preload_model_logging() -> None:
+    """Import what logging a model in the 'pt2' format needs: torch.export's tracer, with torch._dynamo
+    (1 s). A run calls it while its trainings run, so that logging does not wait for it afterwards."""
+    import torch.export._trace  # noqa: F401
 
 
 def _log_model(model, feature_names: list[str]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -514,3 +515,157 @@ def test_raw_uci_layout_with_spaces_after_commas(tmp_path):
     assert rows.y.tolist() == [0, 0, 0, 1, 0, 0, 1, 1, 0, 1]
     assert rows.s["sex"].tolist() == ["Male"] * 4 + ["Female"] * 2 + ["Male"] + ["Female"] * 2 + ["Male"]
     assert rows.encoder.categorical["workclass"] == ("(missing)", "Private", "Self-emp-not-inc", "State-gov")
+
+
+# --- shuffle_split against scikit-learn's train_test_split -----------------------------------------
+#
+# shuffle_split re-implements train_test_split(np.arange(n), test_size=, random_state=seed, stratify=strata)
+# without importing scikit-learn; every split must be the same rows in the same order (exact comparison).
+
+SPLIT_SIZES = (12, 37, 100, 999, 3001)
+SPLIT_SEEDS = (0, 1, 7, 42, 2024)
+SPLIT_TEST_SIZES = (0.3, 0.5, 0.1, 0.77)
+STRATA_KINDS = ("none", "random-int", "random-str", "equal-int", "equal-str")
+
+
+def _split_case(kind: str, n: int, test_size: float, seed: int) -> tuple[int, np.ndarray | None]:
+    """(rows, strata) of one case: no strata, strata of random sizes (each at least 2 rows), or strata of
+    equal sizes (n cut to a multiple of their number); labels are scattered ints or strings."""
+    if kind == "none":
+        return n, None
+    rng = np.random.default_rng([seed, n, round(test_size * 100), STRATA_KINDS.index(kind)])
+    n_test = math.ceil(test_size * n)
+    k = int(rng.integers(2, min(n_test, n - n_test, 12) + 1))
+    if kind.startswith("equal"):
+        sizes = np.full(k, n // k)
+        while min(math.ceil(test_size * sizes.sum()), sizes.sum() - math.ceil(test_size * sizes.sum())) < k:
+            sizes += 1  # cutting n to a multiple of k left a split with fewer rows than strata
+    else:
+        sizes = 2 + rng.multinomial(n - 2 * k, rng.dirichlet(np.full(k, 0.7)))
+    codes = rng.permutation(np.repeat(np.arange(k), sizes))
+    names = rng.choice(np.arange(-500, 500), size=k, replace=False)
+    labels = np.array([f"stratum {v}" for v in names]) if kind.endswith("str") else names
+    return int(sizes.sum()), labels[codes]
+
+
+def _tied_rounding(counts: np.ndarray, draws: int) -> bool:
+    """Whether sharing ``draws`` in proportion to ``counts`` (largest remainders first) must choose at random
+    among tied remainders: some round has fewer rows left to give than strata tied for them."""
+    continuous = counts / counts.sum() * draws
+    need = int(draws - np.floor(continuous).sum())
+    remainder = continuous - np.floor(continuous)
+    for value in np.sort(np.unique(remainder))[::-1]:
+        if need <= 0:
+            return False
+        tied = int((remainder == value).sum())
+        if need < tied:
+            return True
+        need -= tied
+    return False
+
+
+@pytest.mark.parametrize("test_size", SPLIT_TEST_SIZES)
+@pytest.mark.parametrize("kind", STRATA_KINDS)
+def test_shuffle_split_equals_sklearn_train_test_split(kind, test_size):
+    from sklearn.model_selection import train_test_split
+
+    tied = 0
+    for n in SPLIT_SIZES:
+        for seed in SPLIT_SEEDS:
+            rows, strata = _split_case(kind, n, test_size, seed)
+            expected_train, expected_test = train_test_split(np.arange(rows), test_size=test_size, random_state=seed,
+                                                             stratify=strata)
+            train, test = data.shuffle_split(rows, test_size=test_size, seed=seed, strata=strata)
+            case = (kind, rows, test_size, seed)
+            assert np.array_equal(train, expected_train), case
+            assert np.array_equal(test, expected_test), case
+            assert len(test) == math.ceil(test_size * rows), case
+            if strata is not None:
+                codes = np.unique(strata, return_inverse=True)[1]
+                counts, n_i = np.bincount(codes), np.bincount(codes[train], minlength=codes.max() + 1)
+                tied += _tied_rounding(counts, len(train)) or _tied_rounding(counts - n_i, len(test))
+    if kind.startswith("equal"):
+        # Equal strata give tied remainders: the table must reach the random tie-breaking path.
+        assert tied >= 3, (kind, test_size, tied)
+
+
+def test_approximate_mode_equals_sklearn():
+    from sklearn.model_selection._split import _approximate_mode
+
+    rng = np.random.default_rng(5)
+    tied = 0
+    for seed in range(300):
+        k = int(rng.integers(1, 12))
+        counts = rng.integers(1, 40, k) if seed % 3 else np.full(k, int(rng.integers(1, 40)))
+        draws = int(rng.integers(0, counts.sum() + 1))
+        ours, theirs = np.random.RandomState(seed), np.random.RandomState(seed)
+        got, expected = data._approximate_mode(counts, draws, ours), _approximate_mode(counts, draws, theirs)
+        assert np.array_equal(got, expected), (counts.tolist(), draws, seed)
+        assert got.dtype == expected.dtype
+        # Both drew the same random numbers: the generators are left in the same state.
+        assert ours.randint(1 << 30) == theirs.randint(1 << 30), (counts.tolist(), draws, seed)
+        tied += _tied_rounding(counts, draws)
+    assert tied >= 30
+
+
+def test_shuffle_split_refuses_what_sklearn_refuses_on_small_inputs():
+    """Small random cases, many of which cannot be split: refused by both, or split alike."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(11)
+    refused = split = 0
+    for seed in range(400):
+        n = int(rng.integers(1, 30))
+        test_size = float(rng.choice([0.1, 0.3, 0.5, 0.77, 0.9]))
+        strata = None if seed % 4 == 0 else rng.integers(0, int(rng.integers(1, 8)), n)
+        case = (n, test_size, seed, None if strata is None else strata.tolist())
+        try:
+            expected = train_test_split(np.arange(n), test_size=test_size, random_state=seed, stratify=strata)
+        except ValueError:
+            with pytest.raises(ValueError):
+                data.shuffle_split(n, test_size=test_size, seed=seed, strata=strata)
+            refused += 1
+            continue
+        train, test = data.shuffle_split(n, test_size=test_size, seed=seed, strata=strata)
+        assert np.array_equal(train, expected[0]) and np.array_equal(test, expected[1]), case
+        split += 1
+    assert refused >= 50 and split >= 50, (refused, split)
+
+
+@pytest.mark.parametrize(
+    ("n", "test_size", "strata", "message"),
+    [
+        (1, 0.5, None, "1 rows with test_size 0.5 leave no training row"),
+        (2, 0.9, None, "2 rows with test_size 0.9 leave no training row"),
+        (10, 0.95, None, "10 rows with test_size 0.95 leave no training row"),
+        (2, 0.9, [0, 1], "leave no training row"),
+        (20, 0.3, [0] * 19 + [1], "1 stratum .* has a single row"),
+        (20, 0.3, ["a"] * 9 + ["b"] + ["c"] * 9 + ["d"], "2 stratum .* has a single row"),
+        (20, 0.1, [0] * 7 + [1] * 7 + [2] * 6, "3 strata do not fit in a split of 18 training and 2 test rows"),
+        (20, 0.9, ["x"] * 7 + ["y"] * 7 + ["z"] * 6, "3 strata do not fit in a split of 2 training and 18 test rows"),
+    ],
+)
+def test_shuffle_split_refuses_like_sklearn(n, test_size, strata, message):
+    from sklearn.model_selection import train_test_split
+
+    strata = None if strata is None else np.asarray(strata)
+    with pytest.raises(ValueError):
+        train_test_split(np.arange(n), test_size=test_size, random_state=0, stratify=strata)
+    with pytest.raises(ValueError, match=message):
+        data.shuffle_split(n, test_size=test_size, seed=0, strata=strata)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 11])
+@pytest.mark.parametrize("stratify_by", [None, ["income", "sex"], ["race"], ["workclass"], []])
+def test_split_test_rows_equal_sklearn(csv_path, stratify_by, seed):
+    from sklearn.model_selection import train_test_split
+
+    cfg = full_cfg(csv_path, split={"stratify_by": stratify_by, "seed": seed, "test_size": 0.25})
+    table = data.load(cfg.dataset, source=SOURCE)
+    columns = ["income"] if stratify_by is None else stratify_by
+    # workclass has missing values ("?"): they are a stratum of their own.
+    strata = table.frame.groupby(columns, dropna=False).ngroup().to_numpy() if columns else None
+    _, expected = train_test_split(np.arange(len(table.frame)), test_size=0.25, random_state=seed, stratify=strata)
+    sp = data.split(table, cfg, source=SOURCE)
+    assert np.array_equal(sp.test_rows, table.row_numbers[np.sort(expected)])
+    assert len(sp.test_rows) == 25

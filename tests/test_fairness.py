@@ -452,3 +452,111 @@ def test_disparity_to_dict_writes_nan_as_none():
     d = fairness.Disparity("demographic_parity_difference", 0.25, "A", "B", 2)
     assert d.to_dict() == {"value": 0.25, "ci_low": None, "ci_high": None, "best_group": "A", "worst_group": "B",
                            "groups_compared": 2}
+
+
+# --- the metric replicas against scikit-learn, bit for bit ----------------------------------------
+#
+# balanced_accuracy, roc_auc and log_loss compute what scikit-learn computes without importing it; on
+# every input below they must give the very same float (==, never approx).
+
+N_METRIC_CASES = 300
+EXTREMES = np.array([0.0, 1.0, 1e-9, 1 - 1e-9, 5e-9, 1 - 5e-9, 1e-8, 1 - 1e-8, 1e-7, 1 - 1e-7, 0.5])
+SCORE_KINDS = ("uniform", "separated", "grid", "extreme", "tenths")
+
+
+def _metric_case(seed: int, *, one_class: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (int64 or float32; both classes, or one) and probabilities (float32 or float64) of one case.
+
+    Sizes 2..500; scores uniform, separated by label, on a coarse grid (many ties), mixed with values at or
+    within 1e-7 of 0 and 1, or rounded to tenths.
+    """
+    rng = np.random.default_rng([seed, one_class])
+    n = seed + 2 if seed < 4 else int(rng.integers(2, 501))
+    if one_class:
+        y = np.full(n, seed % 3 == 0, dtype=np.int64)
+    else:
+        y = (rng.uniform(size=n) < rng.uniform(0.02, 0.98)).astype(np.int64)
+        y[rng.choice(n, size=2, replace=False)] = [0, 1]  # both classes
+    kind = SCORE_KINDS[(seed // 4) % len(SCORE_KINDS)]
+    p = rng.uniform(size=n)
+    if kind == "separated":
+        p = p * 0.6 + 0.4 * y * rng.uniform()
+    elif kind == "grid":
+        p = np.round(p * (steps := int(rng.integers(1, 12)))) / steps
+    elif kind == "extreme":
+        p = np.where(rng.uniform(size=n) < 0.6, EXTREMES[rng.integers(len(EXTREMES), size=n)], p)
+    elif kind == "tenths":
+        p = np.round(0.5 * y + rng.uniform(size=n) * 0.5, 1)
+    y_dtype, p_dtype = (np.int64, np.float32)[seed % 2], (np.float32, np.float64)[(seed // 2) % 2]
+    return y.astype(y_dtype), p.astype(p_dtype)
+
+
+def test_metric_cases_cover_ties_extremes_and_dtypes():
+    cases = [_metric_case(seed) for seed in range(N_METRIC_CASES)]
+    assert {len(y) for y, _ in cases} >= {2, 3, 4, 5} and max(len(y) for y, _ in cases) > 450
+    assert sum(len(np.unique(p)) <= len(p) // 2 for _, p in cases) >= 60  # many ties
+    assert sum(bool(np.isin(p, [0, 1]).any()) for _, p in cases) >= 30  # exactly 0 or 1
+    assert sum(bool(((p > 0) & (p < 1e-7)).any()) for _, p in cases if p.dtype == np.float64) >= 10
+    assert {(y.dtype, p.dtype) for y, p in cases} == {(np.dtype(a), np.dtype(b)) for a in (np.int64, np.float32)
+                                                      for b in (np.float32, np.float64)}
+    assert all(len(np.unique(y)) == 2 for y, _ in cases)
+
+
+def test_balanced_accuracy_equals_sklearn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    for seed in range(N_METRIC_CASES):
+        y, p = _metric_case(seed)
+        threshold = (0.5, 0.3, 0.7, float(np.median(p)))[seed % 4]
+        y_pred = (p >= threshold).astype(int)
+        if seed % 5 == 0:  # decisions that do not follow the scores, as a post-processed model's
+            y_pred = np.random.default_rng(seed).integers(0, 2, len(y)).astype(y.dtype)
+        got, expected = fairness.balanced_accuracy(y, y_pred), balanced_accuracy_score(y, y_pred)
+        assert type(got) is float
+        assert got == expected, (seed, got, expected)
+
+
+def test_roc_auc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    for seed in range(N_METRIC_CASES):
+        y, p = _metric_case(seed)
+        for scores in (p, np.clip(p, 1e-7, 1 - 1e-7)):
+            got, expected = fairness.roc_auc(y, scores), roc_auc_score(y, scores)
+            assert type(got) is float
+            assert got == expected, (seed, scores.dtype, got, expected)
+
+
+@pytest.mark.parametrize("one_class", [False, True])
+def test_log_loss_equals_sklearn(one_class):
+    from sklearn.metrics import log_loss
+
+    for seed in range(N_METRIC_CASES):
+        y, p = _metric_case(seed, one_class=one_class)
+        clipped = np.clip(p, 1e-7, 1 - 1e-7)  # as overall_metrics passes them
+        assert clipped.dtype == p.dtype
+        for proba in (p, clipped):
+            got, expected = fairness.log_loss(y, proba), log_loss(y, proba, labels=[0, 1])
+            assert type(got) is float
+            assert got == expected, (seed, proba.dtype, got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_overall_metrics_equal_sklearn_exactly(dtype):
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss, roc_auc_score
+
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 60).astype(np.float32)  # as the pipeline holds test labels
+    proba = np.round(np.clip(0.3 * y + rng.uniform(0, 0.7, 60), 0, 1), 2).astype(dtype)  # ties, and a 0 or 1
+    proba[:2] = [0.0, 1.0]
+    pred = (proba >= 0.5).astype(int)
+    m = fairness.overall_metrics(y, proba, threshold=0.5)
+    assert m["accuracy"] == accuracy_score(y, pred)
+    assert m["balanced_accuracy"] == balanced_accuracy_score(y, pred)
+    assert m["roc_auc"] == roc_auc_score(y, proba)
+    assert m["log_loss"] == log_loss(y, np.clip(proba, 1e-7, 1 - 1e-7), labels=[0, 1])
+    # One class: balanced accuracy and AUC are undefined, the log loss is still scikit-learn's.
+    ones = np.ones(7, dtype=np.float32)
+    m = fairness.overall_metrics(ones, proba[:7], threshold=0.5)
+    assert math.isnan(m["balanced_accuracy"]) and math.isnan(m["roc_auc"])
+    assert m["log_loss"] == log_loss(ones, np.clip(proba[:7], 1e-7, 1 - 1e-7), labels=[0, 1])
