@@ -133,20 +133,29 @@ class ForkExecutor(LocalExecutor):
     interrupt) stops every worker still running.
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, *, warm: Callable[[], object] | None = None):
         self.workers = workers
         self._pools: list = []
+        self._warmed = None if warm is None else self._pool(workers, warm)
+
+    def _pool(self, workers: int, warm: Callable[[], object] | None = None):
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_fork_start, initargs=(warm,))
+        self._pools.append(pool)
+        return pool
 
     def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]:
         import functools
-        import multiprocessing
 
         items = list(items)
-        key = len(_FORKED)
-        _FORKED[key] = fn
-        pool = multiprocessing.get_context("fork").Pool(min(self.workers, len(items)), initializer=_fork_start)
-        self._pools.append(pool)
-        result = pool.map_async(functools.partial(_call_forked, key), items, chunksize=1)
+        if self._warmed is not None:  # forked before fn existed: fn is pickled (a module-level function)
+            pool, self._warmed, task = self._warmed, None, fn
+        else:
+            key = len(_FORKED)
+            _FORKED[key] = fn
+            pool, task = self._pool(min(self.workers, len(items))), functools.partial(_call_forked, key)
+        result = pool.map_async(task, items, chunksize=1)
         pool.close()
         return Pending(result.get)
 
@@ -165,20 +174,32 @@ def local(workers: int, *, tasks: int) -> LocalExecutor:
     return ForkExecutor(count)
 
 
-def beside() -> LocalExecutor:
+def beside(warm: Callable[[], object] | None = None) -> LocalExecutor:
     """One forked process for work that overlaps this one's (the report renders while the run logs to
-    MLflow); without ``fork``, this process, when the results are asked for."""
-    return ForkExecutor(1) if hasattr(os, "fork") else LocalExecutor()
+    MLflow); without ``fork``, this process, when the results are asked for.
+
+    With ``warm``, the process is forked now and runs ``warm`` (its imports) while this one goes on,
+    a core that would otherwise wait; its one ``submit`` then pickles ``fn`` (a module-level function),
+    since the process was forked before ``fn`` existed.
+    """
+    return ForkExecutor(1, warm=warm) if hasattr(os, "fork") else LocalExecutor()
 
 
-def _fork_start() -> None:
-    """A forked worker leaves interrupts to its parent, which stops it (SIGTERM) when it stops itself."""
+def _fork_start(warm: Callable[[], object] | None = None) -> None:
+    """A forked worker leaves interrupts to its parent, which stops it (SIGTERM) when it stops itself.
+
+    It pins torch and numpy's BLAS to one thread, or, given ``warm``, runs ``warm`` instead (a
+    process forked before torch was imported, for work that does not need it, stays without it).
+    """
     import signal
-
-    from pipeline import model
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises Interrupted
+    if warm is not None:
+        warm()
+        return
+    from pipeline import model
+
     model.one_thread()
 
 

@@ -272,15 +272,9 @@ def bracketed(value, low, high, kind: str = "num") -> str:
 
 def render_html(audit: AuditDocument, images: dict[str, bytes]) -> str:
     """The self-contained report: findings first, then tables and plots (images inlined)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = fmt
-    env.globals["with_interval"] = with_interval
-    env.globals["bracketed"] = bracketed
-    env.globals["left_out"] = left_out
     inline = {name: base64.b64encode(png).decode("ascii") for name, png in images.items()}
     order = {"fail": 0, "inconclusive": 1, "not_evaluated": 2, "pass": 3}
-    return env.get_template("report.html.j2").render(
+    return _report_template().render(
         audit=audit, findings=sorted(audit.findings, key=lambda f: order[f.status]), images=inline,
         rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
         fairness_images=[n for n in inline if n.startswith("fairness_")],
@@ -289,6 +283,23 @@ def render_html(audit: AuditDocument, images: dict[str, bytes]) -> str:
         remedy_text=remedy_summary(audit.capacity.remedies),
         config_yaml=yaml.safe_dump(to_dict(audit.config), sort_keys=False), counts=audit.counts(),
     )
+
+
+@functools.cache
+def _report_template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    env.globals["with_interval"] = with_interval
+    env.globals["bracketed"] = bracketed
+    env.globals["left_out"] = left_out
+    return env.get_template("report.html.j2")
+
+
+def prepare() -> None:
+    """Import matplotlib and compile the HTML template (0.5 s), ahead of the first report."""
+    _pyplot()
+    _report_template()
 
 
 def run_description(audit: AuditDocument) -> str:

@@ -9,6 +9,7 @@ any exception ends it FAILED, and an interrupt (Ctrl-C, SIGTERM) ends it KILLED.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -121,15 +122,18 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         logger.info("data: %s, %d rows (%d train, %d test), %d features", table.path, len(table.frame),
                     len(split.y_train), len(split.y_test), split.x_train.shape[1])
         timer.lap("data")
-        from pipeline import executor
+        from pipeline import executor, report
+
+        # A process for the report, forked before torch is imported: it loads matplotlib meanwhile.
+        reporter = executor.beside(warm=report.prepare)
         from pipeline import model as model_mod
 
         model_mod.one_thread()
         trainings = _trainings(cfg)
         # The seeds (and remedies) train in forked workers (or Ray tasks) while this process loads MLflow.
         ex = cfg.execution
-        with executor.executor_for(ex.executor, ex.ray_address, workers=_workers(cfg, len(split.y_train), trainings),
-                                   tasks=len(trainings)) as pool:
+        with reporter, executor.executor_for(ex.executor, ex.ray_address, tasks=len(trainings),
+                                             workers=_workers(cfg, len(split.y_train), trainings)) as pool:
             pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
             session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
             from pipeline import tracking
@@ -162,7 +166,7 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
             judged = _Rows(split.encoder, split.feature_columns, split.x_train.shape[1], len(split.y_train),
                            split.test_rows, outputs.TEST_ROWS)
             return _audited_run(session, audited, timer, judged, mitigated=mitigated,
-                                register_recommended=register_recommended)
+                                register_recommended=register_recommended, reporter=reporter)
 
 
 def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,
@@ -288,8 +292,11 @@ def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baselin
 
 def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows, *,
                  extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
-                 register_recommended: bool = False) -> RunResult:
-    """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it."""
+                 register_recommended: bool = False, reporter=None) -> RunResult:
+    """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it.
+
+    ``reporter``: where the report renders (an ``executor.beside`` already forked); else one forked here.
+    """
     from pipeline import document, executor, policy, report, tracking
 
     cfg, table = s.cfg, s.table
@@ -325,8 +332,8 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
         else:  # which file rows were judged, for recomputing
             outputs.write_rows(out_dir / rows.artifact, rows.judged)
         # The plots and report render in a forked process while this one logs to MLflow.
-        with executor.beside() as aside:
-            reports = aside.submit(lambda folder: _timed(outputs.write_reports, doc, folder), [out_dir])
+        with reporter or executor.beside() as aside:
+            reports = aside.submit(functools.partial(_timed, outputs.write_reports, doc), [out_dir])
             timer.lap("report")
             tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir,
                                description=report.run_description(doc), extra_tags=extra_tags,
