@@ -118,6 +118,9 @@ class LocalExecutor:
         self.close()
 
 
+# Forked workers yield to their parent: while they train, it loads MLflow and torch.export, and then
+# logs their results, so its work is on the critical path. (Idle, it takes no CPU from them.)
+WORKER_NICENESS = 10
 _FORKED: dict[int, Callable] = {}  # functions handed to forked workers by inheritance, never pickled
 
 
@@ -200,6 +203,7 @@ def _fork_start(warm: Callable[[], object] | None = None) -> None:
         return
     from pipeline import model
 
+    os.nice(WORKER_NICENESS)
     model.one_thread()
 
 

@@ -55,6 +55,49 @@ def test_leaving_the_block_stops_workers_still_running():
     assert pending is not None
 
 
+def test_forked_training_workers_yield_to_the_command():
+    with executor.ForkExecutor(2) as pool:
+        niceness = pool.submit(lambda _: os.nice(0), [None, None]).results()
+    assert niceness == [os.nice(0) + executor.WORKER_NICENESS] * 2
+
+
+_WARMED: dict[str, int] = {}
+
+
+def _warm_up() -> None:
+    _WARMED["pid"] = os.getpid()
+
+
+def _warmed_pid(_) -> tuple[int | None, int, int]:
+    return _WARMED.get("pid"), os.getpid(), os.nice(0)
+
+
+def test_a_process_beside_is_forked_at_once_warms_up_and_then_takes_pickled_work():
+    others = set(_children(os.getpid()))
+    with executor.beside(warm=_warm_up) as aside:
+        time.sleep(0.5)
+        forked = sorted(set(_children(os.getpid())) - others)
+        assert len(forked) == 1  # forked before any work was submitted
+        [(warmed, pid, niceness)] = aside.submit(_warmed_pid, [None]).results()
+    assert warmed == pid == forked[0] != os.getpid()  # the warm-up ran in that process, before the task
+    assert niceness == os.nice(0)  # not a training worker: it keeps the command's priority
+    time.sleep(0.2)
+    assert not _alive(forked[0])
+
+
+def test_a_process_beside_forked_before_torch_stays_without_it():
+    code = ("import sys\nfrom pipeline import executor\n"
+            "def warm(): pass\n"
+            "def task(_): return 'torch' in sys.modules\n"
+            "if __name__ == '__main__':\n"
+            "    with executor.beside(warm=warm) as aside:\n"
+            "        import torch\n"
+            "        print('TORCH-BESIDE', aside.submit(task, [None]).results()[0], 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "TORCH-BESIDE False True" in out.stdout, out.stderr[-2000:]
+
+
 def test_local_picks_one_process_per_core_and_never_more_than_the_tasks():
     assert isinstance(executor.local(1, tasks=5), executor.LocalExecutor)
     assert not isinstance(executor.local(1, tasks=5), executor.ForkExecutor)
