@@ -59,6 +59,7 @@ class StageTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.started = time.time()  # when the command started: the MLflow run's start time
         self._start = time.perf_counter()
 
     def lap(self, stage: str) -> None:
@@ -300,7 +301,7 @@ def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows,
     from pipeline import document, executor, policy, report, tracking
 
     cfg, table = s.cfg, s.table
-    with tracking.audit_run(s.uri, cfg.tracking.experiment, s.run_name) as parent, \
+    with tracking.audit_run(s.uri, cfg.tracking.experiment, s.run_name, started=timer.started) as parent, \
             jobs.incomplete_marker(s.reports_dir / parent.info.run_id, timer.seconds):
         timer.lap("mlflow_logging")
         seeds, remedies, model_info, trained = audited(parent.info.run_id)

@@ -218,9 +218,19 @@ def _sqlite_init_lock(uri: str):
 
 
 @contextmanager
-def audit_run(uri: str, experiment: str, run_name: str) -> Iterator[mlflow.ActiveRun]:
+def audit_run(uri: str, experiment: str, run_name: str, *, started: float | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The audit's MLflow run. ``started``: when the command started (seconds since the epoch), the run's
+    start time, so that its duration in the UI covers the whole audit: the run itself is created once
+    the trainings, which never talk to MLflow, are under way."""
+    from mlflow.tracking.context.registry import resolve_tags
+
     exp_id = experiment_id(uri, experiment)
-    with _ended_run(experiment_id=exp_id, run_name=run_name) as active:
+    where = {"experiment_id": exp_id, "run_name": run_name}
+    if started is not None:
+        created = MlflowClient(uri).create_run(exp_id, start_time=int(started * 1000), run_name=run_name,
+                                               tags=resolve_tags())
+        where = {"run_id": created.info.run_id}
+    with _ended_run(**where) as active:
         logger.info("mlflow: run %s (%s) in experiment '%s' at %s", active.info.run_id, run_name, experiment, uri)
         yield active
 

@@ -53,3 +53,15 @@ def test_reports_dir_that_is_a_file_is_a_user_error(write_config, store, tmp_pat
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match=r"--reports-dir: cannot create directory '.*file/sub'"):
         runner.run(write_config(small_config()), tracking_uri=store, reports_dir=blocker / "sub")
+
+
+def test_the_run_starts_when_the_command_started(write_config, store, tmp_path):
+    timer = runner.StageTimer()
+    timer.started -= 3600.0  # as if the command had started an hour ago
+    result = runner.run(write_config(small_config()), tracking_uri=store, reports_dir=tmp_path, timer=timer)
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.info.start_time == int(timer.started * 1000)
+    assert run.info.end_time - run.info.start_time >= 3600 * 1000
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.runName"] == result.run_name
+    assert run.data.tags["mlflow.user"]  # the tags MLflow gives a run it starts
