@@ -378,9 +378,10 @@ class _Training:
     full: bool = True  # bootstrap intervals, ranks and group capacity (the audited seed and remedies)
 
 
-# Forked workers pay for themselves once the trainings are large enough. Measured on 2 cores: Adult's
-# three seeds (0.8 M row-epochs) ran 1.6 s faster with two workers, German's (0.1 M) 0.4 s slower.
-FORK_MIN_ROW_EPOCHS = 200_000
+# Forked workers pay for themselves once the trainings are large enough: they train while this process
+# loads MLflow and torch.export (~2.4 s). Measured on 2 cores: German's three seeds (0.1 M row-epochs)
+# ran 0.3 s faster in two workers (4.05 s, against 4.35 s here); the tests' tiny trainings stay here.
+FORK_MIN_ROW_EPOCHS = 50_000
 
 
 def _workers(cfg, train_rows: int, trainings: list[_Training]) -> int:

@@ -214,5 +214,7 @@ def test_auto_workers_fork_only_for_trainings_large_enough_to_pay_for_it():
     jobs = runner._trainings(cfg)
     assert runner._workers(cfg, 700, jobs) == 1  # 700 rows x 20 epochs: this process
     assert runner._workers(cfg, runner.FORK_MIN_ROW_EPOCHS // 20, jobs) == 0  # one per core
+    german = config.load(ROOT / "configs" / "german.yaml")[0]  # 600 training rows x 60 epochs x 3 seeds
+    assert runner._workers(german, 600, runner._trainings(german)) == 0
     explicit = config.from_dict({**small_config(), "execution": {"workers": 3}})
     assert runner._workers(explicit, 700, runner._trainings(explicit)) == 3
