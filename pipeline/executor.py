@@ -131,7 +131,8 @@ class ForkExecutor(LocalExecutor):
     starts in milliseconds, and ``fn`` may be any callable, a closure included: it is never
     pickled (items and results are). ``submit`` returns at once, so the caller works meanwhile
     (the runner loads MLflow while the seeds train). Each worker pins torch to one thread, as
-    the runner does, so the numbers equal those of one process. An exception in a worker is
+    the runner does, so the numbers equal those of one process, and runs at niceness
+    ``WORKER_NICENESS`` (see :func:`beside` for a process forked ahead, with ``warm``). An exception in a worker is
     raised again by :meth:`Pending.results`; leaving the ``with`` block (a failed run, an
     interrupt) stops every worker still running.
     """
