@@ -9,6 +9,8 @@
 - :class:`UnitTimeline`: per-epoch unit counts, and the epoch each unit died or revived.
 - :func:`recycle_dormant`: ReDo (Sokar et al. 2023): reinitialize tau-dormant units and
   reset their optimizer moments.
+- :class:`Adam`, :class:`SGD`: torch.optim's updates written out, bit for bit, without the
+  torch._dynamo that torch.optim imports and wraps every step in.
 
 The network itself is in :mod:`pipeline.model`; how units are found and counted is in
 :mod:`pipeline.capacity`.
@@ -252,6 +254,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.
 # trains) and each step pays ~0.1 ms of wrapping: a quarter of a step of the default network.
 # The arithmetic is theirs, op for op (the single-tensor path torch takes for CPU tensors), so
 # the weights are bit for bit those torch.optim gives (tests/test_training.py compares them).
+# On CUDA torch.optim would take its multi-tensor path by default; these take the single-tensor one.
 
 
 class Adam:
