@@ -20,7 +20,7 @@ import traceback
 import click
 
 from pipeline.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USER_ERROR, Busy, Interrupted, UserError
-from pipeline.executor import ShardFailed
+from pipeline.executor import ShardFailed, WorkerDied
 
 _BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
 
@@ -99,7 +99,7 @@ def _guarded(call) -> tuple[object, int | None]:
     except (KeyboardInterrupt, Interrupted):
         click.echo("error: interrupted; the MLflow run (if any) was ended as KILLED", err=True)
         return {"error": "interrupted"}, EXIT_INTERRUPTED
-    except ShardFailed as err:  # not a bug here: a worker died on every retry, or a task raised
+    except (ShardFailed, WorkerDied) as err:  # not a bug here: a worker died (on every retry), or a task raised
         click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
         return {"error": str(err)}, EXIT_UNEXPECTED
     except Exception as err:  # report, never swallow: traceback and a distinct exit code

@@ -71,6 +71,19 @@ class ShardFailed(RuntimeError):
         super().__init__(f"shard {index} failed after {attempts} attempt{'s' if attempts != 1 else ''}: {reason}")
 
 
+class WorkerDied(RuntimeError):
+    """A forked worker process ended without returning its results: killed by a signal (the
+    out-of-memory killer's SIGKILL, say) or exited. Not a user error: the caller's run ends FAILED."""
+
+    def __init__(self, pid: int, exitcode: int):
+        import signal
+
+        how = (f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 and -exitcode in signal.valid_signals()
+               else f"exit code {exitcode}")
+        hint = " (often the out-of-memory killer; see dmesg)" if exitcode == -signal.SIGKILL else ""
+        super().__init__(f"a worker process (pid {pid}) died, {how}{hint}; its work was not done")
+
+
 class Executor(Protocol):
     def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]: ...
 
@@ -161,7 +174,19 @@ class ForkExecutor(LocalExecutor):
             pool, task = self._pool(min(self.workers, len(items))), functools.partial(_call_forked, key)
         result = pool.map_async(task, items, chunksize=1)
         pool.close()
-        return Pending(result.get)
+        workers = list(pool._pool)  # CPython's Pool keeps its worker processes here
+
+        def wait() -> list:
+            # A Pool replaces a worker that died, but the items it held never return: watch the
+            # workers, so that a killed one is an error, not a wait without end.
+            while not result.ready():
+                result.wait(0.2)
+                dead = [w for w in workers if w.exitcode not in (None, 0)]
+                if dead and not result.ready():
+                    raise WorkerDied(dead[0].pid, dead[0].exitcode)
+            return result.get()
+
+        return Pending(wait)
 
     def close(self) -> None:
         for pool in self._pools:

@@ -55,6 +55,21 @@ def test_leaving_the_block_stops_workers_still_running():
     assert pending is not None
 
 
+def test_a_killed_worker_is_an_error_not_a_wait_without_end():
+    # In a subprocess with a timeout: without the watchdog, results() would wait forever.
+    code = ("import os, signal, time\nfrom pipeline import executor\n"
+            "try:\n"
+            "    with executor.ForkExecutor(2) as pool:\n"
+            "        pending = pool.submit(lambda x: os.kill(os.getpid(), signal.SIGKILL) if x == 1 else x, [0, 1, 2])\n"
+            "        print('RESULTS', pending.results())\n"
+            "except executor.WorkerDied as err:\n"
+            "    print('DIED', err)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "DIED a worker process (pid " in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "killed by SIGKILL (often the out-of-memory killer; see dmesg); its work was not done" in out.stdout
+
+
 def test_forked_training_workers_yield_to_the_command():
     with executor.ForkExecutor(2) as pool:
         niceness = pool.submit(lambda _: os.nice(0), [None, None]).results()
@@ -165,6 +180,52 @@ def test_sigterm_while_workers_train_ends_every_run_killed_and_leaves_no_worker(
     children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
     assert not [pid for pid in pool if _alive(pid)]
+
+
+def test_a_worker_killed_while_training_fails_the_run_in_one_line(write_config, store, tmp_path):
+    cfg = small_config(**{"training.epochs": 5000, "training.batch_size": 8, "training.seeds": [0, 1]})
+    cfg["execution"] = {"workers": 2}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
+                             "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id, deadline = None, time.time() + 300
+        for line in proc.stderr:  # wait until the run has started
+            if "mlflow: run " in line:
+                run_id = line.split("mlflow: run ")[1].split()[0]
+                break
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+        client = MlflowClient(store)
+        experiment = client.get_run(run_id).info.experiment_id
+        while len(client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run_id}'")) < 2:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        children = _children(proc.pid)
+        trainers = [pid for pid in children if _niceness(pid) > _niceness(proc.pid)]  # not the report process
+        assert len(trainers) == 2
+        os.kill(trainers[0], signal.SIGKILL)  # as the out-of-memory killer would
+        stdout = proc.stdout.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["error"].startswith(f"a worker process (pid {trainers[0]}) died, killed by SIGKILL")
+    time.sleep(0.5)
+    assert [line for line in lines if line.startswith("error: a worker process")]
+    assert not [line for line in lines if line.startswith("Traceback")]
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def _children(pid: int) -> list[int]:
