@@ -125,49 +125,49 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         timer.lap("data")
         from pipeline import executor, report
 
+        trainings = _trainings(cfg)
+        ex = cfg.execution
         # A process for the report, forked before torch is imported: it loads matplotlib meanwhile.
-        with executor.beside(warm=report.prepare) as reporter:
+        with executor.beside(warm=report.prepare) as reporter, \
+                executor.executor_for(ex.executor, ex.ray_address, tasks=len(trainings),
+                                      workers=_workers(cfg, len(split.y_train), trainings)) as pool:
             from pipeline import model as model_mod
 
             model_mod.one_thread()
-            trainings = _trainings(cfg)
             # The seeds (and remedies) train in forked workers (or Ray tasks) while this process loads MLflow.
-            ex = cfg.execution
-            with executor.executor_for(ex.executor, ex.ray_address, tasks=len(trainings),
-                                       workers=_workers(cfg, len(split.y_train), trainings)) as pool:
-                pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
-                session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
-                from pipeline import tracking
+            pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
+            session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
+            from pipeline import tracking
 
-                tracking.preload_model_logging()
-                timer.lap("imports")
+            tracking.preload_model_logging()
+            timer.lap("imports")
 
-                def audited(run_id: str):
-                    outcomes = _logged(trainings, pending, timer)
-                    seeds = outcomes[:len(cfg.training.seeds)]
-                    remedies = ()
-                    if cfg.audit.remedies:
-                        from pipeline.document import Remedy
+            def audited(run_id: str):
+                outcomes = _logged(trainings, pending, timer)
+                seeds = outcomes[:len(cfg.training.seeds)]
+                remedies = ()
+                if cfg.audit.remedies:
+                    from pipeline.document import Remedy
 
-                        remedies = (Remedy.of("none (audited model)", seeds[0]),
-                                    *(Remedy.of(name, o) for name, o in zip(cfg.audit.remedies, outcomes[len(seeds):])))
-                    net = seeds[0].train.model
-                    model = {"architecture": "ReLUMLP", "hidden_sizes": list(cfg.model.hidden_sizes),
-                             "relu": cfg.model.relu, "dropout": cfg.model.dropout,
-                             "parameters": sum(p.numel() for p in net.parameters())}
-                    return seeds, remedies, model, net
+                    remedies = (Remedy.of("none (audited model)", seeds[0]),
+                                *(Remedy.of(name, o) for name, o in zip(cfg.audit.remedies, outcomes[len(seeds):])))
+                net = seeds[0].train.model
+                model = {"architecture": "ReLUMLP", "hidden_sizes": list(cfg.model.hidden_sizes),
+                         "relu": cfg.model.relu, "dropout": cfg.model.dropout,
+                         "parameters": sum(p.numel() for p in net.parameters())}
+                return seeds, remedies, model, net
 
-                def mitigated(seeds, findings, verdict):
-                    if not cfg.mitigation.enabled:
-                        return None
-                    return _mitigate(cfg, split, timer, seeds[0], findings, verdict, executor=pool)
+            def mitigated(seeds, findings, verdict):
+                if not cfg.mitigation.enabled:
+                    return None
+                return _mitigate(cfg, split, timer, seeds[0], findings, verdict, executor=pool)
 
-                from pipeline import outputs
+            from pipeline import outputs
 
-                judged = _Rows(split.encoder, split.feature_columns, split.x_train.shape[1], len(split.y_train),
-                               split.test_rows, outputs.TEST_ROWS)
-                return _audited_run(session, audited, timer, judged, mitigated=mitigated,
-                                    register_recommended=register_recommended, reporter=reporter)
+            judged = _Rows(split.encoder, split.feature_columns, split.x_train.shape[1], len(split.y_train),
+                           split.test_rows, outputs.TEST_ROWS)
+            return _audited_run(session, audited, timer, judged, mitigated=mitigated,
+                                register_recommended=register_recommended, reporter=reporter)
 
 
 def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,
