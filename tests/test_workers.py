@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -143,46 +144,11 @@ def test_forked_and_in_process_trainings_give_the_same_audit(write_config, store
         assert all(c.data.metrics for c in children)
 
 
-def test_sigterm_while_workers_train_ends_every_run_killed_and_leaves_no_worker(write_config, store, tmp_path):
-    cfg = small_config(**{"training.epochs": 5000, "training.batch_size": 8, "training.seeds": [0, 1]})
-    cfg["execution"] = {"workers": 2}
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
-                             "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        run_id, deadline = None, time.time() + 300
-        for line in proc.stderr:  # wait until the run has started
-            if "mlflow: run " in line:
-                run_id = line.split("mlflow: run ")[1].split()[0]
-                break
-        # Keep reading, so the workers' epoch lines never fill the pipe and block the process.
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        client = MlflowClient(store)
-        experiment = client.get_run(run_id).info.experiment_id
-        while len(client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run_id}'")) < 2:
-            assert time.time() < deadline and proc.poll() is None
-            time.sleep(0.2)
-        pool = _children(proc.pid)
-        assert len(pool) == 3  # two training workers, and the report process (forked before torch is imported)
-        proc.send_signal(signal.SIGTERM)
-        stdout = proc.stdout.read()
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130
-    assert json.loads(stdout.strip().splitlines()[-1])["error"] == "interrupted"
-    run = client.get_run(run_id)
-    assert run.info.status == "KILLED"
-    children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
-    assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
-    assert not [pid for pid in pool if _alive(pid)]
-
-
-def test_a_worker_killed_while_training_fails_the_run_in_one_line(write_config, store, tmp_path):
+@contextlib.contextmanager
+def _training_run(write_config, store: str, tmp_path):
+    """``python -m pipeline run --json`` with two workers on long trainings, yielded once its run and both
+    nested training runs exist: the process, the run id, a client of the store, and its stderr lines
+    (read meanwhile, so the workers' epoch lines never fill the pipe). Killed on the way out if still running."""
     cfg = small_config(**{"training.epochs": 5000, "training.batch_size": 8, "training.seeds": [0, 1]})
     cfg["execution"] = {"workers": 2}
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -203,16 +169,37 @@ def test_a_worker_killed_while_training_fails_the_run_in_one_line(write_config, 
         while len(client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run_id}'")) < 2:
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.2)
+        yield proc, run_id, client, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_while_workers_train_ends_every_run_killed_and_leaves_no_worker(write_config, store, tmp_path):
+    with _training_run(write_config, store, tmp_path) as (proc, run_id, client, _):
+        pool = _children(proc.pid)
+        assert len(pool) == 3  # two training workers, and the report process (forked before torch is imported)
+        proc.send_signal(signal.SIGTERM)
+        stdout = proc.stdout.read()
+        proc.wait(timeout=120)
+    assert proc.returncode == 130
+    assert json.loads(stdout.strip().splitlines()[-1])["error"] == "interrupted"
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
+    assert not [pid for pid in pool if _alive(pid)]
+
+
+def test_a_worker_killed_while_training_fails_the_run_in_one_line(write_config, store, tmp_path):
+    with _training_run(write_config, store, tmp_path) as (proc, run_id, client, lines):
         children = _children(proc.pid)
         trainers = [pid for pid in children if _niceness(pid) > _niceness(proc.pid)]  # not the report process
         assert len(trainers) == 2
         os.kill(trainers[0], signal.SIGKILL)  # as the out-of-memory killer would
         stdout = proc.stdout.read()
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 3
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["error"].startswith(f"a worker process (pid {trainers[0]}) died, killed by SIGKILL")
