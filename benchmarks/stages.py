@@ -18,8 +18,9 @@ N pairs are timed, then N more pairs are run with their memory sampled: reading 
 smaps_rollup takes ~2 ms of CPU, so sampling the audit's three or four processes every 20 ms
 took ~0.4 s (8%) from its wall time on 2 cores, more than from the mostly single-process
 yardstick (the sampled pairs' wall ratio is printed too). Wall time is the parent's clock
-around the child. Memory is the peak, over samples every 20 ms, of the summed PSS (proportional set size: a page shared by n processes counts 1/n in
-each) of the child and every process it started, from /proc/<pid>/smaps_rollup: the audit's
+around the child. Memory is the peak, over samples every 20 ms, of the summed PSS
+(proportional set size: a page shared by n processes counts 1/n in each) of the child and
+every process it started, from /proc/<pid>/smaps_rollup: the audit's
 forked workers share the parent's pages, and their sum is what the machine holds. The child's
 own ru_maxrss (the largest single process) is printed too. Targets (issue "half the cost of a hand-written script"):
 median wall ratio audit / yardstick <= 0.5; median peak-RSS ratio <= 1.0.
@@ -70,12 +71,14 @@ def run_child(args: list[str], *, sample: bool = True) -> Child:
                 peak[0] = max(peak[0], tree_pss_kib(proc.pid))
                 done.wait(0.02)
 
-        sampler = threading.Thread(target=sample_tree if sample else done.wait)
-        sampler.start()
+        sampler = threading.Thread(target=sample_tree) if sample else None
+        if sampler:
+            sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         done.set()
-        sampler.join()
+        if sampler:
+            sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
         out.seek(0)
         err.seek(0)

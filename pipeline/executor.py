@@ -145,9 +145,10 @@ class ForkExecutor(LocalExecutor):
     pickled (items and results are). ``submit`` returns at once, so the caller works meanwhile
     (the runner loads MLflow while the seeds train). Each worker pins torch to one thread, as
     the runner does, so the numbers equal those of one process, and runs at niceness
-    ``WORKER_NICENESS`` (see :func:`beside` for a process forked ahead, with ``warm``). An exception in a worker is
-    raised again by :meth:`Pending.results`; leaving the ``with`` block (a failed run, an
-    interrupt) stops every worker still running.
+    ``WORKER_NICENESS``. With ``warm``, the workers are forked at once (see :func:`beside`).
+    An exception in a worker is raised again by :meth:`Pending.results`, and a worker that dies
+    is :class:`WorkerDied`; leaving the ``with`` block (a failed run, an interrupt) stops every
+    worker still running.
     """
 
     def __init__(self, workers: int, *, warm: Callable[[], object] | None = None):
