@@ -32,7 +32,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from any directory, like the pipeline itself
 
-from pipeline import config, data, fairness, model, training, uncertainty  # noqa: E402
+from pipeline.core import config, fairness, uncertainty
+from pipeline.data import tables as data
+from pipeline.nn import model, training
 
 N_BOOT = 1000
 REFERENCE_BOOT = 100

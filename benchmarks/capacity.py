@@ -22,9 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from pipeline import capacity, config, data, training  # noqa: E402
+from pipeline.core import config
+from pipeline.data import tables as data
+from pipeline.nn import capacity, training
 
 
 def main() -> None:

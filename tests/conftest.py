@@ -39,7 +39,7 @@ def small_config(**overrides) -> dict:
 
 def run_audit(folder: Path, cfg: dict, store: str):
     """Write ``cfg`` to ``folder`` and run the audit in-process; the result and its audit.json."""
-    from pipeline import runner
+    from pipeline.app import runner
 
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")

@@ -35,8 +35,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from pipeline.config import from_dict
-from pipeline.document import (
+from pipeline.core.config import from_dict
+from pipeline.core.document import (
     SCHEMA_VERSION,
     AuditDocument,
     BaselineSummary,

@@ -14,8 +14,8 @@ from conftest import ROOT, run_cli, small_config
 from fixtures import audit_models
 from mlflow.tracking import MlflowClient
 
-from pipeline import runner
-from pipeline.errors import UserError
+from pipeline.app import runner
+from pipeline.core.errors import UserError
 
 DEAD = 3  # units of TwoLayer's hidden layer set to never fire
 
@@ -28,7 +28,8 @@ def german_config(write_config):
 @pytest.fixture
 def encoder_json(german_config, tmp_path):
     """The encoding TwoLayer's inputs follow: the small config's, fitted on its training split (56 inputs)."""
-    from pipeline import config, data
+    from pipeline.core import config
+    from pipeline.data import tables as data
 
     cfg, _ = config.load(german_config)
     encoder = data.split(data.load(cfg.dataset, source="test"), cfg, source="test").encoder
@@ -66,7 +67,7 @@ def test_module_and_state_dict_audit_counts_constructed_dead_units(german_config
     assert "dead_fraction:layer1" in result.failed_findings  # 3/8 > 10%
     # No fake training split: train counts are absent, and audit.json round-trips through the typed document.
     assert layer["train"] is None and audit["dataset"]["train_rows"] == 0
-    from pipeline.document import AuditDocument
+    from pipeline.core.document import AuditDocument
 
     text = result.audit_json.read_text()
     assert json.dumps(AuditDocument.from_json(json.loads(text)).to_json(), indent=2, allow_nan=False) == text
@@ -144,7 +145,8 @@ def _german() -> pd.DataFrame:
 
 def _encoded(config_path, encoder_json, data_path=None):
     """``data.AuditRows`` of the config's data (or ``data_path``) under the encoder in ``encoder_json``."""
-    from pipeline import config, data
+    from pipeline.core import config
+    from pipeline.data import tables as data
 
     cfg, _ = config.load(config_path)
     if data_path is not None:
@@ -198,7 +200,7 @@ def test_an_unseen_category_is_counted_and_encoded_as_zeros(german_config, dead_
     frame.loc[:6, "purpose"] = "space travel"  # rows 0..6: a category the training rows never had
     path = tmp_path / "unseen.csv"
     frame.to_csv(path, index=False)
-    with caplog.at_level(logging.WARNING, logger="pipeline.runner"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.app.runner"):
         result = runner.audit(german_config, module=TWO_LAYER, state_dict=dead_state_dict, encoder=encoder_json,
                               data_path=path, tracking_uri=store, reports_dir=tmp_path)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "not seen" in r.getMessage()]
@@ -212,8 +214,8 @@ def test_an_unseen_category_is_counted_and_encoded_as_zeros(german_config, dead_
 
 def test_a_model_of_another_width_is_told_the_encoders_inputs(german_config, dead_state_dict, encoder_json, store,
                                                              tmp_path):
-    from pipeline import data
-    from pipeline.model import MESSAGE_WIDTH
+    from pipeline.data import tables as data
+    from pipeline.nn.model import MESSAGE_WIDTH
 
     raw = json.loads(encoder_json.read_text())
     del raw["numeric"]["month"]

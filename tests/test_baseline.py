@@ -8,8 +8,8 @@ import pytest
 from conftest import small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import runner
-from pipeline.errors import UserError
+from pipeline.app import runner
+from pipeline.core.errors import UserError
 
 
 def _config(write_config, name, **overrides):

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import capacity
-from pipeline.errors import UserError
-from pipeline.model import ReLUMLP
+from pipeline.core.errors import UserError
+from pipeline.nn import capacity
+from pipeline.nn.model import ReLUMLP
 
 # --- inputs ------------------------------------------------------------------------------------
 #

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from conftest import small_config
 from torch import fx, nn
 
-from pipeline import capacity, config, data, training
-from pipeline.errors import UserError
-from pipeline.model import ReLUMLP
+from pipeline.core import config
+from pipeline.core.errors import UserError
+from pipeline.data import tables as data
+from pipeline.nn import capacity, training
+from pipeline.nn.model import ReLUMLP
 
 
 def _set(linear: nn.Linear, weight, bias) -> None:

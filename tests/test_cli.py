@@ -46,7 +46,7 @@ def passed(tmp_path_factory, store):
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = "import sys, pipeline.cli; print(sorted(m for m in ('torch', 'mlflow', 'fairlearn', 'sklearn') if m in sys.modules))"
+    code = "import sys, pipeline.app.cli; print(sorted(m for m in ('torch', 'mlflow', 'fairlearn', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     proc = run_cli("run", "--help")
@@ -180,7 +180,7 @@ def test_sigterm_ends_run_killed(write_config, store, tmp_path):
 
 
 def test_every_document_metric_is_logged_with_its_value(passed, store):
-    from pipeline.document import AuditDocument
+    from pipeline.core.document import AuditDocument
 
     _, summary, _ = passed
     raw = json.loads(open(summary["audit_json"]).read())
@@ -200,7 +200,7 @@ def test_every_document_metric_is_logged_with_its_value(passed, store):
 
 
 def test_a_real_audit_json_round_trips_through_the_typed_document(passed):
-    from pipeline.document import AuditDocument
+    from pipeline.core.document import AuditDocument
 
     _, summary, _ = passed
     text = open(summary["audit_json"]).read()

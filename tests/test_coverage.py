@@ -29,9 +29,9 @@ import pandas as pd
 import pytest
 from scipy.stats import binom
 
-from pipeline import fairness, policy, uncertainty
-from pipeline.config import AuditConfig, PolicyConfig
-from pipeline.fairness import Disparity, Evaluation
+from pipeline.core import fairness, policy, uncertainty
+from pipeline.core.config import AuditConfig, PolicyConfig
+from pipeline.core.fairness import Disparity, Evaluation
 
 N_SIMS = 1000
 N_BOOT = 1000  # audit.n_boot's default: the Bonferroni quantiles rest on its tails

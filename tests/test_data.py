@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import config, data
-from pipeline.config import DatasetConfig
-from pipeline.errors import DataError
+from pipeline.core import config
+from pipeline.core.config import DatasetConfig
+from pipeline.core.errors import DataError
+from pipeline.data import tables as data
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "configs/test.yaml"  # the config path that messages must start with

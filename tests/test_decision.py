@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline import decision
-from pipeline.decision import Option
+from pipeline.core import decision
+from pipeline.core.decision import Option
 
 
 def test_frontier_marks_exactly_the_non_dominated_points():

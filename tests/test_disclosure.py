@@ -1,6 +1,6 @@
 """Disclosure control against a differencing attacker.
 
-The attacker here is written independently of ``pipeline.disclosure``: it knows only the
+The attacker here is written independently of ``pipeline.core.disclosure``: it knows only the
 published tables (which group belongs to which view, by its feature values) and the
 additive relations any reader knows (a view's groups sum to the total; an intersection's
 cells sum to their marginal group), solves the published linear system in floating point
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import disclosure, fairness
-from pipeline.config import AuditConfig
+from pipeline.core import disclosure, fairness
+from pipeline.core.config import AuditConfig
 
 Key = tuple[str, ...]
 
@@ -193,7 +193,7 @@ def test_without_an_intersection_a_feature_with_one_small_group_is_withheld_whol
 
 def test_a_view_with_one_group_is_reported_exposed(caplog):
     counts = {"sex": np.array([[1, 2, 3, 2]]), "race": np.array([[1, 1, 1, 1], [0, 1, 2, 1]])}
-    with caplog.at_level(logging.WARNING, logger="pipeline.disclosure"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.core.disclosure"):
         result = disclosure.suppression(counts, {}, suppress_below=10)
     assert result.exposed["sex"].tolist() == [True]
     assert result.suppressed["race"].tolist() == [True, True]

@@ -14,9 +14,10 @@ import markupsafe
 import pytest
 from docfixtures import SMALL, SUPPRESSED, audit_mode_document, config, small_document
 
-from pipeline import document, report
-from pipeline.document import AuditDocument, UnitCounts
-from pipeline.errors import UserError
+from pipeline.core import document
+from pipeline.core.document import AuditDocument, UnitCounts
+from pipeline.core.errors import UserError
+from pipeline.record import report
 
 HOSTILE = "<script>alert('x')</script>"
 MARKDOWN = "a|b*c_d `code` [link](http://x)"

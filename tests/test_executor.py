@@ -1,4 +1,4 @@
-"""pipeline.executor against a real local Ray cluster (token authentication on), started once per session."""
+"""pipeline.scale.executor against a real local Ray cluster (token authentication on), started once per session."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from raycluster import free_port, group_pids
 
-from pipeline.errors import UserError
-from pipeline.executor import LocalExecutor, RayExecutor, ShardFailed, executor_for
+from pipeline.core.errors import UserError
+from pipeline.scale.executor import LocalExecutor, RayExecutor, ShardFailed, executor_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS: dict[str, float] = {}
@@ -189,8 +189,8 @@ def test_token_auth_is_on_and_a_client_without_the_token_is_refused(ray_address)
     assert environ.get("RAY_AUTH_MODE") == "token"
     assert Path(environ["RAY_AUTH_TOKEN_PATH"]).read_text() == ray_address.token_path.read_text()
 
-    code = ("from pipeline.executor import RayExecutor\n"
-            "from pipeline.errors import UserError\n"
+    code = ("from pipeline.scale.executor import RayExecutor\n"
+            "from pipeline.core.errors import UserError\n"
             "import sys\n"
             "try:\n"
             "    RayExecutor(sys.argv[1])\n"
@@ -210,7 +210,7 @@ def test_token_auth_is_on_and_a_client_without_the_token_is_refused(ray_address)
 
 def test_the_local_executor_never_imports_ray():
     code = ("import sys\n"
-            "from pipeline.executor import executor_for\n"
+            "from pipeline.scale.executor import executor_for\n"
             "with executor_for('local', None) as ex:\n"
             "    assert ex.map(abs, [-1, 2]) == [1, 2]\n"
             "assert 'ray' not in sys.modules, 'ray was imported'\n")
@@ -221,7 +221,7 @@ def test_the_local_executor_never_imports_ray():
 def test_without_an_address_a_private_local_ray_runs_and_close_stops_it(tmp_path):
     """RayExecutor(None) in a child process of its own group: HOME is a temp dir, since Ray writes a token there."""
     code = ("import os\n"
-            "from pipeline.executor import RayExecutor\n"
+            "from pipeline.scale.executor import RayExecutor\n"
             "with RayExecutor(None) as ex:\n"
             "    pids = ex.map(lambda _: os.getpid(), range(3))\n"
             "    assert os.getpid() not in pids\n"

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import fairness, vocabulary
-from pipeline.config import AuditConfig
+from pipeline.core import fairness, vocabulary
+from pipeline.core.config import AuditConfig
 
 
 def _audit(threshold: float, min_group_size: int) -> AuditConfig:

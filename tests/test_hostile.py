@@ -15,8 +15,10 @@ from conftest import ROOT, run_cli, small_config
 from docfixtures import small_document
 from torch import nn
 
-from pipeline import config, data, model
-from pipeline.errors import UserError
+from pipeline.core import config
+from pipeline.core.errors import UserError
+from pipeline.data import tables as data
+from pipeline.nn import model
 
 GERMAN = ROOT / "data/german.csv.gz"
 
@@ -180,7 +182,7 @@ def test_labels_without_collision_keep_plain_keys():
 
 
 def test_dollar_labels_plot_as_text():
-    from pipeline import report
+    from pipeline.record import report
 
     pngs = report.plots(small_document(female="$\\frac{$", male="cost $5 or $6"))
     assert pngs and all(png.startswith(b"\x89PNG") for png in pngs.values())

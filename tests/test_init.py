@@ -8,9 +8,10 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from pipeline import config, data
-from pipeline.errors import DataError, UserError
-from pipeline.init import MSG_EXISTS, MSG_NO_TARGET, has_bins, init, propose_positive
+from pipeline.app.init import MSG_EXISTS, MSG_NO_TARGET, has_bins, init, propose_positive
+from pipeline.core import config
+from pipeline.core.errors import DataError, UserError
+from pipeline.data import tables as data
 
 ADULT = ROOT / "data/adult.csv.gz"
 GERMAN = ROOT / "data/german.csv.gz"

@@ -13,8 +13,8 @@ import yaml
 from conftest import run_cli, small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import data
-from pipeline.config import from_dict
+from pipeline.core.config import from_dict
+from pipeline.data import tables as data
 
 NAME = "tests-mitigation-mlp"
 

@@ -18,9 +18,12 @@ from fairlearn.postprocessing import ThresholdOptimizer
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from pipeline import config, data, fairness, mitigation, model, training
-from pipeline.errors import UserError
-from pipeline.mitigation import ReLUNetClassifier
+from pipeline.core import config, fairness
+from pipeline.core.errors import UserError
+from pipeline.data import tables as data
+from pipeline.mitigation import candidates as mitigation
+from pipeline.mitigation.candidates import ReLUNetClassifier
+from pipeline.nn import model, training
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
@@ -290,7 +293,8 @@ def test_build_candidates_refuses_bad_choices(adult, kwargs, message):
 
 def test_candidates_built_in_forked_processes_equal_those_built_here(adult):
     """The same candidates, in the same order, with the same decisions and weights, from two forked workers."""
-    from pipeline import executor, model
+    from pipeline.nn import model
+    from pipeline.scale import executor
 
     cfg, _, split, base = adult
     model.one_thread()  # what every worker does, and what the runner does before anything

@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
+from pipeline.record import tracking
 
 
 def _wait_for_running(client: MlflowClient, experiment: str, proc, timeout: float = 180) -> list:

@@ -13,11 +13,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from pipeline import partials, uncertainty
-from pipeline.capacity import ReluProbe, layer_health, measure_health, unit_states
-from pipeline.fairness import group_counts, view_labels
-from pipeline.partials import FINE_BINS, bootstrap_scores, score_partial, unit_partial
-from pipeline.vocabulary import view_name
+from pipeline.core import uncertainty
+from pipeline.core.fairness import group_counts, view_labels
+from pipeline.core.vocabulary import view_name
+from pipeline.nn.capacity import ReluProbe, layer_health, measure_health, unit_states
+from pipeline.scale import partials
+from pipeline.scale.partials import FINE_BINS, bootstrap_scores, score_partial, unit_partial
 
 K = 10  # AuditConfig.calibration_bins default
 

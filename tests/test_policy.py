@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import fairness, policy
-from pipeline.capacity import LayerHealth
-from pipeline.config import AuditConfig, PolicyConfig
-from pipeline.fairness import Disparity, Evaluation
+from pipeline.core import fairness, policy
+from pipeline.core.config import AuditConfig, PolicyConfig
+from pipeline.core.fairness import Disparity, Evaluation
+from pipeline.nn.capacity import LayerHealth
 
 
 def _layer(name: str, units: int, dead: int, dormant: int) -> LayerHealth:
@@ -332,7 +332,7 @@ def _shares_evaluation(small_status: str, small_rows: int) -> tuple[Evaluation, 
     Shares of live units: layer 1 A 1, B 15/16, C 1/4; layer 2 A 1, B 31/32, C 1/8. Between A and B
     the largest gap is 1/16 = 0.0625 (layer 1), within 0.10; with C it would be 1 - 1/8 = 0.875.
     """
-    from pipeline.capacity import GroupCapacity, LayerGroupCapacity
+    from pipeline.nn.capacity import GroupCapacity, LayerGroupCapacity
 
     eligible = small_status == "ok"
     table = pd.DataFrame({"group": ["A", "B", "C"], "count": [100, 100, small_rows],

@@ -23,7 +23,8 @@ from conftest import ROOT, run_audit, small_config
 from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
 
-from pipeline import config, data
+from pipeline.core import config
+from pipeline.data import tables as data
 
 SECTION = "## Recomputing an audit: how data is read, split and encoded"
 
@@ -127,7 +128,7 @@ def test_the_signature_names_the_encoder_features_and_the_module_takes_an_array(
     predicted = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame(x, columns=encoder.feature_names))
     np.testing.assert_allclose(np.asarray(predicted).ravel(), logits.numpy(), rtol=1e-6)
     # And the pipeline's own loader, which checks the signature against the run's encoder.
-    from pipeline.tracking import load_logged_model
+    from pipeline.record.tracking import load_logged_model
 
     net, loaded, _ = load_logged_model(uri, store)
     assert loaded == encoder

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_audit, small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import report
-from pipeline.document import AuditDocument
+from pipeline.core.document import AuditDocument
+from pipeline.record import report
 
 HOSTILE = "<script>alert('x')</script>"
 GROUPS = [HOSTILE, "a|b*c_d `code` [link](http://x)", "Ünïcode & co"]

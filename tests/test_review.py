@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli, small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import runner
+from pipeline.app import runner
 
 
 @pytest.fixture(scope="module")

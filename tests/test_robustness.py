@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 HOLD = """
 import sys, time
 from pathlib import Path
-from pipeline import jobs
+from pipeline.app import jobs
 with jobs.job_lock(Path(sys.argv[1]), sys.argv[2]):
     print("held", flush=True)
     time.sleep(120)

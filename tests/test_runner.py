@@ -8,8 +8,9 @@ import pytest
 from conftest import small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import runner, tracking
-from pipeline.errors import UserError
+from pipeline.app import runner
+from pipeline.core.errors import UserError
+from pipeline.record import tracking
 
 COMPARED = ("overall", "groups", "disparities", "capacity", "findings", "seeds")
 

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import config, data
-from pipeline.errors import UserError
-from pipeline.stream import Shard, audit_columns, batches, check_schema, check_schemas, shards
+from pipeline.core import config
+from pipeline.core.errors import UserError
+from pipeline.data import tables as data
+from pipeline.data.shards import Shard, audit_columns, batches, check_schema, check_schemas, shards
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["age", "workclass", "score", "grade", "sex", "income"]
@@ -211,7 +212,7 @@ def test_audit_columns_follow_the_config_and_the_encoder():
 MEASURE = """
 import json, sys
 import pandas as pd, pyarrow.parquet
-from pipeline.stream import batches, shards
+from pipeline.data.shards import batches, shards
 
 def peak_kib():
     with open("/proc/self/status") as fh:

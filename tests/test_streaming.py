@@ -20,10 +20,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pipeline import capacity, config, data, fairness, model, streaming, uncertainty
-from pipeline.errors import DataError
-from pipeline.executor import LocalExecutor
-from pipeline.stream import shards
+from pipeline.core import config, fairness, uncertainty
+from pipeline.core.errors import DataError
+from pipeline.data import tables as data
+from pipeline.data.shards import shards
+from pipeline.nn import capacity, model
+from pipeline.scale import streaming
+from pipeline.scale.executor import LocalExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
 ADULT = ROOT / "data/adult.csv.gz"
@@ -279,8 +282,9 @@ def test_a_missing_column_is_refused_naming_file_and_column_before_any_work(adul
 
 RAY_CLIENT = textwrap.dedent("""
     import pickle, sys
-    from pipeline import model, streaming
-    from pipeline.executor import RayExecutor
+    from pipeline.nn import model
+    from pipeline.scale import streaming
+    from pipeline.scale.executor import RayExecutor
     model.one_thread()
     found, state, cfg, encoder = pickle.load(open(sys.argv[2], "rb"))
     with RayExecutor(sys.argv[1]) as executor:
@@ -320,21 +324,24 @@ def test_ray_executor_gives_the_local_numbers(adult, ray_address, tmp_path):
 
 PEAK = textwrap.dedent("""
     import pickle, sys, time
-    from pipeline import model
+    from pipeline.nn import model
     model.one_thread()
     kind, path, inputs = sys.argv[1], sys.argv[2], sys.argv[3]
     state, cfg, encoder = pickle.load(open(inputs, "rb"))
     started = time.perf_counter()
     if kind == "stream":
-        from pipeline import stream, streaming
-        from pipeline.executor import LocalExecutor
+        from pipeline.data import shards as stream
+        from pipeline.scale import streaming
+        from pipeline.scale.executor import LocalExecutor
         found = stream.shards(path, source="test")
         ev, cap, counted = streaming.audit_shards(found, net=streaming.network(state), cfg=cfg, encoder=encoder,
                                                   executor=LocalExecutor(), bootstrap=False)
         rows = counted["rows"]
     else:
         import dataclasses
-        from pipeline import data, fairness, streaming
+        from pipeline.data import tables as data
+        from pipeline.core import fairness
+        from pipeline.scale import streaming
         table = data.load(dataclasses.replace(cfg.dataset, path=path), source="test")
         audited = data.encode_all(table, cfg, encoder, source="test")
         proba = model.predict_proba(streaming.network(state), audited.x)

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import capacity, training
-from pipeline.config import AuditConfig, ModelConfig, TrainingConfig
-from pipeline.model import ReLUMLP, build
+from pipeline.core.config import AuditConfig, ModelConfig, TrainingConfig
+from pipeline.nn import capacity, training
+from pipeline.nn.model import ReLUMLP, build
 
 # ReLUMLP(4, (8, 6)): after a few real optimizer steps, layer-1 units 1 and 5 and layer-2 unit 2
 # are killed by a bias of -100, so with tau = 0 exactly they are recycled.
@@ -239,8 +239,8 @@ def test_training_does_not_import_torch_dynamo():
     code = """
 import sys
 import numpy as np
-from pipeline import training
-from pipeline.config import AuditConfig, ModelConfig, TrainingConfig
+from pipeline.nn import training
+from pipeline.core.config import AuditConfig, ModelConfig, TrainingConfig
 rng = np.random.default_rng(0)
 x = rng.normal(size=(200, 4)).astype("float32")
 y = (x[:, 0] > 0).astype("float32")

@@ -21,11 +21,12 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from pipeline import config, data, fairness, policy, uncertainty
-from pipeline.capacity import LayerHealth
-from pipeline.config import AuditConfig, PolicyConfig
-from pipeline.errors import ConfigError
-from pipeline.fairness import Disparity, Evaluation
+from pipeline.core import config, fairness, policy, uncertainty
+from pipeline.core.config import AuditConfig, PolicyConfig
+from pipeline.core.errors import ConfigError
+from pipeline.core.fairness import Disparity, Evaluation
+from pipeline.data import tables as data
+from pipeline.nn.capacity import LayerHealth
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = math.nan

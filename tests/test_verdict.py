@@ -12,8 +12,8 @@ import yaml
 from conftest import run_cli, small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import fairness, policy
-from pipeline.config import AuditConfig, PolicyConfig
+from pipeline.core import fairness, policy
+from pipeline.core.config import AuditConfig, PolicyConfig
 
 ONLY_DPD = PolicyConfig(min_accuracy=None, min_demographic_parity_ratio=None, max_equalized_odds_difference=None,
                         max_dead_fraction=None, max_dormant_fraction=None, max_capacity_share_gap=None,

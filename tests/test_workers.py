@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT, small_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import executor, runner
+from pipeline.app import runner
+from pipeline.scale import executor
 
 
 def _square_and_pid(x: int) -> tuple[int, int]:
@@ -58,7 +59,7 @@ def test_leaving_the_block_stops_workers_still_running():
 
 def test_a_killed_worker_is_an_error_not_a_wait_without_end():
     # In a subprocess with a timeout: without the watchdog, results() would wait forever.
-    code = ("import os, signal, time\nfrom pipeline import executor\n"
+    code = ("import os, signal, time\nfrom pipeline.scale import executor\n"
             "try:\n"
             "    with executor.ForkExecutor(2) as pool:\n"
             "        pending = pool.submit(lambda x: os.kill(os.getpid(), signal.SIGKILL) if x == 1 else x, [0, 1, 2])\n"
@@ -102,7 +103,7 @@ def test_a_process_beside_is_forked_at_once_warms_up_and_then_takes_pickled_work
 
 
 def test_a_process_beside_forked_before_torch_stays_without_it():
-    code = ("import sys\nfrom pipeline import executor\n"
+    code = ("import sys\nfrom pipeline.scale import executor\n"
             "def warm(): pass\n"
             "def task(_): return 'torch' in sys.modules\n"
             "if __name__ == '__main__':\n"
@@ -256,7 +257,7 @@ def test_ray_and_local_executors_give_the_same_audit_of_the_shipped_config(ray_h
 
 
 def test_auto_workers_fork_only_for_trainings_large_enough_to_pay_for_it():
-    from pipeline import config
+    from pipeline.core import config
 
     cfg = config.from_dict(small_config(**{"training.epochs": 10, "training.seeds": [0, 1]}))
     jobs = runner._trainings(cfg)

@@ -1,0 +1,325 @@
+"""Command line: parse arguments, call the runner, map outcomes to exit codes.
+
+Exit codes: 0 audit passed; 1 audit completed and the policy failed; 2 bad usage,
+config or data (one line on stderr, no traceback); 3 unexpected error (traceback);
+4 audit complete in reports/<run_id>/ but the tracking server was unreachable (``push`` it
+later); 75 skipped because another copy of the same job holds its lock; 130 interrupted
+(Ctrl-C or SIGTERM). Heavy libraries are imported only inside commands, so ``--help`` and
+user errors answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+
+import click
+
+from pipeline.core.errors import (
+    EXIT_BUSY,
+    EXIT_INTERRUPTED,
+    EXIT_UNEXPECTED,
+    EXIT_USER_ERROR,
+    Busy,
+    Interrupted,
+    UserError,
+)
+from pipeline.scale.executor import ShardFailed, WorkerDied
+
+_BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
+
+
+def _progress(label: str):
+    """Training progress: a bar on a terminal; one log line per epoch otherwise."""
+    tty = sys.stderr.isatty()
+
+    def report(rec, epochs: int) -> None:
+        dead = max(rec.dead_fraction.values(), default=0.0)
+        text = (f"{label} epoch {rec.epoch}/{epochs} train_loss {rec.train_loss:.4f} "
+                f"val_loss {rec.val_loss:.4f} val_accuracy {rec.val_accuracy:.4f} max_dead {dead:.2f}")
+        if tty:
+            done = int(20 * rec.epoch / epochs)
+            # A new bar starts on its own line, also when the last one stopped early.
+            sys.stderr.write(f"{chr(10) if rec.epoch == 1 and _BAR_OPEN else ''}\r[{'#' * done}{'.' * (20 - done)}] "
+                             f"{text}\033[K")
+            _BAR_OPEN[:] = [] if rec.epoch == epochs else [True]
+            if rec.epoch == epochs:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        else:
+            logging.getLogger("pipeline.nn.training").info("%s", text)
+
+    return report
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(f"received signal {signum}")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Fairness audit pipeline for ReLU neural networks."""
+
+
+def _tracking_option(help_text: str = "MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."):
+    return click.option("--tracking-uri", default=None, help=help_text)
+
+
+def _audit_outputs(command):
+    """Options every audit-producing command takes."""
+    for option in reversed([
+        _tracking_option(),
+        click.option("--reports-dir", default="reports", show_default=True, help="Where reports/<run_id>/ is written."),
+        click.option("--baseline", default=None,
+                     help="Compare with an earlier audit of the experiment: 'last-pass' or a run id."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout; logs go to stderr."),
+        click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+                     help="Where trainings and data shards run. Default: the config's execution.executor (local)."),
+        click.option("--ray-address", default=None,
+                     help="With --executor ray: a running cluster's head, host:port. Default: the config's "
+                          "execution.ray_address, else a Ray started here."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _guarded(call) -> tuple[object, int | None]:
+    """Run ``call``; map our exceptions to a summary and an exit code (``None``: it returned)."""
+    try:
+        return call(), None
+    except Busy as err:
+        click.echo(f"skipped: {err}", err=True)
+        return {"error": str(err)}, EXIT_BUSY
+    except UserError as err:
+        click.echo(f"error: {err}", err=True)
+        return {"error": str(err)}, EXIT_USER_ERROR
+    except (KeyboardInterrupt, Interrupted):
+        click.echo("error: interrupted; the MLflow run (if any) was ended as KILLED", err=True)
+        return {"error": "interrupted"}, EXIT_INTERRUPTED
+    except (ShardFailed, WorkerDied) as err:  # not a bug here: a worker died (on every retry), or a task raised
+        click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
+        return {"error": str(err)}, EXIT_UNEXPECTED
+    except Exception as err:  # report, never swallow: traceback and a distinct exit code
+        traceback.print_exc()
+        return {"error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
+
+
+def _finish(summary: dict, code: int, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({**summary, "exit_code": code}))
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--config", "config_path", default="configs/adult.yaml", show_default=True,
+              help="YAML config naming the data, model, training, policy and tracking.")
+@click.option("--register-recommended", is_flag=True,
+              help="With mitigation enabled: register the recommended candidate as a new model version.")
+@_audit_outputs
+def run(config_path: str, register_recommended: bool, tracking_uri: str | None, reports_dir: str,
+        baseline: str | None, as_json: bool, executor: str | None, ray_address: str | None) -> None:
+    """Train, audit, gate and log one model. Exit 0 pass, 1 fail or inconclusive, 2 bad input."""
+    _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir,
+                                       baseline=baseline, progress=_progress,
+                                       register_recommended=register_recommended,
+                                       execution={"executor": executor, "ray_address": ray_address}), as_json)
+
+
+def _execute(call, as_json: bool) -> None:
+    """Run an audit-producing command; map its outcome to the exit codes above."""
+    _setup_logging()
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # on a server, MLflow prints run URLs to stdout
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+
+    def audit():
+        from pipeline.app import runner
+
+        if not as_json:
+            return call(runner)
+        # stdout carries the JSON summary alone: what libraries print there (Ray's notices of a
+        # worker that died and was retried) goes to stderr with the logs.
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            return call(runner)
+
+    result, code = _guarded(audit)
+    if code is not None:
+        _finish({"run_id": None, "verdict": None, **result}, code, as_json)
+    if not as_json:
+        click.echo(f"verdict: {result.verdict.upper()} (exit {result.exit_code})")
+        for fid in result.failed_findings:
+            click.echo(f"  failed: {fid}")
+        for fid in result.inconclusive_findings:
+            click.echo(f"  inconclusive: {fid}")
+        click.echo(f"report:  {result.report_html}")
+        click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
+    _finish(result.summary(), result.exit_code, as_json)
+
+
+@cli.command()
+@click.option("--config", "config_path", default="configs/adult.yaml", show_default=True,
+              help="Config naming the data, the sensitive features, the audit settings and the policy.")
+@click.option("--model-uri", default=None,
+              help="An MLflow model: runs:/RUN_ID/model, models:/NAME/VERSION or models:/NAME@ALIAS.")
+@click.option("--model-module", default=None, help="A Python factory 'package.module:callable' returning the model.")
+@click.option("--state-dict", default=None, help="With --model-module: weights saved by torch.save(model.state_dict()).")
+@click.option("--layers", default=None, help="Comma-separated submodules whose outputs are post-ReLU (untraceable models).")
+@click.option("--encoder", default=None,
+              help="Required with --model-module: the encoder.json of the run that trained the model (its MLflow "
+                   "artifact model_inputs/encoder.json); the encoding is never re-fitted on the audited rows.")
+@click.option("--data", "data_path", default=None,
+              help="Audit this data instead of the config's dataset.path: a CSV file, or Parquet (a file, a directory "
+                   "of *.parquet files or a glob), which is read in record batches, shard by shard.")
+@_audit_outputs
+def audit(config_path, model_uri, model_module, state_dict, layers, encoder, data_path, tracking_uri, reports_dir,
+          baseline, as_json, executor, ray_address) -> None:
+    """Audit an existing model without training it. Exit 0 pass, 1 policy fail, 2 bad input."""
+
+    def call(runner):
+        return runner.audit(config_path, model_uri=model_uri, module=model_module, state_dict=state_dict,
+                            layers=layers.split(",") if layers else None, encoder=encoder, data_path=data_path,
+                            tracking_uri=tracking_uri, reports_dir=reports_dir, baseline=baseline,
+                            execution={"executor": executor, "ray_address": ray_address})
+
+    _execute(call, as_json)
+
+
+@cli.command()
+@click.argument("folder")
+@_tracking_option("Where to log it. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@click.option("--force", is_flag=True, help="Log a folder that was already pushed once more.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+def push(folder, tracking_uri, force, as_json) -> None:
+    """Log a local audit (reports/<run_id>/) to a tracking store, e.g. after the server was down."""
+    _setup_logging()
+
+    def call():
+        from pipeline.app.push import push
+
+        return push(folder, tracking_uri=tracking_uri, force=force)
+
+    summary, code = _guarded(call)
+    if code is None and not as_json:
+        click.echo(f"pushed: run {summary['run_id']} in {summary['tracking_uri']}")
+    _finish(summary, code or 0, as_json)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--approve", "decision", flag_value="approved", help="Approve the audit.")
+@click.option("--reject", "decision", flag_value="rejected", help="Reject the audit.")
+@click.option("--by", required=True, help="Reviewer's name.")
+@click.option("--note", default=None, help="Why; shown in the report and the review log.")
+@click.option("--force", is_flag=True, help="Record a new decision on a run already reviewed.")
+@_tracking_option()
+@click.option("--reports-dir", default="reports", show_default=True, help="Also update reports/<run_id>/ here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json) -> None:
+    """Record a reviewer's sign-off (--approve or --reject) on an audit run."""
+    _setup_logging()
+    if decision is None:
+        raise click.UsageError("give --approve or --reject")
+
+    def call():
+        from pipeline.app.review import review
+
+        return review(run_id, decision=decision, by=by, note=note, force=force, tracking_uri=tracking_uri,
+                      reports_dir=reports_dir)
+
+    entry, code = _guarded(call)
+    if code is None and not as_json:
+        click.echo(f"{run_id}: {decision} by {by}")
+    _finish({"run_id": run_id, **entry}, code or 0, as_json)
+
+
+@cli.command()
+@_tracking_option("Store to show. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; keep 127.0.0.1 unless others must reach it.")
+def ui(tracking_uri: str | None, port: int, host: str) -> None:
+    """Start the MLflow UI on the audit store (bound to 127.0.0.1 by default)."""
+    from pipeline.core.config import tracking_uri as resolve
+
+    uri = resolve(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise click.UsageError(f"--tracking-uri: {uri} is already a server; open it in a browser")
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", err=True)
+    os.execv(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+                      "--workers", "1"])
+
+
+@cli.command()
+@click.option("--stale", is_flag=True, help="Runs left RUNNING by a process that is gone (marks them FAILED).")
+@_tracking_option()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
+    """List runs left behind: --stale shows those whose process died (SIGKILL, OOM) and ends them FAILED."""
+    _setup_logging()
+    if not stale:
+        raise click.UsageError("give --stale (runs whose process is gone)")
+
+    def call():
+        from pipeline.core import config
+        from pipeline.record import tracking
+
+        uri = config.tracking_uri(tracking_uri)
+        return {"tracking_uri": uri, "stale": [
+            {"run_id": r.info.run_id, "run_name": r.info.run_name, "experiment_id": r.info.experiment_id,
+             "status": r.info.status, **{k.removeprefix("pipeline."): r.data.tags.get(k, "") for k in (
+                 tracking.OWNER_PID, tracking.OWNER_HOST, tracking.ORPHANED_FOUND, tracking.ORPHANED_REASON)}}
+            for r in tracking.stale_runs(uri)]}
+
+    summary, code = _guarded(call)
+    if code is None and not as_json:
+        for r in summary["stale"]:
+            click.echo(f"{r['run_id']} {r['run_name']} {r['status']} since {r['orphaned_found']}: {r['orphaned_reason']}")
+        click.echo(f"{len(summary['stale'])} stale run(s) in {summary['tracking_uri']}")
+    _finish(summary, code or 0, as_json)
+
+
+@cli.command()
+@click.option("--data", "data_path", required=True, help="The new data set: a .csv, .csv.gz or .parquet file.")
+@click.option("--out", default=None, help="Where to write the config. Default: configs/<data file name>.yaml.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def init(data_path: str, out: str | None, force: bool) -> None:
+    """Write a starter config for a new data set (column table on stderr); check it, then run it."""
+
+    def call():
+        from pipeline.app.init import init as write_starter
+
+        return write_starter(data_path, out=out, force=force)
+
+    result, code = _guarded(call)
+    if code is not None:
+        sys.exit(code)
+    click.echo(result.table, err=True)
+    click.echo(f"wrote {result.out}: check the lines marked CHECK, then run:")
+    click.echo(f"  {result.next_command}")
+
+
+def main() -> None:
+    try:
+        cli(prog_name="python -m pipeline")
+    except SystemExit as done:
+        if "torch" in sys.modules:
+            # Interpreter teardown with torch and MLflow loaded takes ~2 s. By now every
+            # MLflow run is ended, every file written and closed: flush and leave.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(done.code if isinstance(done.code, int) else 1)
+        raise

@@ -1,0 +1,478 @@
+"""`pipeline init`: a starter config for a new data set, proposed from a sample of its rows.
+
+Every proposal is a guess from column names and values, and the written YAML says which
+(target, favourable label, sensitive features, dropped columns) must be checked by a person.
+The proposal functions are pure (a DataFrame in, plain data out); :func:`init` alone reads
+the file, validates the result with ``config.from_dict`` and ``data.load``, and writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.core import config as config_mod
+from pipeline.core.errors import DataError, UserError
+
+SAMPLE_ROWS = 20_000  # rows profiled; the written config is then checked against the whole file
+MAX_AUDITED_GROUPS = 10  # a sensitive column with more values is noted, not audited (its groups are too small to gate)
+IDENTIFIER_SHARE = 0.9  # a text column distinct in this share of rows identifies them (as data.py refuses)
+NUMERIC_IDENTIFIER_SHARE = 0.99  # integers: amounts are often nearly distinct too (German credit_amount: 92%)
+ENCODES_PURITY = 0.99  # a column whose values predict a sensitive one this well encodes it
+
+# Markers read as missing wherever they occur (a "?" in a text column is rarely a real category).
+# "None", "none", "-" and "unknown" are real categories in many tables (German credit: "none"), so they
+# are proposed only where they are the only text in an otherwise numeric column.
+STRONG_MARKERS = ("?", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "#N/A")
+WEAK_MARKERS = ("None", "none", "-", "--", ".", "unknown", "missing")
+
+TARGET_NAMES = {"target", "label", "class", "income", "credit_risk", "outcome", "y", "decision", "default",
+                "approved", "hired", "risk"}
+FAVOURABLE_WORDS = {"good", "yes", "y", "1", "1.0", "true", "t", "approved", "accepted", "granted", "hired",
+                    "positive", "pass", "success"}
+UNFAVOURABLE_WORDS = {"bad", "no", "n", "0", "0.0", "false", "f", "denied", "rejected", "negative", "fail"}
+# Name token -> the protected characteristic. Audited by default: characteristics protected nearly everywhere.
+SENSITIVE_NAMES = {"sex": "sex", "gender": "sex", "race": "race", "ethnicity": "ethnicity", "ethnic": "ethnicity",
+                   "age": "age", "religion": "religion", "religious": "religion", "disability": "disability",
+                   "disabled": "disability"}
+# Protected in some jurisdictions or settings (credit, housing): noted, for a person to decide.
+CONTEXT_SENSITIVE_NAMES = {"nationality": "nationality", "native": "national origin", "citizenship": "nationality",
+                           "foreign": "national origin", "marital": "marital status", "personal": "personal status",
+                           "pregnancy": "pregnancy", "orientation": "sexual orientation"}
+IDENTIFIER_NAMES = {"id", "uuid", "guid", "name", "firstname", "lastname", "surname", "email", "mail", "ssn",
+                    "phone", "mobile", "address", "street", "passport", "iban"}
+WEIGHT_NAMES = {"fnlwgt", "wgt", "weight", "weights", "perwt", "sample_weight"}
+
+MSG_NOT_FOUND = "{path}: file not found; give --data a .csv, .csv.gz or .parquet file"
+MSG_SUFFIX = "{path}: cannot read this file type; give --data a .csv, .csv.gz or .parquet file"
+MSG_UNREADABLE = "{path}: cannot be read as {kind}: {why}; give --data a .csv, .csv.gz or .parquet file"
+MSG_NO_ROWS = "{path}: has no rows; give --data a file with a header and data rows"
+MSG_NO_TARGET = ("{path}: no column has exactly two values, so there is no candidate target; add a binary "
+                 "outcome column (e.g. 1 = favourable) or write the config by hand (README: Configuration)")
+MSG_NO_SENSITIVE = ("{path}: no column is named like a protected characteristic (sex, gender, race, age, ...); "
+                    "rename it, or write dataset.sensitive_features by hand (README: Configuration)")
+MSG_EXISTS = "{out}: already exists; pass --force to overwrite it, or --out another path"
+MSG_INVALID = "{out}: the proposed config does not load ({err}); write it by hand (README: Configuration)"
+
+
+@dataclass(frozen=True)
+class Column:
+    """What the sample shows about one column."""
+
+    name: str
+    kind: str  # "numeric" or "categorical", as the pipeline's encoder will treat it
+    missing: int
+    distinct: int
+    examples: tuple[str, ...]
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The dataset section proposed for a data file, with the reasons shown as comments."""
+
+    target: str
+    positive_label: str
+    positive_reason: str
+    sensitive_features: tuple[str, ...]
+    drop: tuple[str, ...]
+    missing_values: tuple[str, ...]
+    roles: dict[str, str]  # column -> its proposed role, for the table
+    notes: tuple[str, ...]  # things a person must check
+    suggested_bins: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # numeric sensitive, not audited
+
+
+@dataclass(frozen=True)
+class InitResult:
+    out: Path
+    table: str  # the column table, also written as comments in the YAML
+    proposal: Proposal
+    next_command: str
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def read_sample(path: Path, *, rows: int = SAMPLE_ROWS) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """The first ``rows`` rows, read as ``data.load`` reads them, and the missing markers found in them."""
+    from pipeline.data.tables import _READERS
+
+    kind = _READERS.get(path.suffix.lower())
+    if not path.is_file():
+        raise DataError(MSG_NOT_FOUND.format(path=path))
+    if kind is None:
+        raise DataError(MSG_SUFFIX.format(path=path))
+    try:
+        if kind == "csv":
+            text = pd.read_csv(path, nrows=rows, dtype=str, na_values=[""], keep_default_na=False,
+                               skipinitialspace=True)
+            markers = find_markers(text)
+            frame = pd.read_csv(path, nrows=rows, na_values=["", *markers], keep_default_na=False,
+                                skipinitialspace=True)
+        else:
+            frame = pd.read_parquet(path).head(rows)
+            markers = find_markers(frame.select_dtypes(exclude="number").astype("string"))
+            if markers:
+                frame = frame.replace(list(markers), float("nan")).infer_objects()
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise DataError(MSG_UNREADABLE.format(path=path, kind=kind, why=str(err).splitlines()[0])) from err
+    if frame.empty:
+        raise DataError(MSG_NO_ROWS.format(path=path))
+    frame.columns = [str(c) for c in frame.columns]
+    return frame, markers
+
+
+def find_markers(text: pd.DataFrame) -> tuple[str, ...]:
+    """Missing-value markers in a table read as text: strong ones anywhere, weak ones in numeric columns."""
+    found: list[str] = []
+    for col in text.columns:
+        values = text[col].dropna()
+        present = set(values.unique())
+        for marker in STRONG_MARKERS:
+            if marker in present and marker not in found:
+                found.append(marker)
+        rest = values[~values.isin(STRONG_MARKERS + WEAK_MARKERS)]
+        if len(rest) and pd.to_numeric(rest, errors="coerce").notna().all():
+            found += [m for m in WEAK_MARKERS if m in present and m not in found]
+    return tuple(found)
+
+
+# --- profiling and proposing (pure) -------------------------------------------------------------
+
+
+def profile(frame: pd.DataFrame) -> list[Column]:
+    """Type, missing count, cardinality and a few frequent values of every column."""
+    columns = []
+    for name in frame.columns:
+        series = frame[name]
+        numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        text = series.dropna().astype("string")
+        top = tuple(str(v) for v in text.value_counts().index[:3])
+        integer = numeric and bool((series.dropna() % 1 == 0).all())
+        columns.append(Column(name=name, kind="numeric" if numeric else "categorical", missing=int(series.isna().sum()),
+                              distinct=int(series.nunique(dropna=True)), examples=top, integer=integer))
+    return columns
+
+
+def tokens(name: str) -> list[str]:
+    """Lower-case words of a column name: ``customerID`` -> customer, id; ``native-country`` -> native, country."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
+
+
+def _normal(name: str) -> str:
+    return "_".join(tokens(name))
+
+
+def propose_target(frame: pd.DataFrame, columns: list[Column]) -> str | None:
+    """A two-valued column named like a target (the last such), else the last two-valued column."""
+    binary = [c.name for c in columns if c.distinct == 2]
+    complete = [c for c in binary if not frame[c].isna().any()] or binary
+    named = [c for c in complete if _normal(c) in TARGET_NAMES or set(tokens(c)) & TARGET_NAMES]
+    if named:
+        return named[-1]
+    return complete[-1] if complete else None
+
+
+def propose_positive(series: pd.Series) -> tuple[str, str]:
+    """The favourable value of a two-valued target (as text, as ``data.load`` compares it) and why."""
+    counts = series.dropna().astype("string").value_counts()
+    values = [str(v) for v in counts.index]
+
+    def favourable(v: str) -> bool:
+        v = v.strip().lower()
+        return v in FAVOURABLE_WORDS or v.startswith(">")
+
+    def unfavourable(v: str) -> bool:
+        v = v.strip().lower()
+        return v in UNFAVOURABLE_WORDS or v.startswith("<")
+
+    named = [v for v in values if favourable(v) and not unfavourable(v)]
+    if len(named) == 1:
+        return named[0], f"its name reads as the favourable outcome ({', '.join(values)})"
+    other = [v for v in values if unfavourable(v) and not favourable(v)]
+    if len(other) == 1:
+        (left,) = [v for v in values if v != other[0]]
+        return left, f"'{other[0]}' reads as the unfavourable outcome"
+    rare = str(counts.index[-1])
+    return rare, f"the less frequent value ({int(counts.iloc[-1])} of {int(counts.sum())} sampled rows)"
+
+
+def encodes(frame: pd.DataFrame, column: str, sensitive: str) -> bool:
+    """Whether ``column``'s values determine ``sensitive``'s (beyond what its majority alone gives)."""
+    pair = frame[[column, sensitive]].astype("string").fillna("(missing)")
+    baseline = pair[sensitive].value_counts(normalize=True).iloc[0]
+    purity = pair.groupby(column)[sensitive].agg(lambda s: s.value_counts().iloc[0]).sum() / len(pair)
+    return baseline < 0.95 and purity >= ENCODES_PURITY
+
+
+def propose(frame: pd.DataFrame, columns: list[Column], *, path: str, markers: tuple[str, ...]) -> Proposal:
+    """The dataset section: target, favourable label, sensitive features, dropped columns, and notes."""
+    rows = len(frame)
+    max_categories = _dataset_default("max_categories", 100)
+    target = propose_target(frame, columns)
+    if target is None:
+        raise DataError(MSG_NO_TARGET.format(path=path))
+    positive, why = propose_positive(frame[target])
+    roles: dict[str, str] = {target: f"target (favourable: {positive})"}
+    notes: list[str] = []
+    drop: list[str] = []
+
+    sensitive, numeric_sensitive = [], []
+    for c in columns:
+        if c.name == target:
+            continue
+        words = set(tokens(c.name))
+        trait = next((SENSITIVE_NAMES[w] for w in tokens(c.name) if w in SENSITIVE_NAMES), None)
+        context = next((CONTEXT_SENSITIVE_NAMES[w] for w in tokens(c.name) if w in CONTEXT_SENSITIVE_NAMES), None)
+        if trait and c.kind == "numeric":
+            numeric_sensitive.append(c.name)
+        elif trait and c.distinct > MAX_AUDITED_GROUPS:
+            roles[c.name] = f"sensitive ({trait}), not audited: {c.distinct} values"
+            notes.append(f"{c.name} looks like {trait} but has {c.distinct} values; group them into at most "
+                         f"{MAX_AUDITED_GROUPS} in the data, then add it to sensitive_features")
+        elif trait:
+            sensitive.append(c.name)
+            roles[c.name] = f"sensitive ({trait}), audited"
+        elif context or words & {"relationship"}:
+            roles[c.name] = f"possibly sensitive ({context or 'family role'}), noted"
+    suggested_bins: dict[str, list[float]] = {}
+    for name in numeric_sensitive:
+        trait = next(SENSITIVE_NAMES[w] for w in tokens(name) if w in SENSITIVE_NAMES)
+        banded = [s for s in sensitive if encodes(frame, name, s)]
+        if banded:
+            drop.append(name)
+            roles[name] = f"sensitive ({trait}), encodes {', '.join(banded)}: dropped"
+            notes.append(f"{name} is numeric and determines {', '.join(banded)}, which is audited; dropped so "
+                         f"sensitive_as_input: false keeps it out of the model (remove it from drop to use it)")
+        else:
+            suggested_bins[name] = suggest_edges(frame[name], age=trait == "age")
+            roles[name] = f"sensitive ({trait}), numeric: noted, stays an input"
+            notes.append(_bin_note(name, suggested_bins[name]))
+
+    for c in columns:
+        if c.name == target or c.name in sensitive or c.name in drop:
+            continue
+        words = set(tokens(c.name))
+        distinct_share = c.distinct / max(rows - c.missing, 1)
+        if rows >= 20 and (c.kind == "categorical" and distinct_share >= IDENTIFIER_SHARE
+                           or c.integer and distinct_share >= NUMERIC_IDENTIFIER_SHARE):
+            drop.append(c.name)
+            roles[c.name] = f"identifier ({c.distinct} distinct in {rows} rows): dropped"
+        elif words & IDENTIFIER_NAMES and distinct_share > 0.5:
+            drop.append(c.name)
+            roles[c.name] = "identifier (name): dropped"
+        elif _normal(c.name) in WEIGHT_NAMES or words & WEIGHT_NAMES:
+            drop.append(c.name)
+            roles[c.name] = "sampling weight (name): dropped"
+            notes.append(f"{c.name} is named like a sampling weight: it says how many people a row stands for, not "
+                         "something about the person, and survey weights are raked to age/sex/race totals, so as "
+                         "an input it carries the sensitive attributes; dropped (check)")
+        elif c.kind == "categorical" and c.distinct > max_categories:
+            drop.append(c.name)
+            roles[c.name] = f"{c.distinct} categories: dropped"
+            notes.append(f"{c.name} has {c.distinct} categories: more than dataset.max_categories ({max_categories}) "
+                         "one-hot inputs; dropped (group its values in the data to use it)")
+        elif c.distinct <= 1:
+            drop.append(c.name)
+            roles[c.name] = "constant: dropped"
+        elif c.distinct <= max_categories and (encoded := [s for s in sensitive if encodes(frame, c.name, s)]):
+            drop.append(c.name)
+            before = roles[c.name].removesuffix(", noted") + ", " if c.name in roles else ""
+            roles[c.name] = f"{before}encodes {', '.join(encoded)}: dropped"
+            notes.append(f"{c.name} encodes {', '.join(encoded)} (its values determine it); dropped so the model "
+                         "cannot read the audited feature from it (remove it from drop to use it)")
+    context_noted = [n for n, r in roles.items() if r.startswith("possibly sensitive") and n not in drop]
+    if context_noted:
+        notes.append(f"{', '.join(context_noted)}: protected in some jurisdictions or settings (e.g. credit); "
+                     "add to sensitive_features if they are in yours")
+    if not sensitive:
+        raise DataError(MSG_NO_SENSITIVE.format(path=path))
+    if markers:
+        notes.append(f"read as missing: {', '.join(markers)} (found in the sample; check they are not real values)")
+    return Proposal(target=target, positive_label=positive, positive_reason=why, sensitive_features=tuple(sensitive),
+                    drop=tuple(drop), missing_values=markers, roles=roles, notes=tuple(notes),
+                    suggested_bins=suggested_bins)
+
+
+def _dataset_default(key: str, fallback):
+    """A ``DatasetConfig`` default, or ``fallback`` where the key does not exist."""
+    for f in dataclasses.fields(config_mod.DatasetConfig):
+        if f.name == key:
+            return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return fallback
+
+
+def has_bins() -> bool:
+    """Whether this version of the config has ``dataset.bins`` (numeric sensitive columns audited by interval)."""
+    return _dataset_default("bins", None) is not None
+
+
+def suggest_edges(series: pd.Series, *, age: bool) -> list[float]:
+    """Bin edges covering every sampled value: age bands for an age, else quartiles."""
+    low, high = float(series.min()), float(series.max())
+    inner = [25.0, 45.0, 65.0] if age else [float(v) for v in series.quantile([0.25, 0.5, 0.75]).round(0)]
+    lowest, highest = min(0.0, low) if age else low, max(120.0, high) if age else high
+    edges = [lowest, *(v for v in inner if lowest < v < highest), highest]
+    return [int(e) if e == int(e) else e for e in dict.fromkeys(edges)]
+
+
+def _bin_note(name: str, edges: list[float]) -> str:
+    if has_bins():
+        return (f"{name} is numeric: to audit it by band, add it to sensitive_features and set dataset.bins "
+                f"(e.g. {{{name}: {edges}}}, commented below); until then it is a model input and is not audited")
+    return (f"{name} is numeric: to audit it, add a banded column to the data (e.g. under 25 / 25 and over) and "
+            "add that to sensitive_features; until then it is a model input and is not audited")
+
+
+# --- rendering (pure) ----------------------------------------------------------------------------
+
+
+def render_table(columns: list[Column], proposal: Proposal, *, rows: int) -> str:
+    """The column table shown on stderr and written as comments."""
+    head = ("column", "type", "missing", "distinct", "frequent values", "proposed role")
+    body = [(c.name, c.kind, str(c.missing), str(c.distinct), ", ".join(_short(v) for v in c.examples),
+             proposal.roles.get(c.name, "feature")) for c in columns]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head) - 1)]
+    lines = [f"{rows} rows sampled"]
+    for r in [head, *body]:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _short(value: str, width: int = 18) -> str:
+    value = " ".join(value.split())
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def _yaml(value) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+def _comment(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+KEY_COMMENTS = {
+    "split.test_size": "held-out share; small data sets need more test rows per group to gate",
+    "split.stratify_by": "null: the target",
+    "model.hidden_sizes": "units per hidden ReLU layer",
+    "model.relu": "module: nn.ReLU; functional: F.relu",
+    "training.seeds": "one model per seed; the first is audited",
+    "audit.min_group_size": "smaller groups are shown, not gated",
+    "policy.min_demographic_parity_ratio": "four-fifths rule",
+    "policy.gate_on": "interval: fail only when the whole interval is on the wrong side",
+    "tracking.registered_model": "set a name to register each audited model",
+    "mitigation.enabled": "true: also measure mitigation candidates (README: Mitigation)",
+}
+
+
+def render_yaml(proposal: Proposal, *, path: str, name: str, table: str, small_groups: list[str]) -> str:
+    """The whole config as commented YAML: the dataset section proposed, every other key at its default."""
+    ds = proposal
+    lines = [f"# Starter config for {path}, written by `python -m pipeline init`. CHECK every proposal below.",
+             "# Every key is documented in README.md (Configuration); unknown keys are errors.", "#"]
+    lines += [f"# {line}".rstrip() for line in table.splitlines()]
+    lines += ["#", "# To check:"]
+    lines += [f"# - {_comment(n)}" for n in ds.notes]
+    lines += ["", "dataset:",
+              f"  name: {_yaml(name)}",
+              f"  path: {_yaml(path)}                # relative to the directory you run the pipeline from",
+              f"  target: {_yaml(ds.target)}",
+              f"  positive_label: {_yaml(ds.positive_label)}   # CHECK: the favourable outcome; guessed from "
+              f"{_comment(ds.positive_reason)}",
+              f"  sensitive_features: {_yaml(list(ds.sensitive_features))}   # CHECK: audited for group fairness",
+              "  sensitive_as_input: false      # sensitive columns are used only to audit, not as model inputs",
+              f"  drop: {_yaml(list(ds.drop))}   # neither model inputs nor audited (see the table above)",
+              f"  missing_values: {_yaml(list(ds.missing_values))}   # markers read as missing",
+              "  missing: category              # missing text becomes its own category, missing numbers the median",
+              "  intersections: true            # also audit the intersection of the sensitive features"]
+    if has_bins():
+        lines.append("  bins: {}                       # numeric sensitive column -> interval edges")
+        for column, edges in ds.suggested_bins.items():
+            lines.append(f"  # bins: {_yaml({column: edges})}   # with {_comment(column)} in sensitive_features")
+    for group in small_groups:
+        lines.append(f"  # {_comment(group)}")
+    defaults = config_mod.to_dict(config_mod.Config(dataset=config_mod.DatasetConfig(
+        path=path, target=ds.target, positive_label=ds.positive_label, sensitive_features=ds.sensitive_features)))
+    for section, values in defaults.items():
+        if section == "dataset":
+            extra = {k: v for k, v in values.items() if k not in _WRITTEN_DATASET_KEYS}
+            lines += [f"  {k}: {_yaml(v)}" for k, v in extra.items()]  # keys added to DatasetConfig later
+            continue
+        lines += ["", f"{section}:"]
+        for key, value in values.items():
+            if section == "tracking" and key == "experiment":
+                value = f"fairness-audit-{name}"
+            note = KEY_COMMENTS.get(f"{section}.{key}")
+            lines.append(f"  {key}: {_yaml(value)}" + (f"   # {note}" if note else ""))
+    return "\n".join(lines) + "\n"
+
+
+_WRITTEN_DATASET_KEYS = {"name", "path", "target", "positive_label", "sensitive_features", "sensitive_as_input",
+                         "drop", "missing_values", "missing", "intersections", "bins"}
+
+
+def small_group_notes(frame: pd.DataFrame, sensitive: tuple[str, ...], *, test_size: float,
+                      min_group_size: int) -> list[str]:
+    """Groups expected to have fewer test rows than ``audit.min_group_size`` (shown, not gated)."""
+    notes = []
+    for col in sensitive:
+        counts = frame[col].astype("string").fillna("(missing)").value_counts()
+        for value, n in counts.items():
+            expected = int(n * test_size)
+            if expected < min_group_size:
+                notes.append(f"{col} = {value}: about {expected} test rows, under audit.min_group_size "
+                             f"({min_group_size}): shown, not gated; raise split.test_size or lower min_group_size")
+    return notes
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def init(data: str | Path, *, out: str | Path | None = None, force: bool = False) -> InitResult:
+    """Profile ``data``, propose a config, check that it loads, and write it to ``out``.
+
+    Raises
+    ------
+    UserError
+        The data is missing or unreadable, has no candidate target or sensitive column,
+        ``out`` exists without ``force``, or the proposed config does not load.
+    """
+    import yaml
+
+    from pipeline.data import tables as data_mod
+
+    path = Path(data)
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", path.name.split(".")[0]) or "data"
+    out = Path(out) if out is not None else Path("configs") / f"{name}.yaml"
+    if out.exists() and not force:
+        raise UserError(MSG_EXISTS.format(out=out))
+    frame, markers = read_sample(path)
+    columns = profile(frame)
+    proposal = propose(frame, columns, path=str(path), markers=markers)
+    table = render_table(columns, proposal, rows=len(frame))
+    defaults = config_mod.AuditConfig(), config_mod.SplitConfig()
+    small = small_group_notes(frame, proposal.sensitive_features, test_size=defaults[1].test_size,
+                              min_group_size=defaults[0].min_group_size)
+    text = render_yaml(proposal, path=str(data), name=name, table=table, small_groups=small)
+    try:
+        cfg = config_mod.from_dict(yaml.safe_load(text), source=str(out))
+        table_ = data_mod.load(cfg.dataset, source=str(out))
+        data_mod.split(table_, cfg, source=str(out))  # also what `run` refuses before training (identifiers, ...)
+    except UserError as err:
+        raise UserError(MSG_INVALID.format(out=out, err=err)) from err
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"{out}: cannot write the config: {err.strerror}; give --out a writable file path") from err
+    return InitResult(out=out, table=table, proposal=proposal,
+                      next_command=f"python -m pipeline run --config {out}")

@@ -1,0 +1,75 @@
+"""`pipeline review`: a reviewer's sign-off on an audit run, kept in MLflow and in the audit's files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import uuid
+from pathlib import Path
+
+from pipeline.app import jobs
+from pipeline.core import config as config_mod
+from pipeline.core.document import Review, ReviewEntry
+from pipeline.core.errors import UserError
+from pipeline.record import outputs
+
+logger = logging.getLogger(__name__)
+
+_ALREADY_REVIEWED = ("review: run '{run_id}' was already reviewed ({decision} by {by} at {time}); "
+                     "add --force to record a new decision")
+
+
+def review(run_id: str, *, decision: str, by: str, note: str | None = None, force: bool = False,
+           tracking_uri: str | None = None, reports_dir: str | Path = "reports") -> dict:
+    """Record a reviewer's sign-off on an audit run.
+
+    Tags hold the latest decision (``review.decision``, ``review.by``, ``review.time``,
+    ``review.note``); the artifact ``review/log.jsonl`` keeps every decision, append-only;
+    ``audit.json``, ``report.html`` and ``model_card.md`` are re-rendered with the review,
+    in MLflow and in ``reports/<run_id>/`` when that folder is here.
+    """
+    import tempfile
+
+    from pipeline.record import tracking
+
+    if not by.strip():
+        raise UserError("review: --by: expected the reviewer's name, got an empty string")
+    uri = config_mod.tracking_uri(tracking_uri)
+    run = tracking.get_audit_run(run_id, uri)
+    tracking.mark_orphans(uri)  # after: a run that is not there is a one-line error
+    # Take the next number; a reviewer who started at the same moment may take it first (see tracking).
+    while True:
+        claims = tracking.review_claims(run)
+        number = max(claims, default=0) + 1
+        latest = claims[number - 1] if claims else {
+            "decision": run.data.tags.get("review.decision"), "by": run.data.tags.get("review.by"),
+            "time": run.data.tags.get("review.time")}
+        if latest["decision"] and not force:
+            raise UserError(_ALREADY_REVIEWED.format(run_id=run_id, **latest))
+        claim = {"decision": decision, "by": by, "time": jobs.now(), "claim": uuid.uuid4().hex[:12]}
+        if tracking.claim_review(run_id, uri, number, claim):
+            break
+        run = tracking.get_audit_run(run_id, uri)
+    run = tracking.wait_for_review_turn(run_id, uri, number)  # earlier numbers are recorded first
+    previous = run.data.tags.get("review.decision")
+    entry = ReviewEntry(decision=decision, by=by, time=claim["time"], note=note, verdict=run.data.tags["verdict"],
+                        supersedes=previous)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracking.download_audit(run_id, uri, Path(tmp))
+        log = folder / tracking.REVIEW_LOG
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as fh:  # append-only: earlier decisions stay
+            fh.write(json.dumps(entry.to_json()) + "\n")
+        history = tuple(ReviewEntry.from_json(json.loads(line))
+                        for line in log.read_text(encoding="utf-8").splitlines() if line.strip())
+        doc = outputs.read_document(folder / outputs.AUDIT_JSON)
+        doc = dataclasses.replace(doc, review=Review(latest=entry, history=history))
+        files = outputs.rewrite_reports(doc, folder)
+        tracking.record_review(run_id, uri, entry, folder, files, number)
+        local = Path(reports_dir) / run_id
+        if local.is_dir():
+            for path in files:
+                (local / path.name).write_bytes(path.read_bytes())
+    logger.info("review: %s %s by %s", run_id, decision, by)
+    return {"run_id": run_id, **entry.to_json()}

@@ -1,0 +1,373 @@
+"""Policy stage: turn thresholds into findings, and findings into a verdict.
+
+Each finding says in one sentence what was measured, against what, and what it means.
+
+With ``gate_on: interval`` (the default) a check is judged on its bootstrap interval:
+it fails only when the whole interval is on the wrong side of the threshold, passes
+when the whole interval is on the right side, and is ``inconclusive`` otherwise.
+
+The verdict must *show* compliance to pass, as equivalence testing does: ``pass`` only
+when every finding passes and every sensitive feature has at least one fairness check
+evaluated; ``fail`` when any finding fails; ``inconclusive`` otherwise (exit 1 unless
+``inconclusive_fails: false``). Many checks are judged at once
+(three per audited feature, plus accuracy), so with ``multiple_comparisons: bonferroni``
+each interval is widened to level 1 - (1 - ci_level) / m for m interval-judged checks:
+then the chance that *any* check is declared failed while the truth is on the right
+side stays below 1 - ci_level. Bonferroni is chosen because the checks share data and
+are strongly dependent, and it holds under any dependence; its cost is wider intervals,
+i.e. more inconclusive findings rather than false alarms.
+
+A check whose value is undefined (fewer than two groups large enough to compare, a
+group with no positives) is ``not_evaluated``: shown, not failing, not passing. Dead
+units are counted exactly on the training data, so they are judged on the count itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.core import uncertainty
+from pipeline.core import vocabulary as vocab
+from pipeline.core.config import PolicyConfig
+from pipeline.core.document import Finding
+from pipeline.core.fairness import Evaluation
+from pipeline.core.units import LayerHealth  # numpy only: judging needs no torch
+
+if TYPE_CHECKING:
+    from pipeline.core.document import AuditDocument
+
+Status = vocab.FindingStatus  # the status of a finding; one sentence per status in each _Check
+
+
+@dataclass(frozen=True)
+class _Check:
+    ref: vocab.CheckRef
+    value: float
+    threshold: float
+    comparison: vocab.Comparison
+    sentences: dict[str, str]  # pass / fail / inconclusive / not_evaluated
+    samples: np.ndarray | None = None  # bootstrap replicates, when the value has them
+    metric: str | None = None  # the MLflow key of the value (and of its spread across seeds)
+    regression: bool = False  # the change since a baseline audit, not the value itself
+    sizes: dict[str, int] | None = None  # rows of the groups (or of everyone) the value is measured on
+
+    @property
+    def id(self) -> str:
+        return vocab.regression_id(self.ref.id) if self.regression else self.ref.id
+
+
+def _clean(value) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _status(value: float, low: float, high: float, threshold: float, comparison: str,
+            on_interval: bool) -> Status:
+    if math.isnan(value):
+        return "not_evaluated"
+    if not on_interval:
+        ok = value <= threshold if comparison == "<=" else value >= threshold
+        return "pass" if ok else "fail"
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    if comparison == "<=":
+        return "pass" if high <= threshold else "fail" if low > threshold else "inconclusive"
+    return "pass" if low >= threshold else "fail" if high < threshold else "inconclusive"
+
+
+def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth], *,
+          seed_ranges: dict[str, float] | None = None, group_capacity: dict | None = None,
+          baseline: AuditDocument | None = None, measured_on: str = "the training data") -> list[Finding]:
+    """All findings: accuracy, per audited feature the disparities, per layer dead and dormant
+    units, and per audited feature the gap in capacity share between groups.
+
+    ``seed_ranges`` maps a metric key (``SeedAudit.metrics``) to how far it moves across training seeds;
+    ``group_capacity`` maps an audited feature to ``capacity.group_capacity`` results;
+    ``baseline`` is an earlier audit: worsening beyond ``baseline_tolerance`` is a finding;
+    ``measured_on`` says where ``layers`` were counted, for the sentences.
+    """
+    checks = (_fairness_checks(policy, evaluation) + _capacity_checks(policy, layers, measured_on)
+              + _group_capacity_checks(policy, evaluation, group_capacity or {})
+              + (_baseline_checks(policy, evaluation, layers, baseline) if baseline else []))
+    on_interval = policy.gate_on == "interval"
+    level = evaluation.ci_level
+    judged = sum(c.samples is not None and not math.isnan(c.value) for c in checks)  # undefined ones are not judged
+    if on_interval and policy.multiple_comparisons == "bonferroni" and judged > 1:
+        level = 1 - (1 - level) / judged
+    seed_ranges = seed_ranges or {}
+    findings = []
+    for c in checks:
+        interval = on_interval and c.samples is not None and not math.isnan(level)
+        low, high = uncertainty.interval(c.samples, level, point=c.value) if interval else (math.nan, math.nan)
+        status = _status(c.value, float(low), float(high), c.threshold, c.comparison, interval)
+        message = c.sentences[status]
+        if interval and status != "not_evaluated":
+            message += f" (Gate interval at {level:.1%}: {_num(low)} to {_num(high)}.)"
+        spread = seed_ranges.get(c.metric) if c.metric else None
+        sensitive = spread is not None and not math.isnan(c.value) and spread > abs(c.value - c.threshold)
+        if sensitive:
+            message += (f" Across training seeds this value moves by {_num(spread)}, more than its distance "
+                        f"to the threshold: the outcome of this check depends on the seed.")
+        needed = _rows_to_decide(c, float(low), float(high)) if status == "inconclusive" else None
+        if needed:
+            message += (" At the observed value, about " + ", ".join(
+                f"{n:,} test rows" + ("" if g == EVERYONE else f" for '{g}'") for g, n in needed.items())
+                + f" (now {', '.join(f'{c.sizes[g]:,}' for g in needed)}) would likely decide this check.")
+        findings.append(Finding(
+            id=c.id, status=status, value=_clean(c.value), threshold=c.threshold, comparison=c.comparison,
+            message=message, judged_on="interval" if interval else "point",
+            ci_low=_clean(float(low)) if interval else None, ci_high=_clean(float(high)) if interval else None,
+            ci_level=level if interval else None, seed_range=_clean(spread) if spread is not None else None,
+            seed_sensitive=sensitive, metric=None if c.regression else c.metric,
+            regression_of=c.ref.id if c.regression else None, check=c.ref.check, view=c.ref.view,
+            layer=c.ref.layer, rows_to_decide=needed,
+        ))
+    return findings
+
+
+def _rows_to_decide(c: _Check, low: float, high: float) -> dict[str, int] | None:
+    """Test rows per group likely to decide an inconclusive check at its observed value.
+
+    An interval's half-width shrinks as 1/sqrt(rows). To decide, the bound on the threshold's
+    side must move past it: from ``value``, the half-width on that side must shrink to
+    ``|value - threshold|``, which takes ``(half-width / |value - threshold|)**2`` times the
+    rows, in every group the value is measured on. ``None`` when that cannot be said (no
+    interval, no sizes, or the value sits on the threshold: no sample size decides it).
+    """
+    if not c.sizes or math.isnan(low) or math.isnan(high) or math.isnan(c.value):
+        return None
+    distance = abs(c.value - c.threshold)
+    passing_side = c.value <= c.threshold if c.comparison == "<=" else c.value >= c.threshold
+    # The bound that must cross: the upper one for "<=" on the passing side or ">=" on the failing side.
+    half = (high - c.value) if (c.comparison == "<=") == passing_side else (c.value - low)
+    if distance == 0 or half <= 0:
+        return None
+    factor = (half / distance) ** 2
+    return {g: math.ceil(n * factor) for g, n in c.sizes.items()}
+
+
+def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Check]:
+    checks = []
+    overall_samples = evaluation.samples.get("overall", {})
+    if policy.min_accuracy is not None:
+        acc, t = evaluation.overall["accuracy"], policy.min_accuracy
+        checks.append(_Check(vocab.CheckRef("accuracy"), acc, t, ">=", {
+            "pass": f"Accuracy on the test split is {acc:.2%}, at or above the floor of {t:.0%}.",
+            "fail": f"Accuracy on the test split is {acc:.2%}, below the floor of {t:.0%}.",
+            "inconclusive": f"Accuracy on the test split is {acc:.2%}; its interval includes the floor of {t:.0%}.",
+            "not_evaluated": "Accuracy could not be computed.",
+        }, overall_samples.get("accuracy"), metric="accuracy", sizes=_everyone(evaluation)))
+
+    for feature, gaps in evaluation.disparities.items():
+        samples = evaluation.samples.get(feature, {})
+        dpd, dpr, eod = (gaps["demographic_parity_difference"], gaps["demographic_parity_ratio"],
+                         gaps["equalized_odds_difference"])
+        undefined = (f"Fewer than two groups of '{feature}' have enough rows (and, for error rates, enough "
+                     "positives and negatives) to compare, so this check was not evaluated.")
+        if policy.max_demographic_parity_difference is not None:
+            t = policy.max_demographic_parity_difference
+            gap = _pp(dpd.value)
+            checks.append(_Check(vocab.CheckRef("demographic_parity_difference", view=feature), dpd.value, t, "<=", {
+                "pass": f"By {feature}, selection rates differ by {gap} between groups, within the allowed {t * 100:.0f} points.",
+                "fail": f"By {feature}, the model selects '{dpd.best_group}' more often than '{dpd.worst_group}': "
+                        f"selection rates differ by {gap}, more than the allowed {t * 100:.0f} points.",
+                "inconclusive": f"By {feature}, selection rates differ by {gap} between '{dpd.best_group}' and "
+                                f"'{dpd.worst_group}'; the data cannot tell whether the gap is within the allowed "
+                                f"{t * 100:.0f} points.",
+                "not_evaluated": undefined,
+            }, samples.get("demographic_parity_difference"), metric=vocab.disparity_metric("demographic_parity_difference", feature),
+                sizes=_sizes(evaluation, feature, dpd)))
+        if policy.min_demographic_parity_ratio is not None:
+            t, r = policy.min_demographic_parity_ratio, dpr.value
+            checks.append(_Check(vocab.CheckRef("demographic_parity_ratio", view=feature), r, t, ">=", {
+                "pass": f"By {feature}, the lowest selection rate is {r:.1%} of the highest, meeting the {t:.0%} rule.",
+                "fail": f"By {feature}, '{dpr.worst_group}' is selected at only {r:.1%} of the rate of "
+                        f"'{dpr.best_group}', below the {t:.0%} rule (four-fifths rule at 80%).",
+                "inconclusive": f"By {feature}, '{dpr.worst_group}' is selected at {r:.1%} of the rate of "
+                                f"'{dpr.best_group}'; the data cannot tell whether it meets the {t:.0%} rule.",
+                "not_evaluated": undefined,
+            }, samples.get("demographic_parity_ratio"), metric=vocab.disparity_metric("demographic_parity_ratio", feature),
+                sizes=_sizes(evaluation, feature, dpd)))
+        if policy.max_equalized_odds_difference is not None:
+            t = policy.max_equalized_odds_difference
+            checks.append(_Check(vocab.CheckRef("equalized_odds_difference", view=feature), eod.value, t, "<=", {
+                "pass": f"By {feature}, true and false positive rates differ by at most "
+                        f"{_pp(eod.value)} between groups, within the allowed {t * 100:.0f} points.",
+                "fail": f"By {feature}, error rates are unequal: '{eod.worst_group}' and '{eod.best_group}' differ "
+                        f"by {_pp(eod.value)} in true or false positive rate, more than the allowed {t * 100:.0f} points.",
+                "inconclusive": f"By {feature}, true or false positive rates differ by {_pp(eod.value)} between "
+                                f"'{eod.worst_group}' and '{eod.best_group}'; the data cannot tell whether the gap "
+                                f"is within the allowed {t * 100:.0f} points.",
+                "not_evaluated": undefined,
+            }, samples.get("equalized_odds_difference"), metric=vocab.disparity_metric("equalized_odds_difference", feature),
+                sizes=_sizes(evaluation, feature, eod)))
+    return checks
+
+
+def _capacity_checks(policy: PolicyConfig, layers: list[LayerHealth], measured_on: str) -> list[_Check]:
+    checks = []
+    if policy.max_dead_fraction is not None:
+        t = policy.max_dead_fraction
+        for index, layer in enumerate(layers, start=1):
+            f = layer.dead_fraction
+            lost = (f"Hidden layer {index} ({layer.layer}): {layer.dead} of {layer.units} ReLU units never fire "
+                    f"on {measured_on} ({f:.0%})")
+            checks.append(_Check(vocab.CheckRef("dead_fraction", layer=index), f, t, "<=", {
+                "pass": f"{lost}, within the allowed {t:.0%}.",
+                "fail": f"{lost}, more than the allowed {t:.0%}; this capacity is lost to the model.",
+                "inconclusive": "",  # counted exactly: never inconclusive
+                "not_evaluated": "Dead units could not be counted.",
+            }, metric=vocab.layer_metric("dead_fraction", index)))
+    if policy.max_dormant_fraction is not None:
+        t = policy.max_dormant_fraction
+        for index, layer in enumerate(layers, start=1):
+            f = layer.dormant_fraction
+            said = (f"Hidden layer {index} ({layer.layer}): {layer.dormant} of {layer.units} ReLU units are dormant "
+                    f"on {measured_on} ({f:.0%}: mean activation at most tau = {layer.tau} of the layer's average)")
+            checks.append(_Check(vocab.CheckRef("dormant_fraction", layer=index), f, t, "<=", {
+                "pass": f"{said}, within the allowed {t:.0%}.",
+                "fail": f"{said}, more than the allowed {t:.0%}; these units contribute almost nothing.",
+                "inconclusive": "", "not_evaluated": "Dormant units could not be counted.",
+            }, metric=vocab.layer_metric("dormant_fraction", index)))
+    return checks
+
+
+def _group_capacity_checks(policy: PolicyConfig, evaluation: Evaluation, group_capacity: dict) -> list[_Check]:
+    """Per audited feature: the largest gap, over layers, in the share of live units serving each group."""
+    if policy.max_capacity_share_gap is None:
+        return []
+    t = policy.max_capacity_share_gap
+    checks = []
+    for view, per_layer in group_capacity.items():
+        table = evaluation.groups[view]
+        eligible = set(table.loc[table["eligible"], "group"])
+        worst = (math.nan, None, None, None)  # gap, layer, lowest group, its share
+        for index, layer in enumerate(per_layer, start=1):
+            shares = {g.group: g.capacity_share for g in layer.groups
+                      if g.group in eligible and g.capacity_share is not None}
+            if len(shares) >= 2:
+                low = min(shares, key=shares.get)
+                gap = max(shares.values()) - shares[low]
+                if math.isnan(worst[0]) or gap > worst[0]:
+                    worst = (gap, f"{index} ({layer.layer})", low, shares[low])
+        gap, where, low, share = worst
+        said = (f"By {view}, in hidden layer {where} the units alive for '{low}' are {_share(share)} of the units "
+                f"alive for anyone") if low is not None else ""
+        checks.append(_Check(vocab.CheckRef("capacity_share_gap", view=view), gap, t, "<=", {
+            "pass": f"{said}; no group's share of the network's live capacity trails another's by more than "
+                    f"{t:.0%}." if low else "",
+            "fail": f"{said}: capacity that serves other groups is dead or dormant for this group, a gap of "
+                    f"{gap:.0%} (allowed {t:.0%})." if low else "",
+            "inconclusive": "",
+            "not_evaluated": f"Fewer than two groups of '{view}' have enough rows to compare capacity shares.",
+        }))
+    return checks
+
+
+# Baseline metrics: (finding name, how to read current and baseline values, +1 if higher is worse).
+_REGRESSIONS = {
+    "demographic_parity_difference": +1,
+    "demographic_parity_ratio": -1,
+    "equalized_odds_difference": +1,
+}
+
+
+def _baseline_checks(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth],
+                     baseline: AuditDocument) -> list[_Check]:
+    """Worsening since the baseline audit, judged like any check: on intervals where they exist.
+
+    The value is the change in the bad direction (positive = worse); the replicates are the
+    current bootstrap replicates minus the baseline's point estimate.
+    """
+    t = policy.baseline_tolerance
+    base_run = baseline.run_id[:8]
+    checks = []
+
+    def add(of: vocab.CheckRef, label: str, now, before, direction: int, samples, sizes=None):
+        if before is None or now is None or math.isnan(now):
+            return
+        change = direction * (now - before)
+        shifted = direction * (samples - before) if samples is not None else None
+        checks.append(_Check(of, change, t, "<=", {
+            "pass": f"{label}: {before:.3f} at baseline {base_run} → {now:.3f} now; not worse by more than {t}.",
+            "fail": f"{label} got worse since baseline {base_run}: {before:.3f} → {now:.3f} (allowed worsening {t}).",
+            "inconclusive": f"{label}: {before:.3f} at baseline {base_run} → {now:.3f} now; the data cannot tell "
+                            f"whether it got worse by more than {t}.",
+            "not_evaluated": "",
+        }, shifted, regression=True, sizes=sizes))
+
+    add(vocab.CheckRef("accuracy"), "Accuracy", evaluation.overall["accuracy"], baseline.overall.get("accuracy"),
+        -1, evaluation.samples.get("overall", {}).get("accuracy"), _everyone(evaluation))
+    for view, gaps in evaluation.disparities.items():
+        before_gaps = baseline.disparities.get(view, {})
+        for name, direction in _REGRESSIONS.items():
+            before = before_gaps[name].value if name in before_gaps else None
+            add(vocab.CheckRef(name, view=view), f"{name.replace('_', ' ').capitalize()} by {view}",
+                gaps[name].value, before, direction, evaluation.samples.get(view, {}).get(name),
+                _sizes(evaluation, view, gaps[name]))
+    before_layers = {x.index: x.gated for x in baseline.capacity.layers}
+    for index, layer in enumerate(layers, start=1):
+        before = before_layers[index].dead_fraction if index in before_layers else None
+        add(vocab.CheckRef("dead_fraction", layer=index), f"Dead fraction of hidden layer {index}",
+            layer.dead_fraction, before, +1, None)
+    return checks
+
+
+EVERYONE = "everyone"  # rows_to_decide of a check on all rows (accuracy)
+
+
+def _everyone(evaluation: Evaluation) -> dict[str, int] | None:
+    count = evaluation.overall.get("count")
+    return None if count is None or math.isnan(count) else {EVERYONE: int(count)}
+
+
+def _sizes(evaluation: Evaluation, view: str, gap) -> dict[str, int] | None:
+    """Rows of the two groups at the ends of a disparity (the ones that set its value)."""
+    if gap.best_group is None or "count" not in evaluation.groups.get(view, {}):
+        return None
+    rows = dict(zip(evaluation.groups[view]["group"].astype(str), evaluation.groups[view]["count"]))
+    return {g: int(rows[g]) for g in dict.fromkeys((gap.best_group, gap.worst_group))}
+
+
+def _share(value) -> str:
+    return f"{value:.0%}" if value is not None else "undefined"
+
+
+def _pp(value: float) -> str:
+    return f"{value * 100:.1f} percentage points" if not math.isnan(value) else "an undefined amount"
+
+
+def _num(value: float) -> str:
+    return f"{value:.3f}" if not math.isnan(value) else "undefined"
+
+
+_MSG_NOT_SHOWN = ("No fairness check of '{feature}' could be evaluated, so the audit cannot show that "
+                  "the model treats its groups fairly.")
+
+
+def verdict(findings: list[Finding], *, features: tuple[str, ...] | list[str] = ()) -> vocab.Verdict:
+    """``pass`` only when compliance is shown; ``fail`` when any check fails; else ``inconclusive``.
+
+    Compliance is shown when every finding passes (on its interval, when gated on intervals)
+    and every sensitive feature in ``features`` has at least one fairness check that was
+    evaluated. A check that could not be evaluated counts as inconclusive, never as a pass.
+    """
+    return decide(findings, features=features)[0]
+
+
+def decide(findings: list[Finding], *, features: tuple[str, ...] | list[str] = ()) -> tuple[vocab.Verdict, list[str]]:
+    """The verdict and, in plain sentences, why it is not a pass (empty for a pass)."""
+    if any(f.status == "fail" for f in findings):
+        return "fail", [f"{sum(f.status == 'fail' for f in findings)} check(s) failed."]
+    reasons = []
+    open_ = [f for f in findings if f.status in ("inconclusive", "not_evaluated")]
+    if open_:
+        reasons.append(f"{len(open_)} check(s) could not show compliance: "
+                       + ", ".join(f"{f.id} ({f.status.replace('_', ' ')})" for f in open_) + ".")
+    shown = {f.view for f in findings if f.check in vocab.FAIRNESS_CHECKS and f.status == "pass"
+             and f.regression_of is None}
+    reasons += [_MSG_NOT_SHOWN.format(feature=feature) for feature in features if feature not in shown]
+    return ("inconclusive", reasons) if reasons else ("pass", [])

@@ -1,0 +1,180 @@
+"""Model stage: the ReLU MLP the pipeline trains, and a user's own model loaded for an audit.
+
+- :class:`ReLUMLP` and :func:`build` (from ``ModelConfig``, with He init when asked);
+- :func:`predict_proba`: positive-label probabilities;
+- :func:`load_from_module` and :func:`check_inputs`: a user's model and state_dict, checked
+  against the encoded data.
+
+The training loop is in :mod:`pipeline.nn.training`.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.core.config import ModelConfig
+
+
+class ReLUMLP(nn.Module):
+    """Linear -> ReLU (-> dropout) for each hidden layer, then one logit.
+
+    ``relu="module"`` uses ``nn.ReLU`` modules; ``relu="functional"`` calls ``F.relu``.
+    ``activation="leaky_relu"`` swaps in LeakyReLU (slope 0.01) in the same form.
+    """
+
+    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...] = (64, 32), *,
+                 relu: str = "module", dropout: float = 0.0, activation: str = "relu"):
+        super().__init__()
+        sizes = (n_features, *hidden_sizes)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.relu = relu
+        self.leaky = activation == "leaky_relu"
+        make = (lambda: nn.LeakyReLU(0.01)) if self.leaky else nn.ReLU
+        self.acts = nn.ModuleList(make() for _ in hidden_sizes) if relu == "module" else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out = nn.Linear(sizes[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, linear in enumerate(self.hidden):
+            if self.acts is not None:
+                x = self.acts[i](linear(x))
+            else:
+                x = F.leaky_relu(linear(x), 0.01) if self.leaky else F.relu(linear(x))
+            x = self.dropout(x)
+        return self.out(x).squeeze(-1)
+
+
+def one_thread() -> None:
+    """Pin torch, and numpy's BLAS, to one thread, for every training, scoring and evaluation of an audit.
+
+    Multi-threaded kernels split their sums by thread count, so the same seed gave different
+    weights on machines with different numbers of cores (torch's default is one thread per
+    core), and on a worker process that runs with one thread (a Ray task); numpy's float32
+    matrix products (the calibration bootstrap) moved in the 9th digit the same way. With one
+    thread the numbers depend only on the builds; for networks of this size it is also as fast.
+    """
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
+def build(n_features: int, cfg: ModelConfig) -> ReLUMLP:
+    """The configured :class:`ReLUMLP` for ``n_features`` inputs (He init when ``cfg.init`` is ``"he"``)."""
+    model = ReLUMLP(n_features, cfg.hidden_sizes, relu=cfg.relu, dropout=cfg.dropout, activation=cfg.activation)
+    if cfg.init == "he":  # He et al. 2015: variance 2 / fan_in suits ReLU
+        for linear in [*model.hidden, model.out]:
+            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+            nn.init.zeros_(linear.bias)
+    return model
+
+
+MESSAGE_OUTPUT_SHAPE = ("{source}: the model returned output of shape {shape} for {rows} rows; expected logits of "
+                        "shape (N,) or (N, 1) (one logit per row, the positive label's) or (N, 2) (two class logits, "
+                        "class 1 the positive label)")
+
+
+def positive_probability(out: torch.Tensor, *, source: str = "model") -> torch.Tensor:
+    """The positive label's probability from a model's logits: sigmoid of (N,) or (N, 1), softmax column 1 of (N, 2).
+
+    (N, 2) outputs are read as logits, never as probabilities: softmax of probabilities would
+    squash them towards 0.5 without changing their order, so a model returning probabilities
+    must return their logits instead (or one logit per row).
+    """
+    from pipeline.core.errors import UserError
+
+    if out.ndim == 1:
+        return torch.sigmoid(out)
+    if out.ndim == 2 and out.shape[1] == 1:
+        return torch.sigmoid(out[:, 0])
+    if out.ndim == 2 and out.shape[1] == 2:
+        return torch.softmax(out, dim=1)[:, 1]
+    rows = out.shape[0] if out.ndim else 0
+    raise UserError(MESSAGE_OUTPUT_SHAPE.format(source=source, shape=tuple(out.shape), rows=rows))
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Probability of the positive label for each row (see :func:`positive_probability` for the output shapes)."""
+    model.eval()
+    return positive_probability(model(torch.from_numpy(x))).numpy().astype(np.float64)
+
+
+def load_from_module(spec: str, state_dict_path) -> tuple[nn.Module, dict]:
+    """Build a model with ``package.module:factory`` and load a state_dict with ``weights_only=True``.
+
+    ``weights_only=True`` refuses pickled code, so an untrusted file cannot run anything.
+    """
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from pipeline.core.config import MESSAGE_STATE_DICT
+    from pipeline.core.errors import UserError
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"--model-module: got '{spec}'; expected 'package.module:factory', e.g. 'mymodels:build'")
+    path = Path(state_dict_path)
+    if not path.is_file():
+        raise UserError(MESSAGE_STATE_DICT.format(path=path, found="is a directory" if path.is_dir() else "not found"))
+    sys.path.insert(0, str(Path.cwd()))  # a module next to the config, as a user would expect
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"--model-module: cannot load '{spec}': {err}") from err
+    finally:
+        sys.path.pop(0)
+    net = factory()
+    if not isinstance(net, nn.Module):
+        raise UserError(f"--model-module: '{spec}' returned {type(net).__name__}; expected a torch.nn.Module")
+    try:
+        state = torch.load(state_dict_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except FileNotFoundError as err:
+        raise UserError(f"--state-dict: file '{state_dict_path}' not found") from err
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        raise UserError(f"--state-dict: {state_dict_path} does not fit {spec}: {str(err).splitlines()[0]}") from err
+    net.eval()
+    return net, {"source": spec, "state_dict": str(state_dict_path),
+                 "parameters": sum(p.numel() for p in net.parameters())}
+
+
+MESSAGE_WIDTH = ("{source}: the model expects {expected} inputs per row (its first Linear layer), but the encoder "
+                 "gives {given}, in this order: {names}; use the encoder.json of the run that trained the model")
+MESSAGE_REFUSED = ("{source}: the model does not accept the encoded data ({given} inputs per row, in this order: "
+                   "{names}): {error}")
+
+
+def _input_width(net: nn.Module) -> int | None:
+    """``in_features`` of the first ``nn.Linear`` the model registers (its input layer in the usual layout)."""
+    return next((m.in_features for m in net.modules() if isinstance(m, nn.Linear)), None)
+
+
+def check_inputs(net: nn.Module, x: np.ndarray, *, source: str, feature_names: list[str] | None = None) -> None:
+    """One forward pass on two rows: a model that expects other inputs is a user error, said plainly.
+
+    ``feature_names``: the encoder's input names in order, named in the message when the model
+    refuses the rows (with the width the model expects, when its first Linear layer says).
+    """
+    from pipeline.core.errors import UserError
+
+    names = ", ".join(feature_names) if feature_names is not None else "unnamed"
+    try:
+        with torch.no_grad():
+            out = net(torch.from_numpy(x[:2]))
+    except RuntimeError as err:
+        expected = _input_width(net)
+        if expected is not None and expected != x.shape[1]:
+            raise UserError(MESSAGE_WIDTH.format(source=source, expected=expected, given=x.shape[1],
+                                                 names=names)) from err
+        raise UserError(MESSAGE_REFUSED.format(source=source, given=x.shape[1], names=names,
+                                               error=str(err).splitlines()[0])) from err
+    if out.ndim == 0 or out.shape[0] != min(2, len(x)):
+        raise UserError(MESSAGE_OUTPUT_SHAPE.format(source=source, shape=tuple(out.shape), rows=min(2, len(x))))
+    positive_probability(out, source=source)

@@ -1,0 +1,426 @@
+"""Report stage: plots, a self-contained HTML report and a model card, all from the audit document.
+
+Pure functions of the typed audit document (``document.AuditDocument``): they return bytes
+and text; ``outputs`` writes them.
+Everything that comes from data (group names, column names) is escaped: Jinja2
+autoescaping for HTML, backslash escapes for Markdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import math
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from pipeline.core.config import to_dict
+from pipeline.core.document import AuditDocument, Remedy
+
+_TEMPLATES = Path(__file__).parent / "templates"
+RATE_COLUMNS = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate",
+                "false_negative_rate", "precision")
+RATE_LABELS = {"accuracy": "Accuracy", "selection_rate": "Selection rate", "true_positive_rate": "TPR",
+               "false_positive_rate": "FPR", "false_negative_rate": "FNR", "precision": "Precision"}
+
+
+@functools.cache
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, imported when the first plot is drawn (0.4 s): the
+    run renders plots in a process of their own while it logs to MLflow, and needs none itself."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    # Group labels are data: '$x$' or 'A$B' must print as written, not parse as mathtext (which raises on '$5$$').
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _axes(width: float, height: float, *, left: float = 0.8):
+    """A figure with fixed margins in inches: a layout engine would cost half the report's time."""
+    fig, ax = _pyplot().subplots(figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - 0.2 / width, bottom=0.65 / height, top=1 - 0.35 / height)
+    return fig, ax
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    # Fixed metadata so the same audit gives the same bytes.
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def plots(audit: AuditDocument) -> dict[str, bytes]:
+    """PNG images keyed by file name: group rates per audited feature, dead units over epochs, training loss."""
+    images = {}
+    for index, (feature, all_rows) in enumerate(audit.groups.items(), start=1):
+        rows = [r for r in all_rows if not r.suppressed]
+        metrics = ("selection_rate", "true_positive_rate", "false_positive_rate")
+        height = max(2.2, 0.28 * len(rows) * len(metrics) + 1.0)
+        labels = [_short(r.group) + ("" if r.eligible else " (small)") for r in rows]
+        fig, ax = _axes(7, height, left=0.3 + 0.065 * max((len(x) for x in labels), default=4))
+        bar = 0.8 / len(metrics)
+        for k, metric in enumerate(metrics):
+            values = [r.values[metric] if r.values[metric] is not None else 0.0 for r in rows]
+            ys = [i + k * bar for i in range(len(rows))]
+            low = [r.values.get(f"{metric}_ci_low") for r in rows]
+            high = [r.values.get(f"{metric}_ci_high") for r in rows]
+            errors = None
+            if all(v is not None for v in low + high) and rows:
+                errors = [[max(v - lo, 0) for v, lo in zip(values, low)], [max(hi - v, 0) for v, hi in zip(values, high)]]
+            bars = ax.barh(ys, values, height=bar, label=RATE_LABELS[metric], xerr=errors,
+                           error_kw={"elinewidth": 0.8, "capsize": 2})
+            for b, r in zip(bars, rows):
+                if r.values[metric] is None:
+                    ax.text(0.005, b.get_y() + bar / 2, "undefined", va="center", fontsize=7)
+                if not r.eligible:
+                    b.set_hatch("//")
+        ax.set_yticks([i + bar for i in range(len(rows))], labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ci = audit.ci_level
+        ax.set_xlabel("rate on the test split" + (f" (bars: {ci:.0%} bootstrap intervals)" if ci else ""))
+        ax.set_title(f"Rates by {feature}")
+        ax.legend(fontsize=8, loc="lower right")
+        images[f"fairness_{index}.png"] = _png(fig)
+
+    for index, (feature, by_group) in enumerate(audit.calibration.reliability.items(), start=1):
+        fig, ax = _axes(5, 4)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+        for group, bins in by_group.items():
+            if bins:
+                ax.plot([b.mean_predicted for b in bins], [b.observed_rate for b in bins], marker="o",
+                        label=_short(group, 24))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability (bin)")
+        ax.set_ylabel("observed rate of the positive label")
+        ax.set_title(f"Calibration by {feature}")
+        ax.legend(fontsize=7)
+        images[f"calibration_{index}.png"] = _png(fig)
+
+    units = audit.capacity.units.layers if audit.capacity.units else {}
+    if units:
+        fig, ax = _axes(7, 3.2)
+        for i, (layer, info) in enumerate(units.items(), start=1):
+            epochs = [c.epoch for c in info.counts]
+            line, = ax.plot(epochs, [c.alive for c in info.counts], marker="o",
+                            label=f"layer {i} ({layer}): alive of {info.units}")
+            ax.plot(epochs, [info.units - c.dormant for c in info.counts if c.dormant is not None],
+                    linestyle=":", color=line.get_color(), label=f"layer {i}: not dormant")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("units")
+        ax.set_title(f"ReLU units alive during training ({audit.capacity.timeline_sample_rows} training rows)")
+        ax.legend(fontsize=7)
+        images["dead_units.png"] = _png(fig)
+
+    remedies = audit.capacity.remedies
+    if remedies:
+        fig, axes = _pyplot().subplots(1, 3, figsize=(10, 3.2))
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.25, top=0.9, wspace=0.3)
+        names = [r.remedy.split(" ")[0] for r in remedies]
+        axes[0].bar(names, [r.dead_fraction for r in remedies], color="#b42318")
+        axes[0].set_title("largest dead fraction")
+        axes[1].bar(names, [r.accuracy for r in remedies], color="#1a7f37",
+                    yerr=_errors(remedies, lambda r: (r.accuracy, r.accuracy_ci_low, r.accuracy_ci_high)))
+        axes[1].set_title("accuracy")
+        axes[1].set_ylim(min(r.accuracy for r in remedies) - 0.05, 1)
+        view = next(iter(remedies[0].disparities))
+
+        def gap(r: Remedy):
+            d = r.disparities[view]["demographic_parity_difference"]
+            return d.value, d.ci_low, d.ci_high
+
+        axes[2].bar(names, [gap(r)[0] or 0 for r in remedies], yerr=_errors(remedies, gap))
+        axes[2].set_title(f"demographic parity difference ({view})")
+        for ax in axes:
+            ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        images["remedies.png"] = _png(fig)
+
+    if audit.mitigation is not None:
+        images.update(frontier_plots(audit))
+
+    history = audit.training.history if audit.training else ()
+    if history:
+        fig, ax = _axes(7, 3)
+        ax.plot([h.epoch for h in history], [h.train_loss for h in history], marker="o", label="training loss")
+        ax.plot([h.epoch for h in history], [h.val_loss for h in history], marker="o", label="validation loss")
+        ax.axvline(audit.training.best_epoch, color="grey", linestyle=":", label="weights kept")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("binary cross-entropy")
+        ax.set_title("Training")
+        ax.legend(fontsize=8)
+        images["training.png"] = _png(fig)
+    return images
+
+
+_VERDICT_COLOURS = {"pass": "#1a7f37", "fail": "#b42318", "inconclusive": "#9a6700"}
+
+
+def frontier_plots(audit: AuditDocument) -> dict[str, bytes]:
+    """Per gated disparity of the mitigated feature: accuracy against the disparity, both with intervals,
+    the policy threshold, the unmitigated model marked, the frontier joined, each point coloured by verdict."""
+    m, policy = audit.mitigation, audit.config.policy
+    thresholds = {"demographic_parity_difference": policy.max_demographic_parity_difference,
+                  "demographic_parity_ratio": policy.min_demographic_parity_ratio,
+                  "equalized_odds_difference": policy.max_equalized_odds_difference}
+    images = {}
+    for index, (name, threshold) in enumerate(thresholds.items(), start=1):
+        points = [(c, c.disparities[m.feature][name]) for c in m.candidates if m.feature in c.disparities]
+        points = [(c, d) for c, d in points if d.value is not None]
+        if not points:
+            continue
+        fig, ax = _axes(7, 4.2)
+        for c, d in points:
+            xerr = None if d.ci_low is None else [[max(d.value - d.ci_low, 0)], [max(d.ci_high - d.value, 0)]]
+            yerr = None if c.accuracy_ci_low is None else [[max(c.accuracy - c.accuracy_ci_low, 0)],
+                                                           [max(c.accuracy_ci_high - c.accuracy, 0)]]
+            ax.errorbar([d.value], [c.accuracy], xerr=xerr, yerr=yerr, fmt="*" if c.method == "none" else "o",
+                        markersize=12 if c.method == "none" else 6, color=_VERDICT_COLOURS[c.verdict],
+                        elinewidth=0.7, capsize=2)
+            ax.annotate(_short(c.name, 30) + (" (group-aware)" if c.group_aware else ""), (d.value, c.accuracy),
+                        fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+        front = sorted((d.value, c.accuracy) for c, d in points if c.pareto.get(name))
+        if len(front) > 1:
+            ax.plot(*zip(*front), color="grey", linewidth=0.8, linestyle="-", zorder=0)
+        if threshold is not None:
+            ax.axvline(threshold, color="black", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(f"{name.replace('_', ' ')} by {m.feature} (bars: {audit.ci_level or 0.95:.0%} intervals; "
+                      f"dashed: policy)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"Mitigation candidates: accuracy against {name.replace('_', ' ')} "
+                     "(green pass, red fail, amber inconclusive; star: unmitigated)", fontsize=8)
+        images[f"mitigation_{index}.png"] = _png(fig)
+    return images
+
+
+def _errors(rows, get) -> list[list[float]] | None:
+    """Asymmetric error bars from (value, low, high); None when any bound is missing."""
+    triples = [get(r) for r in rows]
+    if any(v is None or lo is None or hi is None for v, lo, hi in triples):
+        return None
+    return [[max(v - lo, 0) for v, lo, _ in triples], [max(hi - v, 0) for v, _, hi in triples]]
+
+
+def remedy_summary(remedies: tuple[Remedy, ...]) -> str:
+    """One plain sentence per remedy: what it did to dead units, accuracy and demographic parity."""
+    if len(remedies) < 2:
+        return ""
+    base = remedies[0]
+    view = next(iter(base.disparities))
+    sentences = []
+    for r in remedies[1:]:
+        dpd, dpd0 = (x.disparities[view]["demographic_parity_difference"].value for x in (r, base))
+        change = "restored capacity" if r.dead_fraction < base.dead_fraction else (
+            "left dead units unchanged" if r.dead_fraction == base.dead_fraction else "lost more units")
+        fairness = ("" if dpd is None or dpd0 is None else
+                    f"; demographic parity difference by {view} {dpd0:.3f} → {dpd:.3f}")
+        sentences.append(f"{r.remedy} {change} (largest dead fraction {base.dead_fraction:.0%} → "
+                         f"{r.dead_fraction:.0%}); accuracy {base.accuracy:.1%} → {r.accuracy:.1%}{fairness}.")
+    return " ".join(sentences)
+
+
+def _short(text: str, width: int = 36) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fmt(value, kind: str = "rate") -> str:
+    """Numbers for people: rates as percentages, undefined as the word."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "undefined"
+    if kind == "rate":
+        return f"{value:.1%}"
+    if kind == "int":
+        return f"{int(value):,}"
+    return f"{value:.3f}"
+
+
+def with_interval(values: dict, metric: str, kind: str = "rate") -> str:
+    """A value and, when present, its interval: '12.3% [10.1%, 14.2%]'.
+
+    ``values`` maps ``metric`` and ``<metric>_ci_low``/``_ci_high`` to numbers (``GroupRow.values``,
+    ``AuditDocument.overall``).
+    """
+    value = fmt(values.get(metric), kind)
+    low, high = values.get(f"{metric}_ci_low"), values.get(f"{metric}_ci_high")
+    if values.get(metric) is None or low is None or high is None:
+        return value
+    return f"{value} [{fmt(low, kind)}, {fmt(high, kind)}]"
+
+
+def left_out(row) -> str:
+    """The rates of a group left out of the disparities, with their too-small denominators: 'FPR (8 negatives)'."""
+    from pipeline.core.vocabulary import DENOMINATORS
+
+    words = {"count": "rows", "positives": "positives", "negatives": "negatives"}
+    return ", ".join(f"{RATE_LABELS[rate]} ({fmt(row.values[DENOMINATORS[rate]], 'int')} "
+                     f"{words[DENOMINATORS[rate]]})" for rate in row.rates_left_out)
+
+
+def bracketed(value, low, high, kind: str = "num") -> str:
+    """A value with its interval when it has one: '0.185 [0.170, 0.199]'."""
+    text = fmt(value, kind)
+    return text if value is None or low is None or high is None else f"{text} [{fmt(low, kind)}, {fmt(high, kind)}]"
+
+
+def render_html(audit: AuditDocument, images: dict[str, bytes]) -> str:
+    """The self-contained report: findings first, then tables and plots (images inlined)."""
+    inline = {name: base64.b64encode(png).decode("ascii") for name, png in images.items()}
+    order = {"fail": 0, "inconclusive": 1, "not_evaluated": 2, "pass": 3}
+    return _report_template().render(
+        audit=audit, findings=sorted(audit.findings, key=lambda f: order[f.status]), images=inline,
+        rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
+        fairness_images=[n for n in inline if n.startswith("fairness_")],
+        calibration_images=[n for n in inline if n.startswith("calibration_")],
+        mitigation_images=[n for n in inline if n.startswith("mitigation_")],
+        remedy_text=remedy_summary(audit.capacity.remedies),
+        config_yaml=yaml.safe_dump(to_dict(audit.config), sort_keys=False), counts=audit.counts(),
+    )
+
+
+@functools.cache
+def _report_template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    env.globals["with_interval"] = with_interval
+    env.globals["bracketed"] = bracketed
+    env.globals["left_out"] = left_out
+    return env.get_template("report.html.j2")
+
+
+def prepare() -> None:
+    """Import matplotlib and compile the HTML template (0.5 s), ahead of the first report."""
+    _pyplot()
+    _report_template()
+
+
+def run_description(audit: AuditDocument) -> str:
+    """The run page's Markdown description: the verdict and every failed finding."""
+    failed, unsure, skipped = (audit.with_findings(s) for s in ("fail", "inconclusive", "not_evaluated"))
+    lines = [f"## Audit verdict: **{audit.verdict.upper()}**", ""]
+    ds = audit.dataset
+    lines.append(f"Dataset {_code(ds.name)} ({ds.rows} rows, sha256 `{ds.sha256[:12]}…`), "
+                 f"{len(audit.findings)} checks, {len(failed)} failed, {len(unsure)} inconclusive, "
+                 f"{len(skipped)} not evaluated.")
+    if audit.mitigation is not None:  # first, so MLflow shows it before folding the description
+        lines += ["", f"**Mitigation:** {_md(audit.mitigation.recommendation)}"]
+    if audit.verdict_reasons:
+        lines += ["", *(f"- {_md(r)}" for r in audit.verdict_reasons)]
+    if failed:
+        lines += ["", "### Failed checks"] + [f"- {_md(f.message)}" for f in failed]
+    if unsure:
+        lines += ["", "### Inconclusive (the data cannot decide)"] + [f"- {_md(f.message)}" for f in unsure]
+    if skipped:
+        lines += ["", "### Not evaluated"] + [f"- {_md(f.message)}" for f in skipped]
+    lines += ["", "The full report is the artifact `report.html`; the model card is `model_card.md`."]
+    return "\n".join(lines)
+
+
+def _code(text) -> str:
+    """A Markdown code span: no escapes apply inside, so only backticks are replaced."""
+    return "`" + str(text).replace("`", "'") + "`"
+
+
+def _md(text) -> str:
+    text = str(text)
+    for ch in "\\`*_[]<>|#":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _model_lines(audit: AuditDocument) -> list[str]:
+    m, ds, cfg = audit.model, audit.dataset, audit.config
+    output = (f"- Output: probability that {_code(ds.target)} is {_code(ds.positive_label)}; "
+              f"decision threshold {cfg.audit.decision_threshold}.")
+    software = "- Software: " + ", ".join(f"{k} {v}" for k, v in audit.versions.items()) + "."
+    if audit.mode == "audit":
+        source = ", ".join(f"{k} {_code(v)}" for k, v in m.items() if v is not None)
+        return [f"- Audited without retraining: {source}.", output, software]
+    tr = audit.training
+    return [
+        f"- Architecture: multilayer perceptron, hidden layers {m['hidden_sizes']}, ReLU as "
+        f"`{'nn.ReLU' if m['relu'] == 'module' else 'F.relu'}`, dropout {m['dropout']}, {m['parameters']:,} parameters.",
+        output,
+        f"- Training: {cfg.training.optimizer}, learning rate {cfg.training.learning_rate}, {tr.epochs_run} epochs "
+        f"run, weights of epoch {tr.best_epoch} kept (lowest validation loss), seed {tr.seed}.",
+        software,
+    ]
+
+
+def _review_line(audit: AuditDocument) -> str:
+    if audit.review is None:
+        return "Review: not yet reviewed."
+    r = audit.review.latest
+    note = f": {_md(r.note)}" if r.note else ""
+    return f"Review: **{r.decision.upper()}** by {_md(r.by)} at {r.time}{note}."
+
+
+def model_card(audit: AuditDocument) -> str:
+    """A Markdown model card (Mitchell et al. 2019) generated from the audit."""
+    ds, ov, cfg = audit.dataset, audit.overall, audit.config
+    sens = ", ".join(_md(s) for s in ds.sensitive_features)
+    held_out = f"{cfg.training.validation_fraction:.0%}"
+    lines = [
+        f"# Model card: {_md(audit.run_name)}",
+        "",
+        f"Audit verdict: **{audit.verdict.upper()}** (run `{audit.run_id}`, {audit.created}).",
+        *(f"- {_md(r)}" for r in audit.verdict_reasons),
+        "",
+        _review_line(audit),
+        "",
+        "## Model details",
+        *_model_lines(audit),
+        "",
+        "## Data",
+        f"- {_code(ds.name)} from {_code(ds.path)} (sha256 `{ds.sha256}`), {ds.rows:,} rows; "
+        + (f"{ds.train_rows:,} for training ({held_out} of which held out for early stopping), {ds.test_rows:,} "
+           "for this evaluation." if audit.mode != "audit" else f"all {ds.test_rows:,} rows audited (no training)."),
+        f"- Sensitive features audited: {sens}. "
+        + ("They were **also model inputs**." if ds.sensitive_as_input else "They were **not** model inputs."),
+        f"- Missing values: {ds.rows_dropped_missing:,} rows dropped; "
+        + (", ".join(f"{_md(k)}: {v:,}" for k, v in ds.missing_by_column.items()) or "none")
+        + " missing values before handling.",
+        "",
+        "## Performance on the test split" if audit.mode != "audit" else "## Performance on the audited rows",
+        f"- Accuracy {fmt(ov['accuracy'])}, balanced accuracy {fmt(ov['balanced_accuracy'])}, "
+        f"ROC AUC {fmt(ov['roc_auc'], 'num')}, log loss {fmt(ov['log_loss'], 'num')}.",
+        f"- Base rate of {_code(ds.positive_label)}: {fmt(ov['base_rate'])}; selection rate of the model: "
+        f"{fmt(ov['selection_rate'])}.",
+        "",
+        "## Fairness and capacity findings",
+    ]
+    if audit.mitigation is not None:
+        lines[-1:-1] = ["## Mitigation", _md(audit.mitigation.recommendation), ""]
+    lines += [f"- **{f.status.replace('_', ' ').upper()}**: {_md(f.message)}" for f in audit.findings]
+    seeds = audit.seeds
+    if len(seeds.seeds) > 1:
+        lines += ["", "## Variation across training seeds", f"Seeds {list(seeds.seeds)}; mean ± standard deviation:", ""]
+        for key, stats in seeds.metrics.items():
+            if stats.mean is not None:
+                std = f" ± {stats.std:.3f}" if stats.std is not None else ""
+                lines.append(f"- {_md(key)}: {stats.mean:.3f}{std}")
+    lines += [
+        "",
+        "## Caveats",
+        f"- Groups with fewer than {cfg.audit.min_group_size} test rows are reported but not gated; "
+        "their rates are too noisy to judge.",
+        f"- Intervals are {audit.ci_level:.0%} bootstrap intervals ({audit.n_boot} resamples, stratified by group; "
+        "for disparities widened toward the estimate's upward bias); the gate uses Bonferroni-widened intervals "
+        "when configured (see each finding)."
+        if audit.ci_level else "- Point estimates only: differences of a few points may be noise.",
+        f"- Groups with fewer than {cfg.audit.suppress_below} test rows are suppressed "
+        "(no counts or rates shown) so that no individual can be singled out, with as many other groups as it "
+        "takes that none can be recovered by subtracting published counts (complementary suppression).",
+        "- Fairness metrics are computed on the test split of the same data source; they say nothing about "
+        "populations or time periods the data does not cover. See the dataset's datasheet for known issues.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,739 @@
+"""MLflow I/O: runs that always end, batched logging, readable names.
+
+Only the command modules (runner, review, push) call this module. What is logged is
+read from the typed audit document (its metrics are ``AuditDocument.metrics``).
+Undefined metrics (NaN) are not logged: in MLflow a missing metric means "undefined", never 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.core import config as config_mod
+from pipeline.core import vocabulary as vocab
+from pipeline.core.config import to_dict as to_plain
+from pipeline.core.document import SCHEMA_VERSION, AuditDocument, ReviewEntry, SeedAudit
+from pipeline.core.errors import Interrupted, UserError
+
+logger = logging.getLogger(__name__)
+_PACKAGE = Path(__file__).resolve().parents[1]  # the pipeline package: logged with a candidate model as its code
+
+_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+_PACKAGES = ("torch", "mlflow", "fairlearn", "scikit-learn", "numpy", "pandas")
+
+
+CONNECT_ATTEMPTS, CONNECT_TIMEOUT = 3, 5.0  # bounded retry: at most ~20 s before falling back
+
+
+def reachable_or_local(uri: str, reports_dir: Path) -> tuple[str, str | None]:
+    """The URI if its server answers (bounded retry), else a local SQLite store and the reason.
+
+    A scheduled audit must not lose its result to a tracking server that is down: it is
+    logged locally, and ``python -m pipeline push reports/<run_id>`` sends it later.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return uri, None
+    answered, error = _answers(uri, attempts=CONNECT_ATTEMPTS)
+    if answered:
+        return uri, None
+    local = f"sqlite:///{(reports_dir / '.offline' / 'mlflow.db').resolve()}"
+    reason = f"tracking server {uri} unreachable after {CONNECT_ATTEMPTS} attempts ({error})"
+    logger.warning("%s; logging to %s instead", reason, local)
+    (reports_dir / ".offline").mkdir(parents=True, exist_ok=True)
+    preload_store(local)
+    return local, reason
+
+
+def _answers(uri: str, *, attempts: int) -> tuple[bool, str]:
+    """Whether a tracking server answers ``/health`` within ``attempts`` tries (waits 1 s, 2 s, … between
+    them), and the last error when it does not."""
+    import urllib.error
+    import urllib.request
+
+    error = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT) as response:
+                if response.status == 200:
+                    return True, ""
+                error = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as err:
+            error = str(getattr(err, "reason", err))
+        if attempt < attempts - 1:
+            time.sleep(2**attempt)
+    return False, error
+
+
+def preload_store(uri: str) -> None:
+    """For a database store, load MLflow's SQLAlchemy store module (~1.4 s to import) here, with
+    the other libraries, rather than inside the first logging call."""
+    if uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, "Evaluation runs");
+# this value is the one its UI reads for the model-training view (runs, metrics, charts).
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+# Who started a run: a run still RUNNING whose owner is gone was killed (SIGKILL, OOM killer, power loss).
+OWNER_PID, OWNER_HOST, OWNER_START = "pipeline.owner_pid", "pipeline.owner_host", "pipeline.owner_start"
+ORPHANED_FOUND, ORPHANED_REASON = "pipeline.orphaned_found", "pipeline.orphaned_reason"
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None when it is
+    gone or a zombie. With the PID it names one process: a PID reused later has another start time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]  # fields[0] is field 3 (state)
+
+
+def owner_tags() -> dict[str, str]:
+    import os
+    import socket
+
+    pid = os.getpid()
+    return {OWNER_PID: str(pid), OWNER_HOST: socket.gethostname(), OWNER_START: _process_start(pid) or ""}
+
+
+def _owner_gone(tags: dict[str, str], host: str) -> bool:
+    """Whether the run's owner process, on this host, no longer exists (its PID absent or reused)."""
+    if tags.get(OWNER_HOST) != host or not tags.get(OWNER_PID, "").isdigit():
+        return False  # another host's process: we cannot see it
+    start = _process_start(int(tags[OWNER_PID]))
+    return start is None or (bool(tags.get(OWNER_START)) and start != tags[OWNER_START])
+
+
+def mark_orphans(uri: str) -> list:
+    """End as FAILED the RUNNING runs of this store whose owner process, on this host, is gone.
+
+    Each gets the tags ``pipeline.orphaned_found`` (UTC time) and ``pipeline.orphaned_reason``; one log
+    line per dead owner names its runs. Runs owned by another host are left alone. Returns the runs marked.
+    """
+    import socket
+    from datetime import datetime, timezone
+
+    client = MlflowClient(uri)
+    host = socket.gethostname()
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return []
+    running = client.search_runs(exp_ids, f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'",
+                                 max_results=1000)
+    orphans = [r for r in running if _owner_gone(r.data.tags, host)]
+    found = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    by_owner: dict[str, list[str]] = {}
+    for run in orphans:
+        reason = f"owner process {run.data.tags[OWNER_PID]} on {host} is gone"
+        client.set_tag(run.info.run_id, ORPHANED_FOUND, found)
+        client.set_tag(run.info.run_id, ORPHANED_REASON, reason)
+        client.set_terminated(run.info.run_id, "FAILED")
+        by_owner.setdefault(reason, []).append(run.info.run_id)
+    for reason, ids in by_owner.items():
+        logger.warning("mlflow: marked %d orphaned run(s) FAILED (%s): %s", len(ids), reason, ", ".join(ids))
+    return [client.get_run(r.info.run_id) for r in orphans]
+
+
+def stale_runs(uri: str) -> list:
+    """Runs of this store that were marked orphaned (now or earlier), newest first; marks new ones first."""
+    if uri.startswith(("http://", "https://")):
+        answered, error = _answers(uri, attempts=1)
+        if not answered:
+            raise UserError(f"--tracking-uri: {uri} does not answer ({error}); expected a running tracking "
+                            "server, or the store's sqlite:/// URI")
+    mark_orphans(uri)
+    client = MlflowClient(uri)
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return []
+    return client.search_runs(exp_ids, f"tags.`{ORPHANED_FOUND}` LIKE '%'", order_by=["attributes.start_time DESC"],
+                              max_results=1000)
+
+
+@contextmanager
+def _ended_run(**kwargs) -> Iterator[mlflow.ActiveRun]:
+    """Start a run that ends FINISHED, FAILED on an exception, or KILLED on an interrupt."""
+    active = mlflow.start_run(**kwargs)
+    mlflow.set_tags(owner_tags())  # so a later command can tell when this process died without ending it
+    status = "FAILED"
+    try:
+        yield active
+        status = "FINISHED"
+    except (KeyboardInterrupt, Interrupted):
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def experiment_id(uri: str, experiment: str) -> str:
+    """The experiment's id, created (with artifacts next to a SQLite store) when it does not exist."""
+    mlflow.set_tracking_uri(uri)
+    with _sqlite_init_lock(uri):  # two first runs at once would both migrate a new database
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                exp_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment),
+                                                  tags={EXPERIMENT_KIND: MODEL_TRAINING})
+            except MlflowException:  # created meanwhile by a concurrent run
+                found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            exp_id = found.experiment_id
+            if found.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
+    mark_orphans(uri)
+    return exp_id
+
+
+@contextmanager
+def _sqlite_init_lock(uri: str):
+    """An exclusive lock next to a SQLite store while MLflow creates or checks its tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri.removeprefix("sqlite:///")).resolve().with_suffix(".init.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
+
+
+@contextmanager
+def audit_run(uri: str, experiment: str, run_name: str, *, started: float | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The audit's MLflow run. ``started``: when the command started (seconds since the epoch), the run's
+    start time, so that its duration in the UI covers the whole audit: the run itself is created once
+    the trainings, which never talk to MLflow, are under way."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    exp_id = experiment_id(uri, experiment)
+    where = {"experiment_id": exp_id, "run_name": run_name}
+    if started is not None:
+        created = MlflowClient(uri).create_run(exp_id, start_time=int(started * 1000), run_name=run_name,
+                                               tags=resolve_tags())
+        where = {"run_id": created.info.run_id}
+    with _ended_run(**where) as active:
+        logger.info("mlflow: run %s (%s) in experiment '%s' at %s", active.info.run_id, run_name, experiment, uri)
+        yield active
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """For a SQLite store, artifacts go next to the database file, not into the working directory."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (db.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)).as_uri()
+
+
+@contextmanager
+def training_runs(trainings: list[tuple[int, str | None]]) -> Iterator[list[str]]:
+    """Nested runs, one per ``(seed, name)`` training (a seed, or a named what-if remedy), all open at once.
+
+    They are open while the trainings run (in worker processes, which never talk to MLflow), and
+    end together: FINISHED, FAILED on an exception, KILLED on an interrupt.
+    """
+    from mlflow.tracking.context.registry import resolve_tags
+
+    parent = mlflow.active_run()
+    client = MlflowClient()
+    ids: list[str] = []
+    status = "FAILED"
+    try:
+        for seed, name in trainings:
+            run_name = f"{parent.info.run_name}-{name or f'seed{seed}'}"
+            tags = resolve_tags({"mlflow.parentRunId": parent.info.run_id, "seed": str(seed), **owner_tags(),
+                                 **({"remedy": name.removeprefix("remedy-")} if name else {})})
+            ids.append(client.create_run(parent.info.experiment_id, run_name=run_name, tags=tags).info.run_id)
+        yield ids
+        status = "FINISHED"
+    except (KeyboardInterrupt, Interrupted):
+        status = "KILLED"
+        raise
+    finally:
+        for run_id in ids:
+            client.set_terminated(run_id, status)
+
+
+def _log_metrics(run_id: str, values: dict[str, float], step: int = 0, timestamp: int | None = None) -> None:
+    _log_metric_list(run_id, [Metric(k, float(v), timestamp or int(time.time() * 1000), step)
+                              for k, v in values.items() if v is not None and not math.isnan(v)])
+
+
+def _log_metric_list(run_id: str, metrics: list[Metric]) -> None:
+    client = MlflowClient()
+    for start in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + _BATCH], synchronous=True)
+
+
+def _timeline_metrics(outcome: SeedAudit, now: int) -> list[Metric]:
+    """Per-epoch step metrics of one trained model: losses and unit fractions per layer."""
+    steps = []
+    for rec in outcome.train.history if outcome.train else []:
+        values = {"train_loss": rec.train_loss, "val_loss": rec.val_loss, "val_accuracy": rec.val_accuracy}
+        for kind in ("dead", "dormant", "rare"):
+            fractions = getattr(rec, f"{kind}_fraction").values()
+            values.update({vocab.epoch_metric(kind, i): f for i, f in enumerate(fractions, 1)})
+        steps += [Metric(k, float(v), now, rec.epoch) for k, v in values.items()]
+    return steps
+
+
+def log_seed(outcome: SeedAudit) -> None:
+    """A seed's nested run: per-epoch step metrics and its final numbers."""
+    _log_metric_list(outcome.run_id, _timeline_metrics(outcome, int(time.time() * 1000)))
+    _log_metrics(outcome.run_id, outcome.metrics())
+
+
+def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out_dir: Path, *, description: str,
+              extra_tags: dict[str, str] | None = None, written: Callable[[], object] | None = None) -> None:
+    """Everything about the audit, on the parent run, in batches.
+
+    ``model``: the trained network to log and register (``None`` when an existing model was audited).
+    ``written``: waits until the files of ``out_dir`` are written (they are rendered meanwhile).
+    """
+    import pandas as pd
+
+    cfg = doc.config
+    # The model first: MLflow 3 links a logged model to the run's metrics, and reads each one's history.
+    model_info = _log_model(model, encoder.feature_names) if model is not None else None
+    mlflow.log_dict(encoder.to_dict(), "model_inputs/encoder.json")
+    mlflow.log_params(config_mod.flatten(cfg))
+    # Every audit number, and the audited model's training curve as step metrics, in one batch.
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in doc.metrics().items()]
+    metrics += _timeline_metrics(primary, now)
+    _log_metric_list(doc.run_id, metrics)
+
+    for view, rows in doc.groups.items():
+        mlflow.log_table(pd.DataFrame([r.to_json() for r in rows]),
+                         artifact_file=f"fairness/groups_{vocab.artifact_key(view)}.json")
+    # The dataset by reference: name, absolute source path, digest, schema and row count; never its rows.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hints on source resolution and int columns
+        if doc.dataset.streaming:  # never held in memory: source, name and digest (rows in audit.json)
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+
+            dataset = MetaDataset(resolve_dataset_source(table.path), name=table.name, digest=table.sha256[:20])
+        else:
+            dataset = mlflow.data.from_pandas(table.frame, source=str(Path(table.path).resolve()), name=table.name,
+                                              targets=cfg.dataset.target, digest=table.sha256[:20])
+            dataset.__dict__["schema"] = dataset_schema(table.frame)  # fills MLflow's cached_property
+        _log_input(dataset)
+    if written is not None:
+        written()
+    mlflow.log_artifacts(str(out_dir))
+
+    tags = {**_audit_tags(doc), "mlflow.note.content": description}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    tags.update(extra_tags or {})
+    if cfg.tracking.registered_model and model_info is not None:
+        version = register(model_info.model_uri, cfg.tracking.registered_model, doc, cfg.tracking.audited_alias)
+        tags["registered_model"] = f"{cfg.tracking.registered_model}/{version}"
+    mlflow.set_tags(tags)
+
+
+@contextmanager
+def candidate_run(name: str) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one mitigation candidate."""
+    parent = mlflow.active_run()
+    with _ended_run(run_name=f"{parent.info.run_name}-mitigation-{vocab.metric_key(name)}", nested=True,
+                    experiment_id=parent.info.experiment_id) as active:
+        mlflow.set_tag("mitigation.candidate", name)
+        yield active
+
+
+def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[float, float, float]) -> None:
+    """A candidate's nested run: what it is, its numbers with intervals, its findings and verdict, and what
+    reproduces it (``candidate.json`` and ``weights.pt``: torch state_dicts, no pickled code)."""
+    import json
+    import tempfile
+
+    import torch
+
+    ev = audited.evaluation
+    mlflow.log_params({"method": cand.method, "constraint": str(cand.constraint), "strength": str(cand.strength),
+                       "group_aware": str(cand.group_aware)})
+    values = {k: v for k, v in ev.overall.items()}
+    values.update({"accuracy_cost": cost[0], "accuracy_cost_ci_low": cost[1], "accuracy_cost_ci_high": cost[2],
+                   "seconds": cand.seconds})
+    for view, gaps in ev.disparities.items():
+        for name, d in gaps.items():
+            key = vocab.disparity_metric(name, view)
+            values.update({key: d.value, f"{key}_ci_low": d.ci_low, f"{key}_ci_high": d.ci_high})
+    values.update(audited.metrics())
+    _log_metrics(audited.run_id, {k: v for k, v in values.items() if v is not None})
+    mlflow.log_dict({"verdict": verdict, "findings": [f.to_json() for f in findings]}, "findings.json")
+    mlflow.set_tag("verdict", verdict)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(list(cand.state_dicts), f"{tmp}/weights.pt")
+        (Path(tmp) / "candidate.json").write_text(json.dumps(
+            {"name": cand.name, "method": cand.method, "artifact": cand.artifact}, default=float), encoding="utf-8")
+        mlflow.log_artifacts(tmp, "candidate")
+
+
+def register_candidate(result, doc: AuditDocument) -> str:
+    """Log the candidate as a pyfunc model (from code, no pickle) in its run, register it as a new version of
+    the registered model with its verdict, and move the alias only if it passed."""
+    import json
+    import tempfile
+
+    import mlflow.pyfunc
+
+    name, alias = doc.config.tracking.registered_model, doc.config.tracking.audited_alias
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(client.download_artifacts(result.run_id, "candidate", tmp))
+        stored = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
+        stored.update(feature=doc.mitigation.feature, feature_names=_feature_names(doc), config=to_plain(doc.config))
+        (folder / "candidate.json").write_text(json.dumps(stored, default=float), encoding="utf-8")
+        with mlflow.start_run(run_id=result.run_id, nested=True), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(_PACKAGE / "mitigation" / "candidate_model.py"),
+                artifacts={"candidate": str(folder / "candidate.json"), "weights": str(folder / "weights.pt")},
+                code_paths=[str(_PACKAGE)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        version = mlflow.register_model(info.model_uri, name, tags={
+            "verdict": result.verdict, "audit_run_id": doc.run_id, "mitigation.candidate": result.name}).version
+    if result.verdict == "pass":
+        client.set_registered_model_alias(name, alias, version)
+    logger.info("registry: %s version %s is mitigation candidate %s (verdict %s)", name, version, result.name,
+                result.verdict)
+    return str(version)
+
+
+def _feature_names(doc: AuditDocument) -> list[str]:
+    """The encoded input names, in order, of the run's encoder."""
+    from pipeline.data.tables import Encoder
+
+    raw = mlflow.artifacts.load_dict(f"runs:/{doc.run_id}/model_inputs/encoder.json")
+    return Encoder.from_dict(raw).feature_names
+
+
+def _audit_tags(doc: AuditDocument) -> dict[str, str]:
+    return {"verdict": doc.verdict, "dataset": doc.dataset.name, "dataset_sha256": doc.dataset.sha256,
+            "schema_version": str(doc.schema_version), **{f"version.{k}": v for k, v in doc.versions.items()}}
+
+
+def register(model_uri: str, name: str, doc: AuditDocument, alias: str) -> str:
+    """Register the audited model; tag the version with the verdict; move the alias only on a pass."""
+    client = MlflowClient()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        version = mlflow.register_model(model_uri, name, tags={"verdict": doc.verdict,
+                                                              "audit_run_id": doc.run_id}).version
+    if doc.verdict == "pass":
+        client.set_registered_model_alias(name, alias, version)
+        logger.info("registry: %s version %s registered and aliased '%s'", name, version, alias)
+    else:
+        logger.info("registry: %s version %s registered; alias '%s' not moved (verdict %s)", name, version, alias,
+                    doc.verdict)
+    return str(version)
+
+
+def _log_input(dataset, attempts: int = 3) -> None:
+    """log_input, retried when a concurrent run registered the same dataset first.
+
+    MLflow's SQL store checks for the dataset, then inserts it; two runs of the same data at
+    once can both miss it, and the second insert violates the unique key. On retry the
+    dataset exists and is linked.
+    """
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context="training+evaluation")
+            return
+        except MlflowException as err:
+            if "UNIQUE constraint failed: datasets" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def dataset_schema(frame):
+    """MLflow's inferred schema, from one row plus one row per column with missing values.
+
+    Columns read from CSV or Parquet have one type each, so these rows carry every
+    type and every optional flag the full inference would find, without MLflow
+    looking at each of the table's values (0.7 s on Adult).
+    """
+    import pandas as pd
+    from mlflow.types.utils import _infer_schema
+
+    rows = [frame.head(1)] + [frame[frame[c].isna()].head(1) for c in frame.columns if frame[c].isna().any()]
+    return _infer_schema(pd.concat(rows))
+
+
+def preload_model_logging() -> None:
+    """Prepare logging a model while the trainings run, so that logging does not wait for it afterwards:
+    import torch.export's tracer for the 'pt2' format, with torch._dynamo (1 s), and check the model's
+    requirements against the installed packages, as MLflow does when it logs one (it maps every
+    installed package once per process: 0.35 s)."""
+    import torch.export._trace  # noqa: F401
+    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+    warn_dependency_requirement_mismatches(_model_requirements())
+
+
+def _model_requirements() -> list[str]:
+    """The logged model's pip requirements: the torch and MLflow it was trained and logged with."""
+    return [f"torch=={metadata.version('torch').split('+')[0]}", f"mlflow=={metadata.version('mlflow')}"]
+
+
+def _log_model(model, feature_names: list[str]):
+    """The audited network in the 'pt2' graph format (no pickle), with a signature naming its inputs.
+
+    The input example is all zeros (mean numeric values, no category), so no
+    person's row is stored with the model.
+
+    MLflow exports 'pt2' only from a tensor signature, so the model is logged with one and
+    then given the named signature: one float32 column per encoder feature, in input order.
+    ``mlflow.pytorch.load_model`` ignores signatures (the module takes a float32 array);
+    MLflow's pyfunc then expects a DataFrame with these column names.
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import ModelSignature, infer_signature, set_signature
+    from mlflow.types import ColSpec, Schema
+
+    example = np.zeros((2, len(feature_names)), dtype=np.float32)
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    requirements = _model_requirements()
+    tensors = infer_signature(example, output)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns does not apply
+        info = mlflow.pytorch.log_model(model, name="model", signature=tensors, input_example=example,
+                                        serialization_format="pt2", pip_requirements=requirements)
+    named = ModelSignature(inputs=Schema([ColSpec("float", name) for name in feature_names]), outputs=tensors.outputs)
+    set_signature(info.model_uri, named)
+    return info
+
+
+def load_logged_model(model_uri: str, tracking_uri: str):
+    """A model logged by a pipeline run ('pt2' format: torch.export, no pickle), with its encoder.
+
+    Returns the network, the encoder of the run that logged it, and what was audited
+    (URI, registered name and version when the URI names one, source run).
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import get_model_info
+
+    from pipeline.data.tables import Encoder
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        info = get_model_info(model_uri)
+        local = Path(mlflow.artifacts.download_artifacts(model_uri))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            exported = mlflow.pytorch.load_model(str(local))
+        # torch.export's module refuses train()/eval(); a plain GraphModule of the same graph does not.
+        net = torch.fx.GraphModule(exported, exported.graph)
+        archive = local / "data" / "model.pt2"
+        if archive.is_file():  # what a streamed audit sends its workers (such a module does not pickle)
+            net.pt2_archive = archive.read_bytes()
+    except MlflowException as err:
+        raise UserError(f"--model-uri: cannot load '{model_uri}' from {tracking_uri}: {err.message}") from err
+    if info.run_id is None:
+        raise UserError(f"--model-uri: '{model_uri}' has no source run, so its feature encoding is unknown")
+    try:
+        encoder = Encoder.from_dict(mlflow.artifacts.load_dict(f"runs:/{info.run_id}/model_inputs/encoder.json"))
+    except MlflowException as err:
+        raise UserError(f"--model-uri: run {info.run_id} has no model_inputs/encoder.json; was it logged by "
+                        "this pipeline?") from err
+    inputs = info.signature.inputs if info.signature is not None else None
+    if inputs is not None and not inputs.is_tensor_spec() and inputs.input_names() != encoder.feature_names:
+        # Models logged before the signature named its inputs have a tensor signature: nothing to compare.
+        raise UserError(f"--model-uri: the signature of '{model_uri}' names inputs {', '.join(inputs.input_names())}; "
+                        f"its run's model_inputs/encoder.json gives {', '.join(encoder.feature_names)}")
+    audited = {"uri": model_uri, "model_id": getattr(info, "model_id", None), "source_run_id": info.run_id,
+               "name": None, "version": None}
+    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
+        name, _, ref = model_uri.removeprefix("models:/").partition("/")
+        name, _, alias = name.partition("@")
+        client = MlflowClient()
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, ref)
+        audited.update(name=name, version=str(version.version))
+    return net, encoder, audited
+
+
+def package_versions() -> dict[str, str]:
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the pipeline's own source tree, when it is a git checkout."""
+    here = _PACKAGE.resolve()
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+# --- review (sign-off) -----------------------------------------------------------------------------
+
+REVIEW_LOG = "review/log.jsonl"
+
+
+def get_audit_run(run_id: str, tracking_uri: str):
+    """The run with this id, which must be an audit (it has a verdict); UserError otherwise."""
+
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise UserError(f"review: run '{run_id}' not found in {tracking_uri}") from err
+    if "verdict" not in run.data.tags:
+        raise UserError(f"review: run '{run_id}' is not an audit run (it has no 'verdict' tag)")
+    return run
+
+
+def download_audit(run_id: str, tracking_uri: str, into: Path) -> Path:
+    """The run's audit.json, plots and review log (if any) into a local folder."""
+    client = MlflowClient(tracking_uri)
+    names = [a.path for a in client.list_artifacts(run_id) if a.path.endswith((".json", ".png"))]
+    for name in names:
+        client.download_artifacts(run_id, name, str(into))
+    if any(a.path == REVIEW_LOG for a in client.list_artifacts(run_id, "review")):
+        (into / "review").mkdir(exist_ok=True)
+        client.download_artifacts(run_id, REVIEW_LOG, str(into / "review"))  # lands as review/log.jsonl
+    return into
+
+
+# Concurrent reviews of one run are put in order by numbered claims: the param ``review.claim.<n>``.
+# MLflow refuses to change a logged param, atomically (the store's primary key), so exactly one
+# reviewer gets each number; the holder of number n waits until ``review.count`` says n-1 is done.
+REVIEW_CLAIM, REVIEW_COUNT = "review.claim.", "review.count"
+REVIEW_TURN_TIMEOUT = 120.0  # seconds to wait for an earlier reviewer before going ahead without it
+
+
+def review_claims(run) -> dict[int, dict]:
+    """The run's numbered review claims: number -> {decision, by, time, claim}."""
+    import json
+
+    return {int(k.removeprefix(REVIEW_CLAIM)): json.loads(v) for k, v in run.data.params.items()
+            if k.startswith(REVIEW_CLAIM) and k.removeprefix(REVIEW_CLAIM).isdigit()}
+
+
+def claim_review(run_id: str, tracking_uri: str, number: int, claim: dict) -> bool:
+    """Log claim ``number``; False when another reviewer holds it already."""
+    import json
+
+    client = MlflowClient(tracking_uri)
+    value = json.dumps(claim, sort_keys=True)
+    try:
+        client.log_param(run_id, f"{REVIEW_CLAIM}{number}", value)
+    except MlflowException:  # "Changing param values is not allowed": someone else has this number ...
+        held = client.get_run(run_id).data.params.get(f"{REVIEW_CLAIM}{number}")
+        if held is None:  # ... or the write itself failed: say so rather than retry for ever
+            raise
+        return held == value
+    return True
+
+
+def wait_for_review_turn(run_id: str, tracking_uri: str, number: int):
+    """The run once every review with a smaller number has been recorded (or after a timeout)."""
+    client = MlflowClient(tracking_uri)
+    deadline = time.monotonic() + REVIEW_TURN_TIMEOUT
+    while True:
+        run = client.get_run(run_id)
+        done = int(run.data.tags.get(REVIEW_COUNT, "0") or 0)
+        if done >= number - 1:
+            return run
+        if time.monotonic() > deadline:
+            logger.warning("review: claim %d of run %s was never completed within %.0f s; going ahead", done + 1,
+                           run_id, REVIEW_TURN_TIMEOUT)
+            return run
+        time.sleep(0.2)
+
+
+def record_review(run_id: str, tracking_uri: str, entry: ReviewEntry, folder: Path, files: list[Path],
+                  number: int | None = None) -> None:
+    """Tags with the latest decision, the appended review log, and the re-rendered files; then
+    ``review.count`` = ``number``, which lets the next claim go ahead."""
+    client = MlflowClient(tracking_uri)
+    tags = {"review.decision": entry.decision, "review.by": entry.by, "review.time": entry.time,
+            "review.note": entry.note or ""}
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.log_artifact(run_id, str(folder / REVIEW_LOG), "review")
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    if number is not None:
+        client.set_tag(run_id, REVIEW_COUNT, str(number))
+
+
+# --- baseline ----------------------------------------------------------------------------------
+
+
+def find_baseline(spec: str, experiment_id: str) -> AuditDocument | None:
+    """The audit of the baseline: ``last-pass`` (newest passing audit of the experiment) or a run id."""
+    client = MlflowClient()
+    if spec == "last-pass":
+        runs = client.search_runs([experiment_id], "tags.verdict = 'pass' and attributes.status = 'FINISHED' and "
+                                  f"tags.schema_version = '{SCHEMA_VERSION}'",
+                                  order_by=["attributes.start_time DESC"], max_results=20)
+        if not runs:
+            logger.info("baseline: no earlier passing audit in this experiment; nothing to compare")
+            return None
+        run = runs[0]
+    else:
+        try:
+            run = client.get_run(spec)
+        except MlflowException as err:
+            raise UserError(f"--baseline: run '{spec}' not found") from err
+        if run.info.experiment_id != experiment_id:
+            raise UserError(f"--baseline: run '{spec}' is in experiment {run.info.experiment_id}, not in this "
+                            f"audit's experiment {experiment_id}; compare audits of the same experiment")
+    try:
+        raw = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/audit.json")
+    except MlflowException as err:
+        raise UserError(f"--baseline: run '{run.info.run_id}' has no audit.json artifact") from err
+    return AuditDocument.from_json(raw, source=f"--baseline: runs:/{run.info.run_id}/audit.json")
+
+
+# --- push ---------------------------------------------------------------------------------------
+
+
+def log_pushed(doc: AuditDocument, folder: Path, uri: str, *, description: str) -> str:
+    """A new run holding a local audit: what log_audit logs, except the model object."""
+    mlflow.set_tracking_uri(uri)
+    exp_id = experiment_id(uri, doc.config.tracking.experiment)
+    with _ended_run(experiment_id=exp_id, run_name=doc.run_name) as active:
+        run_id = active.info.run_id
+        mlflow.log_params(config_mod.flatten(doc.config))
+        _log_metrics(run_id, doc.metrics())
+        mlflow.log_artifacts(str(folder))
+        mlflow.set_tags({**_audit_tags(doc), "mlflow.note.content": description, "pushed_from_run_id": doc.run_id})
+    return run_id

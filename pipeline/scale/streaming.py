@@ -1,0 +1,584 @@
+"""The audit of an existing model over Parquet shards, as map-reduce: memory flat in the number of rows.
+
+::
+
+    found = stream.shards("big/", source=config_path)
+    evaluation, capacity, counted = audit_shards(found, net=net, cfg=cfg, encoder=encoder,
+                                                 executor=LocalExecutor())  # or RayExecutor(address)
+
+**Map** (:func:`audit_shard`, a top-level function, so it runs as a Ray task): one shard is read in
+batches of at most ``batch_size`` rows with only the columns the audit needs
+(``stream.audit_columns``). Each batch is turned into labels, groups and model inputs exactly as the
+in-memory audit does (``data._roles``: ``target == positive_label`` as text, ``dataset.bins``,
+missing values as the ``(missing)`` group; ``fairness.view_labels`` for each audited view and the
+intersection; ``Encoder.transform``), scored under ``torch.no_grad`` (decisions
+``proba >= audit.decision_threshold``) and added to a :class:`partials.ScorePartial` and a
+:class:`partials.UnitPartial`. A batch is dropped once added: the driver and every worker hold
+one batch plus partials whose size depends on groups, bins and units, never on rows.
+
+**Reduce** (:func:`reduce`): the shard results are added in shard order (integer sums: any other
+order gives the same arrays). :func:`evaluation_from` turns the merged partials into the
+:class:`fairness.Evaluation` that ``fairness.evaluate`` returns for the same rows and scores.
+
+What is exact and what is not (measured errors in ``tests/test_streaming.py``):
+
+- **exact** (equal to ``fairness.evaluate`` on all rows, bit for bit): every group's counts and
+  rates, its status and eligibility (``fairness._table``, with the same disclosure control: the
+  intersections' nesting in their margins is recorded per shard), every disparity and the groups
+  at its ends, overall accuracy, selection rate, base rate, count and balanced accuracy, the
+  list of empty intersections, the unseen-category counts, and dead and rarely-firing units (all
+  integer counts);
+- **to fixed-point resolution**: per-group and overall ECE and Brier (sums of p and p² stored as
+  ``round(p * 2**32)``: error below 1e-9), reliability bins' mean prediction (same), mean |h| of a
+  unit (``round(|h| * 2**24)``, so a unit on the dormancy threshold ``tau`` could in principle be
+  judged otherwise than in one float pass), log loss (per-row loss stored as ``round(l * 2**24)``:
+  error below 3e-8; ``fairness.overall_metrics`` computes it from ``clip(p, 1e-7, 1 - 1e-7)`` and
+  so does this);
+- **approximate, with a stated bound**: ROC AUC (overall and per group) from histograms of 5040
+  fine score bins: a (positive, negative) pair in one bin counts as a tie. ``overall["roc_auc_bound"]``
+  and :func:`group_scores` give the largest possible error, computed from the histogram itself;
+- **a different bootstrap**: intervals come from multinomial resamples of the merged counts and
+  histograms (``uncertainty.bootstrap_counts`` inside ``partials.bootstrap_scores``), not from row
+  resamples: the rate and disparity intervals have the same distribution as the in-memory ones
+  (a row resample of a group *is* a multinomial draw of its cells) but other random numbers; the
+  AUC/ECE/Brier intervals treat each fine bin's rows as sharing its mean score, and the overall
+  AUC interval is stratified by the finest audited view. Same seed, same numbers, for any sharding.
+
+Rows per shard are checked: a shard that yields other than its Parquet metadata's row count raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import disclosure, fairness, uncertainty, vocabulary
+from pipeline.core.config import AuditConfig, Config, DatasetConfig
+from pipeline.core.errors import DataError
+from pipeline.core.units import LayerHealth, layer_health
+from pipeline.core.vocabulary import INTERSECTION_JOIN
+from pipeline.data import shards as stream
+from pipeline.data.tables import MISSING_CATEGORY, Encoder, _roles
+from pipeline.nn.capacity.groups import LayerGroupCapacity, _group_entry
+from pipeline.scale import partials
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.scale.executor import Executor
+
+LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(1e-7) = 16.1): resolution 6e-8
+SCORE_TILE = 64  # rows of a scoring batch are padded to a multiple of this (see padded)
+LOSS_CLIP = 1e-7  # as fairness.overall_metrics clips probabilities for log loss
+MESSAGE_ROWS = "{file}: shard at row {offset} yielded {found} rows; its Parquet metadata says {expected}"
+MESSAGE_MISSING_LABELS = "{file}: column '{target}' has {count} missing labels; expected every row to have one"
+
+
+# --- the network as plain data -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetState:
+    """A :class:`pipeline.nn.model.ReLUMLP` as plain data: its constructor arguments and weights as numpy arrays.
+
+    This is what :func:`net_state` sends to the workers for the pipeline's own network: it pickles
+    without code (dicts, tuples, numpy arrays; a few hundred KB for [64, 32]) and unpickling it
+    cannot run anything. :func:`network` rebuilds the module and loads the weights (``strict``),
+    so a worker scores with exactly the driver's weights.
+    """
+
+    architecture: dict[str, Any]  # ReLUMLP(n_features, hidden_sizes, relu=, dropout=, activation=)
+    state: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Pt2State:
+    """A network logged in MLflow's 'pt2' format, as the bytes of its ``torch.export`` archive.
+
+    Such a module does not pickle; :func:`network` loads the archive with ``torch.export.load``
+    (no pickle) into the same GraphModule ``tracking.load_logged_model`` builds.
+    """
+
+    archive: bytes
+
+
+def net_state(net: nn.Module) -> NetState | Pt2State | nn.Module:
+    """What :func:`audit_shard` receives as ``net_state``: plain data for a ReLUMLP, else the module itself.
+
+    A module of another class (a user's ``--model-module`` network, an MLflow-logged model) is sent
+    as it is: Ray pickles it with cloudpickle, so its class must be importable on the workers
+    (or pickled by value). It is the driver's own object sent to its own workers: nothing is
+    unpickled that the driver did not pickle.
+    """
+    from pipeline.nn.model import ReLUMLP
+
+    if getattr(net, "pt2_archive", None) is not None:  # set by tracking.load_logged_model
+        return Pt2State(net.pt2_archive)
+    if type(net) is not ReLUMLP:
+        return net
+    dropout = getattr(net.dropout, "p", 0.0)
+    arch = {"n_features": net.hidden[0].in_features, "hidden_sizes": tuple(m.out_features for m in net.hidden),
+            "relu": net.relu, "dropout": float(dropout), "activation": "leaky_relu" if net.leaky else "relu"}
+    return NetState(arch, {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()})
+
+
+def network(state: NetState | Pt2State | nn.Module) -> nn.Module:
+    """The module described by ``state`` (see :func:`net_state`), in eval mode."""
+    import torch
+
+    if isinstance(state, Pt2State):
+        import io
+
+        exported = torch.export.load(io.BytesIO(state.archive)).module()
+        return torch.fx.GraphModule(exported, exported.graph).eval()
+    if not isinstance(state, NetState):
+        return state.eval()
+    from pipeline.nn.model import ReLUMLP
+
+    arch = dict(state.architecture)
+    net = ReLUMLP(arch.pop("n_features"), tuple(arch.pop("hidden_sizes")), **arch)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.state.items()}, strict=True)
+    return net.eval()
+
+
+# --- map: one shard -------------------------------------------------------------------------------
+
+
+def padded(x: np.ndarray, tile: int = SCORE_TILE):
+    """``x`` as a float32 tensor with zero rows appended up to a multiple of ``tile`` rows.
+
+    A CPU matrix product (MKL, oneDNN) computes the last few rows of a batch that does not fill
+    its row tile with another kernel, whose float32 sums round differently (seen: 7 of 32,561
+    scores moved by 6e-8 when scored in batches of 3,000 rather than all at once). Padded, every
+    real row sits in a full tile, so a row's score does not depend on how the rows were cut into
+    shards and batches; measured equal, bit for bit, to one pass over all rows
+    (``model.predict_proba``). The padding rows are scored and dropped.
+    """
+    import torch
+
+    rows = len(x)
+    out = np.zeros((-(-rows // tile) * tile, x.shape[1]), dtype=np.float32)
+    out[:rows] = x
+    return torch.from_numpy(out)
+
+
+def _activations(probe, x, rows: int) -> list:
+    """Every ReLU layer's outputs on the first ``rows`` rows of the padded batch ``x``, in one forward pass."""
+    outs: list = []
+    probe.scan(x, lambda _, found: outs.extend(o[:rows] for o in found), batch_size=len(x))
+    return outs
+
+
+def score_rows(net: nn.Module, x: np.ndarray, *, batch_size: int = stream.BATCH_SIZE) -> np.ndarray:
+    """Positive-label probabilities of ``x`` as :func:`audit_shard` computes them (padded batches)."""
+    import torch
+
+    from pipeline.nn.model import positive_probability
+
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            part = x[start:start + batch_size]
+            out.append(positive_probability(net(padded(part)))[:len(part)].numpy().astype(np.float64))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard contributes: partials and counts, plain data whose size does not grow with rows.
+
+    ``scores``/``units`` are None only when ``dataset.missing: drop_rows`` dropped every row.
+    ``nesting``: per intersection view, each of its groups' labels in the intersected columns
+    (``{"sex & race": {"Female & Black": ("Female", "Black")}}``), for disclosure control.
+    ``log_loss``: the rows' log losses, each as ``round(loss * LOSS_SCALE)``, summed (a Python int).
+    """
+
+    path: str
+    offset: int
+    rows_expected: int
+    rows: int  # rows read (== rows_expected, checked)
+    rows_audited: int  # rows scored: ``rows`` less those dropped for missing values (drop_rows)
+    scores: partials.ScorePartial | None
+    units: partials.UnitPartial | None
+    unseen_categories: dict[str, int]
+    nesting: dict[str, dict[str, tuple[str, ...]]]
+    log_loss: int
+    grams: tuple[np.ndarray, ...] = ()  # per ReLU layer, HᵀH of the shard's outputs in float64 (effective ranks)
+
+
+def audited_views(dataset: DatasetConfig) -> dict[str, list[str]]:
+    """Audited view -> its sensitive columns, as ``fairness.evaluate`` builds them (and the intersection)."""
+    return vocabulary.audited_views(dataset.sensitive_features, intersections=dataset.intersections)
+
+
+def audit_shard(shard: stream.Shard, *, net_state: NetState | Pt2State | nn.Module, cfg: Config, encoder: Encoder,
+                batch_size: int = stream.BATCH_SIZE, layers: Sequence[str] | None = None) -> ShardResult:
+    """Score one shard batch by batch and return its partials (usable as a Ray task: plain data in and out).
+
+    Parameters
+    ----------
+    shard
+        The rows to audit (``stream.shards``).
+    net_state
+        The network, from :func:`net_state`.
+    cfg
+        The audit's config: ``dataset`` says how labels, groups and missing values are read,
+        ``audit`` the decision threshold and calibration bins.
+    encoder
+        The encoder the model was trained with (never fitted here).
+    batch_size
+        Rows read, encoded and scored at once.
+    layers
+        Post-ReLU submodule names for a model ``torch.fx`` cannot trace (``ReluProbe(layers=)``).
+
+    Raises
+    ------
+    DataError
+        A missing label, or the shard yielded another number of rows than its metadata says.
+    """
+    import torch
+
+    from pipeline.nn.capacity import ReluProbe
+    from pipeline.nn.model import positive_probability
+
+    ds, audit = cfg.dataset, cfg.audit
+    net = network(net_state)
+    probe = ReluProbe(net, layers=layers)
+    views = audited_views(ds)
+    columns = list(stream.audit_columns(ds, encoder))
+    scores = units = grams = None
+    rows = audited = loss = 0
+    unseen: dict[str, int] = {}
+    nesting: dict[str, dict[str, tuple[str, ...]]] = {v: {} for v, cols in views.items() if len(cols) > 1}
+    for frame in stream.batches(shard, columns=columns, batch_size=batch_size, missing_values=ds.missing_values):
+        rows += len(frame)
+        if ds.missing == "drop_rows":
+            frame = frame[frame.notna().all(axis=1).to_numpy()]
+            if frame.empty:
+                continue
+        missing_labels = int(frame[ds.target].isna().sum())
+        if missing_labels:
+            raise DataError(MESSAGE_MISSING_LABELS.format(file=shard.path, target=ds.target, count=missing_labels))
+        audited += len(frame)
+        _, y, groups = _roles(frame, ds)
+        y = y.astype(np.int64)
+        labels = {v: fairness.view_labels(groups[cols]) for v, cols in views.items()}
+        for v in nesting:
+            pairs = groups[views[v]].drop_duplicates()
+            for fine, parts in zip(fairness.view_labels(pairs), pairs.astype(str).itertuples(index=False)):
+                nesting[v][str(fine)] = tuple(parts)
+        for col, cats in encoder.categorical.items():
+            count = int((~frame[col].astype("string").fillna(MISSING_CATEGORY).isin(cats)).sum())
+            if count:
+                unseen[col] = unseen.get(col, 0) + count
+        x = padded(encoder.transform(frame))
+        with torch.no_grad():
+            proba = positive_probability(net(x), source=shard.path)[:len(frame)].numpy().astype(np.float64)
+        decisions = (proba >= audit.decision_threshold).astype(np.int64)
+        part = partials.score_partial(y, proba, decisions, labels, calibration_bins=audit.calibration_bins)
+        acts = _activations(probe, x, len(frame))
+        unit = partials.unit_partial(acts, labels, layers=probe.layers)
+        h = [a.detach().to("cpu", torch.float64) for a in acts]
+        grams = [(p.T @ p).numpy() for p in h] if grams is None else [g + (p.T @ p).numpy() for g, p in zip(grams, h)]
+        scores = part if scores is None else scores + part
+        units = unit if units is None else units + unit
+        clipped = np.clip(proba, LOSS_CLIP, 1 - LOSS_CLIP)
+        row_loss = -np.where(y == 1, np.log(clipped), np.log1p(-clipped))
+        loss += int(np.rint(row_loss * LOSS_SCALE).astype(np.int64).sum())
+    if rows != shard.rows:
+        raise DataError(MESSAGE_ROWS.format(file=shard.path, offset=shard.offset, found=rows, expected=shard.rows))
+    return ShardResult(shard.path, shard.offset, shard.rows, rows, audited, scores, units, unseen, nesting, loss,
+                       tuple(grams or ()))
+
+
+# --- reduce -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MergedAudit:
+    """The sum of shard results (:func:`reduce`)."""
+
+    scores: partials.ScorePartial
+    units: partials.UnitPartial
+    rows: int
+    rows_audited: int
+    unseen_categories: dict[str, int]
+    nesting: dict[str, dict[str, tuple[str, ...]]]
+    log_loss: int  # fixed point, LOSS_SCALE
+    shards: tuple[tuple[str, int, int], ...] = field(default=())  # (path, offset, rows) of each shard merged
+    # Per layer, HᵀH summed in row order (float64, so the order is fixed: see reduce).
+    grams: tuple[np.ndarray, ...] = ()
+
+
+def reduce(results: Iterable[ShardResult]) -> MergedAudit:
+    """Add shard results, taken in row order: any order of ``results`` gives the same numbers.
+
+    Raises
+    ------
+    ValueError
+        No results, the same shard twice, or no row audited in any shard.
+    """
+    # In row order (offsets are row numbers of the whole dataset): the HᵀH sums are float64, whose
+    # rounding depends on the order of the additions; every other sum is an integer.
+    results = sorted(results, key=lambda r: (r.offset, r.path))
+    if not results:
+        raise ValueError("reduce: expected at least one shard result")
+    ids = [(r.path, r.offset, r.rows_expected) for r in results]
+    if len(set(ids)) != len(ids):
+        raise ValueError("reduce: a shard appears twice among the results")
+    scored = [r for r in results if r.scores is not None]
+    if not scored:
+        raise ValueError("reduce: no shard has an audited row")
+    scores = functools.reduce(partials.merge, [r.scores for r in scored])
+    units = functools.reduce(partials.merge, [r.units for r in scored])
+    unseen: dict[str, int] = {}
+    nesting: dict[str, dict[str, tuple[str, ...]]] = {}
+    for r in results:
+        for col, n in r.unseen_categories.items():
+            unseen[col] = unseen.get(col, 0) + n
+        for v, pairs in r.nesting.items():
+            nesting.setdefault(v, {}).update(pairs)
+    return MergedAudit(scores, units, sum(r.rows for r in results), sum(r.rows_audited for r in results),
+                       dict(sorted(unseen.items())), {v: dict(sorted(p.items())) for v, p in nesting.items()},
+                       sum(r.log_loss for r in results), tuple(ids),
+                       tuple(np.sum([r.grams[i] for r in scored], axis=0) for i in range(len(scored[0].grams))))
+
+
+# --- the evaluation from merged partials ----------------------------------------------------------
+
+
+def group_scores(merged: MergedAudit, view: str) -> pd.DataFrame:
+    """Per group of ``view``: count, ROC AUC with its error bound, ECE and Brier, from the histograms."""
+    found = merged.scores.metrics(view)
+    return pd.DataFrame({"group": list(merged.scores.views[view].groups),
+                         **{k: found[k] for k in ("count", "roc_auc", "roc_auc_bound", "ece", "brier")}})
+
+
+def _overall(merged: MergedAudit, counts: np.ndarray) -> dict[str, float]:
+    """Overall metrics of ``fairness.overall_metrics`` from the total confusion counts and histograms."""
+    tp, fp, tn, fn = (int(c) for c in counts)
+    n = tp + fp + tn + fn
+    rates = uncertainty.rates(counts)
+    both = (tp + fn) > 0 and (tn + fp) > 0
+    scored = merged.scores.overall()
+    return {
+        "accuracy": float(rates["accuracy"]),
+        "balanced_accuracy": float(np.mean([tn / (tn + fp), tp / (tp + fn)])) if both else math.nan,
+        "roc_auc": scored["roc_auc"] if both else math.nan,
+        "log_loss": merged.log_loss / LOSS_SCALE / n,
+        "selection_rate": float(rates["selection_rate"]),
+        "base_rate": (tp + fn) / n if n else math.nan,
+        "count": float(n),
+        "roc_auc_bound": scored["roc_auc_bound"] if both else math.nan,
+    }
+
+
+def _nesting(merged: MergedAudit, views: Mapping[str, list[str]],
+             tables: Mapping[str, uncertainty.CountTable]) -> dict[str, dict[str, np.ndarray]]:
+    """For each intersection, each coarser view's group index of every fine group (``disclosure.coarse_index``)."""
+    out = {}
+    for fine, many in views.items():
+        if len(many) < 2:
+            continue
+        parts = merged.nesting[fine]
+        out[fine] = {}
+        for coarse, few in views.items():
+            if not set(few) < set(many):
+                continue
+            position = {g: i for i, g in enumerate(tables[coarse].groups)}
+            out[fine][coarse] = np.array(
+                [position[INTERSECTION_JOIN.join(parts[g][many.index(c)] for c in few)] for g in tables[fine].groups],
+                dtype=int)
+    return out
+
+
+def _reliability(view: partials.ViewScores, group: int, k: int) -> list[dict]:
+    """``uncertainty.reliability`` of one group from its histogram: rows, mean score, observed rate per bin."""
+    hist, sum_p = view.hist[group], view.sum_p[group]
+    m = hist.shape[-1] // k
+    rows = hist.sum(0).reshape(k, m).sum(1)
+    positives = hist[1].reshape(k, m).sum(1)
+    total_p = sum_p.sum(0).reshape(k, m).sum(1)
+    return [{"bin": b, "rows": int(rows[b]), "mean_predicted": float(total_p[b] / partials.P_SCALE / rows[b]),
+             "observed_rate": float(positives[b] / rows[b])} for b in range(k) if rows[b]]
+
+
+def evaluation_from(merged: MergedAudit, *, audit: AuditConfig, views: Mapping[str, list[str]],
+                    bootstrap: bool = True) -> fairness.Evaluation:
+    """The :class:`fairness.Evaluation` of the merged shards, as ``fairness.evaluate`` builds it for all rows.
+
+    Parameters
+    ----------
+    merged
+        From :func:`reduce`.
+    audit
+        Thresholds, disclosure control and bootstrap settings (``calibration_bins`` must be the
+        one the shards were scored with).
+    views
+        Audited view -> its sensitive columns (:func:`audited_views`).
+    bootstrap
+        Intervals for every rate, disparity and score metric, and the overall accuracy,
+        selection rate and ROC AUC, from ``audit.n_boot`` resamples of the merged partials
+        (seeded by ``audit.bootstrap_seed``). Without it the group tables have exactly the
+        columns of ``fairness.evaluate(..., bootstrap=False)``: counts, rates and statuses only.
+
+    Returns
+    -------
+    fairness.Evaluation
+        ``overall`` also holds ``roc_auc_bound``, the largest possible error of the binned ROC AUC.
+    """
+    if merged.scores.calibration_bins != audit.calibration_bins:
+        raise ValueError(f"the shards were scored with calibration_bins={merged.scores.calibration_bins}; "
+                         f"the audit asks for {audit.calibration_bins}")
+    views = {name: list(cols) for name, cols in views.items()}
+    tables = {name: merged.scores.views[name].counts for name in views}
+    for name in views:
+        if merged.scores.views[name].groups != tables[name].groups:
+            raise ValueError(f"view '{name}': histogram groups and count groups differ")
+    first = next(iter(views))
+    overall = _overall(merged, tables[first].counts.sum(0))
+    withheld = disclosure.suppression(
+        {name: t.counts for name, t in tables.items()}, _nesting(merged, views, tables),
+        suppress_below=audit.suppress_below,
+        avoid={name: t.sizes >= max(audit.min_group_size, audit.suppress_below) for name, t in tables.items()},
+    ).suppressed
+    rng = np.random.default_rng(audit.bootstrap_seed)
+    groups, gaps, samples, empty, bins = {}, {}, {}, {}, {}
+    finest_boot = None
+    for name, cols in views.items():
+        counts, scored = tables[name], merged.scores.views[name]
+        table = fairness._table(counts, audit.min_group_size, audit.suppress_below, withheld=withheld[name])
+        gaps[name] = fairness.disparities(table)
+        if len(cols) > 1:
+            values = [tables[c].groups if c in tables else () for c in cols]
+            present = set(counts.groups)
+            empty[name] = [g for g in (INTERSECTION_JOIN.join(v) for v in itertools.product(*values))
+                           if g not in present]
+        else:
+            shown = set(table.loc[table["status"] != "suppressed", "group"])
+            bins[name] = {g: _reliability(scored, i, audit.calibration_bins)
+                          for i, g in enumerate(counts.groups) if g in shown}
+        if bootstrap:
+            boot = partials.bootstrap_scores(scored, calibration_bins=audit.calibration_bins, n_boot=audit.n_boot,
+                                             rng=rng)
+            table, gaps[name], samples[name] = _with_intervals(table, gaps[name], merged.scores.metrics(name),
+                                                               boot, audit)
+            if finest_boot is None or len(cols) > len(views[finest_boot[0]]):
+                finest_boot = (name, boot)
+        groups[name] = table
+    if bootstrap:
+        overall, samples["overall"] = fairness.overall_count_intervals(overall, tables[first].counts.sum(0),
+                                                                       audit=audit, rng=rng)
+        overall["roc_auc_ci_low"], overall["roc_auc_ci_high"] = (
+            float(v) for v in uncertainty.interval(finest_boot[1]["overall_roc_auc"], audit.ci_level))
+    return fairness.Evaluation(overall=overall, groups=groups, disparities=gaps, samples=samples,
+                               empty_groups=empty, reliability=bins,
+                               ci_level=audit.ci_level if bootstrap else math.nan, views=views)
+
+
+def _with_intervals(table: pd.DataFrame, gaps: dict, found: dict, boot: dict, audit: AuditConfig):
+    """As ``fairness._with_intervals``, from ``partials.bootstrap_scores`` replicates instead of row resamples."""
+    table, gaps, replicates = fairness.count_intervals(table, gaps, boot["counts"], audit.ci_level)
+    for key in ("roc_auc", "ece", "brier"):
+        low, high = uncertainty.interval(boot[key], audit.ci_level)
+        table[key], table[f"{key}_ci_low"], table[f"{key}_ci_high"] = found[key], low, high
+    return table, gaps, replicates
+
+
+# --- capacity -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Unit health of every ReLU layer on the audited rows, and per group of each view (shown groups only).
+
+    ``health`` is what ``capacity.measure_health`` gives on all rows (``SeedAudit.capacity["test"]``),
+    ``groups`` what ``capacity.group_capacity`` gives (``SeedAudit.group_capacity``).
+    """
+
+    health: list[LayerHealth]
+    groups: dict[str, list[LayerGroupCapacity]]
+    ranks: list = field(default_factory=list)  # capacity.ranks.LayerRank per layer, from the merged HᵀH
+
+
+def capacity_from(merged: MergedAudit, *, audit: AuditConfig,
+                  shown: Mapping[str, Sequence[str]] | None = None) -> Capacity:
+    """Dead, dormant and rarely-firing units per layer, and group capacity for the ``shown`` groups of each view."""
+    units = merged.units
+    health = [layer_health(s, tau=audit.dormant_tau, rare_threshold=audit.rare_threshold) for s in units.stats()]
+    by_group: dict[str, list[LayerGroupCapacity]] = {}
+    for view, labels in (shown or {}).items():
+        u = units.views[view]
+        layers = []
+        for li, name in enumerate(units.layers):
+            fired, abs_sum = units.fired[li], units.abs_sum[li] / partials.ABS_SCALE
+            alive_all = fired > 0
+            entries = []
+            for label in labels:
+                if label in u.groups:
+                    g = u.groups.index(label)
+                    rows, g_fired, g_abs = int(u.rows[g]), u.fired[li][g], u.abs_sum[li][g] / partials.ABS_SCALE
+                else:
+                    rows, g_fired, g_abs = 0, np.zeros_like(fired), np.zeros_like(abs_sum)
+                entries.append(_group_entry(name, label, rows, g_fired, g_abs, units.rows - rows,
+                                            fired - g_fired, units.abs_sum[li] / partials.ABS_SCALE - g_abs,
+                                            alive_all, tau=audit.dormant_tau))
+            layers.append(LayerGroupCapacity(layer=name, units=len(fired), rows=units.rows,
+                                             alive=int(alive_all.sum()), tau=audit.dormant_tau, groups=tuple(entries)))
+        by_group[view] = layers
+    import torch
+
+    from pipeline.nn.capacity.ranks import LayerRank, _gram_singular_values, erank, srank
+
+    ranks = []
+    for name, gram in zip(units.layers, merged.grams):
+        sigma = _gram_singular_values(torch.from_numpy(gram), rows=merged.rows_audited)
+        ranks.append(LayerRank(layer=name, units=gram.shape[0], rows=merged.rows_audited, erank=erank(sigma),
+                               srank=srank(sigma, delta=audit.srank_delta), delta=audit.srank_delta))
+    return Capacity(health, by_group, ranks)
+
+
+# --- the whole audit ----------------------------------------------------------------------------
+
+
+def audit_shards(shards: Sequence[stream.Shard], *, net: nn.Module, cfg: Config, encoder: Encoder,
+                 executor: Executor, batch_size: int = stream.BATCH_SIZE, source: str = "--data",
+                 layers: Sequence[str] | None = None, bootstrap: bool = True,
+                 ) -> tuple[fairness.Evaluation, Capacity, dict[str, Any]]:
+    """Audit an existing model on every row of ``shards``: map :func:`audit_shard`, :func:`reduce`, evaluate.
+
+    Every file's schema is checked first (``stream.check_schemas``: a missing or mistyped column
+    is a :class:`DataError` naming the file and the column, before any row is read) and the model
+    is probed for its ReLUs on the driver, so neither error costs a task.
+
+    Returns
+    -------
+    tuple
+        The :class:`fairness.Evaluation`, the :class:`Capacity` (group capacity for the groups
+        each view publishes) and what was counted: ``{"shards": ..., "rows": ..., "rows_audited": ...,
+        "unseen_categories": {column: rows}}``.
+    """
+    from pipeline.nn.capacity import ReluProbe
+
+    shards = list(shards)
+    stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, encoder), source=source)
+    ReluProbe(net, layers=layers)  # an untraceable model fails here, not in every task
+    task = functools.partial(audit_shard, net_state=net_state(net), cfg=cfg, encoder=encoder, batch_size=batch_size,
+                             layers=layers)
+    merged = reduce(executor.map(task, shards))
+    views = audited_views(cfg.dataset)
+    evaluation = evaluation_from(merged, audit=cfg.audit, views=views, bootstrap=bootstrap)
+    shown = {v: evaluation.groups[v].loc[evaluation.groups[v]["status"] != "suppressed", "group"].tolist()
+             for v in views}
+    counted = {"shards": len(shards), "rows": merged.rows, "rows_audited": merged.rows_audited,
+               "unseen_categories": merged.unseen_categories,
+               "partial_bytes": merged.scores.nbytes + merged.units.nbytes + sum(g.nbytes for g in merged.grams)}
+    return evaluation, capacity_from(merged, audit=cfg.audit, shown=shown), counted
