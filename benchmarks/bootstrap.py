@@ -5,7 +5,7 @@
 Predictions are the audited model's on the Adult test split, built as the pipeline builds them:
 configs/adult.yaml, data.load, data.split, then the real default training of the first seed
 (training.train with the config's training settings, early stopping included) and
-model.predict_proba.
+scoring.predict_proba.
 
 Reference: fairlearn's MetricFrame with seven metrics by sex and n_boot=100; its bootstrap part
 (the same MetricFrame with and without n_boot) is extrapolated x10 to 1,000 resamples.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from any directory, like the pi
 
 from pipeline.core import config, fairness, uncertainty
 from pipeline.data import tables as data
-from pipeline.nn import model, training
+from pipeline.nn import scoring, training
 
 N_BOOT = 1000
 REFERENCE_BOOT = 100
@@ -60,7 +60,7 @@ def predictions():
     result = training.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
                             audit_cfg=cfg.audit, seed=cfg.training.seeds[0])
     seconds = time.perf_counter() - start
-    proba = model.predict_proba(result.model, split.x_test)
+    proba = scoring.predict_proba(result.model, split.x_test)
     print(f"model: real default training (not shortened) of seed {cfg.training.seeds[0]} from configs/adult.yaml, "
           f"{len(result.history)} epochs in {seconds:.1f} s; {len(split.y_test):,} test rows")
     return cfg, split.y_test, proba, split.s_test

@@ -125,9 +125,9 @@ def test_functional_form_dead_counts_exact(form):
 def test_stats_fired_counts_match_numpy_and_accumulate_over_batches(model):
     probe = capacity.ReluProbe(model)
     fired1, fired2 = _numpy_fired(X.numpy())
-    # batch_size 7 does not divide 50 rows: 8 batches, the last one of 1 row.
-    for batch_size in (7, 1, 50, 8192):
-        s1, s2 = probe.stats(X, batch_size=batch_size)
+    # Blocks of 7 do not divide 50 rows: 8 blocks, the last one holding 1 row (padded).
+    for block in (7, 1, 50, 8192):
+        s1, s2 = probe.stats(X, block=block)
         assert s1.rows == s2.rows == N_ROWS
         np.testing.assert_array_equal(s1.fired, fired1)
         np.testing.assert_array_equal(s2.fired, fired2)
@@ -145,7 +145,7 @@ def test_reduce_sums_per_batch_results_over_uneven_batches():
 
     h1 = np.maximum(0, X.double().numpy() @ np.array(W1).T + np.array(B1))
     h2 = np.maximum(0, h1 @ np.array(W2).T + np.array(B2))
-    totals = probe.reduce(X, column_sums, batch_size=7)  # 8 batches, the last one of 1 row
+    totals = probe.reduce(X, column_sums, block=7)  # 8 blocks, the last one holding 1 row
     assert starts == [0, 7, 14, 21, 28, 35, 42, 49]
     for total, h in zip(totals, (h1, h2), strict=True):
         np.testing.assert_allclose(total.numpy(), h.sum(0), rtol=1e-6)
@@ -256,7 +256,7 @@ def _dormant_model(form: str) -> nn.Module:
 @pytest.mark.parametrize("form", ["module", "functional"])
 def test_dormancy_stats_and_scores_by_hand(form):
     probe = capacity.ReluProbe(_dormant_model(form))
-    (stats,) = probe.stats(X_SCALAR, batch_size=3)  # batches of 3, 3, 2 rows
+    (stats,) = probe.stats(X_SCALAR, block=3)  # blocks of 3, 3, 2 rows
     np.testing.assert_array_equal(stats.fired, [0, 1, 8, 8, 8])
     np.testing.assert_allclose(stats.mean_abs, EXPECTED_MEAN_ABS, rtol=0, atol=1e-12)
     np.testing.assert_allclose(capacity.dormancy_scores(stats), EXPECTED_MEAN_ABS, rtol=0, atol=1e-12)
@@ -383,8 +383,8 @@ def test_relumlp_with_dropout_is_probed_in_eval_mode():
     model.load_state_dict(weights)
     model.train()
     probe = capacity.ReluProbe(model)
-    first = probe.stats(x, batch_size=64)
-    second = probe.stats(x, batch_size=64)
+    first = probe.stats(x, block=64)
+    second = probe.stats(x, block=64)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a.fired, b.fired)
     # Layer 2 must see the undropped layer-1 output: compare both layers with numpy.

@@ -62,7 +62,8 @@ def test_rare_construction_fires_as_designed():
 ])
 def test_rarely_firing_units_by_construction(threshold, rare, rare_units):
     probe = capacity.ReluProbe(_rare_model())
-    (health,) = capacity.measure_health(probe, X_200, tau=0.1, rare_threshold=threshold, batch_size=64)
+    (health,) = capacity.measure_health(probe, X_200, tau=0.1, rare_threshold=threshold,
+                                         slots=np.arange(200) * 128)  # 64 rows a block
     assert (health.layer, health.units, health.rows) == ("1", 5, 200)
     assert (health.dead, health.dormant, health.rare) == (1, 4, rare)
     assert health.counts() == {"dead": 1, "dead_fraction": 0.2, "dormant": 4, "dormant_fraction": 0.8,
@@ -175,7 +176,8 @@ def test_layer_ranks_match_numpy_svd_of_the_layer():
     sigma = np.linalg.svd(h, compute_uv=False)
     p = sigma[sigma > 1e-9 * sigma[0]] / sigma.sum()
 
-    (rank,) = capacity.measure_ranks(capacity.ReluProbe(model), x, delta=1e-6, batch_size=64)
+    (rank,) = capacity.measure_ranks(capacity.ReluProbe(model), x, delta=1e-6,
+                                     slots=np.arange(len(x)) * 128)  # 64 rows a block
     assert (rank.layer, rank.units, rank.rows, rank.srank) == ("1", 6, 500, 3)
     assert rank.erank == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-6)
 
@@ -253,7 +255,8 @@ def test_group_construction_fires_as_designed():
 def test_units_lost_to_one_group_by_construction(form):
     probe, layer_name = _group_probe(form)
     x, labels = _group_inputs()
-    (layer,) = capacity.group_capacity(probe, x, labels, tau=0.1, batch_size=7)
+    (layer,) = capacity.group_capacity(probe, x, labels, tau=0.1,
+                                       slots=np.arange(len(x)) * 1171)  # 7 rows a block
     assert (layer.layer, layer.units, layer.rows, layer.alive) == (layer_name, 11, N_A + N_B, 9)
     a, b = layer.group("A"), layer.group("B")
     assert [g.group for g in layer.groups] == ["A", "B"]
@@ -571,7 +574,7 @@ def test_named_layers_of_an_untraceable_model_count_dead_units():
     assert probe.layers == ["act", "block.1"] and not probe.traced
     layers = capacity.measure_health(probe, X_POS, tau=0.0)
     assert [(c.layer, c.units, c.dead) for c in layers] == [("act", 5, 2), ("block.1", 4, 2)]
-    stats = probe.stats(X_POS, batch_size=7)
+    stats = probe.stats(X_POS, block=7)
     np.testing.assert_array_equal(stats[0].fired, (h1 > 0).sum(0))
     np.testing.assert_allclose(stats[1].mean_abs, h2.mean(0), rtol=1e-5)
     assert model.training and model.block.training  # modes restored

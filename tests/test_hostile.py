@@ -18,7 +18,7 @@ from torch import nn
 from pipeline.core import config
 from pipeline.core.errors import UserError
 from pipeline.data import tables as data
-from pipeline.nn import model
+from pipeline.nn import model, scoring
 
 GERMAN = ROOT / "data/german.csv.gz"
 
@@ -244,7 +244,7 @@ def test_ordinary_output_shapes_give_the_same_probabilities(make):
     net = _Out(make)
     expected = torch.sigmoid(net.linear(torch.from_numpy(X))[:, 0]).detach().numpy()
     model.check_inputs(net, X, source="m:f")
-    np.testing.assert_allclose(model.predict_proba(net, X), expected, rtol=1e-6)
+    np.testing.assert_allclose(scoring.predict_proba(net, X), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(("make", "shape"), [(lambda z: z[:, None].repeat(1, 3), (2, 3)),
@@ -252,4 +252,4 @@ def test_ordinary_output_shapes_give_the_same_probabilities(make):
 def test_other_output_shapes_are_named(make, shape):
     with pytest.raises(UserError) as err:
         model.check_inputs(_Out(make), X, source="m:f")
-    assert str(err.value) == model.MESSAGE_OUTPUT_SHAPE.format(source="m:f", shape=shape, rows=2)
+    assert str(err.value) == scoring.MESSAGE_OUTPUT_SHAPE.format(source="m:f", shape=shape, rows=2)

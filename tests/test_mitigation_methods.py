@@ -23,7 +23,7 @@ from pipeline.core.errors import UserError
 from pipeline.data import tables as data
 from pipeline.mitigation import candidates as mitigation
 from pipeline.mitigation.candidates import ReLUNetClassifier
-from pipeline.nn import model, training
+from pipeline.nn import model, scoring, training
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
@@ -83,7 +83,7 @@ def test_threshold_optimizer_brings_sex_dpd_under_003_as_fairlearn_measures_it(a
     table = fairness.group_table(split.y_test.astype(int), cand.decisions, split.s_test[["sex"]],
                                  min_group_size=cfg.audit.min_group_size)
     assert fairness.disparities(table)["demographic_parity_difference"].value == pytest.approx(dpd, abs=1e-12)
-    unmitigated = (model.predict_proba(base, split.x_test) >= 0.5).astype(int)
+    unmitigated = (scoring.predict_proba(base, split.x_test) >= 0.5).astype(int)
     assert demographic_parity_difference(split.y_test, unmitigated, sensitive_features=_groups(split)) > 0.10
     assert dpd < 0.03
 
@@ -152,7 +152,7 @@ def test_exponentiated_gradient_candidate_is_a_mixture_of_networks(adult, built)
     assert weights == sorted(weights, reverse=True) and sum(weights) == pytest.approx(1.0)
     np.testing.assert_array_equal(cand.decisions, mitigation.randomized_decisions(cand.scores, SEED))
     dpd = demographic_parity_difference(split.y_test, cand.decisions, sensitive_features=_groups(split))
-    unmitigated = (model.predict_proba(cand.networks[0], split.x_test) >= 0.5).astype(int)
+    unmitigated = (scoring.predict_proba(cand.networks[0], split.x_test) >= 0.5).astype(int)
     assert dpd < 0.08 and dpd < demographic_parity_difference(split.y_test, unmitigated,
                                                               sensitive_features=_groups(split))
 
@@ -242,7 +242,7 @@ def test_penalty_lowers_the_training_demographic_parity_difference(adult, built)
     g = _groups(split, "train")
 
     def dpd(net):
-        decided = (model.predict_proba(net, split.x_train) >= 0.5).astype(int)
+        decided = (scoring.predict_proba(net, split.x_train) >= 0.5).astype(int)
         return demographic_parity_difference(split.y_train, decided, sensitive_features=g)
 
     assert not penalized.group_aware
@@ -293,7 +293,6 @@ def test_build_candidates_refuses_bad_choices(adult, kwargs, message):
 
 def test_candidates_built_in_forked_processes_equal_those_built_here(adult):
     """The same candidates, in the same order, with the same decisions and weights, from two forked workers."""
-    from pipeline.nn import model
     from pipeline.scale import executor
 
     cfg, _, split, base = adult

@@ -299,7 +299,7 @@ def test_unit_partials_merge_to_the_single_pass_probe_stats():
     labels = {"g": group}
     single = probe.stats(x)
     acts: list[np.ndarray] = []
-    probe.scan(x, lambda start, outs: acts.append([o.numpy() for o in outs]), batch_size=5000)
+    probe.scan(x, lambda start, outs: acts.append([o.numpy() for o in outs]), block=5000)
     acts = acts[0]
     for parts in (1, 2, 7):
         pieces = [unit_partial([a[s] for a in acts], {"g": group[s]}, layers=probe.layers)
@@ -324,7 +324,7 @@ def test_unit_partials_merge_to_the_single_pass_probe_stats():
                 assert m.rows == t.rows and np.array_equal(m.fired, t.fired)
                 assert np.allclose(m.mean_abs, t.mean_abs, rtol=1e-6, atol=1e-6)
     # The probe helper (one partial per batch, merged) gives the same arrays.
-    via_probe = partials.probe_unit_partial(probe, x, labels, batch_size=700)
+    via_probe = partials.probe_unit_partial(probe, x, labels, slots=np.arange(len(x)) * 12)  # 682 rows a block
     assert all(np.array_equal(a, b) for a, b in zip(via_probe.abs_sum, merged.abs_sum))
     assert all(np.array_equal(a, b) for a, b in zip(via_probe.views["g"].fired, merged.views["g"].fired))
     assert via_probe.nbytes == merged.nbytes == partials.probe_unit_partial(probe, x[:1000], {"g": group[:1000]}).nbytes

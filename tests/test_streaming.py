@@ -1,4 +1,4 @@
-"""pipeline/streaming.py: the sharded audit equals the in-memory audit on the same rows (Adult as Parquet shards)."""
+"""pipeline/scale/streaming.py: the sharded audit equals the in-memory audit on the same rows (Adult as Parquet shards)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pipeline.core import config, fairness, uncertainty
 from pipeline.core.errors import DataError
 from pipeline.data import tables as data
 from pipeline.data.shards import shards
-from pipeline.nn import capacity, model
+from pipeline.nn import capacity, model, scoring
 from pipeline.scale import streaming
 from pipeline.scale.executor import LocalExecutor
 
@@ -86,11 +86,11 @@ def adult(tmp_path_factory) -> Adult:
         pq.write_table(pa.Table.from_pandas(raw.iloc[a:b], preserve_index=False), folder / f"part-{i}.parquet",
                        row_group_size=ROW_GROUP)
     pq.write_table(pa.Table.from_pandas(raw, preserve_index=False), single, row_group_size=ROW_GROUP)
-    # The in-memory audit of every row (runner.audit): data.load, encode_all, predict_proba.
+    # The in-memory audit of every row (runner.audit): data.load, encode_all, predict_proba at the rows' numbers.
     whole = data.load(dataclasses.replace(cfg.dataset, path=str(single)), source="adult.yaml")
     rows = data.encode_all(whole, cfg, split.encoder, source="adult.yaml")
     return Adult(cfg, split.encoder, net, folder, single, rows.x, rows.y.astype(int), rows.s,
-                 model.predict_proba(net, rows.x), rows.unseen_categories)
+                 scoring.predict_proba(net, rows.x, slots=rows.rows), rows.unseen_categories)
 
 
 def _with_audit(cfg: config.Config, **changes) -> config.Config:
@@ -115,9 +115,13 @@ def _same_float(a: float, b: float) -> bool:
                          ids=["default", "complementary-suppression"])
 def test_sharded_audit_equals_the_in_memory_audit(adult, audit_changes):
     a, cfg = adult, _with_audit(adult.cfg, **audit_changes)
-    # The same scores: streaming's padded batches of 3,000 (or 1,000) score every row as one pass over all rows.
-    assert np.array_equal(streaming.score_rows(a.net, a.x, batch_size=BATCH), a.proba)
-    assert np.array_equal(streaming.score_rows(a.net, a.x, batch_size=1_000), a.proba)
+    # Scores: streaming and the in-memory audit score through one function (nn.scoring), each row at its
+    # slot in fixed-shape blocks, so they agree by construction, on any CPU: the rows cut as streaming cuts
+    # them (batches of 3,000, shards at other offsets) get the one-call scores.
+    slots = np.arange(len(a.x))
+    cuts = [0, 1, 4_097, 7_000, 21_000, len(a.x)]
+    pieces = [scoring.predict_proba(a.net, a.x[i:j], slots=slots[i:j]) for i, j in zip(cuts[:-1], cuts[1:])]
+    assert np.array_equal(np.concatenate(pieces), a.proba)
     memory = fairness.evaluate(a.y, a.proba, a.s, audit=cfg.audit, intersections=True, bootstrap=False)
     if audit_changes:  # the case is meant to withhold more than the small groups
         assert (memory.groups["sex & race"]["status"] == "suppressed").sum() > \
@@ -344,7 +348,8 @@ PEAK = textwrap.dedent("""
         from pipeline.scale import streaming
         table = data.load(dataclasses.replace(cfg.dataset, path=path), source="test")
         audited = data.encode_all(table, cfg, encoder, source="test")
-        proba = model.predict_proba(streaming.network(state), audited.x)
+        from pipeline.nn import scoring
+        proba = scoring.predict_proba(streaming.network(state), audited.x, slots=audited.rows)
         ev = fairness.evaluate(audited.y, proba, audited.s, audit=cfg.audit, intersections=True, bootstrap=False)
         rows = len(proba)
     seconds = time.perf_counter() - started

@@ -238,7 +238,8 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         timer.lap("imports")
 
         def audited(run_id: str):
-            seed = _evaluate_model(net, cfg, rows.x, rows.y, rows.s, timer, probe=probe, run_id=run_id, x_train=None)
+            seed = _evaluate_model(net, cfg, rows.x, rows.y, rows.s, timer, probe=probe, run_id=run_id, x_train=None,
+                                  slots=rows.rows)
             return [seed], (), model_info, None
 
         from pipeline.record import outputs
@@ -440,38 +441,39 @@ def _logged(trainings: list[_Training], pending, timer: StageTimer) -> list:
 
 
 def _evaluate_model(net, cfg, x, y, s, timer: StageTimer, *, x_train, full: bool = True, probe=None,
-                    seed: int | None = None, run_id: str, train=None, scores=None, decisions=None):
+                    seed: int | None = None, run_id: str, train=None, scores=None, decisions=None, slots=None):
     """Fairness and capacity of one model on rows ``x`` (and dead units on training rows, when trained here).
 
     ``full``: bootstrap intervals, effective ranks and group-conditional capacity; for the
     audited model. The other seeds only need the point numbers that show the seed spread.
     ``probe``: a ``capacity.ReluProbe`` already built (and so checked) for ``net``.
     ``scores``/``decisions``: a mitigation candidate's, when they are not the network's own.
+    ``slots``: the rows' numbers in the data (``nn.scoring``): a streamed audit of the same rows scores them alike.
     """
     import torch
 
     from pipeline.core import fairness
     from pipeline.core.document import SeedAudit
-    from pipeline.nn import capacity, model
+    from pipeline.nn import capacity, scoring
 
-    scores = model.predict_proba(net, x) if scores is None else scores
+    scores = scoring.predict_proba(net, x, slots=slots) if scores is None else scores
     evaluation = fairness.evaluate(y, scores, s, audit=cfg.audit, intersections=cfg.dataset.intersections,
                                    bootstrap=full, decisions=decisions)
     timer.lap("evaluation")
     probe = probe or capacity.ReluProbe(net)
     health = {"tau": cfg.audit.dormant_tau, "rare_threshold": cfg.audit.rare_threshold}
     rows = torch.from_numpy(x)
-    measured = {"test": capacity.measure_health(probe, rows, **health)}
+    measured = {"test": capacity.measure_health(probe, rows, slots=slots, **health)}
     if x_train is not None:
         measured = {"train": capacity.measure_health(probe, torch.from_numpy(x_train), **health), **measured}
     ranks, by_group = [], {}
     if full:
-        ranks = capacity.measure_ranks(probe, rows, delta=cfg.audit.srank_delta)
+        ranks = capacity.measure_ranks(probe, rows, delta=cfg.audit.srank_delta, slots=slots)
         for view, columns in evaluation.views.items():
             table = evaluation.groups[view]
             shown = table.loc[table["status"] != "suppressed", "group"].tolist()
             by_group[view] = capacity.group_capacity(probe, rows, fairness.view_labels(s[columns]), labels=shown,
-                                                     tau=cfg.audit.dormant_tau)
+                                                     tau=cfg.audit.dormant_tau, slots=slots)
     timer.lap("dead_units")
     return SeedAudit(seed=seed, run_id=run_id, evaluation=evaluation, capacity=measured, ranks=ranks,
                      group_capacity=by_group, train=train)
@@ -483,7 +485,7 @@ def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict, *, exec
 
     from pipeline.core import decision, document, policy
     from pipeline.mitigation import candidates as mitigation
-    from pipeline.nn import model
+    from pipeline.nn import scoring
     from pipeline.record import tracking
 
     started = time.perf_counter()
@@ -496,7 +498,7 @@ def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict, *, exec
         validation_fraction=m.validation_fraction, eg_max_iter=m.reductions_max_iter, eg_eps=m.reductions_eps,
         epochs=m.epochs, skipped=skipped, executor=executor)
     timer.lap("mitigation")
-    base = (model.predict_proba(primary.train.model, split.x_test) >= cfg.audit.decision_threshold).astype(int)
+    base = (scoring.predict_proba(primary.train.model, split.x_test) >= cfg.audit.decision_threshold).astype(int)
     cost = {"n_boot": cfg.audit.n_boot, "level": cfg.audit.ci_level, "seed": cfg.audit.bootstrap_seed}
     results = [document.CandidateResult.of(None, primary, findings, verdict, (0.0, 0.0, 0.0), feature)]
     for cand in candidates:

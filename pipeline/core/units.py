@@ -130,7 +130,7 @@ def layer_health(stats: ActivationStats, *, tau: float,
 
 def measure_health(probe: ReluProbe, x: torch.Tensor, *, tau: float,
                    rare_threshold: float = DEFAULT_RARE_THRESHOLD,
-                   batch_size: int = 8192) -> list[LayerHealth]:
+                   slots: np.ndarray | None = None) -> list[LayerHealth]:
     """Dead, tau-dormant and rarely-firing units of every ReLU layer on the rows of ``x``.
 
     Parameters
@@ -143,12 +143,13 @@ def measure_health(probe: ReluProbe, x: torch.Tensor, *, tau: float,
         Dormancy threshold (see :func:`unit_states`).
     rare_threshold
         Fraction of rows below which a unit fires rarely.
-    batch_size
-        Rows per forward pass.
+    slots
+        Each row's number in the data, which fixes where it sits in the forward passes
+        (:func:`pipeline.nn.scoring.blocks`; default ``0, 1, ...``).
 
     Returns
     -------
     list[LayerHealth]
         One per layer, in probe order.
     """
-    return [layer_health(s, tau=tau, rare_threshold=rare_threshold) for s in probe.stats(x, batch_size=batch_size)]
+    return [layer_health(s, tau=tau, rare_threshold=rare_threshold) for s in probe.stats(x, slots=slots)]

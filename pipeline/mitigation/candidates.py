@@ -45,7 +45,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipeline.core.config import AuditConfig, Config, ModelConfig, TrainingConfig
 from pipeline.core.errors import UserError
-from pipeline.nn import model, training
+from pipeline.nn import model, scoring, training
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class ReLUNetClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
-        positive = model.predict_proba(self.network_, np.ascontiguousarray(X, dtype=np.float32))
+        positive = scoring.predict_proba(self.network_, np.ascontiguousarray(X, dtype=np.float32))
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X) -> np.ndarray:
@@ -284,7 +284,7 @@ def mixture_probability(members: list[dict], networks: Sequence[torch.nn.Module]
     probability = np.zeros(len(x), dtype=np.float64)
     for member in members:
         if "network" in member:
-            says = model.predict_proba(networks[member["network"]], x) >= MEMBER_THRESHOLD
+            says = scoring.predict_proba(networks[member["network"]], x) >= MEMBER_THRESHOLD
         else:
             says = np.full(len(x), bool(member["constant"]))
         probability += member["weight"] * says
@@ -455,7 +455,7 @@ def _trained(split, g_train, method, constraint, strength, cfg, train_cfg, seed)
         extra = {"groups": codes, "penalty": fairness_penalty(constraint, strength)}
     network = training.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=train_cfg,
                              audit_cfg=cfg.audit, seed=seed, **extra).model
-    scores = model.predict_proba(network, split.x_test)
+    scores = scoring.predict_proba(network, split.x_test)
     threshold = cfg.audit.decision_threshold
     return scores, (scores >= threshold).astype(int), [network], {"rule": "threshold", "threshold": threshold}
 
@@ -498,7 +498,7 @@ def predict_stored(artifact: dict, state_dicts: list, x: np.ndarray, groups: np.
         networks.append(network.eval())
     rule = artifact["rule"]
     if rule == "threshold":
-        return (model.predict_proba(networks[0], x) >= artifact["threshold"]).astype(int)
+        return (scoring.predict_proba(networks[0], x) >= artifact["threshold"]).astype(int)
     if rule == "randomized_mixture":
         return randomized_decisions(mixture_probability(artifact["members"], networks, x), artifact["random_state"])
     feature = artifact["feature"]
@@ -509,5 +509,5 @@ def predict_stored(artifact: dict, state_dicts: list, x: np.ndarray, groups: np.
     if unseen:
         raise UserError(_MSG_UNSEEN_GROUP.format(name=name, feature=feature, unseen=", ".join(unseen),
                                                  known=", ".join(artifact["groups"])))
-    probability = interpolated_probability(artifact["groups"], model.predict_proba(networks[0], x), groups)
+    probability = interpolated_probability(artifact["groups"], scoring.predict_proba(networks[0], x), groups)
     return randomized_decisions(probability, artifact["random_state"])

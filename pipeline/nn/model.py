@@ -1,11 +1,10 @@
 """Model stage: the ReLU MLP the pipeline trains, and a user's own model loaded for an audit.
 
 - :class:`ReLUMLP` and :func:`build` (from ``ModelConfig``, with He init when asked);
-- :func:`predict_proba`: positive-label probabilities;
 - :func:`load_from_module` and :func:`check_inputs`: a user's model and state_dict, checked
   against the encoded data.
 
-The training loop is in :mod:`pipeline.nn.training`.
+The training loop is in :mod:`pipeline.nn.training`; rows are scored by :mod:`pipeline.nn.scoring`.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.config import ModelConfig
+from pipeline.nn.scoring import MESSAGE_OUTPUT_SHAPE, positive_probability
 
 
 class ReLUMLP(nn.Module):
@@ -72,37 +72,6 @@ def build(n_features: int, cfg: ModelConfig) -> ReLUMLP:
             nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
             nn.init.zeros_(linear.bias)
     return model
-
-
-MESSAGE_OUTPUT_SHAPE = ("{source}: the model returned output of shape {shape} for {rows} rows; expected logits of "
-                        "shape (N,) or (N, 1) (one logit per row, the positive label's) or (N, 2) (two class logits, "
-                        "class 1 the positive label)")
-
-
-def positive_probability(out: torch.Tensor, *, source: str = "model") -> torch.Tensor:
-    """The positive label's probability from a model's logits: sigmoid of (N,) or (N, 1), softmax column 1 of (N, 2).
-
-    (N, 2) outputs are read as logits, never as probabilities: softmax of probabilities would
-    squash them towards 0.5 without changing their order, so a model returning probabilities
-    must return their logits instead (or one logit per row).
-    """
-    from pipeline.core.errors import UserError
-
-    if out.ndim == 1:
-        return torch.sigmoid(out)
-    if out.ndim == 2 and out.shape[1] == 1:
-        return torch.sigmoid(out[:, 0])
-    if out.ndim == 2 and out.shape[1] == 2:
-        return torch.softmax(out, dim=1)[:, 1]
-    rows = out.shape[0] if out.ndim else 0
-    raise UserError(MESSAGE_OUTPUT_SHAPE.format(source=source, shape=tuple(out.shape), rows=rows))
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Probability of the positive label for each row (see :func:`positive_probability` for the output shapes)."""
-    model.eval()
-    return positive_probability(model(torch.from_numpy(x))).numpy().astype(np.float64)
 
 
 def load_from_module(spec: str, state_dict_path) -> tuple[nn.Module, dict]:

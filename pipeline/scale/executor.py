@@ -37,6 +37,7 @@ private local cluster; Ray turns token auth on for it and creates ``~/.ray/auth_
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -134,7 +135,6 @@ class LocalExecutor:
 # Forked workers yield to their parent: while they train, it loads MLflow and torch.export, and then
 # logs their results, so its work is on the critical path. (Idle, it takes no CPU from them.)
 WORKER_NICENESS = 10
-_FORKED: dict[int, Callable] = {}  # functions handed to forked workers by inheritance, never pickled
 
 
 class ForkExecutor(LocalExecutor):
@@ -142,58 +142,131 @@ class ForkExecutor(LocalExecutor):
 
     A forked worker inherits the modules already imported and the data already in memory, so it
     starts in milliseconds, and ``fn`` may be any callable, a closure included: it is never
-    pickled (items and results are). ``submit`` returns at once, so the caller works meanwhile
-    (the runner loads MLflow while the seeds train). Each worker pins torch to one thread, as
-    the runner does, so the numbers equal those of one process, and runs at niceness
-    ``WORKER_NICENESS``. With ``warm``, the workers are forked at once (see :func:`beside`).
-    An exception in a worker is raised again by :meth:`Pending.results`, and a worker that dies
-    is :class:`WorkerDied`; leaving the ``with`` block (a failed run, an interrupt) stops every
-    worker still running.
+    pickled (items go to the workers by inheritance too; results come back pickled). ``submit``
+    returns at once, so the caller works meanwhile (the runner loads MLflow while the seeds
+    train). Worker ``j`` of ``k`` takes items ``j, j + k, ...``. Each worker pins torch to one
+    thread, as the runner does, so the numbers equal those of one process, and runs at niceness
+    ``WORKER_NICENESS``. With ``warm``, one worker is forked at once (see :func:`beside`).
+
+    Built on ``multiprocessing.Process`` and ``multiprocessing.connection.wait`` (public APIs):
+    a worker that dies (the out-of-memory killer's SIGKILL, say) is :class:`WorkerDied`, naming
+    its pid and how it ended, and is never replaced, so nothing is forked from this process once
+    it has threads. (``concurrent.futures.ProcessPoolExecutor`` notices a dead worker too, but its
+    ``BrokenProcessPool`` says neither which worker nor how it ended.) An exception in a worker
+    is raised again by :meth:`Pending.results`; leaving the ``with`` block (a failed run, an
+    interrupt) stops every worker still running.
     """
 
     def __init__(self, workers: int, *, warm: Callable[[], object] | None = None):
         self.workers = workers
-        self._pools: list = []
-        self._warmed = None if warm is None else self._pool(workers, warm)
+        self._started: list = []  # (process, connection) of every worker forked
+        self._warmed = None if warm is None else self._fork(_serve_one, warm)
 
-    def _pool(self, workers: int, warm: Callable[[], object] | None = None):
+    def _fork(self, target: Callable, *args):
         import multiprocessing
 
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_fork_start, initargs=(warm,))
-        self._pools.append(pool)
-        return pool
+        ctx = multiprocessing.get_context("fork")
+        reader, writer = ctx.Pipe(duplex=True)
+        process = ctx.Process(target=target, args=(writer, *args), daemon=True)
+        process.start()
+        writer.close()  # the worker holds its end: this one sees EOF if the worker dies
+        self._started.append((process, reader))
+        return process, reader
 
     def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]:
-        import functools
-
         items = list(items)
+        if not items:
+            return Pending(list)
         if self._warmed is not None:  # forked before fn existed: fn is pickled (a module-level function)
-            pool, self._warmed, task = self._warmed, None, fn
+            process, conn = self._warmed
+            self._warmed = None
+            conn.send_bytes(pickle.dumps((fn, items)))
+            workers = [(process, conn, list(range(len(items))))]
         else:
-            key = len(_FORKED)
-            _FORKED[key] = fn
-            pool, task = self._pool(min(self.workers, len(items))), functools.partial(_call_forked, key)
-        result = pool.map_async(task, items, chunksize=1)
-        pool.close()
-        workers = list(pool._pool)  # CPython's Pool keeps its worker processes here
-
-        def wait() -> list:
-            # A Pool replaces a worker that died, but the items it held never return: watch the
-            # workers, so that a killed one is an error, not a wait without end.
-            while not result.ready():
-                result.wait(0.2)
-                dead = [w for w in workers if w.exitcode not in (None, 0)]
-                if dead and not result.ready():
-                    raise WorkerDied(dead[0].pid, dead[0].exitcode)
-            return result.get()
-
-        return Pending(wait)
+            count = min(self.workers, len(items))
+            workers = []
+            for j in range(count):
+                mine = list(range(j, len(items), count))
+                process, conn = self._fork(_work, fn, [items[i] for i in mine])
+                workers.append((process, conn, mine))
+        return Pending(lambda: _gather(workers, len(items)))
 
     def close(self) -> None:
-        for pool in self._pools:
-            pool.terminate()
-            pool.join()
-        self._pools.clear()
+        for process, _ in self._started:
+            if process.is_alive():
+                process.terminate()
+        for process, conn in self._started:
+            process.join()
+            conn.close()
+        self._started.clear()
+        self._warmed = None
+
+
+def _gather(workers: list, count: int) -> list:
+    """Results in item order, as the workers send them; a worker that ends before sending all of its
+    own is :class:`WorkerDied`; an exception a worker sends is raised here."""
+    from multiprocessing.connection import wait
+
+    results: list = [None] * count
+    owed = {id(conn): len(mine) for _, conn, mine in workers}
+    index = {id(conn): iter(mine) for _, conn, mine in workers}
+    live = {id(conn): (process, conn) for process, conn, _ in workers}
+    while live:
+        for ready in wait([conn for _, conn in live.values()]):
+            process, conn = live[id(ready)]
+            try:
+                ok, value = pickle.loads(conn.recv_bytes())
+            except EOFError:  # the worker ended without sending what it owes
+                del live[id(ready)]
+                process.join()
+                if owed[id(ready)]:
+                    raise WorkerDied(process.pid, process.exitcode) from None
+                continue
+            if not ok:
+                raise value
+            results[next(index[id(ready)])] = value
+            owed[id(ready)] -= 1
+            if not owed[id(ready)]:
+                del live[id(ready)]
+    return results
+
+
+def _send_each(conn, fn: Callable, items: list) -> None:
+    # Plain pickle, never multiprocessing's: torch registers reductions with that one which share a
+    # tensor's memory through this process, and the process may be gone when the parent reads.
+    for item in items:
+        try:
+            message = pickle.dumps((True, fn(item)), protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+            conn.send_bytes(pickle.dumps((False, _picklable(exc))))
+            return
+        conn.send_bytes(message)
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - an exception that does not pickle is sent as its text
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _work(conn, fn: Callable, items: list) -> None:
+    """A forked worker: items inherited, results sent back one by one."""
+    _fork_start()
+    _send_each(conn, fn, items)
+    conn.close()
+
+
+def _serve_one(conn, warm: Callable[[], object]) -> None:
+    """A process forked ahead of its work: warm up (its imports), then take one ``(fn, items)`` and answer it."""
+    _fork_start(warm)
+    try:
+        fn, items = pickle.loads(conn.recv_bytes())
+    except EOFError:  # closed without work
+        return
+    _send_each(conn, fn, items)
+    conn.close()
 
 
 def local(workers: int, *, tasks: int) -> LocalExecutor:
@@ -232,10 +305,6 @@ def _fork_start(warm: Callable[[], object] | None = None) -> None:
 
     os.nice(WORKER_NICENESS)
     model.one_thread()
-
-
-def _call_forked(key: int, item):
-    return _FORKED[key](item)
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -432,7 +432,7 @@ def unit_partial(activations: Sequence, labels_by_view: Mapping[str, np.ndarray]
 
 
 def probe_unit_partial(probe, x, labels_by_view: Mapping[str, np.ndarray] | None = None, *,
-                       batch_size: int = 8192) -> UnitPartial:
+                       slots: np.ndarray | None = None) -> UnitPartial:
     """The unit partial of the rows of ``x`` through a ``ReluProbe``: one partial per batch, merged."""
     labels_by_view = {v: np.asarray(labels) for v, labels in (labels_by_view or {}).items()}
     merged: list[UnitPartial] = []
@@ -442,7 +442,7 @@ def probe_unit_partial(probe, x, labels_by_view: Mapping[str, np.ndarray] | None
         part = unit_partial(outs, {v: labels[rows] for v, labels in labels_by_view.items()}, layers=probe.layers)
         merged[:] = [merged[0] + part] if merged else [part]
 
-    probe.scan(x, consume, batch_size=batch_size)
+    probe.scan(x, consume, slots=slots)
     return merged[0]
 
 

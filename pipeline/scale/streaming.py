@@ -75,7 +75,6 @@ if TYPE_CHECKING:
     from pipeline.scale.executor import Executor
 
 LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(1e-7) = 16.1): resolution 6e-8
-SCORE_TILE = 64  # rows of a scoring batch are padded to a multiple of this (see padded)
 LOSS_CLIP = 1e-7  # as fairness.overall_metrics clips probabilities for log loss
 MESSAGE_ROWS = "{file}: shard at row {offset} yielded {found} rows; its Parquet metadata says {expected}"
 MESSAGE_MISSING_LABELS = "{file}: column '{target}' has {count} missing labels; expected every row to have one"
@@ -151,44 +150,13 @@ def network(state: NetState | Pt2State | nn.Module) -> nn.Module:
 # --- map: one shard -------------------------------------------------------------------------------
 
 
-def padded(x: np.ndarray, tile: int = SCORE_TILE):
-    """``x`` as a float32 tensor with zero rows appended up to a multiple of ``tile`` rows.
-
-    A CPU matrix product (MKL, oneDNN) computes the last few rows of a batch that does not fill
-    its row tile with another kernel, whose float32 sums round differently (seen: 7 of 32,561
-    scores moved by 6e-8 when scored in batches of 3,000 rather than all at once). Padded, every
-    real row sits in a full tile, so a row's score does not depend on how the rows were cut into
-    shards and batches; measured equal, bit for bit, to one pass over all rows
-    (``model.predict_proba``). The padding rows are scored and dropped.
-    """
+def _activations(probe, x, slots: np.ndarray) -> list:
+    """Every ReLU layer's outputs on the rows of ``x`` (a tensor), scored at their ``slots``."""
     import torch
 
-    rows = len(x)
-    out = np.zeros((-(-rows // tile) * tile, x.shape[1]), dtype=np.float32)
-    out[:rows] = x
-    return torch.from_numpy(out)
-
-
-def _activations(probe, x, rows: int) -> list:
-    """Every ReLU layer's outputs on the first ``rows`` rows of the padded batch ``x``, in one forward pass."""
-    outs: list = []
-    probe.scan(x, lambda _, found: outs.extend(o[:rows] for o in found), batch_size=len(x))
-    return outs
-
-
-def score_rows(net: nn.Module, x: np.ndarray, *, batch_size: int = stream.BATCH_SIZE) -> np.ndarray:
-    """Positive-label probabilities of ``x`` as :func:`audit_shard` computes them (padded batches)."""
-    import torch
-
-    from pipeline.nn.model import positive_probability
-
-    net.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            part = x[start:start + batch_size]
-            out.append(positive_probability(net(padded(part)))[:len(part)].numpy().astype(np.float64))
-    return np.concatenate(out) if out else np.zeros(0)
+    parts: list[list] = []
+    probe.scan(x, lambda _, found: parts.append(found), slots=slots)
+    return [torch.cat(layer) for layer in zip(*parts)]
 
 
 @dataclass(frozen=True)
@@ -247,7 +215,7 @@ def audit_shard(shard: stream.Shard, *, net_state: NetState | Pt2State | nn.Modu
     import torch
 
     from pipeline.nn.capacity import ReluProbe
-    from pipeline.nn.model import positive_probability
+    from pipeline.nn.scoring import predict_proba
 
     ds, audit = cfg.dataset, cfg.audit
     net = network(net_state)
@@ -259,9 +227,11 @@ def audit_shard(shard: stream.Shard, *, net_state: NetState | Pt2State | nn.Modu
     unseen: dict[str, int] = {}
     nesting: dict[str, dict[str, tuple[str, ...]]] = {v: {} for v, cols in views.items() if len(cols) > 1}
     for frame in stream.batches(shard, columns=columns, batch_size=batch_size, missing_values=ds.missing_values):
+        slots = shard.offset + rows + np.arange(len(frame))  # the rows' numbers in the data (nn.scoring)
         rows += len(frame)
         if ds.missing == "drop_rows":
-            frame = frame[frame.notna().all(axis=1).to_numpy()]
+            kept = frame.notna().all(axis=1).to_numpy()
+            frame, slots = frame[kept], slots[kept]
             if frame.empty:
                 continue
         missing_labels = int(frame[ds.target].isna().sum())
@@ -279,12 +249,11 @@ def audit_shard(shard: stream.Shard, *, net_state: NetState | Pt2State | nn.Modu
             count = int((~frame[col].astype("string").fillna(MISSING_CATEGORY).isin(cats)).sum())
             if count:
                 unseen[col] = unseen.get(col, 0) + count
-        x = padded(encoder.transform(frame))
-        with torch.no_grad():
-            proba = positive_probability(net(x), source=shard.path)[:len(frame)].numpy().astype(np.float64)
+        x = encoder.transform(frame)
+        proba = predict_proba(net, x, slots=slots, source=shard.path)
         decisions = (proba >= audit.decision_threshold).astype(np.int64)
         part = partials.score_partial(y, proba, decisions, labels, calibration_bins=audit.calibration_bins)
-        acts = _activations(probe, x, len(frame))
+        acts = _activations(probe, torch.from_numpy(x), slots)
         unit = partials.unit_partial(acts, labels, layers=probe.layers)
         h = [a.detach().to("cpu", torch.float64) for a in acts]
         grams = [(p.T @ p).numpy() for p in h] if grams is None else [g + (p.T @ p).numpy() for g, p in zip(grams, h)]

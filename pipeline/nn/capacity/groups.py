@@ -76,7 +76,7 @@ class LayerGroupCapacity:
 
 def group_capacity(probe: ReluProbe, x: torch.Tensor, groups: Sequence | np.ndarray, *, tau: float,
                    labels: Sequence[Hashable] | None = None,
-                   batch_size: int = 8192) -> list[LayerGroupCapacity]:
+                   slots: np.ndarray | None = None) -> list[LayerGroupCapacity]:
     """Units each group of people loses: dead or dormant on its rows, alive on everyone else's.
 
     Parameters
@@ -94,8 +94,9 @@ def group_capacity(probe: ReluProbe, x: torch.Tensor, groups: Sequence | np.ndar
         The groups to report, in this order; default: every label in ``groups``, sorted.
         A listed label with no rows is reported with ``rows=0`` and ``None`` counts.
         Rows whose label is not listed count among every listed group's "other rows".
-    batch_size
-        Rows per forward pass.
+    slots
+        Each row's number in the data, which fixes where it sits in the forward passes
+        (:func:`pipeline.nn.scoring.blocks`; default ``0, 1, ...``).
 
     Returns
     -------
@@ -128,7 +129,7 @@ def group_capacity(probe: ReluProbe, x: torch.Tensor, groups: Sequence | np.ndar
         return sums
 
     results = []
-    for name, total in zip(probe.layers, probe.reduce(x, per_bucket, batch_size=batch_size)):
+    for name, total in zip(probe.layers, probe.reduce(x, per_bucket, slots=slots)):
         f, s = total[0].numpy(), total[1].numpy()
         alive_all = f.sum(0) > 0
         entries = []

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from pipeline.core.errors import UserError
 from pipeline.core.units import ActivationStats
+from pipeline.nn.scoring import BLOCK, blocks
 
 # ReLU and LeakyReLU sites (the latter so the LeakyReLU remedy is measured the same way);
 # aten ops for graphs from torch.export (models logged in MLflow's 'pt2' format).
@@ -146,21 +148,21 @@ class ReluProbe:
         """
         return self._relu_nodes
 
-    def stats(self, x: torch.Tensor, *, batch_size: int = 8192) -> list[ActivationStats]:
+    def stats(self, x: torch.Tensor, *, slots: np.ndarray | None = None, block: int = BLOCK) -> list[ActivationStats]:
         """Firing counts and mean |h| of every unit over the rows of ``x``.
 
         Outputs with more than two dimensions count channels (dimension 1) as units,
         each reduced to its maximum over the remaining dimensions.
         """
         # Per layer a (2 x units) sum: row 0 the rows each unit fired on, row 1 its sum of |h|.
-        totals = self.reduce(x, _fired_and_abs_sum, batch_size=batch_size)
+        totals = self.reduce(x, _fired_and_abs_sum, slots=slots, block=block)
         rows = len(x)
         return [ActivationStats(layer=name, rows=rows, fired=t[0].cpu().numpy(), mean_abs=(t[1] / rows).cpu().numpy())
                 for name, t in zip(self.layers, totals)]
 
     @torch.no_grad()
     def reduce(self, x: torch.Tensor, per_batch: Callable[[int, list[torch.Tensor]], list[torch.Tensor]], *,
-               batch_size: int = 8192) -> list[torch.Tensor]:
+               slots: np.ndarray | None = None, block: int = BLOCK) -> list[torch.Tensor]:
         """Sum a per-batch quantity of every layer over the rows of ``x``.
 
         Parameters
@@ -171,8 +173,8 @@ class ReluProbe:
             ``per_batch(start, outputs)`` receives the first row index of a batch and one
             (batch rows x units) tensor per layer, in the order of :attr:`layers`, and
             returns one tensor per layer, of the same shape for every batch.
-        batch_size
-            Rows per forward pass.
+        slots, block
+            Where each row sits in the fixed-shape forward passes (:func:`pipeline.nn.scoring.blocks`).
 
         Returns
         -------
@@ -194,13 +196,14 @@ class ReluProbe:
                 raise ValueError(_MSG_PER_BATCH.format(got=len(parts), expected=len(self.layers)))
             totals[:] = parts if not totals else [a + b for a, b in zip(totals, parts)]
 
-        self.scan(x, add, batch_size=batch_size)
+        self.scan(x, add, slots=slots, block=block)
         return totals
 
     @torch.no_grad()
     def scan(self, x: torch.Tensor, consume: Callable[[int, list[torch.Tensor]], None], *,
-             batch_size: int = 8192) -> None:
-        """Run ``x`` through the model in eval mode, batch by batch.
+             slots: np.ndarray | None = None, block: int = BLOCK) -> None:
+        """Run ``x`` through the model in eval mode, in the fixed-shape blocks every path scores in
+        (:func:`pipeline.nn.scoring.blocks`), so a row's activations depend on its values and slot only.
 
         ``consume(start, outputs)`` receives the first row index of each batch and one
         (batch rows x units) tensor per layer, in the order of :attr:`layers`. Every
@@ -209,15 +212,14 @@ class ReluProbe:
         modes = {m: m.training for m in self.module.modules()}  # shared with the model: restore each
         self.module.eval()
         try:
-            for start in range(0, len(x), batch_size):
-                batch = x[start:start + batch_size]
-                outs = self._forward(batch, start)
-                consume(start, [o.flatten(2).amax(2) if o.dim() > 2 else o for o in outs])  # channels as units
+            for inputs, rows, places in blocks(x, slots, block=block):
+                outs = [o if places is None else o[places] for o in self._forward(inputs, rows)]
+                consume(rows.start, [o.flatten(2).amax(2) if o.dim() > 2 else o for o in outs])  # channels as units
         finally:
             for m, training in modes.items():
                 m.training = training
 
-    def _forward(self, batch: torch.Tensor, start: int) -> list[torch.Tensor]:
+    def _forward(self, batch: torch.Tensor, rows: slice) -> list[torch.Tensor]:
         if self._traced is not None:
             return list(self.module(batch))
         captured: list[list[torch.Tensor]] = [[] for _ in self._hooked]
@@ -240,7 +242,7 @@ class ReluProbe:
         for name, outs in zip(self.layers, captured):
             if len(outs) != 1:
                 raise UserError(_MSG_CALLS.format(name=name, calls=len(outs), model=self._model_name,
-                                                  start=start, stop=start + len(batch) - 1))
+                                                  start=rows.start, stop=rows.stop - 1))
         return [outs[0] for outs in captured]
 
 

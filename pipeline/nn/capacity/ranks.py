@@ -122,7 +122,7 @@ def effective_ranks(h: torch.Tensor | np.ndarray, *, delta: float = DEFAULT_SRAN
 
 
 def measure_ranks(probe: ReluProbe, x: torch.Tensor, *, delta: float = DEFAULT_SRANK_DELTA,
-                  batch_size: int = 8192) -> list[LayerRank]:
+                  slots: np.ndarray | None = None) -> list[LayerRank]:
     """Effective ranks of every ReLU layer's feature matrix on the rows of ``x``.
 
     The feature matrix H (rows x units) is never held whole: HᵀH is summed over
@@ -137,15 +137,16 @@ def measure_ranks(probe: ReluProbe, x: torch.Tensor, *, delta: float = DEFAULT_S
         Model inputs; at least one row.
     delta
         The srank tolerance (see :func:`srank`).
-    batch_size
-        Rows per forward pass.
+    slots
+        Each row's number in the data, which fixes where it sits in the forward passes
+        (:func:`pipeline.nn.scoring.blocks`; default ``0, 1, ...``).
 
     Returns
     -------
     list[LayerRank]
         One per layer, in probe order.
     """
-    grams = probe.reduce(x, _gram, batch_size=batch_size)
+    grams = probe.reduce(x, _gram, slots=slots)
     results = []
     for name, gram in zip(probe.layers, grams):
         sigma = _gram_singular_values(gram, rows=len(x))
