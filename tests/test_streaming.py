@@ -1,4 +1,4 @@
-"""pipeline/streaming.py: the sharded audit equals the in-memory audit on the same rows (Adult as Parquet shards)."""
+"""pipeline/scale/streaming.py: the sharded audit equals the in-memory audit on the same rows (Adult as Parquet shards)."""
 
 from __future__ import annotations
 
