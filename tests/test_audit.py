@@ -139,7 +139,7 @@ TWO_LAYER = "fixtures.audit_models:two_layer"
 
 
 def _german() -> pd.DataFrame:
-    """The German credit file as the pipeline reads it (see the README's 'Recomputing an audit')."""
+    """The German credit file as the pipeline reads it (see docs/recompute.md)."""
     return pd.read_csv(ROOT / "data/german.csv.gz", na_values=[""], keep_default_na=False, skipinitialspace=True)
 
 

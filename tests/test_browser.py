@@ -142,7 +142,7 @@ def test_run_page_shows_verdict_tag_and_metrics(logged, mlflow_server, tmp_path)
     assert _follows(texts, "verdict", f": {summary['verdict']}")
     assert _follows(texts, "accuracy", _js_number(run.data.metrics["accuracy"]))
     assert f"Metrics ({len(run.data.metrics)})" in texts
-    # The picture for the README.
+    # The picture in the README and docs/mlflow.md.
     assert _png_size(screenshot) == WINDOW
     assert screenshot.stat().st_size > 50_000  # a rendered page, not a blank one
     if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":

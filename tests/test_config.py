@@ -226,7 +226,7 @@ def test_empty_list_where_items_are_needed_is_rejected(tmp_path, section, key):
         config.load(_write(tmp_path, _with(section, key, [])))
 
 
-# Defaults as documented in the config module's comments and README.
+# Defaults as documented in the config module's comments and docs/configuration.md.
 # fmt: off
 DEFAULTS = {
     "dataset.name": "", "dataset.sensitive_as_input": False, "dataset.drop": (), "dataset.missing_values": (),

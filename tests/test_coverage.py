@@ -15,7 +15,7 @@ nominal - 3 SE: about 25 coverages are held to a bar here, and 3 SE keeps the ch
 one of them misses by Monte Carlo error alone, were its true coverage exactly nominal, under
 4%. A method falls short when its coverage is below nominal - 3 SE.
 
-``python tests/test_coverage.py`` prints the table quoted in the README.
+``python tests/test_coverage.py`` prints the table quoted in docs/statistics.md ("How honest are the intervals").
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def test_evaluate_reports_corrected_disparity_intervals():
 
 
 def _table(seeds: range) -> str:
-    """The README table: coverage over len(seeds) x N_SIMS audits."""
+    """The table in docs/statistics.md: coverage over len(seeds) x N_SIMS audits."""
     rows = ["| population | disparity | truth | mean estimate | 95%: percentile | 95%: corrected "
             f"| {BONFERRONI:.1%}: percentile | {BONFERRONI:.1%}: corrected |", "|---" * 8 + "|"]
     for name in POPULATIONS:

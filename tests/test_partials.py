@@ -1,4 +1,4 @@
-"""Mergeable partials (pipeline/partials.py): sharded and merged in any order equals a single pass."""
+"""Mergeable partials (pipeline/scale/partials.py): sharded and merged in any order equals a single pass."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""An audit recomputed from what its MLflow run logged, as the README documents, without this code.
+"""An audit recomputed from what its MLflow run logged, as docs/recompute.md documents, without this code.
 
-The recomputation is the README's own code block ("Recomputing an audit"), run in a subprocess
+The recomputation is the doc's own code block ("Recomputing an audit"), run in a subprocess
 that imports pandas, numpy, torch and mlflow but never ``pipeline``.
 """
 
@@ -26,16 +26,16 @@ from mlflow.tracking import MlflowClient
 from pipeline.core import config
 from pipeline.data import tables as data
 
-SECTION = "## Recomputing an audit: how data is read, split and encoded"
+DOC = ROOT / "docs" / "recompute.md"
+TITLE = "# Recomputing an audit: how data is read, split and encoded"
 
 
-def readme_recipe() -> str:
-    """The first ```python block of the README section that documents recomputing an audit."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert SECTION in text, f"README.md has no section '{SECTION}'"
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    found = re.search(r"```python\n(.*?)```", section, re.S)
-    assert found, f"README.md section '{SECTION}' has no python block"
+def doc_recipe() -> str:
+    """The first ```python block of docs/recompute.md, the page that documents recomputing an audit."""
+    text = DOC.read_text(encoding="utf-8")
+    assert text.startswith(TITLE + "\n"), f"{DOC.name} does not start with '{TITLE}'"
+    found = re.search(r"```python\n(.*?)```", text, re.S)
+    assert found, f"{DOC.name} has no python block"
     return found.group(1)
 
 
@@ -58,7 +58,7 @@ def _artifact(store: str, run_id: str, name: str, into: Path) -> Path:
 
 def test_predictions_and_disparity_are_recomputed_from_the_run_alone(audited, store, tmp_path):
     result, audit, _ = audited
-    recipe = readme_recipe()
+    recipe = doc_recipe()
     assert not re.search(r"^\s*(import|from)\s+pipeline\b", recipe, re.M)
     code = recipe + '\nimport sys\nassert "pipeline" not in sys.modules, "the recipe used the pipeline"\n'
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -85,7 +85,7 @@ def test_the_logged_test_rows_are_the_documented_split_of_the_file(audited, stor
         assert npz.files == ["rows"]
         rows = npz["rows"]
     assert rows.dtype == np.int64 and len(rows) == audit["dataset"]["test_rows"]
-    # As the README says: the file read with pandas, strata numbered by group, scikit-learn's split.
+    # As docs/recompute.md says: the file read with pandas, strata numbered by group, scikit-learn's split.
     cfg = audit["config"]
     frame = pd.read_csv(cfg["dataset"]["path"], na_values=["", *cfg["dataset"]["missing_values"]],
                         keep_default_na=False, skipinitialspace=True)

@@ -1,4 +1,4 @@
-"""pipeline/stream.py: Parquet files, directories and globs as shards, read in bounded batches;
+"""pipeline/data/shards.py: Parquet files, directories and globs as shards, read in bounded batches;
 benchmarks/scale_data.py: the synthetic Adult-shaped dataset with a planted sex bias."""
 
 from __future__ import annotations

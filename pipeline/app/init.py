@@ -52,11 +52,11 @@ MSG_SUFFIX = "{path}: cannot read this file type; give --data a .csv, .csv.gz or
 MSG_UNREADABLE = "{path}: cannot be read as {kind}: {why}; give --data a .csv, .csv.gz or .parquet file"
 MSG_NO_ROWS = "{path}: has no rows; give --data a file with a header and data rows"
 MSG_NO_TARGET = ("{path}: no column has exactly two values, so there is no candidate target; add a binary "
-                 "outcome column (e.g. 1 = favourable) or write the config by hand (README: Configuration)")
+                 "outcome column (e.g. 1 = favourable) or write the config by hand (docs/configuration.md)")
 MSG_NO_SENSITIVE = ("{path}: no column is named like a protected characteristic (sex, gender, race, age, ...); "
-                    "rename it, or write dataset.sensitive_features by hand (README: Configuration)")
+                    "rename it, or write dataset.sensitive_features by hand (docs/configuration.md)")
 MSG_EXISTS = "{out}: already exists; pass --force to overwrite it, or --out another path"
-MSG_INVALID = "{out}: the proposed config does not load ({err}); write it by hand (README: Configuration)"
+MSG_INVALID = "{out}: the proposed config does not load ({err}); write it by hand (docs/configuration.md)"
 
 
 @dataclass(frozen=True)
@@ -370,7 +370,7 @@ KEY_COMMENTS = {
     "policy.min_demographic_parity_ratio": "four-fifths rule",
     "policy.gate_on": "interval: fail only when the whole interval is on the wrong side",
     "tracking.registered_model": "set a name to register each audited model",
-    "mitigation.enabled": "true: also measure mitigation candidates (README: Mitigation)",
+    "mitigation.enabled": "true: also measure mitigation candidates (docs/mitigation.md)",
 }
 
 
@@ -378,7 +378,7 @@ def render_yaml(proposal: Proposal, *, path: str, name: str, table: str, small_g
     """The whole config as commented YAML: the dataset section proposed, every other key at its default."""
     ds = proposal
     lines = [f"# Starter config for {path}, written by `python -m pipeline init`. CHECK every proposal below.",
-             "# Every key is documented in README.md (Configuration); unknown keys are errors.", "#"]
+             "# Every key is documented in docs/configuration.md; unknown keys are errors.", "#"]
     lines += [f"# {line}".rstrip() for line in table.splitlines()]
     lines += ["#", "# To check:"]
     lines += [f"# - {_comment(n)}" for n in ds.notes]

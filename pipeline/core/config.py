@@ -114,7 +114,7 @@ class AuditConfig:
     dormant_tau: float = field(default=0.1, metadata=_check(ge=0))  # Sokar et al. 2023
     # Smaller groups (and, per rate, smaller denominators) are not gated. 100, not 30: with a 30-row
     # group compared, the disparity intervals cover the truth in 90-95% of simulated audits, not 95%
-    # (README: "How honest are the intervals").
+    # (docs/statistics.md: "How honest are the intervals").
     min_group_size: int = field(default=100, metadata=_check(ge=1))
     capacity_sample: int = field(default=2048, metadata=_check(ge=1))  # rows probed per epoch
     suppress_below: int = field(default=10, metadata=_check(ge=0))  # smaller groups: counts and rates withheld
@@ -157,7 +157,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class MitigationConfig:
-    """What-if mitigation when fairness is at stake: candidates measured with the same gate (README: Mitigation)."""
+    """What-if mitigation when fairness is at stake: candidates measured with the same gate (docs/mitigation.md)."""
 
     enabled: bool = False
     # The sensitive feature to mitigate for, or their intersection ("sex & race"); default: the first feature.
@@ -178,7 +178,7 @@ class MitigationConfig:
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """Where trainings and data shards run (README: Execution). Never changes a number of the audit."""
+    """Where trainings and data shards run (docs/scale.md). Never changes a number of the audit."""
 
     executor: Literal["local", "ray"] = "local"
     # local: processes for trainings and shards, forked from this one; 0: auto (one per CPU core, but trainings

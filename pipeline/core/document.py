@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 2  # 2: three-valued verdict and its reasons, per-rate eligibility, typed finding fields
 _MSG_SCHEMA = ("{source}: schema_version {found!r}; expected {expected} (an audit.json written by this version "
-               "of the pipeline; README: audit.json, schema history)")
+               "of the pipeline; docs/audit-json.md: schema_version)")
 _MSG_NOT_AN_AUDIT = "{source}: not an audit document: {why}"
 
 

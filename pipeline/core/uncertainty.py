@@ -159,7 +159,7 @@ def interval(samples: np.ndarray, level: float, *,
     shift down; the percentile upper end stays, since the basic upper end falls short when
     the bias is small. The result always contains the estimate, and for a statistic whose
     replicates are symmetric about it (a single rate on many rows) it is the percentile
-    interval. Coverage measured in tests/test_coverage.py and the README. An undefined
+    interval. Coverage measured in tests/test_coverage.py and docs/statistics.md. An undefined
     ``point`` (NaN) gives NaN.
     """
     alpha = (1.0 - level) / 2.0

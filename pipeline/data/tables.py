@@ -22,7 +22,7 @@ from pipeline.core.errors import DataError
 MISSING_CATEGORY = "(missing)"
 _READERS = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
-# What is refused before training (README: "What is refused before training"). Each message names
+# What is refused before training (docs/configuration.md: "What is refused before training"). Each message names
 # the file or key, the column, what was found and what is expected.
 MIN_ROWS = 50  # fewer rows cannot be split and audited with any group of useful size
 MAX_LABEL_LENGTH = 100  # a group label enters MLflow keys (group/<feature>/<label>/<metric>, at most 250 characters)

@@ -1,6 +1,6 @@
 """Capacity stage: find a model's ReLUs and measure how much of each layer is still in use.
 
-Dead, tau-dormant and rarely-firing units are defined in ``units.py``.
+Dead, tau-dormant and rarely-firing units are defined in :mod:`pipeline.core.units`.
 
 Where each number is computed:
 
@@ -10,7 +10,7 @@ Where each number is computed:
   :meth:`ReluProbe.reduce` sums a per-batch quantity of every layer over the rows;
   every measure below is one such sum. :meth:`ReluProbe.stats` gives per-unit firing
   counts and mean |h|.
-- ``units.py``: dead, dormant and rarely-firing units from those stats
+- ``pipeline/core/units.py``: dead, dormant and rarely-firing units from those stats
   (:func:`unit_states`, :func:`measure_health` -> :class:`LayerHealth`).
 - ``ranks.py``: the effective rank of each layer's feature matrix (Roy & Vetterli 2007;
   Kumar et al. 2021), :func:`measure_ranks` -> :class:`LayerRank`.
