@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.core import decision
 from pipeline.core.decision import Option
+from pipeline.core.document import CandidateResult, DisparityEntry
 
 
 def test_frontier_marks_exactly_the_non_dominated_points():
@@ -79,3 +80,44 @@ def test_a_candidate_that_costs_nothing_is_not_mistaken_for_the_unmitigated_mode
     name, sentence, _ = decision.recommend(options, allow_group_aware=False)
     assert name == "fairness_penalty:demographic_parity@1"
     assert sentence.startswith("Recommended: fairness_penalty") and "no mitigation is needed" not in sentence
+
+
+def test_the_closest_candidate_is_one_that_is_allowed():
+    # The group-aware candidate fails nothing (one check open): closer than any other, but not allowed.
+    options = [_option("none (unmitigated)", 0.86, "fail", failing=["a", "b"]),
+               _option("threshold_optimizer:demographic_parity", 0.85, "inconclusive", group_aware=True, open_=["c"]),
+               _option("reweighing", 0.84, "fail", failing=["b"])]
+    name, sentence, closest = decision.recommend(options, allow_group_aware=False)
+    assert (name, closest) == (None, "reweighing")
+    assert sentence == "No candidate meets the policy. Closest: reweighing (accuracy 84.0%), which still fails b."
+    assert decision.recommend(options, allow_group_aware=True)[2] == "threshold_optimizer:demographic_parity"
+
+
+def _candidate(name: str, accuracy: float, dpd: float, eod: float, dpr: float) -> CandidateResult:
+    entry = {"demographic_parity_difference": dpd, "equalized_odds_difference": eod, "demographic_parity_ratio": dpr}
+    return CandidateResult(
+        name=name, method="reweighing", constraint=None, strength=None, group_aware=False, verdict="fail",
+        accuracy=accuracy, accuracy_ci_low=None, accuracy_ci_high=None, accuracy_cost=0.0, cost_ci_low=None,
+        cost_ci_high=None, disparities={"sex": {k: DisparityEntry(v, None, None, "M", "F", 2) for k, v in entry.items()}},
+        dead_fraction=[], dormant_fraction=[], selection_rate={}, ece={}, failing=[], open=[], pareto={}, seconds=0.0)
+
+
+def test_mark_frontier_lower_differences_and_higher_ratios_are_better():
+    # (accuracy, demographic parity difference, equalized odds difference, demographic parity ratio):
+    #   A .85 .20 .15 .70  the most accurate: on every frontier
+    #   B .84 .05 .10 .90  beaten by nobody on any of the three: on
+    #   C .80 .05 .02 .95  difference: B is as fair and more accurate, off; odds .02 and ratio .95 beat every
+    #                      more accurate candidate: on
+    #   D .83 .12 .20 .60  B beats it on the difference (.84, .05); A on odds (.85, .15) and on the ratio
+    #                      (.85, .70 is higher): off everywhere
+    #   E .70 .01 .01 .99  the fairest on all three: on
+    results = [_candidate("A", 0.85, 0.20, 0.15, 0.70), _candidate("B", 0.84, 0.05, 0.10, 0.90),
+               _candidate("C", 0.80, 0.05, 0.02, 0.95), _candidate("D", 0.83, 0.12, 0.20, 0.60),
+               _candidate("E", 0.70, 0.01, 0.01, 0.99)]
+    marked = decision.mark_frontier(results, "sex")
+    on = {name: [r.name for r in marked if r.pareto[name]] for name in decision.BETTER_LOW}
+    assert on == {"demographic_parity_difference": ["A", "B", "E"],
+                  "equalized_odds_difference": ["A", "B", "C", "E"],
+                  "demographic_parity_ratio": ["A", "B", "C", "E"]}
+    assert [r.name for r in marked] == ["A", "B", "C", "D", "E"]  # order and every other field kept
+    assert [dataclasses.replace(r, pareto={}) for r in marked] == results

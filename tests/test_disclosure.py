@@ -341,3 +341,74 @@ def test_evaluate_without_suppression_publishes_every_group():
                            intersections=True, bootstrap=False)
     assert all((t["status"] != "suppressed").all() for t in ev.groups.values())
     assert set(ev.reliability["race"]) == {"Asian", "Black", "Other", "White"}
+
+
+# --- the boundary, and minimality on tables small enough to search exhaustively ------------------------
+
+
+def test_a_group_of_exactly_suppress_below_rows_is_published():
+    # Groups of 10, 45 and 50 rows: "fewer than 10" withholds none. One row fewer and the 9-row group is
+    # withheld, with the smallest other group (45) to protect it.
+    exactly = disclosure.suppression({"sex": np.array([cell(3, 2, 4, 1), cell(10, 5, 20, 10), cell(12, 8, 20, 10)])},
+                                     {}, suppress_below=10)
+    assert exactly.primary["sex"].tolist() == [False, False, False]
+    assert exactly.suppressed["sex"].tolist() == [False, False, False]
+    below = disclosure.suppression({"sex": np.array([cell(3, 2, 3, 1), cell(10, 5, 20, 10), cell(12, 8, 20, 10)])},
+                                   {}, suppress_below=10)
+    assert below.suppressed["sex"].tolist() == [True, True, False]
+
+
+def _sized(sizes: dict[Key, int]) -> dict[Key, np.ndarray]:
+    """Cells of the given sizes (only sizes matter to suppression), every count type non-zero where possible."""
+    return {key: cell(n - 3 * (n // 4), n // 4, n // 4, n // 4) for key, n in sizes.items()}
+
+
+def _cheapest_valid(tables, columns, total, primary) -> list[tuple[int, set]]:
+    """Every withheld set that contains the primary groups and leaves the attacker nothing, cheapest first.
+
+    Exhaustive over the groups not withheld by primary suppression (2**9 sets for a 2 x 3 table:
+    6 cells, 2 + 3 margins); cost is the rows withheld, as disclosure counts it.
+    """
+    groups = [(v, k) for v, t in tables.items() for k in t]
+    free = [g for g in groups if g not in primary]
+    found = []
+    for r in range(len(free) + 1):
+        for extra in itertools.combinations(free, r):
+            hidden = set(primary) | set(extra)
+            masks = {v: [(v, k) in hidden for k in t] for v, t in tables.items()}
+            if not attack(publish(tables, masks), columns, total):
+                found.append((int(sum(tables[v][k].sum() for v, k in hidden)), hidden))
+    return sorted(found, key=lambda x: x[0])
+
+
+# Two 2 x 3 tables (sex F/M, race A/B/C), suppress_below 10; sizes of the cells, margins by sum.
+#
+# TWO_IN_A_ROW: ('F', 'A') 2 and ('F', 'B') 3 are small. Protect ('F', 'A') first: the box through
+# ('F', 'B') costs MA + MB = 20 + 18 = 38 (('F', 'B') is withheld already: it costs nothing), the box through
+# C costs FC + MA + MC = 40, a pair 43 or more (two margins of 20 or more). The box A x B hides both small
+# cells: 43 rows withheld in all. (Charging the already withheld ('F', 'B') again would make box C look
+# cheaper, 42 < 43, and then ('F', 'B') needs a box of its own: all 63 rows.)
+TWO_IN_A_ROW = {("F", "A"): 2, ("F", "B"): 3, ("F", "C"): 10, ("M", "A"): 20, ("M", "B"): 18, ("M", "C"): 10}
+# ACROSS: ('F', 'A') 1 and ('M', 'B') 5 are small, in different rows and columns. Protect the smallest
+# first: through ('F', 'A'), the box A x B costs FB + MA = 12 + 25 = 37 (('M', 'B') free), the box A x C
+# 45, pairs 55 or more: the box A x B hides both, 43 rows. (Protecting ('M', 'B') first would take the box
+# B x C, FB + FC + MC = 32 < 37, which leaves ('F', 'A') pinned by its column; freeing it then costs MA
+# as well: all 63 rows.)
+ACROSS = {("F", "A"): 1, ("F", "B"): 12, ("F", "C"): 10, ("M", "A"): 25, ("M", "B"): 5, ("M", "C"): 10}
+
+
+@pytest.mark.parametrize(("sizes", "withheld"), [
+    (TWO_IN_A_ROW, {("F", "A"), ("F", "B"), ("M", "A"), ("M", "B")}),
+    (ACROSS, {("F", "A"), ("F", "B"), ("M", "A"), ("M", "B")}),
+], ids=["two-small-in-a-row", "small-across"])
+def test_complementary_suppression_withholds_the_fewest_rows_on_small_tables(sizes, withheld):
+    tables, columns, total, nesting = views_of(_sized(sizes), ("sex", "race"))
+    assert {k: int(c.sum()) for k, c in tables["sex & race"].items()} == sizes
+    result = plan(tables, nesting, suppress_below=10)
+    hidden = {(v, k) for v in tables for k, h in zip(tables[v], result.suppressed[v]) if h}
+    assert hidden == {("sex & race", k) for k in withheld}  # the margins are all published
+    assert sum(sizes[k] for k in withheld) == 43
+    # No cheaper choice exists: the exhaustive search finds this set, alone, at the lowest cost.
+    primary = {("sex & race", k) for k, n in sizes.items() if n < 10}
+    valid = _cheapest_valid(tables, columns, total, primary)
+    assert valid[0] == (43, hidden) and valid[1][0] > 43

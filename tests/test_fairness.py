@@ -320,6 +320,49 @@ def test_evaluate_threshold_moves_predictions():
     assert ev.overall["selection_rate"] == pytest.approx(3 / 7)
 
 
+
+# --- suppression: the boundary, and which groups complementary suppression may withhold --------------
+
+
+def _rows(sizes: dict[tuple[str, ...], int], columns: list[str], seed: int = 0):
+    """Rows of the given groups (labels and scores random: suppression depends on group sizes only)."""
+    rng = np.random.default_rng(seed)
+    keys = [key for key, n in sizes.items() for _ in range(n)]
+    sensitive = pd.DataFrame(keys, columns=columns)
+    return rng.integers(0, 2, len(keys)).astype(np.float32), rng.random(len(keys)), sensitive
+
+
+@pytest.mark.parametrize(("small", "statuses"), [
+    # 10 rows is not fewer than suppress_below 10: published (too small to gate: insufficient data).
+    (10, {"a": "insufficient_data", "b": "ok", "c": "ok"}),
+    # 9 rows are withheld, and with them the smallest other group, 40 rows (a view's groups sum to the total).
+    (9, {"a": "suppressed", "b": "suppressed", "c": "ok"}),
+])
+def test_a_group_of_exactly_suppress_below_rows_is_published(small, statuses):
+    y, proba, sensitive = _rows({("a",): small, ("b",): 40, ("c",): 50}, ["g"])
+    audit = AuditConfig(min_group_size=30, suppress_below=10)
+    ev = fairness.evaluate(y, proba, sensitive, audit=audit, bootstrap=False, intersections=False)
+    assert dict(zip(ev.groups["g"]["group"], ev.groups["g"]["status"])) == statuses
+    table = fairness.group_table(y, (proba >= 0.5).astype(int), sensitive, min_group_size=30, suppress_below=10)
+    assert table.loc[table["group"] == "a", "status"].item() == ("suppressed" if small < 10 else "insufficient_data")
+
+
+def test_complementary_suppression_spares_the_groups_large_enough_to_gate():
+    # sex x race cells (rows): F & A 2, F & B 25, F & C 10, M & A 12, M & B 25, M & C 30; margins
+    # F 37, M 67, A 14, B 50, C 40. suppress_below 10, min_group_size 30: F & A is withheld, and it is
+    # pinned by its column (A minus M & A). Boxes through it: A x B withholds F & B, M & A, M & B (62 rows,
+    # none gated); A x C withholds F & C, M & A, M & C (52 rows, but M & C has 30 rows: gated). Every pair
+    # of cells moves a gated margin (B, C, F or M). So the box A x B: more rows, no gated group.
+    sizes = {("F", "A"): 2, ("F", "B"): 25, ("F", "C"): 10, ("M", "A"): 12, ("M", "B"): 25, ("M", "C"): 30}
+    y, proba, sensitive = _rows(sizes, ["sex", "race"])
+    audit = AuditConfig(min_group_size=30, suppress_below=10)
+    ev = fairness.evaluate(y, proba, sensitive, audit=audit, bootstrap=False, intersections=True)
+    withheld = {view: table.loc[table["status"] == "suppressed", "group"].tolist() for view, table in ev.groups.items()}
+    assert withheld == {"sex": [], "race": [], "sex & race": ["F & A", "F & B", "M & A", "M & B"]}
+    cells = ev.groups["sex & race"].set_index("group")
+    assert cells.at["M & C", "status"] == "ok" and cells.at["M & C", "eligible"]
+
+
 # --- overall metrics ----------------------------------------------------------------------------
 
 

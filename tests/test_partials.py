@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import operator
 import time
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -186,6 +187,40 @@ def test_hand_worked_example():
     assert m["brier"] == pytest.approx(1.39 / 6, abs=1e-9)
     # Decisions at 0.5: positives 0.6, 1.0 selected (tp 2), 0.3 not (fn 1); negative 0.8 selected (fp 1), 0.1, 0.3 not.
     assert part.views["all"].counts.counts.tolist() == [[2, 1, 2, 1]]  # tp, fp, tn, fn
+
+
+
+def test_fixed_point_sums_are_rounded_to_the_documented_resolution():
+    # Scores p = (k + 7/8) / 2**32, exact in float64: p * P_SCALE is k + 0.875, whose nearest integer is
+    # k + 1 (truncation would drop 0.875 per row, beyond the documented 0.5). Each k is the first, from an
+    # evenly spread start, whose p² * P_SCALE also has a fractional part of at least 3/4, so p² rounds up
+    # too, and stays at least 1/4 from a tie: float64's p * p (relative error 2**-53) rounds the same way.
+    scale = partials.P_SCALE
+    exact = []
+    for start in np.linspace(0.02, 0.98, 300):
+        k = int(start * scale)
+        while (Fraction(8 * k + 7, 8 * scale) ** 2 * scale) % 1 < Fraction(3, 4):
+            k += 1
+        exact.append(Fraction(8 * k + 7, 8 * scale))
+    proba = np.array([float(p) for p in exact])
+    assert [Fraction(p) for p in proba] == exact
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, len(proba))
+    groups = np.array(["a", "b", "c"])[rng.integers(0, 3, len(proba))]
+    parts = [score_partial(y[s], proba[s], (proba[s] >= 0.5).astype(int), {"g": groups[s]})
+             for s in (slice(0, 90), slice(90, 200), slice(200, None))]
+    merged = functools.reduce(operator.add, parts).views["g"]
+    assert merged.groups == ("a", "b", "c")
+    for i, g in enumerate(merged.groups):
+        ps = [p for p, label in zip(exact, groups) if label == g]
+        got_p, got_p2 = int(merged.sum_p[i].sum()), int(merged.sum_p2[i].sum())
+        # round(v * scale) per row, summed: the stored sums, exactly.
+        assert got_p == sum(round(p * scale) for p in ps), g
+        assert got_p2 == sum(round(p * p * scale) for p in ps), g
+        # Within half a unit of resolution per row of the true sums.
+        half = Fraction(len(ps), 2 * scale)
+        assert abs(Fraction(got_p, scale) - sum(ps)) <= half, g
+        assert abs(Fraction(got_p2, scale) - sum(p * p for p in ps)) <= half, g
 
 
 def test_partial_size_does_not_grow_with_rows(data):

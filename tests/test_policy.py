@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.core import fairness, policy
+from pipeline.core import vocabulary as vocab
 from pipeline.core.config import AuditConfig, PolicyConfig
 from pipeline.core.fairness import Disparity, Evaluation
 from pipeline.nn.capacity import LayerHealth
@@ -401,3 +402,48 @@ def test_rows_to_decide_only_for_inconclusive_findings():
     # A value on the threshold: no sample size decides it, and the finding says nothing it cannot back.
     assert on_threshold[0].status == "inconclusive" and on_threshold[0].rows_to_decide is None
     assert "would likely decide" not in on_threshold[0].message
+
+
+@pytest.mark.parametrize(
+    ("comparison", "threshold", "value", "low", "high", "rows"),
+    [
+        # "<=", passing side (0.07 <= 0.10): the upper bound must come down to 0.10. It is 0.05 above the
+        # value (the lower one 0.06 below): (0.05 / 0.03)**2 = 2.78 times the rows, ceil(277.8) = 278.
+        ("<=", 0.10, 0.07, 0.01, 0.12, 278),
+        # "<=", failing side (0.13 > 0.10): the lower bound must come up to 0.10; 0.04 below the value
+        # (the upper one 0.07 above): (0.04 / 0.03)**2 = 1.78, ceil(177.8) = 178.
+        ("<=", 0.10, 0.13, 0.09, 0.20, 178),
+        # ">=", passing side (0.78 >= 0.75): the lower bound must come up to 0.75; 0.08 below the value
+        # (the upper one 0.02 above): (0.08 / 0.03)**2 = 7.11, ceil(711.1) = 712.
+        (">=", 0.75, 0.78, 0.70, 0.80, 712),
+        # ">=", failing side (0.72 < 0.75): the upper bound must come down to 0.75; 0.08 above the value
+        # (the lower one 0.02 below): 712 again.
+        (">=", 0.75, 0.72, 0.70, 0.80, 712),
+    ],
+    ids=["le-passing", "le-failing", "ge-passing", "ge-failing"],
+)
+def test_rows_to_decide_uses_the_bound_facing_the_threshold(comparison, threshold, value, low, high, rows):
+    # judge() passes intervals with point=, which are symmetric about the value (the hull of the percentile
+    # and basic intervals), so both half-widths agree there; an asymmetric interval tells the two apart.
+    check = policy._Check(vocab.CheckRef("x"), value, threshold, comparison,
+                          dict.fromkeys(("pass", "fail", "inconclusive", "not_evaluated"), ""), sizes={"everyone": 100})
+    assert policy._rows_to_decide(check, low, high) == {"everyone": rows}
+
+
+def test_a_passing_regression_is_not_a_fairness_check_shown():
+    # Every fairness threshold is off; only the baseline comparison checks the disparities by sex. Each got
+    # better than in the baseline (docfixtures: dpd .13, dpr .42/.55 = .76, eod .10), so the regression
+    # findings pass. They say the model did not get worse, not that it is fair: with 'sex' audited and no
+    # fairness check of it evaluated, compliance is not shown.
+    from docfixtures import small_document
+
+    ev = evaluation(accuracy=0.9, sex=gaps(dpd=0.05, dpr=0.95, eod=0.04))
+    findings = policy.judge(only(), ev, [], baseline=small_document())
+    assert [(f.id, f.status) for f in findings] == [
+        ("regression:accuracy", "pass"),
+        ("regression:demographic_parity_difference:sex", "pass"),
+        ("regression:demographic_parity_ratio:sex", "pass"),
+        ("regression:equalized_odds_difference:sex", "pass"),
+    ]
+    verdict, reasons = policy.decide(findings, features=("sex",))
+    assert (verdict, reasons) == ("inconclusive", [policy._MSG_NOT_SHOWN.format(feature="sex")])

@@ -235,6 +235,27 @@ def test_train_with_redo_gives_the_weights_torch_optim_gives(monkeypatch, optimi
     assert any(not torch.equal(value, unreset[name]) for name, value in ours.model.state_dict().items())
 
 
+
+@pytest.mark.parametrize("patience", [0, 1, 2, 3])
+def test_early_stopping_after_patience_epochs_without_improvement(patience):
+    # A learning rate of 1e-12 barely moves the weights: the validation loss of epoch 1 improves on nothing
+    # (infinity) and no later epoch improves on it by the required 1e-6. Epochs 2, 3, ... each wait one more
+    # epoch: with patience p, the p-th wait is epoch 1 + p, where training stops; patience 0 never stops.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 4, generator=gen)
+    y = (x[:, 0] > 0).float()
+    result = training.train(
+        x.numpy(), y.numpy(), model_cfg=ModelConfig(hidden_sizes=(8,)), audit_cfg=AuditConfig(capacity_sample=64),
+        train_cfg=TrainingConfig(epochs=8, batch_size=50, optimizer="sgd", learning_rate=1e-12,
+                                 early_stopping_patience=patience, device="cpu"),
+        seed=0)
+    losses = [record.val_loss for record in result.history]
+    assert max(abs(v - losses[0]) for v in losses) < 1e-6  # the premise: no epoch improves by 1e-6
+    expected = 1 + patience if patience else 8
+    assert [record.epoch for record in result.history] == list(range(1, expected + 1))
+    assert (result.best_epoch, result.stopped_early) == (1, patience > 0)
+
+
 def test_training_does_not_import_torch_dynamo():
     code = """
 import sys
