@@ -1,2 +1,3 @@
 """The networks: the ReLU MLP the pipeline trains and a user's model loaded for an audit (``model``), its
-training loop (``training``) and the capacity measures of ReLU units (``capacity``)."""
+training loop (``training``), the one function that scores rows (``scoring``) and the capacity measures of
+ReLU units (``capacity``)."""
