@@ -258,12 +258,13 @@ def test_ray_and_local_executors_give_the_same_audit_of_the_shipped_config(ray_h
 
 def test_auto_workers_fork_only_for_trainings_large_enough_to_pay_for_it():
     from pipeline.core import config
+    from pipeline.nn import seeds
 
     cfg = config.from_dict(small_config(**{"training.epochs": 10, "training.seeds": [0, 1]}))
-    jobs = runner._trainings(cfg)
-    assert runner._workers(cfg, 700, jobs) == 1  # 700 rows x 20 epochs: this process
-    assert runner._workers(cfg, runner.FORK_MIN_ROW_EPOCHS // 20, jobs) == 0  # one per core
+    jobs = seeds.trainings(cfg)
+    assert seeds.workers_for(cfg, 700, jobs) == 1  # 700 rows x 20 epochs: this process
+    assert seeds.workers_for(cfg, seeds.FORK_MIN_ROW_EPOCHS // 20, jobs) == 0  # one per core
     german = config.load(ROOT / "configs" / "german.yaml")[0]  # 600 training rows x 60 epochs x 3 seeds
-    assert runner._workers(german, 600, runner._trainings(german)) == 0
+    assert seeds.workers_for(german, 600, seeds.trainings(german)) == 0
     explicit = config.from_dict({**small_config(), "execution": {"workers": 3}})
-    assert runner._workers(explicit, 700, runner._trainings(explicit)) == 3
+    assert seeds.workers_for(explicit, 700, seeds.trainings(explicit)) == 3

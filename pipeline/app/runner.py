@@ -16,14 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.app import jobs
 from pipeline.core import config as config_mod
 from pipeline.core.errors import EXIT_FAIL, EXIT_NOT_LOGGED, EXIT_PASS, UserError
+from pipeline.core.timing import StageTimer
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from pipeline.core.document import AuditDocument, Remedy, SeedAudit
+    from pipeline.data.tables import Encoder, Table
+    from pipeline.nn.seeds import Progress, Training
+    from pipeline.scale.executor import LocalExecutor, Pending
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[str], Callable]  # label -> on_epoch(record, epochs): how training shows progress
 
 
 @dataclass(frozen=True)
@@ -54,32 +63,29 @@ class RunResult:
         return out
 
 
-class StageTimer:
-    """Wall time per named stage, for logs and the benchmark."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.started = time.time()  # when the command started: the MLflow run's start time
-        self._start = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._start
-        self._start = now
-
-
 @dataclass(frozen=True)
-class _Rows:
-    """What the audit judged: which rows of the data file, encoded how, and how many trained the model."""
+class Judged:
+    """Which rows the audit judged, encoded how, and how many trained the model."""
 
-    encoder: object  # data.Encoder
+    encoder: Encoder
     feature_columns: list[str]
     n_inputs: int
     train_rows: int  # 0 in audit mode
-    judged: object  # np.ndarray: sorted 0-based file row numbers of the test split, or of every audited row
-    artifact: str  # outputs.TEST_ROWS or outputs.AUDITED_ROWS (outputs.SHARDS when streamed: judged is None)
+    rows: np.ndarray | None  # sorted 0-based file row numbers of the test split or every audited row; None: streamed
+    artifact: str  # outputs.TEST_ROWS or outputs.AUDITED_ROWS (outputs.SHARDS when streamed)
     unseen_categories: dict[str, int] = dataclasses.field(default_factory=dict)
-    streaming: Callable[[], dict] | None = None  # streamed: what was counted (known once the shards are merged)
+    streaming: dict | None = None  # streamed: executor, shards, rows counted, files (known once merged)
+
+
+@dataclass(frozen=True)
+class Audited:
+    """What a command's audit step returns inside the MLflow run: the models' audits and what they judged."""
+
+    seeds: list[SeedAudit]
+    remedies: tuple[Remedy, ...]
+    model_info: dict
+    trained: nn.Module | None  # the network trained here (logged with the run), None in audit mode
+    judged: Judged
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,13 @@ class _Session:
     """What both commands settle before the MLflow run starts."""
 
     cfg: config_mod.Config
-    table: object  # data.Table
+    table: Table
     run_name: str
     uri: str  # where the run goes (a local store when the intended server did not answer)
     intended: str
     not_logged: str | None
     baseline_spec: str | None
-    baseline: object  # document.AuditDocument | None
+    baseline: AuditDocument | None
     reports_dir: Path
 
 
@@ -123,51 +129,51 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
         logger.info("data: %s, %d rows (%d train, %d test), %d features", table.path, len(table.frame),
                     len(split.y_train), len(split.y_test), split.x_train.shape[1])
         timer.lap("data")
-        from pipeline.record import report
+        from pipeline.nn import seeds as seeds_mod  # no torch yet: the report process forks first
+        from pipeline.record import outputs, report
         from pipeline.scale import executor
 
-        trainings = _trainings(cfg)
+        trainings = seeds_mod.trainings(cfg)
         ex = cfg.execution
         # A process for the report, forked before torch is imported: it loads matplotlib meanwhile.
         with executor.beside(warm=report.prepare) as reporter, \
                 executor.executor_for(ex.executor, ex.ray_address, tasks=len(trainings),
-                                      workers=_workers(cfg, len(split.y_train), trainings)) as pool:
+                                      workers=seeds_mod.workers_for(cfg, len(split.y_train), trainings)) as pool:
             from pipeline.nn import model as model_mod
 
             model_mod.one_thread()
             # The seeds (and remedies) train in forked workers (or Ray tasks) while this process loads MLflow.
-            pending = pool.submit(lambda job: _train_and_evaluate(job, split, progress), trainings)
+            pending = pool.submit(functools.partial(seeds_mod.train_and_evaluate, split=split, progress=progress),
+                                  trainings)
             session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
             from pipeline.record import tracking
 
             tracking.preload_model_logging()
             timer.lap("imports")
+            judged = Judged(split.encoder, split.feature_columns, split.x_train.shape[1], len(split.y_train),
+                            split.test_rows, outputs.TEST_ROWS)
 
-            def audited(run_id: str):
+            def audited(run_id: str) -> Audited:
+                from pipeline.core.document import Remedy
+
                 outcomes = _logged(trainings, pending, timer)
                 seeds = outcomes[:len(cfg.training.seeds)]
-                remedies = ()
-                if cfg.audit.remedies:
-                    from pipeline.core.document import Remedy
-
-                    remedies = (Remedy.of("none (audited model)", seeds[0]),
-                                *(Remedy.of(name, o) for name, o in zip(cfg.audit.remedies, outcomes[len(seeds):])))
+                remedies = () if not cfg.audit.remedies else (
+                    Remedy.of("none (audited model)", seeds[0]),
+                    *(Remedy.of(name, o) for name, o in zip(cfg.audit.remedies, outcomes[len(seeds):])))
                 net = seeds[0].train.model
                 model = {"architecture": "ReLUMLP", "hidden_sizes": list(cfg.model.hidden_sizes),
                          "relu": cfg.model.relu, "dropout": cfg.model.dropout,
                          "parameters": sum(p.numel() for p in net.parameters())}
-                return seeds, remedies, model, net
+                return Audited(seeds, remedies, model, net, judged)
 
             def mitigated(seeds, findings, verdict):
-                if not cfg.mitigation.enabled:
-                    return None
-                return _mitigate(cfg, split, timer, seeds[0], findings, verdict, executor=pool)
+                from pipeline.mitigation import sweep
 
-            from pipeline.record import outputs
+                return sweep.sweep(cfg, split, seeds[0], findings, verdict, timer, executor=pool,
+                                   record=tracking.log_candidate) if cfg.mitigation.enabled else None
 
-            judged = _Rows(split.encoder, split.feature_columns, split.x_train.shape[1], len(split.y_train),
-                           split.test_rows, outputs.TEST_ROWS)
-            return _audited_run(session, audited, timer, judged, mitigated=mitigated,
+            return _audited_run(session, audited, timer, mitigated=mitigated,
                                 register_recommended=register_recommended, reporter=reporter)
 
 
@@ -216,7 +222,7 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         timer.lap("data")
         from pipeline.nn import capacity
         from pipeline.nn import model as model_mod
-        from pipeline.record import tracking
+        from pipeline.record import outputs, tracking
 
         model_mod.one_thread()
         session = _session(cfg, table, f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
@@ -226,8 +232,9 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         else:
             net, model_info = model_mod.load_from_module(module, state_dict)
             fitted = data.read_encoder(encoder)
+        tags = {f"audited_model.{k}": str(v) for k, v in model_info.items() if v is not None}
         if shards is not None:
-            return _audit_shards(session, shards, net, fitted, model_info, layers, timer, source=str(config_path))
+            return _audit_shards(session, shards, net, fitted, model_info, layers, timer, tags, str(config_path))
         rows = data.encode_all(table, cfg, fitted, source=str(config_path))
         if rows.unseen_categories:
             logger.warning("data: %s has categories the model's encoder has not seen (encoded as all-zero one-hot "
@@ -236,53 +243,45 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         model_mod.check_inputs(net, rows.x, source=model_uri or module, feature_names=rows.encoder.feature_names)
         probe = capacity.ReluProbe(net, layers=layers)  # before the run: an untraceable model leaves no run behind
         timer.lap("imports")
+        judged = Judged(rows.encoder, rows.feature_columns, rows.x.shape[1], 0, rows.rows, outputs.AUDITED_ROWS,
+                        rows.unseen_categories)
 
-        def audited(run_id: str):
-            seed = _evaluate_model(net, cfg, rows.x, rows.y, rows.s, timer, probe=probe, run_id=run_id, x_train=None,
+        def audited(run_id: str) -> Audited:
+            from pipeline.nn.evaluation import evaluate_model
+
+            seed = evaluate_model(net, cfg, rows.x, rows.y, rows.s, timer, probe=probe, run_id=run_id, x_train=None,
                                   slots=rows.rows)
-            return [seed], (), model_info, None
+            return Audited([seed], (), model_info, None, judged)
 
-        from pipeline.record import outputs
-
-        tags = {f"audited_model.{k}": str(v) for k, v in model_info.items() if v is not None}
-        judged = _Rows(rows.encoder, rows.feature_columns, rows.x.shape[1], 0, rows.rows, outputs.AUDITED_ROWS,
-                       rows.unseen_categories)
-        return _audited_run(session, audited, timer, judged, extra_tags=tags)
+        return _audited_run(session, audited, timer, extra_tags=tags)
 
 
-def _audit_shards(s: _Session, shards, net, encoder, model_info: dict, layers, timer: StageTimer, *,
+def _audit_shards(s: _Session, shards, net, encoder, model_info: dict, layers, timer: StageTimer, tags: dict,
                   source: str) -> RunResult:
-    """Audit a model on Parquet shards as map-reduce (``streaming``): local processes or Ray tasks score
-    the shards into mergeable partials; this process merges them, evaluates and logs."""
-    from pipeline.core.document import SeedAudit
+    """Audit a model on Parquet shards as map-reduce (``scale.streaming``): local processes or Ray tasks
+    score the shards into mergeable partials; this process merges them, evaluates and logs."""
     from pipeline.data import shards as stream
     from pipeline.nn import capacity
     from pipeline.record import outputs
     from pipeline.scale import executor, streaming
 
-    cfg = s.cfg
+    cfg, ex = s.cfg, s.cfg.execution
     # Before the run starts: a missing or mistyped column, or an untraceable model, leaves no run behind.
     stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, encoder), source=source)
     capacity.ReluProbe(net, layers=layers)
     timer.lap("imports")
-    ex = cfg.execution
-    counted: dict = {}
     with executor.executor_for(ex.executor, ex.ray_address, workers=ex.workers, tasks=len(shards)) as pool:
 
-        def audited(run_id: str):
-            evaluation, cap, found = streaming.audit_shards(shards, net=net, cfg=cfg, encoder=encoder, executor=pool,
-                                                            layers=layers, source=source)
+        def audited(run_id: str) -> Audited:
+            streamed = streaming.audit_shards(shards, net=net, cfg=cfg, encoder=encoder, executor=pool, layers=layers,
+                                              source=source)
             timer.lap("evaluation")
-            counted.update(found)
-            seed = SeedAudit(seed=None, run_id=run_id, evaluation=evaluation, capacity={"test": cap.health},
-                             ranks=cap.ranks, group_capacity=cap.groups)
-            return [seed], (), model_info, None
+            judged = Judged(encoder, [*encoder.numeric, *encoder.categorical], len(encoder.feature_names), 0, None,
+                            outputs.SHARDS, streaming={"executor": ex.executor, **streamed.counts,
+                                                      "files": [dataclasses.asdict(shard) for shard in shards]})
+            return Audited([streamed.seed(run_id)], (), model_info, None, judged)
 
-        tags = {f"audited_model.{k}": str(v) for k, v in model_info.items() if v is not None}
-        files = [dataclasses.asdict(shard) for shard in shards]
-        judged = _Rows(encoder, [*encoder.numeric, *encoder.categorical], len(encoder.feature_names), 0, None,
-                       outputs.SHARDS, streaming=lambda: {"executor": ex.executor, **counted, "files": files})
-        return _audited_run(s, audited, timer, judged, extra_tags=tags)
+        return _audited_run(s, audited, timer, extra_tags=tags)
 
 
 def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baseline: str | None,
@@ -298,59 +297,58 @@ def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baselin
     return _Session(cfg, table, run_name, uri, intended, not_logged, baseline, base, reports_dir)
 
 
-def _audited_run(s: _Session, audited: Callable, timer: StageTimer, rows: _Rows, *,
+def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTimer, *,
                  extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
-                 register_recommended: bool = False, reporter=None) -> RunResult:
+                 register_recommended: bool = False, reporter: LocalExecutor | None = None) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it.
 
     ``reporter``: where the report renders (an ``executor.beside`` already forked); else one forked here.
     """
     from pipeline.core import document, policy
-    from pipeline.record import report, tracking
+    from pipeline.record import outputs, report, tracking
     from pipeline.scale import executor
 
     cfg, table = s.cfg, s.table
     with tracking.audit_run(s.uri, cfg.tracking.experiment, s.run_name, started=timer.started) as parent, \
             jobs.incomplete_marker(s.reports_dir / parent.info.run_id, timer.seconds):
         timer.lap("mlflow_logging")
-        seeds, remedies, model_info, trained = audited(parent.info.run_id)
-        primary = seeds[0]
-        summary = document.seed_summary(seeds)
+        got = audited(parent.info.run_id)
+        primary, judged = got.seeds[0], got.judged
+        summary = document.seed_summary(got.seeds)
         findings = policy.judge(cfg.policy, primary.evaluation, primary.gated_capacity,
                                 seed_ranges={k: st.range for k, st in summary.metrics.items() if summary.spread(k)},
                                 group_capacity=primary.group_capacity, baseline=s.baseline,
-                                measured_on="the training data" if trained is not None else "the audited rows")
+                                measured_on="the training data" if got.trained is not None else "the audited rows")
         verdict, reasons = policy.decide(findings, features=cfg.dataset.sensitive_features)
-        mitigation = mitigated(seeds, findings, verdict) if mitigated else None
-        streamed = rows.streaming() if rows.streaming else None
+        mitigation = mitigated(got.seeds, findings, verdict) if mitigated else None
+        streamed = judged.streaming
         dataset = document.DatasetInfo.of(
-            table, cfg.dataset, train_rows=rows.train_rows,
-            test_rows=streamed["rows_audited"] if streamed else len(rows.judged),
-            feature_columns=rows.feature_columns, n_model_inputs=rows.n_inputs,
-            unseen_categories=streamed["unseen_categories"] if streamed else rows.unseen_categories, streaming=streamed)
-        doc = document.build(seeds, findings, verdict, reasons=reasons, cfg=cfg, dataset=dataset, run_id=parent.info.run_id,
-                             run_name=s.run_name, tracking_uri=s.uri, versions=tracking.package_versions(),
-                             model=model_info, summary=summary, remedies=remedies,
-                             baseline=document.BaselineSummary.of(s.baseline_spec, s.baseline, findings),
-                             mitigation=mitigation)
+            table, cfg.dataset, train_rows=judged.train_rows,
+            test_rows=streamed["rows_audited"] if streamed else len(judged.rows),
+            feature_columns=judged.feature_columns, n_model_inputs=judged.n_inputs,
+            unseen_categories=streamed["unseen_categories"] if streamed else judged.unseen_categories,
+            streaming=streamed)
+        doc = document.build(got.seeds, findings, verdict, reasons=reasons, cfg=cfg, dataset=dataset,
+                             run_id=parent.info.run_id, run_name=s.run_name, tracking_uri=s.uri,
+                             versions=tracking.package_versions(), model=got.model_info, summary=summary,
+                             remedies=got.remedies, mitigation=mitigation,
+                             baseline=document.BaselineSummary.of(s.baseline_spec, s.baseline, findings))
         timer.lap("evaluation")
-        from pipeline.record import outputs
-
         out_dir = s.reports_dir / parent.info.run_id
-        if rows.judged is None:  # streamed: every row of the shards listed, in order
-            outputs.write_shards(out_dir / rows.artifact, streamed["files"])
+        if judged.rows is None:  # streamed: every row of the shards listed, in order
+            outputs.write_shards(out_dir / judged.artifact, streamed["files"])
         else:  # which file rows were judged, for recomputing
-            outputs.write_rows(out_dir / rows.artifact, rows.judged)
+            outputs.write_rows(out_dir / judged.artifact, judged.rows)
         # The plots and report render in a forked process while this one logs to MLflow.
         with reporter or executor.beside() as aside:
             reports = aside.submit(functools.partial(_timed, outputs.write_reports, doc), [out_dir])
             timer.lap("report")
-            tracking.log_audit(doc, primary, trained, rows.encoder, table, out_dir,
+            tracking.log_audit(doc, primary, got.trained, judged.encoder, table, out_dir,
                                description=report.run_description(doc), extra_tags=extra_tags,
                                written=reports.results)
         logger.info("report: rendered in %.2f s, alongside MLflow logging", reports.results()[0])
         if register_recommended:
-            _register_recommended(doc)
+            tracking.register_recommended(doc)
         timer.lap("mlflow_logging")
 
     logger.info("seconds by stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in timer.seconds.items()))
@@ -377,52 +375,7 @@ def _timed(fn: Callable, *args) -> float:
     return time.perf_counter() - start
 
 
-@dataclass(frozen=True)
-class _Training:
-    """One model to train and audit: a seed of the configured model, or a what-if remedy's retraining."""
-
-    cfg: config_mod.Config
-    seed: int
-    name: str | None = None  # "remedy-<name>"; None for a seed
-    full: bool = True  # bootstrap intervals, ranks and group capacity (the audited seed and remedies)
-
-
-# Forked workers pay for themselves once the trainings are large enough: they train while this process
-# loads MLflow and torch.export (~2.4 s). Measured on 2 cores: German's three seeds (0.1 M row-epochs)
-# ran 0.3 s faster in two workers (4.05 s, against 4.35 s here); the tests' tiny trainings stay here.
-FORK_MIN_ROW_EPOCHS = 50_000
-
-
-def _workers(cfg, train_rows: int, trainings: list[_Training]) -> int:
-    """``execution.workers``, or for 0 (auto): one per core if the trainings are large, else this process."""
-    if cfg.execution.workers:
-        return cfg.execution.workers
-    row_epochs = train_rows * sum(job.cfg.training.epochs for job in trainings)
-    return 0 if row_epochs >= FORK_MIN_ROW_EPOCHS else 1
-
-
-def _trainings(cfg) -> list[_Training]:
-    """The configured seeds (the first one audited in full), then each remedy on the first seed."""
-    first = cfg.training.seeds[0]
-    return [_Training(cfg, seed, full=seed == first) for seed in cfg.training.seeds] + [
-        _Training(config_mod.with_remedy(cfg, name), first, name=f"remedy-{name}") for name in cfg.audit.remedies]
-
-
-def _train_and_evaluate(job: _Training, split, progress: Progress | None):
-    """Train one model, then evaluate fairness and measure capacity; plain results, no MLflow (a worker runs it)."""
-    from pipeline.nn import training
-
-    timer = StageTimer()
-    result = training.train(split.x_train, split.y_train, model_cfg=job.cfg.model, train_cfg=job.cfg.training,
-                            audit_cfg=job.cfg.audit, seed=job.seed,
-                            on_epoch=progress(job.name or f"seed {job.seed}") if progress else None)
-    timer.lap("training")
-    outcome = _evaluate_model(result.model, job.cfg, split.x_test, split.y_test, split.s_test, timer,
-                              x_train=split.x_train, full=job.full, seed=job.seed, run_id="", train=result)
-    return outcome, timer.seconds
-
-
-def _logged(trainings: list[_Training], pending, timer: StageTimer) -> list:
+def _logged(trainings: list[Training], pending: Pending, timer: StageTimer) -> list[SeedAudit]:
     """Wait for the trainings (each in its nested MLflow run, open meanwhile) and log each one's outcome."""
     from pipeline.record import tracking
 
@@ -440,119 +393,6 @@ def _logged(trainings: list[_Training], pending, timer: StageTimer) -> list:
     return outcomes
 
 
-def _evaluate_model(net, cfg, x, y, s, timer: StageTimer, *, x_train, full: bool = True, probe=None,
-                    seed: int | None = None, run_id: str, train=None, scores=None, decisions=None, slots=None):
-    """Fairness and capacity of one model on rows ``x`` (and dead units on training rows, when trained here).
-
-    ``full``: bootstrap intervals, effective ranks and group-conditional capacity; for the
-    audited model. The other seeds only need the point numbers that show the seed spread.
-    ``probe``: a ``capacity.ReluProbe`` already built (and so checked) for ``net``.
-    ``scores``/``decisions``: a mitigation candidate's, when they are not the network's own.
-    ``slots``: the rows' numbers in the data (``nn.scoring``): a streamed audit of the same rows scores them alike.
-    """
-    import torch
-
-    from pipeline.core import fairness
-    from pipeline.core.document import SeedAudit
-    from pipeline.nn import capacity, scoring
-
-    scores = scoring.predict_proba(net, x, slots=slots) if scores is None else scores
-    evaluation = fairness.evaluate(y, scores, s, audit=cfg.audit, intersections=cfg.dataset.intersections,
-                                   bootstrap=full, decisions=decisions)
-    timer.lap("evaluation")
-    probe = probe or capacity.ReluProbe(net)
-    health = {"tau": cfg.audit.dormant_tau, "rare_threshold": cfg.audit.rare_threshold}
-    rows = torch.from_numpy(x)
-    measured = {"test": capacity.measure_health(probe, rows, slots=slots, **health)}
-    if x_train is not None:
-        measured = {"train": capacity.measure_health(probe, torch.from_numpy(x_train), **health), **measured}
-    ranks, by_group = [], {}
-    if full:
-        ranks = capacity.measure_ranks(probe, rows, delta=cfg.audit.srank_delta, slots=slots)
-        for view, columns in evaluation.views.items():
-            table = evaluation.groups[view]
-            shown = table.loc[table["status"] != "suppressed", "group"].tolist()
-            by_group[view] = capacity.group_capacity(probe, rows, fairness.view_labels(s[columns]), labels=shown,
-                                                     tau=cfg.audit.dormant_tau, slots=slots)
-    timer.lap("dead_units")
-    return SeedAudit(seed=seed, run_id=run_id, evaluation=evaluation, capacity=measured, ranks=ranks,
-                     group_capacity=by_group, train=train)
-
-
-def _mitigate(cfg, split, timer: StageTimer, primary, findings, verdict, *, executor=None):
-    """Every configured mitigation candidate, measured with the same engine and gate; frontier; recommendation."""
-    import numpy as np
-
-    from pipeline.core import decision, document, policy
-    from pipeline.mitigation import candidates as mitigation
-    from pipeline.nn import scoring
-    from pipeline.record import tracking
-
-    started = time.perf_counter()
-    m = cfg.mitigation
-    feature = m.feature or cfg.dataset.sensitive_features[0]
-    skipped: list[tuple[str, str]] = []
-    candidates, validation = mitigation.build_candidates(
-        _with_view(split, primary.evaluation.views[feature]), cfg, primary.train.model, feature=feature,
-        methods=m.methods, constraints=m.constraints, strengths=m.penalty_strengths, seed=cfg.training.seeds[0],
-        validation_fraction=m.validation_fraction, eg_max_iter=m.reductions_max_iter, eg_eps=m.reductions_eps,
-        epochs=m.epochs, skipped=skipped, executor=executor)
-    timer.lap("mitigation")
-    base = (scoring.predict_proba(primary.train.model, split.x_test) >= cfg.audit.decision_threshold).astype(int)
-    cost = {"n_boot": cfg.audit.n_boot, "level": cfg.audit.ci_level, "seed": cfg.audit.bootstrap_seed}
-    results = [document.CandidateResult.of(None, primary, findings, verdict, (0.0, 0.0, 0.0), feature)]
-    for cand in candidates:
-        with tracking.candidate_run(cand.name) as child:
-            audited = _evaluate_model(cand.networks[0], cfg, split.x_test, split.y_test, split.s_test, timer,
-                                      x_train=split.x_train, run_id=child.info.run_id, scores=cand.scores,
-                                      decisions=cand.decisions)
-            found = policy.judge(cfg.policy, audited.evaluation, audited.gated_capacity,
-                                 group_capacity=audited.group_capacity)
-            said = policy.decide(found, features=cfg.dataset.sensitive_features)[0]
-            paid = decision.accuracy_cost(split.y_test, base, cand.decisions, **cost)
-            tracking.log_candidate(cand, audited, found, said, paid)
-            timer.lap("mitigation")
-        results.append(document.CandidateResult.of(cand, audited, found, said, paid, feature))
-    results = decision.mark_frontier(results, feature)
-    options = [decision.Option(r.name, r.accuracy, r.verdict, r.group_aware, tuple(r.failing), tuple(r.open),
-                               (r.accuracy_cost, r.cost_ci_low, r.cost_ci_high), unmitigated=r.run_id is None)
-               for r in results]
-    chosen, sentence, closest = decision.recommend(options, allow_group_aware=m.allow_group_aware_decisions)
-    logger.info("mitigation: %s", sentence)
-    return document.MitigationSection(feature=feature, allow_group_aware_decisions=m.allow_group_aware_decisions,
-                                      validation_rows=int(np.size(validation)), candidates=tuple(results),
-                                      recommended=chosen, recommendation=sentence, closest=closest,
-                                      seconds=time.perf_counter() - started, not_built=dict(skipped))
-
-
-def _with_view(split, columns: list[str]):
-    """The split, with an intersection's group labels as one more sensitive column (named like its view)."""
-    if len(columns) == 1:
-        return split
-    from pipeline.core import fairness, vocabulary
-
-    name = vocabulary.view_name(columns)
-    s_train, s_test = (frame.assign(**{name: fairness.view_labels(frame[columns])})
-                       for frame in (split.s_train, split.s_test))
-    return dataclasses.replace(split, s_train=s_train, s_test=s_test)
-
-
-def _register_recommended(doc) -> None:
-    """Register the recommended candidate as a new version of the registered model (verdict tag, alias rule)."""
-    from pipeline.record import tracking
-
-    m = doc.mitigation
-    if m is None or m.recommended is None or not doc.config.tracking.registered_model:
-        logger.warning("register-recommended: nothing to register (%s)", "no recommendation" if m else
-                       "mitigation is off")
-        return
-    chosen = m.candidate(m.recommended)
-    if chosen.run_id is None:
-        logger.info("register-recommended: the recommendation is the unmitigated model, registered with the audit")
-        return
-    tracking.register_candidate(chosen, doc)
-
-
-def _run_name(dataset: str, cfg) -> str:
+def _run_name(dataset: str, cfg: config_mod.Config) -> str:
     arch = "x".join(map(str, cfg.model.hidden_sizes))
     return f"{dataset}-mlp{arch}-{cfg.model.relu}-relu-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

@@ -353,43 +353,54 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     mlflow.set_tags(tags)
 
 
-@contextmanager
-def candidate_run(name: str) -> Iterator[mlflow.ActiveRun]:
-    """A nested run for one mitigation candidate."""
-    parent = mlflow.active_run()
-    with _ended_run(run_name=f"{parent.info.run_name}-mitigation-{vocab.metric_key(name)}", nested=True,
-                    experiment_id=parent.info.experiment_id) as active:
-        mlflow.set_tag("mitigation.candidate", name)
-        yield active
-
-
-def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[float, float, float]) -> None:
+def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[float, float, float]) -> str:
     """A candidate's nested run: what it is, its numbers with intervals, its findings and verdict, and what
-    reproduces it (``candidate.json`` and ``weights.pt``: torch state_dicts, no pickled code)."""
+    reproduces it (``candidate.json`` and ``weights.pt``: torch state_dicts, no pickled code). Returns its run id."""
     import json
     import tempfile
 
     import torch
 
-    ev = audited.evaluation
-    mlflow.log_params({"method": cand.method, "constraint": str(cand.constraint), "strength": str(cand.strength),
-                       "group_aware": str(cand.group_aware)})
-    values = {k: v for k, v in ev.overall.items()}
-    values.update({"accuracy_cost": cost[0], "accuracy_cost_ci_low": cost[1], "accuracy_cost_ci_high": cost[2],
-                   "seconds": cand.seconds})
-    for view, gaps in ev.disparities.items():
-        for name, d in gaps.items():
-            key = vocab.disparity_metric(name, view)
-            values.update({key: d.value, f"{key}_ci_low": d.ci_low, f"{key}_ci_high": d.ci_high})
-    values.update(audited.metrics())
-    _log_metrics(audited.run_id, {k: v for k, v in values.items() if v is not None})
-    mlflow.log_dict({"verdict": verdict, "findings": [f.to_json() for f in findings]}, "findings.json")
-    mlflow.set_tag("verdict", verdict)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(list(cand.state_dicts), f"{tmp}/weights.pt")
-        (Path(tmp) / "candidate.json").write_text(json.dumps(
-            {"name": cand.name, "method": cand.method, "artifact": cand.artifact}, default=float), encoding="utf-8")
-        mlflow.log_artifacts(tmp, "candidate")
+    parent = mlflow.active_run()
+    with _ended_run(run_name=f"{parent.info.run_name}-mitigation-{vocab.metric_key(cand.name)}", nested=True,
+                    experiment_id=parent.info.experiment_id) as active:
+        run_id = active.info.run_id
+        mlflow.set_tag("mitigation.candidate", cand.name)
+        ev = audited.evaluation
+        mlflow.log_params({"method": cand.method, "constraint": str(cand.constraint), "strength": str(cand.strength),
+                           "group_aware": str(cand.group_aware)})
+        values = {k: v for k, v in ev.overall.items()}
+        values.update({"accuracy_cost": cost[0], "accuracy_cost_ci_low": cost[1], "accuracy_cost_ci_high": cost[2],
+                       "seconds": cand.seconds})
+        for view, gaps in ev.disparities.items():
+            for name, d in gaps.items():
+                key = vocab.disparity_metric(name, view)
+                values.update({key: d.value, f"{key}_ci_low": d.ci_low, f"{key}_ci_high": d.ci_high})
+        values.update(audited.metrics())
+        _log_metrics(run_id, {k: v for k, v in values.items() if v is not None})
+        mlflow.log_dict({"verdict": verdict, "findings": [f.to_json() for f in findings]}, "findings.json")
+        mlflow.set_tag("verdict", verdict)
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(list(cand.state_dicts), f"{tmp}/weights.pt")
+            (Path(tmp) / "candidate.json").write_text(json.dumps(
+                {"name": cand.name, "method": cand.method, "artifact": cand.artifact}, default=float),
+                encoding="utf-8")
+            mlflow.log_artifacts(tmp, "candidate")
+    return run_id
+
+
+def register_recommended(doc: AuditDocument) -> None:
+    """Register the recommended candidate as a new version of the registered model (verdict tag, alias rule)."""
+    m = doc.mitigation
+    if m is None or m.recommended is None or not doc.config.tracking.registered_model:
+        logger.warning("register-recommended: nothing to register (%s)", "no recommendation" if m else
+                       "mitigation is off")
+        return
+    chosen = m.candidate(m.recommended)
+    if chosen.run_id is None:
+        logger.info("register-recommended: the recommendation is the unmitigated model, registered with the audit")
+        return
+    register_candidate(chosen, doc)
 
 
 def register_candidate(result, doc: AuditDocument) -> str:

@@ -54,13 +54,14 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from pipeline.core import disclosure, fairness, uncertainty, vocabulary
 from pipeline.core.config import AuditConfig, Config, DatasetConfig
+from pipeline.core.document import SeedAudit
 from pipeline.core.errors import DataError
 from pipeline.core.units import LayerHealth, layer_health
 from pipeline.core.vocabulary import INTERSECTION_JOIN
@@ -518,22 +519,27 @@ def capacity_from(merged: MergedAudit, *, audit: AuditConfig,
 # --- the whole audit ----------------------------------------------------------------------------
 
 
+class Streamed(NamedTuple):
+    """What :func:`audit_shards` returns: the evaluation, the capacity and what was counted."""
+
+    evaluation: fairness.Evaluation
+    capacity: Capacity  # group capacity for the groups each view publishes
+    counts: dict[str, Any]  # shards, rows, rows_audited, unseen_categories {column: rows}, partial_bytes
+
+    def seed(self, run_id: str) -> SeedAudit:
+        """The audited model's :class:`SeedAudit`, as the in-memory audit builds it."""
+        return SeedAudit(seed=None, run_id=run_id, evaluation=self.evaluation, capacity={"test": self.capacity.health},
+                         ranks=self.capacity.ranks, group_capacity=self.capacity.groups)
+
+
 def audit_shards(shards: Sequence[stream.Shard], *, net: nn.Module, cfg: Config, encoder: Encoder,
                  executor: Executor, batch_size: int = stream.BATCH_SIZE, source: str = "--data",
-                 layers: Sequence[str] | None = None, bootstrap: bool = True,
-                 ) -> tuple[fairness.Evaluation, Capacity, dict[str, Any]]:
+                 layers: Sequence[str] | None = None, bootstrap: bool = True) -> Streamed:
     """Audit an existing model on every row of ``shards``: map :func:`audit_shard`, :func:`reduce`, evaluate.
 
     Every file's schema is checked first (``stream.check_schemas``: a missing or mistyped column
     is a :class:`DataError` naming the file and the column, before any row is read) and the model
     is probed for its ReLUs on the driver, so neither error costs a task.
-
-    Returns
-    -------
-    tuple
-        The :class:`fairness.Evaluation`, the :class:`Capacity` (group capacity for the groups
-        each view publishes) and what was counted: ``{"shards": ..., "rows": ..., "rows_audited": ...,
-        "unseen_categories": {column: rows}}``.
     """
     from pipeline.nn.capacity import ReluProbe
 
@@ -550,4 +556,4 @@ def audit_shards(shards: Sequence[stream.Shard], *, net: nn.Module, cfg: Config,
     counted = {"shards": len(shards), "rows": merged.rows, "rows_audited": merged.rows_audited,
                "unseen_categories": merged.unseen_categories,
                "partial_bytes": merged.scores.nbytes + merged.units.nbytes + sum(g.nbytes for g in merged.grams)}
-    return evaluation, capacity_from(merged, audit=cfg.audit, shown=shown), counted
+    return Streamed(evaluation, capacity_from(merged, audit=cfg.audit, shown=shown), counted)
