@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 from pipeline.core import config, fairness
 from pipeline.data import tables as data
 from pipeline.data.shards import shards
-from pipeline.nn import model
+from pipeline.nn import model, scoring
 from pipeline.scale import streaming
 from pipeline.scale.executor import LocalExecutor
 
@@ -79,7 +79,7 @@ def sharded(tmp_path_factory) -> Shards:
     folder = tmp_path_factory.mktemp("reduce") / "parts"
     folder.mkdir()
     for i, frame in enumerate(files):
-        proba = streaming.score_rows(net, encoder.transform(frame))
+        proba = scoring.predict_proba(net, encoder.transform(frame))
         frame["label"] = np.where(rng.random(len(frame)) < proba, "yes", "no")
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / f"part-{i}.parquet",
                        row_group_size=400)
@@ -100,9 +100,11 @@ def streamed(sharded):
 def _in_memory(sharded):
     """The audited rows, read without the streaming code: rows with a missing value dropped, labels as text."""
     frame = sharded.frame.replace("?", np.nan)
-    frame = frame[frame.notna().all(axis=1)].reset_index(drop=True)
+    kept = frame.notna().all(axis=1).to_numpy()
+    frame = frame[kept].reset_index(drop=True)
     y = (frame["label"] == "yes").to_numpy(dtype=np.float32)
-    proba = streaming.score_rows(sharded.net, sharded.encoder.transform(frame))
+    # each row at its number in the data (nn.scoring), as the streamed audit scores it
+    proba = scoring.predict_proba(sharded.net, sharded.encoder.transform(frame), slots=np.flatnonzero(kept))
     return y, proba, frame[["sex", "race"]]
 
 
