@@ -86,3 +86,18 @@ def test_judging_an_audit_document_needs_no_model_library(tmp_path):
     """)
     assert found["exit"] is None
     assert not set(found["loaded"]) & set(HEAVY), found["loaded"]
+
+
+def test_a_run_without_mitigation_loads_neither_fairlearn_nor_scikit_learn(write_config, store, tmp_path):
+    """fairlearn and scikit-learn serve mitigation only: the default run's command never imports them."""
+    from conftest import small_config
+
+    config = write_config(small_config())
+    found = _imported_after(f"""
+        from pipeline.app import runner
+        result = runner.run({str(config)!r}, tracking_uri={store!r}, reports_dir={str(tmp_path / "reports")!r})
+        print(result.verdict, file=sys.stderr)
+    """)
+    assert found["exit"] is None
+    assert {"torch", "mlflow"} <= set(found["loaded"])  # it did train and log
+    assert not {"fairlearn", "sklearn"} & set(found["loaded"]), found["loaded"]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.config import AuditConfig, ModelConfig, TrainingConfig
 from pipeline.nn import capacity, training
-from pipeline.nn.model import ReLUMLP
+from pipeline.nn.model import ReLUMLP, build
 
 # ReLUMLP(4, (8, 6)): after a few real optimizer steps, layer-1 units 1 and 5 and layer-2 unit 2
 # are killed by a bias of -100, so with tau = 0 exactly they are recycled.
@@ -89,10 +94,85 @@ def test_the_training_loop_hands_its_optimizer_to_redo(monkeypatch):
     training.train(x, y, model_cfg=ModelConfig(hidden_sizes=(8,)), audit_cfg=AuditConfig(),
                    train_cfg=TrainingConfig(epochs=3, redo_every=1, early_stopping_patience=0, device="cpu"), seed=0)
     assert len(calls) == 2  # after epochs 1 and 2, not after the last
-    assert all(isinstance(opt, torch.optim.Adam) for opt in calls)
+    assert all(isinstance(opt, training.Adam) for opt in calls)
 
 
-# --- training with torch.optim, and ReDo's reset of its state -------------------------------------
+# --- training.Adam / training.SGD against torch.optim, bit for bit -------------------------------
+
+
+def _step_both(ours_cls, theirs_cls, *, steps: int = 200, skip_grad: bool = False, **hyper):
+    """Two copies of one network, stepped by ours and by torch.optim on the same seeded batches.
+
+    ``skip_grad``: ``hidden[0].bias`` gets no gradient on the first 5 steps and on every third
+    step after, so its state is created late and its step count lags the others'.
+    """
+    torch.manual_seed(0)
+    ours_model = build(6, ModelConfig(hidden_sizes=(16, 8)))
+    theirs_model = copy.deepcopy(ours_model)
+    ours, theirs = ours_cls(ours_model.parameters(), **hyper), theirs_cls(theirs_model.parameters(), **hyper)
+    data = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        x = torch.randn(32, 6, generator=data)
+        y = ((x[:, 0] - x[:, 1] + 0.5 * torch.randn(32, generator=data)) > 0).float()
+        for model, opt in ((ours_model, ours), (theirs_model, theirs)):
+            opt.zero_grad()
+            F.binary_cross_entropy_with_logits(model(x), y).backward()
+            if skip_grad and (step < 5 or step % 3 == 0):
+                model.hidden[0].bias.grad = None
+            opt.step()
+    return ours_model, theirs_model, ours, theirs
+
+
+def _assert_same_weights(ours_model, theirs_model) -> None:
+    ours_params, theirs_params = list(ours_model.parameters()), list(theirs_model.parameters())
+    assert len(ours_params) == len(theirs_params)
+    for mine, theirs in zip(ours_params, theirs_params):
+        assert torch.equal(mine, theirs)
+
+
+ADAM_CASES = [pytest.param(wd, skip, id=f"wd={wd}-skip={skip}") for wd in (0.0, 1e-3) for skip in (False, True)]
+SGD_CASES = [pytest.param(m, wd, skip, id=f"momentum={m}-wd={wd}-skip={skip}")
+             for m in (0.0, 0.9) for wd in (0.0, 1e-3) for skip in (False, True)]
+
+
+@pytest.mark.parametrize(("weight_decay", "skip_grad"), ADAM_CASES)
+def test_adam_matches_torch_optim_adam_bit_for_bit(weight_decay, skip_grad):
+    ours_model, theirs_model, ours, theirs = _step_both(training.Adam, torch.optim.Adam, skip_grad=skip_grad,
+                                                        lr=1e-2, weight_decay=weight_decay)
+    _assert_same_weights(ours_model, theirs_model)
+    assert not torch.equal(ours_model.out.weight, build(6, ModelConfig(hidden_sizes=(16, 8))).out.weight)
+    for mine, their in zip(ours_model.parameters(), theirs_model.parameters()):
+        state, their_state = ours.state[mine], theirs.state[their]
+        assert state["step"] == int(their_state["step"].item())
+        assert torch.equal(state["exp_avg"], their_state["exp_avg"])
+        assert torch.equal(state["exp_avg_sq"], their_state["exp_avg_sq"])
+    steps = [ours.state[p]["step"] for p in ours_model.parameters()]
+    skipped = ours.state[ours_model.hidden[0].bias]["step"]
+    assert skipped == (130 if skip_grad else 200)  # counted per parameter, as torch does
+    assert steps.count(200) == len(steps) - skip_grad
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay", "skip_grad"), SGD_CASES)
+def test_sgd_matches_torch_optim_sgd_bit_for_bit(momentum, weight_decay, skip_grad):
+    ours_model, theirs_model, ours, theirs = _step_both(training.SGD, torch.optim.SGD, skip_grad=skip_grad,
+                                                        lr=5e-2, momentum=momentum, weight_decay=weight_decay)
+    _assert_same_weights(ours_model, theirs_model)
+    assert not torch.equal(ours_model.out.weight, build(6, ModelConfig(hidden_sizes=(16, 8))).out.weight)
+    for mine, their in zip(ours_model.parameters(), theirs_model.parameters()):
+        buffer, their_buffer = ours.state.get(mine, {}).get("momentum_buffer"), \
+            theirs.state[their].get("momentum_buffer")
+        if momentum:
+            assert torch.equal(buffer, their_buffer)
+        else:  # torch keeps no buffer (or None) without momentum
+            assert buffer is None and their_buffer is None
+
+
+def _torch_adam(params, *, lr, weight_decay=0.0):
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _torch_sgd(params, *, lr, momentum=0.0, weight_decay=0.0):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def _train_small(optimizer: str, *, redo_every: int = 0, dormant_tau: float = 0.1) -> training.TrainResult:
@@ -108,23 +188,52 @@ def _train_small(optimizer: str, *, redo_every: int = 0, dormant_tau: float = 0.
         seed=0)
 
 
+def _train_ours_and_torchs(monkeypatch, optimizer: str, **kwargs):
+    ours = _train_small(optimizer, **kwargs)
+    made = []
+
+    def factory(params, **hyper):
+        opt = (_torch_adam if optimizer == "adam" else _torch_sgd)(params, **hyper)
+        made.append(opt)
+        return opt
+
+    monkeypatch.setattr(training, "Adam" if optimizer == "adam" else "SGD", factory)
+    theirs = _train_small(optimizer, **kwargs)
+    assert len(made) == 1  # the patched-in torch.optim optimizer did the training
+    return ours, theirs
+
+
+def _assert_same_training(ours: training.TrainResult, theirs: training.TrainResult) -> None:
+    ours_state, theirs_state = ours.model.state_dict(), theirs.model.state_dict()
+    assert list(ours_state) == list(theirs_state)
+    for name in ours_state:
+        assert torch.equal(ours_state[name], theirs_state[name]), name
+    assert ours.best_epoch == theirs.best_epoch
+    for mine, their in zip(ours.history, theirs.history, strict=True):
+        assert (mine.train_loss, mine.val_loss, mine.val_accuracy) == (their.train_loss, their.val_loss,
+                                                                      their.val_accuracy)
+        assert (mine.dead_fraction, mine.dormant_fraction, mine.recycled) == (their.dead_fraction,
+                                                                              their.dormant_fraction, their.recycled)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_the_reset_of_recycled_units_changes_the_training(monkeypatch, optimizer):
-    """ReDo recycles units and zeroes their torch.optim state; without the reset the weights differ."""
-    reset = _train_small(optimizer, redo_every=1, dormant_tau=0.5)
-    assert sum(sum(record.recycled.values()) for record in reset.history) > 0  # units were recycled
-    assert len({record.train_loss for record in reset.history}) == len(reset.history)  # it did train
+def test_train_gives_the_weights_torch_optim_gives(monkeypatch, optimizer):
+    ours, theirs = _train_ours_and_torchs(monkeypatch, optimizer)
+    _assert_same_training(ours, theirs)
+    assert len({record.train_loss for record in ours.history}) == len(ours.history)  # it did train
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_train_with_redo_gives_the_weights_torch_optim_gives(monkeypatch, optimizer):
+    ours, theirs = _train_ours_and_torchs(monkeypatch, optimizer, redo_every=1, dormant_tau=0.5)
+    assert sum(sum(record.recycled.values()) for record in ours.history) > 0  # units were recycled
+    _assert_same_training(ours, theirs)
+    # Guard: here the reset changes the weights, so a reset that missed our state dicts would show.
+    monkeypatch.undo()
     monkeypatch.setattr(training, "_reset_optimizer_state", lambda *args, **kwargs: None)
     unreset = _train_small(optimizer, redo_every=1, dormant_tau=0.5).model.state_dict()
-    assert any(not torch.equal(value, unreset[name]) for name, value in reset.model.state_dict().items())
+    assert any(not torch.equal(value, unreset[name]) for name, value in ours.model.state_dict().items())
 
-
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_the_same_seed_gives_the_same_weights(optimizer):
-    first, second = _train_small(optimizer, redo_every=1), _train_small(optimizer, redo_every=1)
-    for name, value in first.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[name]), name
-    assert [r.val_loss for r in first.history] == [r.val_loss for r in second.history]
 
 
 @pytest.mark.parametrize("patience", [0, 1, 2, 3])
@@ -147,3 +256,21 @@ def test_early_stopping_after_patience_epochs_without_improvement(patience):
     assert (result.best_epoch, result.stopped_early) == (1, patience > 0)
 
 
+def test_training_does_not_import_torch_dynamo():
+    code = """
+import sys
+import numpy as np
+from pipeline.nn import training
+from pipeline.core.config import AuditConfig, ModelConfig, TrainingConfig
+rng = np.random.default_rng(0)
+x = rng.normal(size=(200, 4)).astype("float32")
+y = (x[:, 0] > 0).astype("float32")
+for optimizer in ("adam", "sgd"):
+    training.train(x, y, model_cfg=ModelConfig(hidden_sizes=(8,)), audit_cfg=AuditConfig(),
+                   train_cfg=TrainingConfig(epochs=2, optimizer=optimizer, redo_every=1, device="cpu"), seed=0)
+print("DYNAMO-AFTER-TRAIN", "torch._dynamo" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "DYNAMO-AFTER-TRAIN False" in proc.stdout, proc.stdout + proc.stderr

@@ -168,10 +168,12 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                 return Audited(seeds, remedies, model, net, judged)
 
             def mitigated(seeds, findings, verdict):
-                from pipeline.mitigation import sweep
+                if not cfg.mitigation.enabled:
+                    return None
+                from pipeline.mitigation import sweep  # fairlearn and scikit-learn: only when asked for
 
                 return sweep.sweep(cfg, split, seeds[0], findings, verdict, timer, executor=pool,
-                                   record=tracking.log_candidate) if cfg.mitigation.enabled else None
+                                   record=tracking.log_candidate)
 
             return _audited_run(session, audited, timer, mitigated=mitigated,
                                 register_recommended=register_recommended, reporter=reporter)

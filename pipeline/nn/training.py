@@ -9,6 +9,8 @@
 - :class:`UnitTimeline`: per-epoch unit counts, and the epoch each unit died or revived.
 - :func:`recycle_dormant`: ReDo (Sokar et al. 2023): reinitialize tau-dormant units and
   reset their optimizer moments.
+- :class:`Adam`, :class:`SGD`: torch.optim's updates written out, bit for bit, without the
+  torch._dynamo that torch.optim imports and wraps every step in (on the CPU; on CUDA, torch.optim).
 
 The network itself is in :mod:`pipeline.nn.model`; how units are found and counted is in
 :mod:`pipeline.nn.capacity`.
@@ -161,12 +163,7 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
 
     model = build(x.shape[1], model_cfg).to(device)
     probe = capacity.ReluProbe(model)  # shares parameters with the model
-    if train_cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate,
-                                     weight_decay=train_cfg.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=train_cfg.learning_rate, momentum=0.9,
-                                    weight_decay=train_cfg.weight_decay)
+    optimizer = _optimizer(model, train_cfg, device)
     generator = torch.Generator().manual_seed(seed)
     timeline = UnitTimeline()
 
@@ -245,6 +242,89 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.
         loss += penalty(logits, y, groups).item()
     model.train()
     return loss, accuracy
+
+
+# --- optimizers ------------------------------------------------------------------------------------
+# On the CPU, torch.optim's Adam and SGD updates written out. torch.optim imports torch._dynamo
+# (0.8 s in every process that trains: the workers fork before the command imports it) and wraps every
+# step and zero_grad in its guards (0.44 against 0.30 ms a step of the default network). Measured in one
+# run on 2 cores (benchmarks/optimizers.py): the default audit takes 36% longer with torch.optim, and
+# still 15% longer with fused=True and torch._dynamo imported before the fork. The arithmetic is
+# theirs, op for op (the single-tensor path torch takes for CPU tensors), so the weights are bit for bit
+# those torch.optim gives (tests/test_training.py compares them). On CUDA, torch.optim itself, for
+# its multi-tensor and fused paths.
+
+
+def _optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device) -> Adam | SGD | torch.optim.Optimizer:
+    """The configured optimizer: written out on the CPU; on CUDA, torch.optim's (its multi-tensor paths)."""
+    if device.type == "cpu":
+        return (Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+                if cfg.optimizer == "adam" else
+                SGD(model.parameters(), lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay))
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+class Adam:
+    """``torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)`` (L2 penalty added to the gradient)."""
+
+    def __init__(self, params, *, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        # Per parameter, created at its first step as torch.optim does: step count, moments.
+        self.state: dict[torch.Tensor, dict] = {}
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for p in self.params:
+            if p.grad is None:
+                continue
+            state = self.state.get(p)
+            if state is None:
+                state = self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            state["step"] += 1
+            grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = float(state["step"])
+            step_size = self.lr / (1 - beta1**step)
+            denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+class SGD:
+    """``torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)`` (no dampening, not Nesterov)."""
+
+    def __init__(self, params, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.state: dict[torch.Tensor, dict] = {}  # per parameter: its momentum buffer
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is None:
+                continue
+            grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
+            if self.momentum != 0:
+                state = self.state.setdefault(p, {})
+                if "momentum_buffer" not in state:  # the first step: the buffer is the gradient
+                    grad = state["momentum_buffer"] = grad.detach().clone()
+                else:
+                    grad = state["momentum_buffer"].mul_(self.momentum).add_(grad)
+            p.add_(grad, alpha=-self.lr)
 
 
 # --- unit timeline ---------------------------------------------------------------------------------
@@ -359,7 +439,7 @@ class UnitTimeline:
 @torch.no_grad()
 def recycle_dormant(model: nn.Module, probe: ReluProbe, x: torch.Tensor, *, tau: float,
                     generator: torch.Generator,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+                    optimizer: Adam | SGD | None = None) -> dict[str, int]:
     """Reinitialize the tau-dormant units of every ReLU layer (ReDo, Sokar et al. 2023).
 
     For each dormant unit on the rows of ``x``: its incoming weights are drawn afresh
@@ -421,7 +501,7 @@ def recycle_dormant(model: nn.Module, probe: ReluProbe, x: torch.Tensor, *, tau:
     return recycled
 
 
-def _reset_optimizer_state(optimizer: torch.optim.Optimizer, incoming: nn.Linear, outgoing: nn.Linear,
+def _reset_optimizer_state(optimizer: Adam | SGD, incoming: nn.Linear, outgoing: nn.Linear,
                            units: torch.Tensor) -> None:
     """Zero the optimizer state of recycled units: incoming rows and bias entries, outgoing columns."""
     targets = [(incoming.weight, False), (outgoing.weight, True)]
