@@ -10,6 +10,7 @@ user errors answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -149,8 +150,6 @@ def _execute(call, as_json: bool) -> None:
             return call(runner)
         # stdout carries the JSON summary alone: what libraries print there (Ray's notices of a
         # worker that died and was retried) goes to stderr with the logs.
-        import contextlib
-
         with contextlib.redirect_stdout(sys.stderr):
             return call(runner)
 

@@ -7,7 +7,10 @@ records that a complete audit missed its tracking server (``pipeline push`` send
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,9 +42,6 @@ def job_lock(reports_dir: Path, config_path, *extra):
     duration. The kernel releases it when the file closes or the process dies (also on
     SIGKILL), so a stale lock cannot block the next scheduled run. Raises ``Busy`` (exit 75).
     """
-    import fcntl
-    import hashlib
-    import os
 
     job = "|".join(str(x) for x in (Path(config_path).resolve(), *extra) if x is not None)
     locks = reports_dir / ".locks"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -29,7 +30,6 @@ def review(run_id: str, *, decision: str, by: str, note: str | None = None, forc
     ``audit.json``, ``report.html`` and ``model_card.md`` are re-rendered with the review,
     in MLflow and in ``reports/<run_id>/`` when that folder is here.
     """
-    import tempfile
 
     from pipeline.record import tracking
 

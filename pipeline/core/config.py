@@ -8,6 +8,7 @@ and the dotted key, what was found and what is expected.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ MESSAGE_BINS = "{source}: dataset.bins.{column}: {problem}"
 
 def tracking_uri(cli_uri: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
-    import os
 
     return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 

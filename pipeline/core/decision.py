@@ -15,6 +15,7 @@ verdicts from the same policy gate as the audited model); nothing here trains or
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,6 @@ def accuracy_cost(y: np.ndarray, base: np.ndarray, candidate: np.ndarray, *, n_b
 
 def mark_frontier(results: list, feature: str) -> list:
     """Candidate results (``document.CandidateResult``) with ``pareto`` set, per gated disparity of ``feature``."""
-    import dataclasses
 
     marks = {}
     for name, low_is_better in BETTER_LOW.items():

@@ -11,6 +11,7 @@ positives) is undefined: NaN here, ``null`` in JSON, "undefined" in the report.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -330,7 +331,6 @@ def _overall_intervals(overall, y_true, y_pred, proba, audit, rng, resampled):
 
 def _empty_combinations(sensitive: pd.DataFrame, present: tuple[str, ...]) -> list[str]:
     """Intersections of observed values that have no test rows: listed, never silently dropped."""
-    import itertools
 
     values = [sorted(sensitive[c].astype(str).unique()) for c in sensitive.columns]
     combos = (INTERSECTION_JOIN.join(v) for v in itertools.product(*values))

@@ -8,6 +8,7 @@ This module imports nothing heavy, so ``review`` and ``push`` can use it at once
 
 from __future__ import annotations
 
+import hashlib
 import re
 import typing
 from dataclasses import dataclass
@@ -98,7 +99,6 @@ def group_metric_keys(view: str, pairs: typing.Iterable[tuple[str, str]]) -> dic
     gets a stable suffix, the first 8 hex digits of the label's SHA-256: 'group/sex/A_B-3f2a9c1d/...'.
     Labels that do not collide keep their plain key. The original label stays in ``audit.json``.
     """
-    import hashlib
 
     pairs = list(pairs)
     labels = list(dict.fromkeys(group for group, _ in pairs))

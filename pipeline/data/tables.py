@@ -9,6 +9,7 @@ as an ``Encoder``.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -466,7 +467,6 @@ def fit_encoder(frame: pd.DataFrame) -> Encoder:
 
 def read_encoder(path: str | Path) -> Encoder:
     """An encoder saved by a pipeline run (MLflow artifact ``model_inputs/encoder.json``)."""
-    import json
 
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -9,7 +9,10 @@ The training loop is in :mod:`pipeline.nn.training`; rows are scored by :mod:`pi
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,9 +82,6 @@ def load_from_module(spec: str, state_dict_path) -> tuple[nn.Module, dict]:
 
     ``weights_only=True`` refuses pickled code, so an untrusted file cannot run anything.
     """
-    import importlib
-    import sys
-    from pathlib import Path
 
     from pipeline.core.config import MESSAGE_STATE_DICT
     from pipeline.core.errors import UserError

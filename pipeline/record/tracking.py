@@ -7,14 +7,23 @@ Undefined metrics (NaN) are not logged: in MLflow a missing metric means "undefi
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import math
+import os
+import platform
 import re
+import socket
 import subprocess
+import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -62,8 +71,6 @@ def reachable_or_local(uri: str, reports_dir: Path) -> tuple[str, str | None]:
 def _answers(uri: str, *, attempts: int) -> tuple[bool, str]:
     """Whether a tracking server answers ``/health`` within ``attempts`` tries (waits 1 s, 2 s, … between
     them), and the last error when it does not."""
-    import urllib.error
-    import urllib.request
 
     error = ""
     for attempt in range(attempts):
@@ -106,9 +113,6 @@ def _process_start(pid: int) -> str | None:
 
 
 def owner_tags() -> dict[str, str]:
-    import os
-    import socket
-
     pid = os.getpid()
     return {OWNER_PID: str(pid), OWNER_HOST: socket.gethostname(), OWNER_START: _process_start(pid) or ""}
 
@@ -127,8 +131,6 @@ def mark_orphans(uri: str) -> list:
     Each gets the tags ``pipeline.orphaned_found`` (UTC time) and ``pipeline.orphaned_reason``; one log
     line per dead owner names its runs. Runs owned by another host are left alone. Returns the runs marked.
     """
-    import socket
-    from datetime import datetime, timezone
 
     client = MlflowClient(uri)
     host = socket.gethostname()
@@ -209,7 +211,6 @@ def _sqlite_init_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
 
     lock_path = Path(uri.removeprefix("sqlite:///")).resolve().with_suffix(".init.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,8 +357,6 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
 def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[float, float, float]) -> str:
     """A candidate's nested run: what it is, its numbers with intervals, its findings and verdict, and what
     reproduces it (``candidate.json`` and ``weights.pt``: torch state_dicts, no pickled code). Returns its run id."""
-    import json
-    import tempfile
 
     import torch
 
@@ -406,8 +405,6 @@ def register_recommended(doc: AuditDocument) -> None:
 def register_candidate(result, doc: AuditDocument) -> str:
     """Log the candidate as a pyfunc model (from code, no pickle) in its run, register it as a new version of
     the registered model with its verdict, and move the alias only if it passed."""
-    import json
-    import tempfile
 
     import mlflow.pyfunc
 
@@ -489,10 +486,12 @@ def dataset_schema(frame):
     looking at each of the table's values (0.7 s on Adult).
     """
     import pandas as pd
-    from mlflow.types.utils import _infer_schema
+    from mlflow.models import infer_signature
 
     rows = [frame.head(1)] + [frame[frame[c].isna()].head(1) for c in frame.columns if frame[c].isna().any()]
-    return _infer_schema(pd.concat(rows))
+    with warnings.catch_warnings():  # its hint about integer columns and missing values: the rows carry them
+        warnings.simplefilter("ignore", UserWarning)
+        return infer_signature(pd.concat(rows)).inputs
 
 
 def preload_model_logging() -> None:
@@ -500,6 +499,8 @@ def preload_model_logging() -> None:
     import torch.export's tracer for the 'pt2' format, with torch._dynamo (1 s), and check the model's
     requirements against the installed packages, as MLflow does when it logs one (it maps every
     installed package once per process: 0.35 s)."""
+    # Private modules, imported to warm up only (what logging then imports and calls anyway); their
+    # packages have upper bounds in pyproject.toml for this.
     import torch.export._trace  # noqa: F401
     from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 
@@ -591,8 +592,6 @@ def load_logged_model(model_uri: str, tracking_uri: str):
 
 
 def package_versions() -> dict[str, str]:
-    import platform
-
     versions = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -651,7 +650,6 @@ REVIEW_TURN_TIMEOUT = 120.0  # seconds to wait for an earlier reviewer before go
 
 def review_claims(run) -> dict[int, dict]:
     """The run's numbered review claims: number -> {decision, by, time, claim}."""
-    import json
 
     return {int(k.removeprefix(REVIEW_CLAIM)): json.loads(v) for k, v in run.data.params.items()
             if k.startswith(REVIEW_CLAIM) and k.removeprefix(REVIEW_CLAIM).isdigit()}
@@ -659,7 +657,6 @@ def review_claims(run) -> dict[int, dict]:
 
 def claim_review(run_id: str, tracking_uri: str, number: int, claim: dict) -> bool:
     """Log claim ``number``; False when another reviewer holds it already."""
-    import json
 
     client = MlflowClient(tracking_uri)
     value = json.dumps(claim, sort_keys=True)

@@ -36,13 +36,17 @@ private local cluster; Ray turns token auth on for it and creates ``~/.ray/auth_
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from multiprocessing.connection import wait
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pipeline.core.errors import UserError
@@ -77,8 +81,6 @@ class WorkerDied(RuntimeError):
     out-of-memory killer's SIGKILL, say) or exited. Not a user error: the caller's run ends FAILED."""
 
     def __init__(self, pid: int, exitcode: int):
-        import signal
-
         how = (f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 and -exitcode in signal.valid_signals()
                else f"exit code {exitcode}")
         hint = " (often the out-of-memory killer; see dmesg)" if exitcode == -signal.SIGKILL else ""
@@ -163,8 +165,6 @@ class ForkExecutor(LocalExecutor):
         self._warmed = None if warm is None else self._fork(_serve_one, warm)
 
     def _fork(self, target: Callable, *args):
-        import multiprocessing
-
         ctx = multiprocessing.get_context("fork")
         reader, writer = ctx.Pipe(duplex=True)
         process = ctx.Process(target=target, args=(writer, *args), daemon=True)
@@ -205,7 +205,6 @@ class ForkExecutor(LocalExecutor):
 def _gather(workers: list, count: int) -> list:
     """Results in item order, as the workers send them; a worker that ends before sending all of its
     own is :class:`WorkerDied`; an exception a worker sends is raised here."""
-    from multiprocessing.connection import wait
 
     results: list = [None] * count
     owed = {id(conn): len(mine) for _, conn, mine in workers}
@@ -294,7 +293,6 @@ def _fork_start(warm: Callable[[], object] | None = None) -> None:
     It pins torch and numpy's BLAS to one thread, or, given ``warm``, runs ``warm`` instead (a
     process forked before torch was imported, for work that does not need it, stays without it).
     """
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises Interrupted
@@ -393,7 +391,6 @@ class RayExecutor:
             why = _tcp_probe(host, port, connect_timeout)
             if why is not None:
                 raise UserError(MESSAGE_UNREACHABLE.format(address=address, why=why, host=host, port=port))
-        import logging
 
         import ray
 

@@ -50,6 +50,7 @@ Rows per shard are checked: a shard that yields other than its Parquet metadata'
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -134,7 +135,6 @@ def network(state: NetState | Pt2State | nn.Module) -> nn.Module:
     import torch
 
     if isinstance(state, Pt2State):
-        import io
 
         exported = torch.export.load(io.BytesIO(state.archive)).module()
         return torch.fx.GraphModule(exported, exported.graph).eval()
