@@ -7,6 +7,7 @@ The numbers expected here are worked out by hand from the tables in ``docfixture
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 
@@ -255,6 +256,20 @@ def test_metrics_group_keys_come_from_the_group_rows():
                 assert (metrics[key] == value) if value is not None else (key not in metrics)
     # The suppressed group has all its values withheld: not one key names it.
     assert [k for k in metrics if SUPPRESSED in k] == []
+
+
+def test_capacity_share_keys_of_groups_that_sanitize_alike_stay_apart():
+    """'A/B' and 'A_B' would both be 'capacity_share/sex/A_B/layer1': each gets its label's hash suffix."""
+    doc = small_document(female="A/B", male="A_B")
+    metrics = doc.metrics()
+    suffix = {label: hashlib.sha256(label.encode()).hexdigest()[:8] for label in ("A/B", "A_B")}
+    index = {layer.layer: layer.index for layer in doc.capacity.layers}
+    for row in doc.capacity.groups["sex"]:
+        part = SMALL if row.group == SMALL else f"A_B-{suffix[row.group]}"
+        assert metrics[f"capacity_share/sex/{part}/layer{index[row.layer]}"] == row.capacity_share
+    shares = [k for k in metrics if k.startswith("capacity_share/sex/")]
+    assert len(shares) == len(doc.capacity.groups["sex"])  # none overwrote another
+    assert "capacity_share/sex/A_B/layer1" not in metrics
 
 
 def test_metrics_leave_out_undefined_values():

@@ -63,6 +63,10 @@ def _many_categories(frame):
     return frame
 
 
+def _two_spellings(frame):
+    return frame.assign(**{"sex/gender": frame["sex"], "sex_gender": frame["sex"]})
+
+
 def _duplicate_header(frame):
     frame = frame.copy()
     frame.columns = [*frame.columns[:-2], "purpose", frame.columns[-1]]  # foreign_worker renamed to purpose
@@ -83,6 +87,8 @@ CASES = [
                                     limit=data.MAX_LABEL_LENGTH)),
     ("join-in-name", _renamed, {"dataset.sensitive_features": ["sex & gender", "age_group"]}, [],
      config.MESSAGE_JOIN_IN_NAME.format(source="{config}", column="sex & gender")),
+    ("same-mlflow-key", _two_spellings, {"dataset.sensitive_features": ["sex/gender", "sex_gender"]}, [],
+     config.MESSAGE_SAME_KEY.format(source="{config}", a="sex/gender", b="sex_gender", key="sex_gender")),
     ("duplicate-sensitive", None, {"dataset.sensitive_features": ["sex", "sex"]}, [],
      config.MESSAGE_DUPLICATE_SENSITIVE.format(source="{config}", column="sex")),
     ("tracking-foo", None, {}, ["--tracking-uri", "foo://x"],

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.vocabulary import INTERSECTION_JOIN, audited_views
+from pipeline.core.vocabulary import INTERSECTION_JOIN, audited_views, metric_key
 
 DEFAULT_CONFIG = Path("configs/adult.yaml")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -29,6 +29,9 @@ MESSAGE_DUPLICATE_SENSITIVE = ("{source}: dataset.sensitive_features: column '{c
                                "expected each column once")
 MESSAGE_JOIN_IN_NAME = ("{source}: dataset.sensitive_features: column '{column}' contains ' & ', which joins the "
                         "columns of an intersection ('sex & race'); rename the column in the data")
+MESSAGE_SAME_KEY = ("{source}: dataset.sensitive_features: '{a}' and '{b}' would be logged under the same MLflow "
+                    "key '{key}' (keys keep letters, digits, '_', '-' and '.'), so one's numbers would overwrite the "
+                    "other's; rename one of the columns in the data")
 MESSAGE_BINS = "{source}: dataset.bins.{column}: {problem}"
 
 
@@ -251,6 +254,11 @@ def _check_sensitive(ds: DatasetConfig, source: str) -> None:
         if INTERSECTION_JOIN in column:
             raise ConfigError(MESSAGE_JOIN_IN_NAME.format(source=source, column=column))
         seen.add(column)
+    keys: dict[str, str] = {}
+    for view in audited_views(ds.sensitive_features, intersections=ds.intersections):
+        other = keys.setdefault(metric_key(view), view)
+        if other != view:
+            raise ConfigError(MESSAGE_SAME_KEY.format(source=source, a=other, b=view, key=metric_key(view)))
     for column, edges in ds.bins.items():
         if column not in seen:
             problem = f"'{column}' is not a sensitive feature; expected one of: {', '.join(ds.sensitive_features)}"

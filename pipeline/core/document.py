@@ -778,8 +778,9 @@ class AuditDocument:
             metrics[vocab.layer_metric("srank", layer.index)] = layer.srank
         index = {layer.layer: layer.index for layer in self.capacity.layers}
         for view, rows in self.capacity.groups.items():
+            parts = vocab.key_parts(row.group for row in rows)
             for row in rows:
-                metrics[vocab.capacity_share_metric(view, row.group, index[row.layer])] = row.capacity_share
+                metrics[vocab.capacity_share_metric(view, parts[row.group], index[row.layer])] = row.capacity_share
         if len(self.seeds.seeds) > 1:
             for key, stats in self.seeds.metrics.items():
                 metrics[vocab.seed_metric(key, "mean")] = stats.mean
@@ -787,8 +788,9 @@ class AuditDocument:
         for status, n in self.counts().items():
             if status != "pass":
                 metrics[vocab.findings_metric(status)] = n
+        columns = vocab.key_parts(self.dataset.unseen_categories)
         for column, n in self.dataset.unseen_categories.items():
-            metrics[vocab.metric_key("unseen_categories", column)] = n
+            metrics[vocab.metric_key("unseen_categories", columns[column])] = n
         return {k: float(v) for k, v in metrics.items()
                 if v is not None and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))}
 

@@ -92,24 +92,25 @@ def _sanitize(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", part).strip("_") or "_"
 
 
-def group_metric_keys(view: str, pairs: typing.Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """:func:`group_metric` for every (group, metric name) of one view, each key unique.
+def key_parts(labels: typing.Iterable[str]) -> dict[str, str]:
+    """Each label as an MLflow key part, unique among ``labels``.
 
     Labels that sanitize alike ('A/B' and 'A_B') would overwrite each other's metrics; each of them
-    gets a stable suffix, the first 8 hex digits of the label's SHA-256: 'group/sex/A_B-3f2a9c1d/...'.
-    Labels that do not collide keep their plain key. The original label stays in ``audit.json``.
+    gets a stable suffix, the first 8 hex digits of the label's SHA-256: 'A_B-3f2a9c1d'. Labels that
+    do not collide keep their plain part. The original label stays in ``audit.json``.
     """
-
-    pairs = list(pairs)
-    labels = list(dict.fromkeys(group for group, _ in pairs))
     by_part: dict[str, list[str]] = {}
-    for label in labels:
+    for label in dict.fromkeys(labels):
         by_part.setdefault(_sanitize(label), []).append(label)
-    parts = {}
-    for part, same in by_part.items():
-        for label in same:
-            suffix = "-" + hashlib.sha256(label.encode("utf-8")).hexdigest()[:8] if len(same) > 1 else ""
-            parts[label] = part + suffix
+    return {label: part + ("-" + hashlib.sha256(label.encode("utf-8")).hexdigest()[:8] if len(same) > 1 else "")
+            for part, same in by_part.items() for label in same}
+
+
+def group_metric_keys(view: str, pairs: typing.Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """:func:`group_metric` for every (group, metric name) of one view, each key unique (:func:`key_parts`):
+    'group/sex/A_B-3f2a9c1d/selection_rate'."""
+    pairs = list(pairs)
+    parts = key_parts(group for group, _ in pairs)
     return {(group, name): "/".join(("group", _sanitize(view), parts[group], _sanitize(name))) for group, name in pairs}
 
 
@@ -133,9 +134,9 @@ def epoch_metric(kind: UnitKind, index: int) -> str:
     return f"epoch_{kind}_fraction/{layer_name(index)}"
 
 
-def capacity_share_metric(view: str, group: str, index: int) -> str:
-    """'capacity_share/sex/Female/layer1'."""
-    return metric_key("capacity_share", view, group) + f"/{layer_name(index)}"
+def capacity_share_metric(view: str, group_part: str, index: int) -> str:
+    """'capacity_share/sex/Female/layer1'; ``group_part`` from :func:`key_parts` of the view's groups."""
+    return metric_key("capacity_share", view, group_part) + f"/{layer_name(index)}"
 
 
 def seed_metric(key: str, statistic: Literal["mean", "std"]) -> str:
