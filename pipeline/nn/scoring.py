@@ -62,7 +62,8 @@ def blocks(x: torch.Tensor, slots: np.ndarray | None = None, *,
 
 
 def positive_probability(out: torch.Tensor, *, source: str = "model") -> torch.Tensor:
-    """The positive label's probability from a model's logits: sigmoid of (N,) or (N, 1), softmax column 1 of (N, 2).
+    """The positive label's probability (float64) from a model's logits: sigmoid of (N,) or (N, 1), softmax
+    column 1 of (N, 2), computed in float64 so that probabilities keep the logits' order.
 
     (N, 2) outputs are read as logits, never as probabilities: softmax of probabilities would
     squash them towards 0.5 without changing their order, so a model returning probabilities
@@ -70,6 +71,7 @@ def positive_probability(out: torch.Tensor, *, source: str = "model") -> torch.T
     """
     from pipeline.core.errors import UserError
 
+    out = out.double()  # float32's sigmoid saturates: logits above 17 all become 1.0 and lose their order
     if out.ndim == 1:
         return torch.sigmoid(out)
     if out.ndim == 2 and out.shape[1] == 1:
