@@ -108,7 +108,7 @@ def test_registered_model_is_audited_and_the_alias_moves_only_on_pass(write_conf
     assert (first.verdict, second.verdict) == ("pass", "fail")
     client = MlflowClient(store)
     versions = {v.run_id: v for v in client.search_model_versions(f"name='{name}'")}
-    assert versions[first.run_id].tags["verdict"] == "pass" and versions[second.run_id].tags["verdict"] == "fail"
+    assert versions[first.run_id].tags["fairness_audit.verdict"] == "pass" and versions[second.run_id].tags["fairness_audit.verdict"] == "fail"
     audited = client.get_model_version_by_alias(name, "audited")
     assert audited.run_id == first.run_id  # the failed version did not take the alias
 

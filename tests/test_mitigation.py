@@ -113,7 +113,7 @@ def test_the_registered_recommendation_reproduces_its_audited_decisions(register
     chosen = next(c for c in m["candidates"] if c["name"] == m["recommended"])
     client = MlflowClient(STORE[0])
     version = client.get_model_version_by_alias(NAME, "audited")
-    assert version.tags["mitigation.candidate"] == chosen["name"] and version.tags["verdict"] == "pass"
+    assert version.tags["mitigation.candidate"] == chosen["name"] and version.tags["fairness_audit.verdict"] == "pass"
     mlflow.set_tracking_uri(STORE[0])
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@audited")
     # The test rows, encoded with the run's encoder, as a deployer would feed them (plus sex if group-aware).

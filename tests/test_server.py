@@ -70,7 +70,7 @@ def test_run_logged_over_http_holds_the_audit(served, mlflow_server):
     models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id='{run.info.run_id}'")
     assert [m.name for m in models] == ["model"]
     version = client.get_model_version_by_alias(MODEL_NAME, "audited")
-    assert version.run_id == run.info.run_id and version.tags["verdict"] == "pass"
+    assert version.run_id == run.info.run_id and version.tags["fairness_audit.verdict"] == "pass"
     assert tags["registered_model"] == f"{MODEL_NAME}/{version.version}"
 
 

@@ -19,7 +19,7 @@ import pytest
 from pipeline.core import config
 from pipeline.core.errors import UserError
 from pipeline.data import tables as data
-from pipeline.data.shards import Shard, audit_columns, batches, check_schema, check_schemas, shards
+from pipeline.data.shards import Shard, audit_columns, batches, check_schema, check_schemas, encoder_kinds, shards
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["age", "workclass", "score", "grade", "sex", "income"]
@@ -199,10 +199,10 @@ def test_a_wrong_type_names_the_file_the_column_and_the_found_and_expected_types
 def test_audit_columns_follow_the_config_and_the_encoder():
     cfg, _ = config.load(ROOT / "configs/adult.yaml")
     encoder = data.Encoder(numeric={"age": (0, 0, 1)}, categorical={"workclass": ("Private",)})
-    assert audit_columns(cfg.dataset, encoder) == {"income": "any", "sex": "any", "race": "any", "age": "numeric",
+    assert audit_columns(cfg.dataset, encoder_kinds(encoder)) == {"income": "any", "sex": "any", "race": "any", "age": "numeric",
                                                    "workclass": "categorical"}
     binned = dataclasses.replace(cfg.dataset, sensitive_features=("sex", "age"), bins={"age": (0, 40, 120)})
-    assert audit_columns(binned, encoder)["age"] == "numeric"
+    assert audit_columns(binned, encoder_kinds(encoder))["age"] == "numeric"
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -297,4 +297,4 @@ def test_the_generated_data_reads_like_adult_for_the_adult_config(tmp_path):
     features = [c for c in adult.frame.columns if c not in ("income", "sex", "race")]
     encoder = data.fit_encoder(adult.frame[features])
     assert set(encoder.numeric) == {"age", "education_num", "capital_gain", "capital_loss", "hours_per_week"}
-    check_schema(file, columns=audit_columns(cfg.dataset, encoder), source="adult.yaml")
+    check_schema(file, columns=audit_columns(cfg.dataset, encoder_kinds(encoder)), source="adult.yaml")

@@ -78,7 +78,7 @@ def test_no_group_large_enough_is_inconclusive_exit_1_and_the_alias_does_not_mov
     client = MlflowClient(store)
     assert client.get_run(summary["run_id"]).data.tags["verdict"] == "inconclusive"
     version = client.search_model_versions("name='tests-verdict-mlp'")[0]
-    assert version.tags["verdict"] == "inconclusive"
+    assert version.tags["fairness_audit.verdict"] == "inconclusive"
     with pytest.raises(Exception, match="alias"):
         client.get_model_version_by_alias("tests-verdict-mlp", "audited")
     html = open(summary["report_html"]).read()

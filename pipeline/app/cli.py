@@ -27,6 +27,7 @@ from pipeline.core.errors import (
     EXIT_USER_ERROR,
     Busy,
     Interrupted,
+    ModelFailed,
     UserError,
 )
 from pipeline.scale.executor import ShardFailed, WorkerDied
@@ -108,6 +109,9 @@ def _guarded(call) -> tuple[object, int | None]:
     except (KeyboardInterrupt, Interrupted):
         click.echo("error: interrupted; the MLflow run (if any) was ended as KILLED", err=True)
         return {"error": "interrupted"}, EXIT_INTERRUPTED
+    except ModelFailed as err:  # the audited model's own code raised: one line, its first error line
+        click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
+        return {"error": str(err)}, EXIT_UNEXPECTED
     except (ShardFailed, WorkerDied) as err:  # not a bug here: a worker died (on every retry), or a task raised
         click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
         return {"error": str(err)}, EXIT_UNEXPECTED
@@ -164,6 +168,8 @@ def _execute(call, as_json: bool) -> None:
             click.echo(f"  inconclusive: {fid}")
         click.echo(f"report:  {result.report_html}")
         click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
+        if result.registry:
+            click.echo(f"registry: {result.registry}")
     _finish(result.summary(), result.exit_code, as_json)
 
 
@@ -181,14 +187,25 @@ def _execute(call, as_json: bool) -> None:
 @click.option("--data", "data_path", default=None,
               help="Audit this data instead of the config's dataset.path: a CSV file, or Parquet (a file, a directory "
                    "of *.parquet files or a glob), which is read in record batches, shard by shard.")
+@click.option("--predictions", default=None,
+              help="Audit a file of scores instead of a model: a CSV or Parquet file holding the label, the sensitive "
+                   "columns and --score-column (it is the data too).")
+@click.option("--score-column", default=None, help="With --predictions: the column holding each row's score.")
+@click.option("--alias", default=None,
+              help="With a models:/ URI: move this alias of the registered model to the audited version if the "
+                   "verdict is pass (never otherwise).")
 @_audit_outputs
-def audit(config_path, model_uri, model_module, state_dict, layers, encoder, data_path, tracking_uri, reports_dir,
-          baseline, as_json, executor, ray_address) -> None:
-    """Audit an existing model without training it. Exit 0 pass, 1 policy fail, 2 bad input."""
+def audit(config_path, model_uri, model_module, state_dict, layers, encoder, data_path, predictions, score_column,
+          alias, tracking_uri, reports_dir, baseline, as_json, executor, ray_address) -> None:
+    """Audit a model trained elsewhere (any MLflow model, a factory and weights, or a file of its scores).
+
+    Exit 0 pass, 1 fail or inconclusive, 2 bad input, 3 the model's own code failed.
+    """
 
     def call(runner):
         return runner.audit(config_path, model_uri=model_uri, module=model_module, state_dict=state_dict,
-                            layers=layers.split(",") if layers else None, encoder=encoder, data_path=data_path,
+                            layers=layers.split(",") if layers else None, encoder=encoder, predictions=predictions,
+                            score_column=score_column, alias=alias, data_path=data_path,
                             tracking_uri=tracking_uri, reports_dir=reports_dir, baseline=baseline,
                             execution={"executor": executor, "ray_address": ray_address})
 

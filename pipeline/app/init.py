@@ -99,9 +99,9 @@ class InitResult:
 
 def read_sample(path: Path, *, rows: int = SAMPLE_ROWS) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The first ``rows`` rows, read as ``data.load`` reads them, and the missing markers found in them."""
-    from pipeline.data.tables import _READERS
+    from pipeline.data.tables import READERS
 
-    kind = _READERS.get(path.suffix.lower())
+    kind = READERS.get(path.suffix.lower())
     if not path.is_file():
         raise DataError(MSG_NOT_FOUND.format(path=path))
     if kind is None:

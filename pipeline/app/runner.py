@@ -49,6 +49,7 @@ class RunResult:
     inconclusive_findings: list[str]
     seconds: dict[str, float]
     not_logged: str | None = None  # why the intended tracking server did not get the run
+    registry: str | None = None  # what the model registry recorded (a version tagged, an alias moved)
 
     def summary(self) -> dict:
         out = {"run_id": self.run_id, "run_name": self.run_name, "verdict": self.verdict,
@@ -57,6 +58,8 @@ class RunResult:
                "experiment_id": self.experiment_id, "failed_findings": self.failed_findings,
                "inconclusive_findings": self.inconclusive_findings,
                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+        if self.registry:
+            out["registry"] = self.registry
         if self.not_logged:
             out["not_logged"] = self.not_logged
             out["push"] = f"python -m pipeline push {self.audit_json.parent}"
@@ -67,7 +70,7 @@ class RunResult:
 class Judged:
     """Which rows the audit judged, encoded how, and how many trained the model."""
 
-    encoder: Encoder
+    encoder: Encoder | None  # the pipeline's encoding; None for a model that encodes its inputs itself
     feature_columns: list[str]
     n_inputs: int
     train_rows: int  # 0 in audit mode
@@ -175,39 +178,35 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                 return sweep.sweep(cfg, split, seeds[0], findings, verdict, timer, executor=pool,
                                    record=tracking.log_candidate)
 
-            return _audited_run(session, audited, timer, mitigated=mitigated,
-                                register_recommended=register_recommended, reporter=reporter)
+            return _audited_run(session, audited, timer, mitigated=mitigated, reporter=reporter,
+                                after=tracking.register_recommended if register_recommended else None)
 
 
 def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,
           module: str | None = None, state_dict: str | Path | None = None, layers: list[str] | None = None,
-          encoder: str | Path | None = None, data_path: str | Path | None = None, tracking_uri: str | None = None,
+          encoder: str | Path | None = None, predictions: str | Path | None = None, score_column: str | None = None,
+          alias: str | None = None, data_path: str | Path | None = None, tracking_uri: str | None = None,
           reports_dir: str | Path = "reports", baseline: str | None = None,
           timer: StageTimer | None = None, execution: dict | None = None) -> RunResult:
-    """Audit an existing model, without training it, on the data named by the config (or ``data_path``).
+    """Audit a model this pipeline did not train, on the data named by the config (or ``data_path``).
 
-    The model is an MLflow model URI (``runs:/…``, ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``)
-    or a Python factory ``package.module:callable`` plus a ``state_dict`` file loaded with
-    ``weights_only=True``. Every row of the data is audited; dead units are counted on it too.
+    The model is any MLflow model (``runs:/…``, ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``: the
+    pipeline's own, a bare PyTorch network, a pyfunc of any flavor), a Python factory
+    ``package.module:callable`` with a ``state_dict`` file (``weights_only=True``), or a file of
+    ``predictions`` whose ``score_column`` holds each row's score (it is then the data too). Every row
+    is audited. A registered version gets the verdict as tags; ``alias`` moves to it on a pass only.
     """
-    if (model_uri is None) == (module is None):
-        raise UserError("audit: give exactly one of --model-uri or --model-module")
-    if module is not None and state_dict is None:
-        raise UserError("audit: --model-module needs --state-dict (a file saved with torch.save(model.state_dict()))")
-    if module is not None and encoder is None:
-        raise UserError("audit: --model-module needs --encoder: the feature encoding is part of the model and is "
-                        "never re-fitted on the audited rows; use the encoder.json of the run that trained it, its "
-                        "MLflow artifact model_inputs/encoder.json (mlflow artifacts download -r RUN_ID -a "
-                        "model_inputs/encoder.json)")
-    if model_uri is not None and encoder is not None:
-        raise UserError("audit: --encoder goes with --model-module only; a --model-uri model's encoder is read "
-                        "from the run that logged it")
+    from pipeline.audited import sources
+
+    sources.check_options(model_uri=model_uri, module=module, state_dict=state_dict, encoder=encoder,
+                          predictions=predictions, score_column=score_column, alias=alias, layers=layers)
     config_mod.check_tracking_uri(config_mod.tracking_uri(tracking_uri),
                                   source="--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
     reports_dir = jobs.writable_dir(Path(reports_dir))
-    with jobs.job_lock(reports_dir, config_path, model_uri or module):
+    with jobs.job_lock(reports_dir, config_path, model_uri or module or str(predictions)):
         timer = timer or StageTimer()
         cfg = config_mod.with_execution(config_mod.load(config_path)[0], **(execution or {}))
+        data_path = predictions if predictions is not None else data_path
         if data_path is not None:
             cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(data_path)))
         from pipeline.data import shards as stream
@@ -222,68 +221,58 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
             table = data.load(cfg.dataset, source=str(config_path))
             data.check_table(table, cfg.dataset, source=str(config_path))
         timer.lap("data")
-        from pipeline.nn import capacity
         from pipeline.nn import model as model_mod
-        from pipeline.record import outputs, tracking
 
         model_mod.one_thread()
         session = _session(cfg, table, f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
                            tracking_uri, reports_dir, baseline, timer)
-        if model_uri is not None:
-            net, fitted, model_info = tracking.load_logged_model(model_uri, session.uri)
-        else:
-            net, model_info = model_mod.load_from_module(module, state_dict)
-            fitted = data.read_encoder(encoder)
-        tags = {f"audited_model.{k}": str(v) for k, v in model_info.items() if v is not None}
-        if shards is not None:
-            return _audit_shards(session, shards, net, fitted, model_info, layers, timer, tags, str(config_path))
-        rows = data.encode_all(table, cfg, fitted, source=str(config_path))
-        if rows.unseen_categories:
-            logger.warning("data: %s has categories the model's encoder has not seen (encoded as all-zero one-hot "
-                           "rows); rows per column: %s", table.path,
-                           ", ".join(f"{col} {n}" for col, n in rows.unseen_categories.items()))
-        model_mod.check_inputs(net, rows.x, source=model_uri or module, feature_names=rows.encoder.feature_names)
-        probe = capacity.ReluProbe(net, layers=layers)  # before the run: an untraceable model leaves no run behind
+        if model_uri is not None and session.not_logged and model_uri.startswith(("models:/", "runs:/")):
+            raise UserError(f"--model-uri: {session.not_logged}, so '{model_uri}' cannot be read from it")
+        opened = sources.open_source(cfg=cfg, tracking_uri=session.uri, model_uri=model_uri, module=module,
+                                     state_dict=state_dict, encoder=encoder, predictions=predictions,
+                                     score_column=score_column, layers=layers)
+        scorer = opened.scorer
+        # Before the run: a missing column, a model that refuses the rows or an unreadable output leaves no run.
+        head = stream.head(shards, columns=stream.audit_columns(cfg.dataset, scorer.kinds()),
+                           source=str(config_path), dataset=cfg.dataset) if shards else table.frame
+        scorer.check(head, data=table.path, output=cfg.model.output)
         timer.lap("imports")
-        judged = Judged(rows.encoder, rows.feature_columns, rows.x.shape[1], 0, rows.rows, outputs.AUDITED_ROWS,
-                        rows.unseen_categories)
+        model_info = {**opened.info, **scorer.info()}
+        encoder_of = getattr(scorer, "encoder", None)  # the pipeline's encoding, logged for recomputing
+        n_inputs = len(encoder_of.feature_names) if encoder_of is not None else len(scorer.columns)
+        tags = {f"audited_model.{k}": str(v) for k, v in opened.info.items() if v is not None}
 
-        def audited(run_id: str) -> Audited:
-            from pipeline.nn.evaluation import evaluate_model
+        def audited(run_id: str, pool) -> Audited:
+            from pipeline.record import outputs
+            from pipeline.scale import streaming
 
-            seed = evaluate_model(net, cfg, rows.x, rows.y, rows.s, timer, probe=probe, run_id=run_id, x_train=None,
-                                  slots=rows.rows)
-            return Audited([seed], (), model_info, None, judged)
-
-        return _audited_run(session, audited, timer, extra_tags=tags)
-
-
-def _audit_shards(s: _Session, shards, net, encoder, model_info: dict, layers, timer: StageTimer, tags: dict,
-                  source: str) -> RunResult:
-    """Audit a model on Parquet shards as map-reduce (``scale.streaming``): local processes or Ray tasks
-    score the shards into mergeable partials; this process merges them, evaluates and logs."""
-    from pipeline.data import shards as stream
-    from pipeline.nn import capacity
-    from pipeline.record import outputs
-    from pipeline.scale import executor, streaming
-
-    cfg, ex = s.cfg, s.cfg.execution
-    # Before the run starts: a missing or mistyped column, or an untraceable model, leaves no run behind.
-    stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, encoder), source=source)
-    capacity.ReluProbe(net, layers=layers)
-    timer.lap("imports")
-    with executor.executor_for(ex.executor, ex.ray_address, workers=ex.workers, tasks=len(shards)) as pool:
-
-        def audited(run_id: str) -> Audited:
-            streamed = streaming.audit_shards(shards, net=net, cfg=cfg, encoder=encoder, executor=pool, layers=layers,
-                                              source=source)
+            if shards is None:
+                found = streaming.audit_table(table, scorer=scorer, cfg=cfg)
+                judged = Judged(encoder_of, list(scorer.columns), n_inputs, 0, table.row_numbers,
+                                outputs.AUDITED_ROWS, found.counts["unseen_categories"])
+            else:
+                found = streaming.audit_shards(shards, scorer=scorer, cfg=cfg, executor=pool, source=str(config_path))
+                judged = Judged(encoder_of, list(scorer.columns), n_inputs, 0, None, outputs.SHARDS,
+                                found.counts["unseen_categories"],
+                                streaming={"executor": cfg.execution.executor, **found.counts,
+                                           "files": [dataclasses.asdict(shard) for shard in shards]})
             timer.lap("evaluation")
-            judged = Judged(encoder, [*encoder.numeric, *encoder.categorical], len(encoder.feature_names), 0, None,
-                            outputs.SHARDS, streaming={"executor": ex.executor, **streamed.counts,
-                                                      "files": [dataclasses.asdict(shard) for shard in shards]})
-            return Audited([streamed.seed(run_id)], (), model_info, None, judged)
+            return Audited([found.seed(run_id)], (), model_info, None, judged)
 
-        return _audited_run(s, audited, timer, extra_tags=tags)
+        def recorded(doc) -> str | None:
+            from pipeline.record import tracking
+
+            if opened.registered is None:
+                return None
+            return tracking.record_on_version(opened.registered.name, opened.registered.version, doc, alias=alias)
+
+        from pipeline.scale import executor
+
+        ex = cfg.execution
+        with executor.executor_for(ex.executor, ex.ray_address, workers=ex.workers,
+                                   tasks=len(shards) if shards else 1) as pool:
+            return _audited_run(session, functools.partial(audited, pool=pool), timer, extra_tags=tags,
+                                after=recorded)
 
 
 def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baseline: str | None,
@@ -301,10 +290,13 @@ def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baselin
 
 def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTimer, *,
                  extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
-                 register_recommended: bool = False, reporter: LocalExecutor | None = None) -> RunResult:
+                 after: Callable[[AuditDocument], str | None] | None = None,
+                 reporter: LocalExecutor | None = None) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it.
 
-    ``reporter``: where the report renders (an ``executor.beside`` already forked); else one forked here.
+    ``after``: what the registry records once the audit is logged (in the run: a failure ends it FAILED);
+    it returns a sentence for the summary. ``reporter``: where the report renders (an ``executor.beside``
+    already forked); else one forked here.
     """
     from pipeline.core import document, policy
     from pipeline.record import outputs, report, tracking
@@ -349,8 +341,7 @@ def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTim
                                description=report.run_description(doc), extra_tags=extra_tags,
                                written=reports.results)
         logger.info("report: rendered in %.2f s, alongside MLflow logging", reports.results()[0])
-        if register_recommended:
-            tracking.register_recommended(doc)
+        registry = after(doc) if after else None
         timer.lap("mlflow_logging")
 
     logger.info("seconds by stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in timer.seconds.items()))
@@ -367,7 +358,7 @@ def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTim
         tracking_uri=s.uri, experiment_id=parent.info.experiment_id,
         failed_findings=[f.id for f in findings if f.status == "fail"],
         inconclusive_findings=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
-        seconds=timer.seconds)
+        seconds=timer.seconds, registry=registry)
 
 
 def _timed(fn: Callable, *args) -> float:

@@ -90,6 +90,11 @@ class ModelConfig:
     dropout: float = field(default=0.0, metadata=_check(ge=0, lt=1))
     # Refused above this many weights, before training: [40000, 40000] took 21.6 GB before one epoch.
     max_parameters: int = field(default=50_000_000, metadata=_check(ge=1))
+    # audit of a team's model: the data columns fed, in order, to a network with a tensor signature (or to a
+    # pyfunc without a signature), already encoded as it expects; None: the model's column signature names them
+    inputs: tuple[str, ...] | None = None
+    # audit: how the model's outputs read; auto: probabilities if its first 256 scores all lie in [0, 1], else logits
+    output: Literal["auto", "probability", "logit"] = "auto"
 
     def parameters(self, n_inputs: int) -> int:
         """Weights and biases of the configured MLP (one output logit) for ``n_inputs`` encoded inputs."""

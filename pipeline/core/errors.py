@@ -27,3 +27,8 @@ class Busy(UserError):
 
 class Interrupted(BaseException):
     """SIGTERM received; raised like KeyboardInterrupt so runs end as KILLED."""
+
+
+class ModelFailed(RuntimeError):
+    """The audited model's own code raised while scoring (its ``predict``, its network): not a mistake in the
+    config or data, and not a bug here. One line naming the model and its first error line; exit code 3."""

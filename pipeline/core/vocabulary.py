@@ -155,3 +155,15 @@ def artifact_key(view: str) -> str:
 
 
 METRIC_NAMES = {"group_keys": "group/<feature>/<group>/<metric>", "sanitize": metric_key.__doc__}
+
+
+# --- tags on a registered model version ----------------------------------------------------------
+
+VERSION_VERDICT = "fairness_audit.verdict"
+VERSION_RUN = "fairness_audit.run_id"
+VERSION_SCHEMA = "fairness_audit.schema_version"
+
+
+def version_tags(verdict: str, run_id: str, schema_version: int) -> dict[str, str]:
+    """The tags an audit leaves on the registered model version it audited (or registered)."""
+    return {VERSION_VERDICT: verdict, VERSION_RUN: run_id, VERSION_SCHEMA: str(schema_version)}

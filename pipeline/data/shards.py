@@ -6,7 +6,7 @@ picklable units of work: one file, or a run of row groups of a large file. Each 
 read in pandas batches of bounded size, with only the columns the audit needs::
 
     found = shards("big/", source=config_path)
-    needed = audit_columns(cfg.dataset, encoder)
+    needed = audit_columns(cfg.dataset, encoder_kinds(encoder))
     check_schemas(found, columns=needed, source=config_path)  # every file, before any work
     for shard in found:  # or one shard per worker
         for frame in batches(shard, columns=needed, missing_values=cfg.dataset.missing_values):
@@ -164,18 +164,23 @@ def _parquet_file(file: str):
         raise DataError(MESSAGE_UNREADABLE.format(file=file, why=why)) from err
 
 
-def audit_columns(dataset: DatasetConfig, encoder: Encoder) -> dict[str, str]:
+def audit_columns(dataset: DatasetConfig, inputs: dict[str, str]) -> dict[str, str]:
     """The columns an audit of an existing model reads, and what each must hold.
 
     The label and the sensitive columns may be of any type (they are compared as text), except a
-    sensitive column audited by ``dataset.bins``, which must be numeric; the model's inputs must
-    be of the kind its encoder recorded (``Encoder.numeric`` or ``Encoder.categorical``).
+    sensitive column audited by ``dataset.bins``, which must be numeric; ``inputs`` are the model's
+    columns with what each must hold (``Scorer.kinds``: for the pipeline's network, the kind its
+    encoder recorded, ``Encoder.numeric`` or ``Encoder.categorical``).
     """
     needed = {dataset.target: ANY}
     needed.update({c: NUMERIC if c in dataset.bins else ANY for c in dataset.sensitive_features})
-    needed.update({c: NUMERIC for c in encoder.numeric})
-    needed.update({c: CATEGORICAL for c in encoder.categorical})
+    needed.update(inputs)
     return needed
+
+
+def encoder_kinds(encoder: Encoder) -> dict[str, str]:
+    """What each input column of the pipeline's encoder must hold."""
+    return {**dict.fromkeys(encoder.numeric, NUMERIC), **dict.fromkeys(encoder.categorical, CATEGORICAL)}
 
 
 def check_schema(shard_or_file: Shard | str | os.PathLike, *, columns: dict[str, str] | Iterable[str],
@@ -258,3 +263,14 @@ def batches(shard: Shard, *, columns: Iterable[str], batch_size: int = BATCH_SIZ
         if markers:
             frame = frame.replace(markers, np.nan)
         yield frame
+
+
+def head(found: Sequence[Shard], *, columns: dict[str, str], source: str, dataset: DatasetConfig,
+         rows: int = 256) -> pd.DataFrame:
+    """The first ``rows`` audited rows of the first shard (schemas of every file checked first): what a model
+    is tried on before an audit's run starts."""
+    check_schemas(found, columns=columns, source=source)
+    frame = next(batches(found[0], columns=list(columns), batch_size=rows, missing_values=dataset.missing_values))
+    if dataset.missing == "drop_rows":
+        frame = frame[frame.notna().all(axis=1).to_numpy()]
+    return frame

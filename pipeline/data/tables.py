@@ -21,7 +21,7 @@ from pipeline.core.config import Config, DatasetConfig
 from pipeline.core.errors import DataError
 
 MISSING_CATEGORY = "(missing)"
-_READERS = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
+READERS = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 # What is refused before training (docs/configuration.md: "What is refused before training"). Each message names
 # the file or key, the column, what was found and what is expected.
@@ -158,7 +158,7 @@ def load(cfg: DatasetConfig, *, source: str) -> Table:
         Naming the config file and key, the column, and the columns that exist.
     """
     path = Path(cfg.path)
-    kind = _READERS.get(path.suffix.lower())
+    kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(
             f"{source}: dataset.path: cannot read '{path}'; expected a .csv, .csv.gz or .parquet file"
@@ -309,7 +309,7 @@ def check_trainable(table: Table, cfg: Config, *, source: str) -> None:
     """What ``run`` trains on: at least one model input, no identifier or huge vocabulary among them (they
     would be stored in ``encoder.json``), and a network within ``model.max_parameters``."""
     frame = table.frame
-    features, _, _ = _roles(frame, cfg.dataset)
+    features, _, _ = roles(frame, cfg.dataset)
     if not features:
         raise DataError(MESSAGE_NO_INPUTS.format(source=source, columns=", ".join(map(str, frame.columns))))
     limit = cfg.dataset.max_categories
@@ -365,7 +365,7 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
     except ValueError as err:
         raise DataError(f"{source}: split: cannot split {table.path}: {err}") from err
 
-    features, y, groups = _roles(frame, ds)
+    features, y, groups = roles(frame, ds)
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     train, test = frame.iloc[train_idx], frame.iloc[test_idx]
     encoder = fit_encoder(train[features])
@@ -438,7 +438,7 @@ def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState
     return floored.astype(int)
 
 
-def _roles(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[list[str], np.ndarray, pd.DataFrame]:
+def roles(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[list[str], np.ndarray, pd.DataFrame]:
     """Model input columns, 0/1 labels, and the sensitive columns (missing as its own group)."""
     excluded = {ds.target} | (set() if ds.sensitive_as_input else set(ds.sensitive_features))
     features = [c for c in frame.columns if c not in excluded]
@@ -477,6 +477,21 @@ def read_encoder(path: str | Path) -> Encoder:
     return Encoder.from_dict(raw)
 
 
+def check_encodable(frame: pd.DataFrame, encoder: Encoder, *, source: str, path: str) -> None:
+    """The data has every column ``encoder`` reads, and numbers where it standardizes numbers."""
+    columns = [*encoder.numeric, *encoder.categorical]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: dataset.path: the model was trained on column(s) {', '.join(missing)}, "
+                        f"which {path} lacks; columns are: {', '.join(map(str, frame.columns))}")
+    for col in encoder.numeric:
+        values = frame[col]
+        if values.notna().any() and not pd.api.types.is_numeric_dtype(values):
+            example = values.dropna().astype("string").iloc[0]
+            raise DataError(f"{source}: dataset.path: column '{col}' of {path} holds text (e.g. '{example}'); "
+                            "the model's encoder standardizes it as a number")
+
+
 def encode_all(table: Table, cfg: Config, encoder: Encoder, *, source: str) -> AuditRows:
     """Every row as audit data, encoded with ``encoder``, the one the model was trained with.
 
@@ -491,18 +506,9 @@ def encode_all(table: Table, cfg: Config, encoder: Encoder, *, source: str) -> A
         When the data lacks a column the encoder needs, or holds text in a numeric one.
     """
     frame = table.frame
-    _, y, groups = _roles(frame, cfg.dataset)
+    _, y, groups = roles(frame, cfg.dataset)
     columns = [*encoder.numeric, *encoder.categorical]
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"{source}: dataset.path: the model was trained on column(s) {', '.join(missing)}, "
-                        f"which {table.path} lacks; columns are: {', '.join(map(str, frame.columns))}")
-    for col in encoder.numeric:
-        values = frame[col]
-        if values.notna().any() and not pd.api.types.is_numeric_dtype(values):
-            example = values.dropna().astype("string").iloc[0]
-            raise DataError(f"{source}: dataset.path: column '{col}' of {table.path} holds text (e.g. '{example}'); "
-                            "the model's encoder standardizes it as a number")
+    check_encodable(frame, encoder, source=source, path=table.path)
     unseen = {}
     for col, cats in encoder.categorical.items():
         values = frame[col].astype("string").fillna(MISSING_CATEGORY)

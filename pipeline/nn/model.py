@@ -10,9 +10,12 @@ The training loop is in :mod:`pipeline.nn.training`; rows are scored by :mod:`pi
 from __future__ import annotations
 
 import importlib
+import io
 import pickle
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,3 +150,65 @@ def check_inputs(net: nn.Module, x: np.ndarray, *, source: str, feature_names: l
     if out.ndim == 0 or out.shape[0] != min(2, len(x)):
         raise UserError(MESSAGE_OUTPUT_SHAPE.format(source=source, shape=tuple(out.shape), rows=min(2, len(x))))
     positive_probability(out, source=source)
+
+
+# --- the network as plain data -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetState:
+    """A :class:`pipeline.nn.model.ReLUMLP` as plain data: its constructor arguments and weights as numpy arrays.
+
+    This is what :func:`net_state` sends to the workers for the pipeline's own network: it pickles
+    without code (dicts, tuples, numpy arrays; a few hundred KB for [64, 32]) and unpickling it
+    cannot run anything. :func:`network` rebuilds the module and loads the weights (``strict``),
+    so a worker scores with exactly the driver's weights.
+    """
+
+    architecture: dict[str, Any]  # ReLUMLP(n_features, hidden_sizes, relu=, dropout=, activation=)
+    state: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Pt2State:
+    """A network logged in MLflow's 'pt2' format, as the bytes of its ``torch.export`` archive.
+
+    Such a module does not pickle; :func:`network` loads the archive with ``torch.export.load``
+    (no pickle) into the same GraphModule ``tracking.load_logged_model`` builds.
+    """
+
+    archive: bytes
+
+
+def net_state(net: nn.Module) -> NetState | Pt2State | nn.Module:
+    """What :func:`audit_shard` receives as ``net_state``: plain data for a ReLUMLP, else the module itself.
+
+    A module of another class (a user's ``--model-module`` network, an MLflow-logged model) is sent
+    as it is: Ray pickles it with cloudpickle, so its class must be importable on the workers
+    (or pickled by value). It is the driver's own object sent to its own workers: nothing is
+    unpickled that the driver did not pickle.
+    """
+    if getattr(net, "pt2_archive", None) is not None:  # set by tracking.load_logged_model
+        return Pt2State(net.pt2_archive)
+    if type(net) is not ReLUMLP:
+        return net
+    dropout = getattr(net.dropout, "p", 0.0)
+    arch = {"n_features": net.hidden[0].in_features, "hidden_sizes": tuple(m.out_features for m in net.hidden),
+            "relu": net.relu, "dropout": float(dropout), "activation": "leaky_relu" if net.leaky else "relu"}
+    return NetState(arch, {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()})
+
+
+def network(state: NetState | Pt2State | nn.Module) -> nn.Module:
+    """The module described by ``state`` (see :func:`net_state`), in eval mode."""
+    import torch
+
+    if isinstance(state, Pt2State):
+
+        exported = torch.export.load(io.BytesIO(state.archive)).module()
+        return torch.fx.GraphModule(exported, exported.graph).eval()
+    if not isinstance(state, NetState):
+        return state.eval()
+    arch = dict(state.architecture)
+    net = ReLUMLP(arch.pop("n_features"), tuple(arch.pop("hidden_sizes")), **arch)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.state.items()}, strict=True)
+    return net.eval()

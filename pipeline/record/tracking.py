@@ -315,7 +315,8 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     cfg = doc.config
     # The model first: MLflow 3 links a logged model to the run's metrics, and reads each one's history.
     model_info = _log_model(model, encoder.feature_names) if model is not None else None
-    mlflow.log_dict(encoder.to_dict(), "model_inputs/encoder.json")
+    if encoder is not None:  # the pipeline's encoding (a team's model encodes its inputs itself)
+        mlflow.log_dict(encoder.to_dict(), "model_inputs/encoder.json")
     mlflow.log_params(config_mod.flatten(cfg))
     # Every audit number, and the audited model's training curve as step metrics, in one batch.
     now = int(time.time() * 1000)
@@ -388,24 +389,26 @@ def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[
     return run_id
 
 
-def register_recommended(doc: AuditDocument) -> None:
-    """Register the recommended candidate as a new version of the registered model (verdict tag, alias rule)."""
+def register_recommended(doc: AuditDocument) -> str:
+    """Register the recommended candidate as a new version of the registered model (verdict tag, alias rule);
+    returns what was done, in one line."""
     m = doc.mitigation
     if m is None or m.recommended is None or not doc.config.tracking.registered_model:
-        logger.warning("register-recommended: nothing to register (%s)", "no recommendation" if m else
-                       "mitigation is off")
-        return
+        said = f"register-recommended: nothing to register ({'no recommendation' if m else 'mitigation is off'})"
+        logger.warning("%s", said)
+        return said
     chosen = m.candidate(m.recommended)
     if chosen.run_id is None:
-        logger.info("register-recommended: the recommendation is the unmitigated model, registered with the audit")
-        return
-    register_candidate(chosen, doc)
+        said = "register-recommended: the recommendation is the unmitigated model, registered with the audit"
+        logger.info("%s", said)
+        return said
+    version = register_candidate(chosen, doc)
+    return f"register-recommended: {chosen.name} registered as version {version}"
 
 
 def register_candidate(result, doc: AuditDocument) -> str:
     """Log the candidate as a pyfunc model (from code, no pickle) in its run, register it as a new version of
     the registered model with its verdict, and move the alias only if it passed."""
-
     import mlflow.pyfunc
 
     name, alias = doc.config.tracking.registered_model, doc.config.tracking.audited_alias
@@ -424,7 +427,8 @@ def register_candidate(result, doc: AuditDocument) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         version = mlflow.register_model(info.model_uri, name, tags={
-            "verdict": result.verdict, "audit_run_id": doc.run_id, "mitigation.candidate": result.name}).version
+            **vocab.version_tags(result.verdict, doc.run_id, doc.schema_version),
+            "mitigation.candidate": result.name}).version
     if result.verdict == "pass":
         client.set_registered_model_alias(name, alias, version)
     logger.info("registry: %s version %s is mitigation candidate %s (verdict %s)", name, version, result.name,
@@ -450,8 +454,8 @@ def register(model_uri: str, name: str, doc: AuditDocument, alias: str) -> str:
     client = MlflowClient()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        version = mlflow.register_model(model_uri, name, tags={"verdict": doc.verdict,
-                                                              "audit_run_id": doc.run_id}).version
+        version = mlflow.register_model(model_uri, name,
+                                        tags=vocab.version_tags(doc.verdict, doc.run_id, doc.schema_version)).version
     if doc.verdict == "pass":
         client.set_registered_model_alias(name, alias, version)
         logger.info("registry: %s version %s registered and aliased '%s'", name, version, alias)
@@ -459,6 +463,25 @@ def register(model_uri: str, name: str, doc: AuditDocument, alias: str) -> str:
         logger.info("registry: %s version %s registered; alias '%s' not moved (verdict %s)", name, version, alias,
                     doc.verdict)
     return str(version)
+
+
+def record_on_version(name: str, version: str, doc: AuditDocument, *, alias: str | None) -> str:
+    """An audit of a registered model version, recorded on it: verdict tags (the audit run names the version in
+    its ``audited_model.*`` tags: open-source MLflow has no run-to-model-version input lineage, its
+    ``log_inputs(models=...)`` being Databricks-only), and the alias moved on a pass only. Returns one line."""
+    client = MlflowClient()
+    for key, value in vocab.version_tags(doc.verdict, doc.run_id, doc.schema_version).items():
+        client.set_model_version_tag(name, version, key, value)
+    if alias is None:
+        said = f"{name} version {version} tagged {vocab.VERSION_VERDICT}={doc.verdict}"
+    elif doc.verdict == "pass":
+        client.set_registered_model_alias(name, alias, version)
+        said = f"{name} version {version} tagged {vocab.VERSION_VERDICT}=pass; alias '{alias}' moved to it"
+    else:
+        said = (f"{name} version {version} tagged {vocab.VERSION_VERDICT}={doc.verdict}; alias '{alias}' not moved "
+                f"(only a pass moves it)")
+    logger.info("registry: %s", said)
+    return said
 
 
 def _log_input(dataset, attempts: int = 3) -> None:

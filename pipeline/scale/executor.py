@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import wait
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import ModelFailed, UserError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -489,7 +489,7 @@ class RayExecutor:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # fn raised: not retried (retry_exceptions=False)
             cause = exc.cause if exc.cause is not None else exc
-            if isinstance(cause, UserError):
+            if isinstance(cause, (UserError, ModelFailed)):  # bad data in a shard, or the audited model's own error
                 raise cause from None
             raise ShardFailed(i, f"{type(cause).__name__}: {_first_line(cause)}", attempts=1) from exc
         except ray.exceptions.RayError as exc:  # the worker or node died, an object was lost: Ray retried

@@ -3,18 +3,23 @@
 ::
 
     found = stream.shards("big/", source=config_path)
-    evaluation, capacity, counted = audit_shards(found, net=net, cfg=cfg, encoder=encoder,
+    evaluation, capacity, counted = audit_shards(found, scorer=scorer, cfg=cfg,
                                                  executor=LocalExecutor())  # or RayExecutor(address)
+
+**One batch** (:func:`audit_batch`): raw rows become labels and groups exactly as the data stage reads
+them (``data.roles``: ``target == positive_label`` as text, ``dataset.bins``, missing values as the
+``(missing)`` group; ``fairness.view_labels`` for each audited view and the intersection), and the
+audited model's :class:`~pipeline.audited.scorers.Scorer` scores them (and gives its ReLU activations,
+when a torch network is inside), each row at its slot, its number in the data (:mod:`pipeline.nn.scoring`).
+Every audit of an existing model goes through it: a table held in memory (:func:`audit_table`, which
+keeps the scores and evaluates them exactly) and every batch of every shard.
 
 **Map** (:func:`audit_shard`, a top-level function, so it runs as a Ray task): one shard is read in
 batches of at most ``batch_size`` rows with only the columns the audit needs
-(``stream.audit_columns``). Each batch is turned into labels, groups and model inputs exactly as the
-in-memory audit does (``data._roles``: ``target == positive_label`` as text, ``dataset.bins``,
-missing values as the ``(missing)`` group; ``fairness.view_labels`` for each audited view and the
-intersection; ``Encoder.transform``), scored under ``torch.no_grad`` (decisions
-``proba >= audit.decision_threshold``) and added to a :class:`partials.ScorePartial` and a
-:class:`partials.UnitPartial`. A batch is dropped once added: the driver and every worker hold
-one batch plus partials whose size depends on groups, bins and units, never on rows.
+(``stream.audit_columns``), each batch audited and added to a :class:`partials.ScorePartial` and a
+:class:`partials.UnitPartial` (decisions ``proba >= audit.decision_threshold``). A batch is dropped once
+added: the driver and every worker hold one batch plus partials whose size depends on groups, bins
+and units, never on rows.
 
 **Reduce** (:func:`reduce`): the shard results are added in shard order (integer sums: any other
 order gives the same arrays). :func:`evaluation_from` turns the merged partials into the
@@ -50,7 +55,6 @@ Rows per shard are checked: a shard that yields other than its Parquet metadata'
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,13 +71,14 @@ from pipeline.core.errors import DataError
 from pipeline.core.units import LayerHealth, layer_health
 from pipeline.core.vocabulary import INTERSECTION_JOIN
 from pipeline.data import shards as stream
-from pipeline.data.tables import MISSING_CATEGORY, Encoder, _roles
-from pipeline.nn.capacity.groups import LayerGroupCapacity, _group_entry
+from pipeline.data.tables import MISSING_CATEGORY, roles
+from pipeline.nn.capacity.groups import LayerGroupCapacity, group_entry
+from pipeline.nn.model import net_state, network  # noqa: F401 - what the streamed audit's callers import
 from pipeline.scale import partials
 
 if TYPE_CHECKING:
-    from torch import nn
-
+    from pipeline.audited.scorers import Scorer
+    from pipeline.data.tables import Table
     from pipeline.scale.executor import Executor
 
 LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(1e-7) = 16.1): resolution 6e-8
@@ -82,89 +87,15 @@ MESSAGE_ROWS = "{file}: shard at row {offset} yielded {found} rows; its Parquet 
 MESSAGE_MISSING_LABELS = "{file}: column '{target}' has {count} missing labels; expected every row to have one"
 
 
-# --- the network as plain data -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NetState:
-    """A :class:`pipeline.nn.model.ReLUMLP` as plain data: its constructor arguments and weights as numpy arrays.
-
-    This is what :func:`net_state` sends to the workers for the pipeline's own network: it pickles
-    without code (dicts, tuples, numpy arrays; a few hundred KB for [64, 32]) and unpickling it
-    cannot run anything. :func:`network` rebuilds the module and loads the weights (``strict``),
-    so a worker scores with exactly the driver's weights.
-    """
-
-    architecture: dict[str, Any]  # ReLUMLP(n_features, hidden_sizes, relu=, dropout=, activation=)
-    state: dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Pt2State:
-    """A network logged in MLflow's 'pt2' format, as the bytes of its ``torch.export`` archive.
-
-    Such a module does not pickle; :func:`network` loads the archive with ``torch.export.load``
-    (no pickle) into the same GraphModule ``tracking.load_logged_model`` builds.
-    """
-
-    archive: bytes
-
-
-def net_state(net: nn.Module) -> NetState | Pt2State | nn.Module:
-    """What :func:`audit_shard` receives as ``net_state``: plain data for a ReLUMLP, else the module itself.
-
-    A module of another class (a user's ``--model-module`` network, an MLflow-logged model) is sent
-    as it is: Ray pickles it with cloudpickle, so its class must be importable on the workers
-    (or pickled by value). It is the driver's own object sent to its own workers: nothing is
-    unpickled that the driver did not pickle.
-    """
-    from pipeline.nn.model import ReLUMLP
-
-    if getattr(net, "pt2_archive", None) is not None:  # set by tracking.load_logged_model
-        return Pt2State(net.pt2_archive)
-    if type(net) is not ReLUMLP:
-        return net
-    dropout = getattr(net.dropout, "p", 0.0)
-    arch = {"n_features": net.hidden[0].in_features, "hidden_sizes": tuple(m.out_features for m in net.hidden),
-            "relu": net.relu, "dropout": float(dropout), "activation": "leaky_relu" if net.leaky else "relu"}
-    return NetState(arch, {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()})
-
-
-def network(state: NetState | Pt2State | nn.Module) -> nn.Module:
-    """The module described by ``state`` (see :func:`net_state`), in eval mode."""
-    import torch
-
-    if isinstance(state, Pt2State):
-
-        exported = torch.export.load(io.BytesIO(state.archive)).module()
-        return torch.fx.GraphModule(exported, exported.graph).eval()
-    if not isinstance(state, NetState):
-        return state.eval()
-    from pipeline.nn.model import ReLUMLP
-
-    arch = dict(state.architecture)
-    net = ReLUMLP(arch.pop("n_features"), tuple(arch.pop("hidden_sizes")), **arch)
-    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.state.items()}, strict=True)
-    return net.eval()
-
-
 # --- map: one shard -------------------------------------------------------------------------------
-
-
-def _activations(probe, x, slots: np.ndarray) -> list:
-    """Every ReLU layer's outputs on the rows of ``x`` (a tensor), scored at their ``slots``."""
-    import torch
-
-    parts: list[list] = []
-    probe.scan(x, lambda _, found: parts.append(found), slots=slots)
-    return [torch.cat(layer) for layer in zip(*parts)]
 
 
 @dataclass(frozen=True)
 class ShardResult:
     """What one shard contributes: partials and counts, plain data whose size does not grow with rows.
 
-    ``scores``/``units`` are None only when ``dataset.missing: drop_rows`` dropped every row.
+    ``scores``/``units`` are None only when ``dataset.missing: drop_rows`` dropped every row (``units``
+    also when the model has no ReLU layer to measure).
     ``nesting``: per intersection view, each of its groups' labels in the intersected columns
     (``{"sex & race": {"Female & Black": ("Female", "Black")}}``), for disclosure control.
     ``log_loss``: the rows' log losses, each as ``round(loss * LOSS_SCALE)``, summed (a Python int).
@@ -188,45 +119,97 @@ def audited_views(dataset: DatasetConfig) -> dict[str, list[str]]:
     return vocabulary.audited_views(dataset.sensitive_features, intersections=dataset.intersections)
 
 
-def audit_shard(shard: stream.Shard, *, net_state: NetState | Pt2State | nn.Module, cfg: Config, encoder: Encoder,
-                batch_size: int = stream.BATCH_SIZE, layers: Sequence[str] | None = None) -> ShardResult:
+@dataclass(frozen=True)
+class Batch:
+    """One batch of rows, audited: labels, groups, the scorer's probabilities and activations."""
+
+    y: np.ndarray  # 0/1 labels (int64)
+    groups: pd.DataFrame  # the sensitive columns (binned; missing as its own group)
+    labels: dict[str, np.ndarray]  # per audited view, each row's group label
+    proba: np.ndarray  # float64
+    activations: list | None  # per ReLU layer, (rows x units) tensors; None without a network
+    unseen: dict[str, int]  # column -> rows whose category the model's encoder has not seen
+
+
+def audit_batch(frame: pd.DataFrame, slots: np.ndarray, *, scorer: Scorer, cfg: Config,
+                views: Mapping[str, list[str]]) -> Batch:
+    """Labels, groups and scores of one batch of raw rows, as every audit path computes them.
+
+    ``slots``: the rows' numbers in the data (:mod:`pipeline.nn.scoring`). The rows have labels
+    (checked by the caller); ``data.roles`` reads them as the in-memory data stage does.
+    """
+    _, y, groups = roles(frame, cfg.dataset)
+    labels = {v: fairness.view_labels(groups[cols]) for v, cols in views.items()}
+    unseen: dict[str, int] = {}
+    encoder = getattr(scorer, "encoder", None)
+    for col, cats in (encoder.categorical.items() if encoder is not None else ()):
+        count = int((~frame[col].astype("string").fillna(MISSING_CATEGORY).isin(cats)).sum())
+        if count:
+            unseen[col] = count
+    scored = scorer.score(frame, slots)
+    return Batch(y.astype(np.int64), groups, labels, scored.proba, scored.activations, unseen)
+
+
+class _Tally:
+    """Batches added up into mergeable partials (the map's accumulator)."""
+
+    def __init__(self, views: Mapping[str, list[str]], layers: Sequence[str] | None, audit: AuditConfig):
+        self.views, self.layers, self.audit = views, layers, audit
+        self.scores = self.units = self.grams = None
+        self.unseen: dict[str, int] = {}
+        self.nesting: dict[str, dict[str, tuple[str, ...]]] = {v: {} for v, cols in views.items() if len(cols) > 1}
+        self.loss = 0
+
+    def add(self, batch: Batch) -> None:
+        import torch
+
+        for v in self.nesting:
+            pairs = batch.groups[self.views[v]].drop_duplicates()
+            for fine, parts in zip(fairness.view_labels(pairs), pairs.astype(str).itertuples(index=False)):
+                self.nesting[v][str(fine)] = tuple(parts)
+        for col, n in batch.unseen.items():
+            self.unseen[col] = self.unseen.get(col, 0) + n
+        decisions = (batch.proba >= self.audit.decision_threshold).astype(np.int64)
+        part = partials.score_partial(batch.y, batch.proba, decisions, batch.labels,
+                                      calibration_bins=self.audit.calibration_bins)
+        self.scores = part if self.scores is None else self.scores + part
+        if batch.activations is not None:
+            unit = partials.unit_partial(batch.activations, batch.labels, layers=self.layers)
+            self.units = unit if self.units is None else self.units + unit
+            h = [a.detach().to("cpu", torch.float64) for a in batch.activations]
+            grams = [(p.T @ p).numpy() for p in h]
+            self.grams = grams if self.grams is None else [g + q for g, q in zip(self.grams, grams)]
+        clipped = np.clip(batch.proba, LOSS_CLIP, 1 - LOSS_CLIP)
+        row_loss = -np.where(batch.y == 1, np.log(clipped), np.log1p(-clipped))
+        self.loss += int(np.rint(row_loss * LOSS_SCALE).astype(np.int64).sum())
+
+
+def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
+                batch_size: int = stream.BATCH_SIZE) -> ShardResult:
     """Score one shard batch by batch and return its partials (usable as a Ray task: plain data in and out).
 
     Parameters
     ----------
     shard
         The rows to audit (``stream.shards``).
-    net_state
-        The network, from :func:`net_state`.
+    scorer
+        The audited model (:mod:`pipeline.audited.scorers`): it loads its model in the process that runs this.
     cfg
         The audit's config: ``dataset`` says how labels, groups and missing values are read,
         ``audit`` the decision threshold and calibration bins.
-    encoder
-        The encoder the model was trained with (never fitted here).
     batch_size
-        Rows read, encoded and scored at once.
-    layers
-        Post-ReLU submodule names for a model ``torch.fx`` cannot trace (``ReluProbe(layers=)``).
+        Rows read and scored at once.
 
     Raises
     ------
     DataError
         A missing label, or the shard yielded another number of rows than its metadata says.
     """
-    import torch
-
-    from pipeline.nn.capacity import ReluProbe
-    from pipeline.nn.scoring import predict_proba
-
-    ds, audit = cfg.dataset, cfg.audit
-    net = network(net_state)
-    probe = ReluProbe(net, layers=layers)
+    ds = cfg.dataset
     views = audited_views(ds)
-    columns = list(stream.audit_columns(ds, encoder))
-    scores = units = grams = None
-    rows = audited = loss = 0
-    unseen: dict[str, int] = {}
-    nesting: dict[str, dict[str, tuple[str, ...]]] = {v: {} for v, cols in views.items() if len(cols) > 1}
+    tally = _Tally(views, scorer.layers, cfg.audit)
+    rows = audited = 0
+    columns = list(stream.audit_columns(ds, scorer.kinds()))
     for frame in stream.batches(shard, columns=columns, batch_size=batch_size, missing_values=ds.missing_values):
         slots = shard.offset + rows + np.arange(len(frame))  # the rows' numbers in the data (nn.scoring)
         rows += len(frame)
@@ -239,34 +222,11 @@ def audit_shard(shard: stream.Shard, *, net_state: NetState | Pt2State | nn.Modu
         if missing_labels:
             raise DataError(MESSAGE_MISSING_LABELS.format(file=shard.path, target=ds.target, count=missing_labels))
         audited += len(frame)
-        _, y, groups = _roles(frame, ds)
-        y = y.astype(np.int64)
-        labels = {v: fairness.view_labels(groups[cols]) for v, cols in views.items()}
-        for v in nesting:
-            pairs = groups[views[v]].drop_duplicates()
-            for fine, parts in zip(fairness.view_labels(pairs), pairs.astype(str).itertuples(index=False)):
-                nesting[v][str(fine)] = tuple(parts)
-        for col, cats in encoder.categorical.items():
-            count = int((~frame[col].astype("string").fillna(MISSING_CATEGORY).isin(cats)).sum())
-            if count:
-                unseen[col] = unseen.get(col, 0) + count
-        x = encoder.transform(frame)
-        proba = predict_proba(net, x, slots=slots, source=shard.path)
-        decisions = (proba >= audit.decision_threshold).astype(np.int64)
-        part = partials.score_partial(y, proba, decisions, labels, calibration_bins=audit.calibration_bins)
-        acts = _activations(probe, torch.from_numpy(x), slots)
-        unit = partials.unit_partial(acts, labels, layers=probe.layers)
-        h = [a.detach().to("cpu", torch.float64) for a in acts]
-        grams = [(p.T @ p).numpy() for p in h] if grams is None else [g + (p.T @ p).numpy() for g, p in zip(grams, h)]
-        scores = part if scores is None else scores + part
-        units = unit if units is None else units + unit
-        clipped = np.clip(proba, LOSS_CLIP, 1 - LOSS_CLIP)
-        row_loss = -np.where(y == 1, np.log(clipped), np.log1p(-clipped))
-        loss += int(np.rint(row_loss * LOSS_SCALE).astype(np.int64).sum())
+        tally.add(audit_batch(frame, slots, scorer=scorer, cfg=cfg, views=views))
     if rows != shard.rows:
         raise DataError(MESSAGE_ROWS.format(file=shard.path, offset=shard.offset, found=rows, expected=shard.rows))
-    return ShardResult(shard.path, shard.offset, shard.rows, rows, audited, scores, units, unseen, nesting, loss,
-                       tuple(grams or ()))
+    return ShardResult(shard.path, shard.offset, shard.rows, rows, audited, tally.scores, tally.units, tally.unseen,
+                       tally.nesting, tally.loss, tuple(tally.grams or ()))
 
 
 # --- reduce -------------------------------------------------------------------------------------
@@ -277,7 +237,7 @@ class MergedAudit:
     """The sum of shard results (:func:`reduce`)."""
 
     scores: partials.ScorePartial
-    units: partials.UnitPartial
+    units: partials.UnitPartial | None  # None when the model has no network to measure
     rows: int
     rows_audited: int
     unseen_categories: dict[str, int]
@@ -308,7 +268,8 @@ def reduce(results: Iterable[ShardResult]) -> MergedAudit:
     if not scored:
         raise ValueError("reduce: no shard has an audited row")
     scores = functools.reduce(partials.merge, [r.scores for r in scored])
-    units = functools.reduce(partials.merge, [r.units for r in scored])
+    measured = [r for r in scored if r.units is not None]  # none when the model has no network to measure
+    units = functools.reduce(partials.merge, [r.units for r in measured]) if measured else None
     unseen: dict[str, int] = {}
     nesting: dict[str, dict[str, tuple[str, ...]]] = {}
     for r in results:
@@ -319,7 +280,8 @@ def reduce(results: Iterable[ShardResult]) -> MergedAudit:
     return MergedAudit(scores, units, sum(r.rows for r in results), sum(r.rows_audited for r in results),
                        dict(sorted(unseen.items())), {v: dict(sorted(p.items())) for v, p in nesting.items()},
                        sum(r.log_loss for r in results), tuple(ids),
-                       tuple(np.sum([r.grams[i] for r in scored], axis=0) for i in range(len(scored[0].grams))))
+                       tuple(np.sum([r.grams[i] for r in measured], axis=0)
+                             for i in range(len(measured[0].grams) if measured else 0)))
 
 
 # --- the evaluation from merged partials ----------------------------------------------------------
@@ -479,10 +441,10 @@ class Capacity:
     ranks: list = field(default_factory=list)  # capacity.ranks.LayerRank per layer, from the merged HᵀH
 
 
-def capacity_from(merged: MergedAudit, *, audit: AuditConfig,
+def capacity_from(units: partials.UnitPartial, grams: Sequence[np.ndarray], *, audit: AuditConfig,
                   shown: Mapping[str, Sequence[str]] | None = None) -> Capacity:
-    """Dead, dormant and rarely-firing units per layer, and group capacity for the ``shown`` groups of each view."""
-    units = merged.units
+    """Dead, dormant and rarely-firing units per layer, group capacity for the ``shown`` groups of each view,
+    and effective ranks from the layers' HᵀH (``grams``)."""
     health = [layer_health(s, tau=audit.dormant_tau, rare_threshold=audit.rare_threshold) for s in units.stats()]
     by_group: dict[str, list[LayerGroupCapacity]] = {}
     for view, labels in (shown or {}).items():
@@ -498,20 +460,19 @@ def capacity_from(merged: MergedAudit, *, audit: AuditConfig,
                     rows, g_fired, g_abs = int(u.rows[g]), u.fired[li][g], u.abs_sum[li][g] / partials.ABS_SCALE
                 else:
                     rows, g_fired, g_abs = 0, np.zeros_like(fired), np.zeros_like(abs_sum)
-                entries.append(_group_entry(name, label, rows, g_fired, g_abs, units.rows - rows,
-                                            fired - g_fired, units.abs_sum[li] / partials.ABS_SCALE - g_abs,
-                                            alive_all, tau=audit.dormant_tau))
+                entries.append(group_entry(name, label, rows, g_fired, g_abs, units.rows - rows,
+                                           fired - g_fired, abs_sum - g_abs, alive_all, tau=audit.dormant_tau))
             layers.append(LayerGroupCapacity(layer=name, units=len(fired), rows=units.rows,
                                              alive=int(alive_all.sum()), tau=audit.dormant_tau, groups=tuple(entries)))
         by_group[view] = layers
     import torch
 
-    from pipeline.nn.capacity.ranks import LayerRank, _gram_singular_values, erank, srank
+    from pipeline.nn.capacity.ranks import LayerRank, erank, gram_singular_values, srank
 
     ranks = []
-    for name, gram in zip(units.layers, merged.grams):
-        sigma = _gram_singular_values(torch.from_numpy(gram), rows=merged.rows_audited)
-        ranks.append(LayerRank(layer=name, units=gram.shape[0], rows=merged.rows_audited, erank=erank(sigma),
+    for name, gram in zip(units.layers, grams):
+        sigma = gram_singular_values(torch.from_numpy(gram), rows=units.rows)
+        ranks.append(LayerRank(layer=name, units=gram.shape[0], rows=units.rows, erank=erank(sigma),
                                srank=srank(sigma, delta=audit.srank_delta), delta=audit.srank_delta))
     return Capacity(health, by_group, ranks)
 
@@ -520,40 +481,72 @@ def capacity_from(merged: MergedAudit, *, audit: AuditConfig,
 
 
 class Streamed(NamedTuple):
-    """What :func:`audit_shards` returns: the evaluation, the capacity and what was counted."""
+    """What an audit of an existing model returns: the evaluation, the capacity (None when the model has no
+    torch network to measure) and what was counted."""
 
     evaluation: fairness.Evaluation
-    capacity: Capacity  # group capacity for the groups each view publishes
+    capacity: Capacity | None  # group capacity for the groups each view publishes
     counts: dict[str, Any]  # shards, rows, rows_audited, unseen_categories {column: rows}, partial_bytes
 
     def seed(self, run_id: str) -> SeedAudit:
-        """The audited model's :class:`SeedAudit`, as the in-memory audit builds it."""
-        return SeedAudit(seed=None, run_id=run_id, evaluation=self.evaluation, capacity={"test": self.capacity.health},
-                         ranks=self.capacity.ranks, group_capacity=self.capacity.groups)
+        """The audited model's :class:`SeedAudit`."""
+        cap = self.capacity
+        return SeedAudit(seed=None, run_id=run_id, evaluation=self.evaluation,
+                         capacity={"test": cap.health} if cap else {}, ranks=cap.ranks if cap else [],
+                         group_capacity=cap.groups if cap else {})
 
 
-def audit_shards(shards: Sequence[stream.Shard], *, net: nn.Module, cfg: Config, encoder: Encoder,
-                 executor: Executor, batch_size: int = stream.BATCH_SIZE, source: str = "--data",
-                 layers: Sequence[str] | None = None, bootstrap: bool = True) -> Streamed:
+def _shown(evaluation: fairness.Evaluation) -> dict[str, list[str]]:
+    return {v: table.loc[table["status"] != "suppressed", "group"].tolist() for v, table in evaluation.groups.items()}
+
+
+def audit_shards(shards: Sequence[stream.Shard], *, scorer: Scorer, cfg: Config, executor: Executor,
+                 batch_size: int = stream.BATCH_SIZE, source: str = "--data", bootstrap: bool = True) -> Streamed:
     """Audit an existing model on every row of ``shards``: map :func:`audit_shard`, :func:`reduce`, evaluate.
 
     Every file's schema is checked first (``stream.check_schemas``: a missing or mistyped column
-    is a :class:`DataError` naming the file and the column, before any row is read) and the model
-    is probed for its ReLUs on the driver, so neither error costs a task.
+    is a :class:`DataError` naming the file and the column, before any row is read), so that error
+    costs no task.
     """
-    from pipeline.nn.capacity import ReluProbe
-
     shards = list(shards)
-    stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, encoder), source=source)
-    ReluProbe(net, layers=layers)  # an untraceable model fails here, not in every task
-    task = functools.partial(audit_shard, net_state=net_state(net), cfg=cfg, encoder=encoder, batch_size=batch_size,
-                             layers=layers)
+    stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, scorer.kinds()), source=source)
+    task = functools.partial(audit_shard, scorer=scorer, cfg=cfg, batch_size=batch_size)
     merged = reduce(executor.map(task, shards))
     views = audited_views(cfg.dataset)
     evaluation = evaluation_from(merged, audit=cfg.audit, views=views, bootstrap=bootstrap)
-    shown = {v: evaluation.groups[v].loc[evaluation.groups[v]["status"] != "suppressed", "group"].tolist()
-             for v in views}
+    units_bytes = merged.units.nbytes if merged.units is not None else 0
     counted = {"shards": len(shards), "rows": merged.rows, "rows_audited": merged.rows_audited,
                "unseen_categories": merged.unseen_categories,
-               "partial_bytes": merged.scores.nbytes + merged.units.nbytes + sum(g.nbytes for g in merged.grams)}
-    return Streamed(evaluation, capacity_from(merged, audit=cfg.audit, shown=shown), counted)
+               "partial_bytes": merged.scores.nbytes + units_bytes + sum(g.nbytes for g in merged.grams)}
+    capacity = None if merged.units is None else capacity_from(merged.units, merged.grams, audit=cfg.audit,
+                                                               shown=_shown(evaluation))
+    return Streamed(evaluation, capacity, counted)
+
+
+def audit_table(table: Table, *, scorer: Scorer, cfg: Config, batch_size: int = stream.BATCH_SIZE,
+                bootstrap: bool = True) -> Streamed:
+    """Audit an existing model on a table held in memory, through the same :func:`audit_batch` as a shard.
+
+    The scores of every row are kept (8 bytes a row), so fairness is evaluated exactly as ``run``
+    evaluates it (``fairness.evaluate``: row bootstrap, exact ROC AUC); the activations are added
+    up batch by batch into unit partials, never held for all rows.
+    """
+    ds = cfg.dataset
+    views = audited_views(ds)
+    tally = _Tally(views, scorer.layers, cfg.audit)
+    frame, numbers = table.frame, table.row_numbers
+    ys, probas, groups = [], [], []
+    for start in range(0, len(frame), batch_size):
+        batch = audit_batch(frame.iloc[start:start + batch_size], numbers[start:start + batch_size], scorer=scorer,
+                            cfg=cfg, views=views)
+        tally.add(batch)
+        ys.append(batch.y)
+        probas.append(batch.proba)
+        groups.append(batch.groups)
+    y, proba, s = np.concatenate(ys), np.concatenate(probas), pd.concat(groups, ignore_index=True)
+    evaluation = fairness.evaluate(y, proba, s, audit=cfg.audit, intersections=ds.intersections, bootstrap=bootstrap)
+    capacity = None if tally.units is None else capacity_from(tally.units, tally.grams, audit=cfg.audit,
+                                                              shown=_shown(evaluation))
+    counted = {"shards": 1, "rows": table.rows_read, "rows_audited": len(y),
+               "unseen_categories": dict(sorted(tally.unseen.items()))}
+    return Streamed(evaluation, capacity, counted)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.core.units import ActivationStats, unit_states
-from pipeline.nn.capacity.probe import _check_rows
+from pipeline.nn.capacity.probe import check_rows
 
 if TYPE_CHECKING:
     from pipeline.nn.capacity.probe import ReluProbe
@@ -107,7 +107,7 @@ def group_capacity(probe: ReluProbe, x: torch.Tensor, groups: Sequence | np.ndar
         on the other rows. ``capacity_share`` = units alive on the group's rows / units
         alive on all rows (1.0: every unit that serves anyone also serves the group).
     """
-    _check_rows(x)
+    check_rows(x)
     group_labels = np.asarray(groups)
     if group_labels.ndim != 1 or len(group_labels) != len(x):
         raise ValueError(f"groups must hold one label per row of x ({len(x)} rows), got shape {group_labels.shape}")
@@ -135,7 +135,7 @@ def group_capacity(probe: ReluProbe, x: torch.Tensor, groups: Sequence | np.ndar
         entries = []
         for g, label in enumerate(listed):
             rest = [b for b in range(unlisted + 1) if b != g]
-            entries.append(_group_entry(name, label, int(counts[g]), f[g], s[g],
+            entries.append(group_entry(name, label, int(counts[g]), f[g], s[g],
                                         int(counts[rest].sum()), f[rest].sum(0), s[rest].sum(0),
                                         alive_all, tau=tau))
         results.append(LayerGroupCapacity(layer=name, units=f.shape[1], rows=len(x), alive=int(alive_all.sum()),
@@ -143,7 +143,7 @@ def group_capacity(probe: ReluProbe, x: torch.Tensor, groups: Sequence | np.ndar
     return results
 
 
-def _group_entry(layer: str, label: Hashable, rows: int, fired: np.ndarray, abs_sum: np.ndarray,
+def group_entry(layer: str, label: Hashable, rows: int, fired: np.ndarray, abs_sum: np.ndarray,
                  rest_rows: int, rest_fired: np.ndarray, rest_abs_sum: np.ndarray,
                  alive_all: np.ndarray, *, tau: float) -> GroupCapacity:
     if rows == 0:

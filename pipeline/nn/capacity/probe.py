@@ -86,7 +86,7 @@ class ReluProbe:
         except Exception as err:  # fx raises many types; all mean "cannot trace"
             raise UserError(_MSG_UNTRACEABLE.format(model=self._model_name, err=err,
                                                     example=_example_layers(model))) from err
-        nodes = [n for n in traced.graph.nodes if _is_relu(n, traced)]
+        nodes = [n for n in traced.graph.nodes if is_relu(n, traced)]
         if not nodes:
             raise UserError(_MSG_NO_RELU.format(model=self._model_name))
         # The probe runs a copy of the graph that returns the ReLU outputs; the trace itself is
@@ -97,10 +97,15 @@ class ReluProbe:
         self.module = fx.GraphModule(traced, graph)
         self.module.graph.eliminate_dead_code()
         self.module.recompile()
+        # The same graph returning the model's output too: scores and activations from one forward pass.
+        graph, copies = fx.Graph(), {}
+        returned = graph.graph_copy(traced.graph, copies)
+        graph.output((tuple(copies[n] for n in nodes), returned))
+        self._with_output = fx.GraphModule(traced, graph)
         self._traced: fx.GraphModule | None = traced
         self._relu_nodes = tuple(nodes)
         self._hooked: list[nn.Module] = []
-        names = [_layer_name(n) for n in nodes]
+        names = [layer_name(n) for n in nodes]
         # One nn.ReLU called twice is two layers: number the repeats so names stay unique.
         self.layers = [name if names[:i].count(name) == 0 else f"{name}#{names[:i].count(name) + 1}"
                        for i, name in enumerate(names)]
@@ -121,6 +126,7 @@ class ReluProbe:
                 raise UserError(_MSG_DUPLICATE_LAYER.format(name=name))
             hooked.append(submodule)
         self.module = model
+        self._with_output = None
         self._traced = None
         self._relu_nodes = ()
         self._hooked = hooked
@@ -187,7 +193,7 @@ class ReluProbe:
         ValueError
             ``x`` has no rows, or ``per_batch`` did not return one tensor per layer.
         """
-        _check_rows(x)
+        check_rows(x)
         totals: list[torch.Tensor] = []
 
         def add(start: int, outs: list[torch.Tensor]) -> None:
@@ -200,28 +206,38 @@ class ReluProbe:
         return totals
 
     @torch.no_grad()
-    def scan(self, x: torch.Tensor, consume: Callable[[int, list[torch.Tensor]], None], *,
-             slots: np.ndarray | None = None, block: int = BLOCK) -> None:
+    def scan(self, x: torch.Tensor, consume: Callable[..., None], *,
+             slots: np.ndarray | None = None, block: int = BLOCK, outputs: bool = False) -> None:
         """Run ``x`` through the model in eval mode, in the fixed-shape blocks every path scores in
         (:func:`pipeline.nn.scoring.blocks`), so a row's activations depend on its values and slot only.
 
         ``consume(start, outputs)`` receives the first row index of each batch and one
         (batch rows x units) tensor per layer, in the order of :attr:`layers`. Every
-        submodule's train/eval mode is restored afterwards, also on error.
+        submodule's train/eval mode is restored afterwards, also on error. With ``outputs``, the same
+        forward pass also gives the model's output for those rows: ``consume(start, outputs, output)``.
         """
         modes = {m: m.training for m in self.module.modules()}  # shared with the model: restore each
         self.module.eval()
         try:
             for inputs, rows, places in blocks(x, slots, block=block):
-                outs = [o if places is None else o[places] for o in self._forward(inputs, rows)]
-                consume(rows.start, [o.flatten(2).amax(2) if o.dim() > 2 else o for o in outs])  # channels as units
+                found, out = self._forward(inputs, rows, outputs=outputs)
+                found = [o if places is None else o[places] for o in found]
+                found = [o.flatten(2).amax(2) if o.dim() > 2 else o for o in found]  # channels as units
+                if outputs:
+                    consume(rows.start, found, out if places is None else out[places])
+                else:
+                    consume(rows.start, found)
         finally:
             for m, training in modes.items():
                 m.training = training
 
-    def _forward(self, batch: torch.Tensor, rows: slice) -> list[torch.Tensor]:
+    def _forward(self, batch: torch.Tensor, rows: slice, *,
+                 outputs: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         if self._traced is not None:
-            return list(self.module(batch))
+            if outputs:
+                found, out = self._with_output(batch)
+                return list(found), out
+            return list(self.module(batch)), None
         captured: list[list[torch.Tensor]] = [[] for _ in self._hooked]
 
         def recorder(i: int, name: str):
@@ -235,7 +251,7 @@ class ReluProbe:
         handles = [m.register_forward_hook(recorder(i, name))
                    for i, (m, name) in enumerate(zip(self._hooked, self.layers))]
         try:
-            self.module(batch)
+            out = self.module(batch)
         finally:
             for handle in handles:
                 handle.remove()
@@ -243,7 +259,7 @@ class ReluProbe:
             if len(outs) != 1:
                 raise UserError(_MSG_CALLS.format(name=name, calls=len(outs), model=self._model_name,
                                                   start=rows.start, stop=rows.stop - 1))
-        return [outs[0] for outs in captured]
+        return [outs[0] for outs in captured], out if outputs else None
 
 
 def _fired_and_abs_sum(start: int, outs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -251,7 +267,7 @@ def _fired_and_abs_sum(start: int, outs: list[torch.Tensor]) -> list[torch.Tenso
     return [torch.stack([(o > 0).sum(0).double(), o.abs().sum(0).double()]) for o in outs]
 
 
-def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
+def is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_module":
         return isinstance(gm.get_submodule(node.target), (nn.ReLU, nn.LeakyReLU))
     if node.op == "call_function":
@@ -261,7 +277,7 @@ def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
     return False
 
 
-def _layer_name(node: fx.Node) -> str:
+def layer_name(node: fx.Node) -> str:
     return str(node.target) if node.op == "call_module" else node.name
 
 
@@ -279,6 +295,6 @@ def _example_layers(model: nn.Module) -> str:
     return "[" + ", ".join(repr(n) for n in names[:6]) + (", ...]" if len(names) > 6 else "]")
 
 
-def _check_rows(x: torch.Tensor) -> None:
+def check_rows(x: torch.Tensor) -> None:
     if len(x) == 0:
         raise ValueError("x has no rows; capacity is measured on at least one row")

@@ -3,7 +3,7 @@
 Two summaries of the singular values sigma of the feature matrix H: the exp-entropy
 effective rank (:func:`erank`, Roy & Vetterli 2007) and srank_delta (:func:`srank`,
 Kumar et al. 2021). :func:`measure_ranks` computes both for every layer of a model
-without holding H: it sums HᵀH over batches (:func:`_gram_singular_values` says why
+without holding H: it sums HᵀH over batches (:func:`gram_singular_values` says why
 that is exact enough).
 """
 
@@ -56,11 +56,11 @@ def singular_values(h: torch.Tensor | np.ndarray, *,
     if rows == 0 or units == 0:
         return np.zeros(0)
     if method == "gram" or (method == "auto" and rows > 4 * units):
-        return _gram_singular_values(matrix.T @ matrix, rows=rows)
+        return gram_singular_values(matrix.T @ matrix, rows=rows)
     return torch.linalg.svdvals(matrix).numpy()
 
 
-def _gram_singular_values(gram: torch.Tensor, *, rows: int) -> np.ndarray:
+def gram_singular_values(gram: torch.Tensor, *, rows: int) -> np.ndarray:
     eigenvalues = torch.linalg.eigvalsh(gram).numpy()[::-1]  # ascending -> descending
     top = max(float(eigenvalues[0]), 0.0)
     # Rounding in forming and decomposing HᵀH leaves up to ~max(rows, units) * eps * top in
@@ -149,7 +149,7 @@ def measure_ranks(probe: ReluProbe, x: torch.Tensor, *, delta: float = DEFAULT_S
     grams = probe.reduce(x, _gram, slots=slots)
     results = []
     for name, gram in zip(probe.layers, grams):
-        sigma = _gram_singular_values(gram, rows=len(x))
+        sigma = gram_singular_values(gram, rows=len(x))
         results.append(LayerRank(layer=name, units=gram.shape[0], rows=len(x), erank=erank(sigma),
                                  srank=srank(sigma, delta=delta), delta=delta))
     return results
