@@ -15,6 +15,7 @@ from fixtures import audit_models
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import runner
+from pipeline.audited import sources
 from pipeline.core.errors import UserError
 
 DEAD = 3  # units of TwoLayer's hidden layer set to never fire
@@ -121,10 +122,16 @@ def test_registered_model_is_audited_and_the_alias_moves_only_on_pass(write_conf
 
 
 @pytest.mark.parametrize("args, expected", [
-    ([], "give exactly one of --model-uri or --model-module"),
-    (["--model-module", "fixtures.audit_models:two_layer"], "--model-module needs --state-dict"),
+    ([], sources.MESSAGE_ONE_SOURCE),
+    (["--model-uri", "runs:/0/model", "--predictions", "p.csv"], sources.MESSAGE_ONE_SOURCE),
+    (["--model-module", "fixtures.audit_models:two_layer"], sources.MESSAGE_STATE_DICT_NEEDED),
     (["--model-module", "nocolon"], "expected 'package.module:factory'"),
-    (["--model-uri", "runs:/0/model", "--encoder", "encoder.json"], "--encoder goes with --model-module only"),
+    (["--model-uri", "runs:/0/model", "--encoder", "encoder.json"], sources.MESSAGE_ENCODER_WITH_URI),
+    (["--predictions", "p.csv"], sources.MESSAGE_SCORE_COLUMN),
+    (["--model-uri", "runs:/0/model", "--score-column", "s"], sources.MESSAGE_SCORE_COLUMN_ALONE),
+    (["--predictions", "p.csv", "--score-column", "s", "--layers", "a"], sources.MESSAGE_LAYERS_WITHOUT_NETWORK),
+    (["--model-uri", "runs:/0/model", "--alias", "champion"],
+     sources.MESSAGE_ALIAS_NEEDS_REGISTRY.format(given="runs:/0/model")),
 ])
 def test_audit_usage_errors_exit_2(args, expected, german_config, encoder_json, tmp_path):
     if "nocolon" in args:

@@ -312,7 +312,8 @@ def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTim
         findings = policy.judge(cfg.policy, primary.evaluation, primary.gated_capacity,
                                 seed_ranges={k: st.range for k, st in summary.metrics.items() if summary.spread(k)},
                                 group_capacity=primary.group_capacity, baseline=s.baseline,
-                                measured_on="the training data" if got.trained is not None else "the audited rows")
+                                measured_on="the training data" if got.trained is not None else "the audited rows",
+                                no_capacity=got.model_info.get("no_capacity"))
         verdict, reasons = policy.decide(findings, features=cfg.dataset.sensitive_features)
         mitigation = mitigated(got.seeds, findings, verdict) if mitigated else None
         streamed = judged.streaming

@@ -60,6 +60,8 @@ MESSAGE_INPUT_WIDTH = ("--model-uri: model.inputs names {given} column(s), but '
                        "name every input column, in order")
 MESSAGE_ENCODER_MISMATCH = ("--model-uri: the signature of '{uri}' names inputs {named}; its run's "
                             "model_inputs/encoder.json gives {encoded}")
+MESSAGE_UNLOADABLE = ("{uri}: the model cannot be loaded here: {error} (its code or a package it needs is missing "
+                      "from this environment)")
 ENCODER_ARTIFACT = "model_inputs/encoder.json"
 
 
@@ -108,6 +110,12 @@ def open_model(uri: str, *, tracking_uri: str, cfg: Config, layers: list[str] | 
     audited = {"uri": uri, "model_id": info.model_id, "source_run_id": info.run_id, "flavors": sorted(flavors),
                "name": registered.name if registered else None, "version": registered.version if registered else None}
     return Opened(scorer, audited, registered, info.model_id)
+
+
+def _error_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
 
 
 def _first_line(text: str) -> str:
@@ -218,7 +226,10 @@ class LoggedNetScorer(NetScorer):
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                net = _load_local_or_uri(mlflow.pytorch.load_model, self.local, self.uri, self.tracking_uri)
+                try:
+                    net = _load_local_or_uri(mlflow.pytorch.load_model, self.local, self.uri, self.tracking_uri)
+                except Exception as err:  # noqa: BLE001 - the model's own files and code: said in one line
+                    raise ModelFailed(MESSAGE_UNLOADABLE.format(uri=self.uri, error=_error_line(err))) from err
             if isinstance(net, torch.fx.GraphModule):  # torch.export's module refuses train()/eval(); a copy does not
                 net = torch.fx.GraphModule(net, net.graph)
             net.eval()
@@ -248,7 +259,10 @@ class PyfuncScorer(Scorer):
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                model = _load_local_or_uri(mlflow.pyfunc.load_model, self.local, self.uri, self.tracking_uri)
+                try:
+                    model = _load_local_or_uri(mlflow.pyfunc.load_model, self.local, self.uri, self.tracking_uri)
+                except Exception as err:  # noqa: BLE001 - the model's own code and dependencies: said in one line
+                    raise ModelFailed(MESSAGE_UNLOADABLE.format(uri=self.uri, error=_error_line(err))) from err
             found = find_networks(_inner(model))
             capture = Capture(found, layers=self.relu_names, source=self.uri) if found else None
             loaded = self.__dict__["_loaded"] = (model, capture, [path or "model" for path, _ in found])
@@ -261,8 +275,7 @@ class PyfuncScorer(Scorer):
         try:
             return model.predict(given)
         except Exception as err:  # noqa: BLE001 - the model's own code: any failure is the model's, said in one line
-            raise ModelFailed(MESSAGE_PREDICT_FAILED.format(source=self.source, error=_first_line(str(err)) if str(err)
-                                                            else type(err).__name__)) from err
+            raise ModelFailed(MESSAGE_PREDICT_FAILED.format(source=self.source, error=_error_line(err))) from err
 
     def score(self, frame: pd.DataFrame, slots: np.ndarray) -> Scored:
         import torch
@@ -296,9 +309,10 @@ class PyfuncScorer(Scorer):
             raw = self._predict(model, head)
         values = scoring.as_scores(raw, len(head), source=self.source)
         self.output, self.output_basis = scoring.resolve_output(values, output)
+        scoring.probabilities(values, self.output, source=self.source)  # scores it cannot read: now, not in the run
         if capture is None:
-            self.no_capacity = ("no torch network was found in the model (searched its Python model's attributes "
-                                f"{MAX_DEPTH_TEXT} deep), so its units cannot be counted")
+            self.no_capacity = ("no torch network was found in the model (its Python objects searched "
+                                f"{MAX_DEPTH_TEXT} of attributes deep), so no ReLU unit can be counted")
             return
         taken, why = capture.taken(len(head))
         if taken is None:

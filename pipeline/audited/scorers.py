@@ -74,7 +74,8 @@ class Scorer:
     def info(self) -> dict[str, Any]:
         """What the audit document records about the model."""
         return {"source": self.source, "kind": self.kind, "inputs": list(self.columns), "output": self.output,
-                "output_basis": self.output_basis, "relu_layers": self.layers, "no_capacity": self.no_capacity}
+                "output_basis": self.output_basis, "relu_layers": self.layers, "no_capacity": self.no_capacity,
+                "notes": list(self.notes) or None}
 
 
 def numeric_inputs(frame: pd.DataFrame, columns: Sequence[str], *, source: str, data: str) -> np.ndarray:
@@ -183,6 +184,7 @@ class NetScorer(Scorer):
             with torch.no_grad():
                 values = scoring.as_scores(net(torch.from_numpy(x)), len(x), source=self.source)
             self.output, self.output_basis = scoring.resolve_output(values, output)
+            scoring.probabilities(values, self.output, source=self.source)  # scores it cannot read: now, not in the run
         else:
             self.output, self.output_basis = "logit", "the pipeline's network returns one logit per row"
 
@@ -213,6 +215,7 @@ class ColumnScorer(Scorer):
                             "expected numbers (a probability or a logit per row)")
         values = scoring.as_scores(head.to_numpy(dtype=np.float64, na_value=np.nan), len(head), source=self.source)
         self.output, self.output_basis = scoring.resolve_output(values, output)
+        scoring.probabilities(values, self.output, source=self.source)  # scores it cannot read: now, not in the run
 
 
 @dataclass(frozen=True)

@@ -817,7 +817,7 @@ class SeedAudit:
     @property
     def gated_capacity(self) -> list[LayerHealth]:
         """Dead units are judged on the training rows when trained here, else on the audited rows."""
-        return self.capacity.get("train") or self.capacity["test"]
+        return self.capacity.get("train") or self.capacity.get("test", [])
 
     def metrics(self) -> dict[str, float]:
         """The headline numbers compared across seeds: overall, disparities, unit fractions."""
@@ -887,7 +887,7 @@ def build(seeds: list[SeedAudit], findings: list[Finding], verdict: vocab.Verdic
     summary = summary or seed_summary(seeds)
     ev, train = primary.evaluation, primary.train
     ranks = {r.layer: r for r in primary.ranks}
-    test_layers = primary.capacity["test"]
+    test_layers = primary.capacity.get("test", [])  # none when the model has no network to measure
     train_layers = primary.capacity.get("train") or [None] * len(test_layers)
     layers = tuple(
         LayerEntry(index=i, layer=te.layer, units=te.units, train=None if tr is None else _counts(tr),

@@ -80,17 +80,22 @@ def _status(value: float, low: float, high: float, threshold: float, comparison:
 
 def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth], *,
           seed_ranges: dict[str, float] | None = None, group_capacity: dict | None = None,
-          baseline: AuditDocument | None = None, measured_on: str = "the training data") -> list[Finding]:
+          baseline: AuditDocument | None = None, measured_on: str = "the training data",
+          no_capacity: str | None = None) -> list[Finding]:
     """All findings: accuracy, per audited feature the disparities, per layer dead and dormant
     units, and per audited feature the gap in capacity share between groups.
 
     ``seed_ranges`` maps a metric key (``SeedAudit.metrics``) to how far it moves across training seeds;
     ``group_capacity`` maps an audited feature to ``capacity.group_capacity`` results;
     ``baseline`` is an earlier audit: worsening beyond ``baseline_tolerance`` is a finding;
-    ``measured_on`` says where ``layers`` were counted, for the sentences.
+    ``measured_on`` says where ``layers`` were counted, for the sentences;
+    ``no_capacity``: why the model's units could not be measured (no torch network in it): each configured
+    capacity check is then not evaluated, with that reason.
     """
-    checks = (_fairness_checks(policy, evaluation) + _capacity_checks(policy, layers, measured_on)
-              + _group_capacity_checks(policy, evaluation, group_capacity or {})
+    capacity = (_capacity_checks(policy, layers, measured_on)
+                + _group_capacity_checks(policy, evaluation, group_capacity or {})) if no_capacity is None \
+        else _unmeasured_capacity(policy, no_capacity)
+    checks = (_fairness_checks(policy, evaluation) + capacity
               + (_baseline_checks(policy, evaluation, layers, baseline) if baseline else []))
     on_interval = policy.gate_on == "interval"
     level = evaluation.ci_level
@@ -233,6 +238,16 @@ def _capacity_checks(policy: PolicyConfig, layers: list[LayerHealth], measured_o
                 "inconclusive": "", "not_evaluated": "Dormant units could not be counted.",
             }, metric=vocab.layer_metric("dormant_fraction", index)))
     return checks
+
+
+def _unmeasured_capacity(policy: PolicyConfig, why: str) -> list[_Check]:
+    """One not-evaluated check per configured capacity threshold, saying why the units were not counted."""
+    said = f"Capacity is not evaluated: {why}."
+    return [_Check(vocab.CheckRef(check), math.nan, threshold, "<=", dict.fromkeys(
+                ("pass", "fail", "inconclusive", "not_evaluated"), said))
+            for check, threshold in (("dead_fraction", policy.max_dead_fraction),
+                                     ("dormant_fraction", policy.max_dormant_fraction),
+                                     ("capacity_share_gap", policy.max_capacity_share_gap)) if threshold is not None]
 
 
 def _group_capacity_checks(policy: PolicyConfig, evaluation: Evaluation, group_capacity: dict) -> list[_Check]:
