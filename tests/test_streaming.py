@@ -20,6 +20,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from pipeline.audited.scorers import NetScorer
 from pipeline.core import config, fairness, uncertainty
 from pipeline.core.errors import DataError
 from pipeline.data import tables as data
@@ -99,7 +100,7 @@ def _with_audit(cfg: config.Config, **changes) -> config.Config:
 
 def _stream(a: Adult, cfg: config.Config, path: Path, rows_per_shard: int, executor=None, bootstrap=True):
     found = shards(path, source="test", rows_per_shard=rows_per_shard)
-    return found, streaming.audit_shards(found, net=a.net, cfg=cfg, encoder=a.encoder,
+    return found, streaming.audit_shards(found, scorer=NetScorer.of(a.net, encoder=a.encoder), cfg=cfg,
                                          executor=executor or LocalExecutor(), batch_size=BATCH, bootstrap=bootstrap)
 
 
@@ -205,8 +206,8 @@ def test_sharded_audit_equals_the_in_memory_audit(adult, audit_changes):
 def streaming_merged(a: Adult, cfg: config.Config, path: Path, rows_per_shard: int) -> streaming.MergedAudit:
     """The merged partials of an audit (the map and reduce steps of audit_shards, here)."""
     found = shards(path, source="test", rows_per_shard=rows_per_shard)
-    state = streaming.net_state(a.net)
-    return streaming.reduce(streaming.audit_shard(s, net_state=state, cfg=cfg, encoder=a.encoder, batch_size=BATCH)
+    scorer = NetScorer.of(a.net, encoder=a.encoder)
+    return streaming.reduce(streaming.audit_shard(s, scorer=scorer, cfg=cfg, batch_size=BATCH)
                             for s in found)
 
 
@@ -227,8 +228,8 @@ def _assert_same_evaluation(got: fairness.Evaluation, expected: fairness.Evaluat
 def test_merge_order_does_not_change_anything(adult):
     a = adult
     found = shards(a.folder, source="test", rows_per_shard=7_000)
-    state = streaming.net_state(a.net)
-    results = [streaming.audit_shard(s, net_state=state, cfg=a.cfg, encoder=a.encoder, batch_size=BATCH)
+    scorer = NetScorer.of(a.net, encoder=a.encoder)
+    results = [streaming.audit_shard(s, scorer=scorer, cfg=a.cfg, batch_size=BATCH)
                for s in found]
     shuffled = results[:]
     random.Random(3).shuffle(shuffled)
@@ -242,7 +243,8 @@ def test_merge_order_does_not_change_anything(adult):
     assert other.log_loss == in_order.log_loss and other.nesting == in_order.nesting
     _assert_same_evaluation(streaming.evaluation_from(other, audit=a.cfg.audit, views=views),
                             streaming.evaluation_from(in_order, audit=a.cfg.audit, views=views))
-    assert streaming.capacity_from(other, audit=a.cfg.audit) == streaming.capacity_from(in_order, audit=a.cfg.audit)
+    assert streaming.capacity_from(other.units, other.grams, audit=a.cfg.audit) == \
+        streaming.capacity_from(in_order.units, in_order.grams, audit=a.cfg.audit)
     with pytest.raises(ValueError, match="twice"):
         streaming.reduce(results + results[:1])
 
@@ -252,7 +254,7 @@ def test_a_shard_yielding_other_rows_than_its_metadata_raises(adult):
     shard = shards(a.folder, source="test")[0]
     wrong = dataclasses.replace(shard, rows=shard.rows + 1)
     with pytest.raises(DataError, match=r"part-0.parquet: shard at row 0 yielded 10000 rows; .* says 10001"):
-        streaming.audit_shard(wrong, net_state=streaming.net_state(a.net), cfg=a.cfg, encoder=a.encoder)
+        streaming.audit_shard(wrong, scorer=NetScorer.of(a.net, encoder=a.encoder), cfg=a.cfg)
 
 
 class RecordingExecutor(LocalExecutor):
@@ -289,10 +291,11 @@ RAY_CLIENT = textwrap.dedent("""
     from pipeline.nn import model
     from pipeline.scale import streaming
     from pipeline.scale.executor import RayExecutor
+    from pipeline.audited.scorers import NetScorer
     model.one_thread()
     found, state, cfg, encoder = pickle.load(open(sys.argv[2], "rb"))
     with RayExecutor(sys.argv[1]) as executor:
-        result = streaming.audit_shards(found, net=streaming.network(state), cfg=cfg, encoder=encoder,
+        result = streaming.audit_shards(found, scorer=NetScorer.of(streaming.network(state), encoder=encoder), cfg=cfg,
                                         executor=executor, batch_size=int(sys.argv[4]))
     pickle.dump(result, open(sys.argv[3], "wb"))
 """)
@@ -338,7 +341,9 @@ PEAK = textwrap.dedent("""
         from pipeline.scale import streaming
         from pipeline.scale.executor import LocalExecutor
         found = stream.shards(path, source="test")
-        ev, cap, counted = streaming.audit_shards(found, net=streaming.network(state), cfg=cfg, encoder=encoder,
+        from pipeline.audited.scorers import NetScorer
+        ev, cap, counted = streaming.audit_shards(found, scorer=NetScorer.of(streaming.network(state), encoder=encoder),
+                                                  cfg=cfg,
                                                   executor=LocalExecutor(), bootstrap=False)
         rows = counted["rows"]
     else:

@@ -28,6 +28,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from pipeline.audited.scorers import NetScorer
 from pipeline.core import config, fairness
 from pipeline.data import tables as data
 from pipeline.data.shards import shards
@@ -93,7 +94,7 @@ def sharded(tmp_path_factory) -> Shards:
 def streamed(sharded):
     found = shards(sharded.folder, source="test", rows_per_shard=1000)
     assert [(Path(s.path).name, s.rows) for s in found] == [(f"part-{i}.parquet", 1000) for i in range(3)]
-    return streaming.audit_shards(found, net=sharded.net, cfg=sharded.cfg, encoder=sharded.encoder,
+    return streaming.audit_shards(found, scorer=NetScorer.of(sharded.net, encoder=sharded.encoder), cfg=sharded.cfg,
                                   executor=LocalExecutor(), batch_size=250)
 
 

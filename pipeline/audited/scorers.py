@@ -106,12 +106,14 @@ class NetScorer(Scorer):
     def of(cls, net: torch.nn.Module, *, encoder: Encoder | None = None, inputs: Sequence[str] = (),
            layers: Sequence[str] | None = None, source: str = "the model", kind: str = "network") -> NetScorer:
         """A scorer for ``net``, fed by ``encoder`` (the pipeline's) or the data columns ``inputs``."""
+        from pipeline.nn.capacity import ReluProbe
         from pipeline.nn.model import net_state
 
         columns = (*encoder.numeric, *encoder.categorical) if encoder is not None else tuple(inputs)
-        scorer = cls(source=source, columns=tuple(columns), kind=kind, state=net_state(net), encoder=encoder,
-                     inputs=tuple(inputs), relu_names=tuple(layers) if layers is not None else None)
-        scorer.__dict__["_loaded"] = None
+        probe = ReluProbe(net, layers=layers)  # an untraceable model fails here, before any work
+        scorer = cls(source=source, columns=tuple(columns), kind=kind, layers=list(probe.layers), state=net_state(net),
+                     encoder=encoder, inputs=tuple(inputs), relu_names=tuple(layers) if layers is not None else None)
+        scorer.__dict__["_loaded"] = (net.eval(), probe)
         return scorer
 
     def __getstate__(self):
