@@ -170,8 +170,13 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
             def mitigated(seeds, findings, verdict):
                 if not cfg.mitigation.enabled:
                     return None
+                import mlflow
+
                 from pipeline.mitigation import sweep  # fairlearn and scikit-learn: only when asked for
 
+                if split.held_out:  # which file rows post-processing was fitted on: none trained the network
+                    outputs.write_rows(session.reports_dir / mlflow.active_run().info.run_id / outputs.HOLDOUT_ROWS,
+                                       split.holdout_rows)
                 return sweep.sweep(cfg, split, seeds[0], findings, verdict, timer, executor=pool,
                                    record=tracking.log_candidate)
 
