@@ -204,7 +204,10 @@ def recommend(options: Sequence[Option], *, allow_group_aware: bool,
         sentences.append(f"Group-aware decisions would be required: {', '.join(aware)} meets the policy by using the "
                          "sensitive attribute at decision time, which mitigation.allow_group_aware_decisions forbids.")
     elif not allow_group_aware and any(o.group_aware for o in options):
-        sentences.append("No candidate meets it with group-aware decisions either.")
+        nearest = closest(options)
+        closer = (f" (the closest, {nearest.name}, is group-aware and {nearest.distance:.2f} allowances short)"
+                  if nearest.group_aware and nearest.distance < near.distance else "")
+        sentences.append(f"No candidate meets it with group-aware decisions either{closer}.")
     blocked = never_passed(options)
     problems = {c: why for c, why in (data_problems or {}).items() if c in blocked}
     if problems:
