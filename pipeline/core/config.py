@@ -180,8 +180,9 @@ class MitigationConfig:
     min_group_rows: int = field(default=20, metadata=_check(ge=1))  # smaller cells (or one-label cells) are merged
     reductions_max_iter: int = field(default=10, metadata=_check(ge=1))  # exponentiated_gradient iterations
     reductions_eps: float = field(default=0.02, metadata=_check(gt=0))  # its allowed constraint violation
-    # exponentiated_gradient: each oracle call fine-tunes the audited network this many epochs on its reweighted problem.
-    reductions_epochs: int = field(default=1, metadata=_check(ge=1))
+    # exponentiated_gradient: each oracle call fine-tunes the audited network this many epochs on its reweighted
+    # problem; null: mitigation.epochs.
+    reductions_epochs: int | None = field(default=1, metadata=_check(ge=1))
     epochs: int | None = field(default=None, metadata=_check(ge=1))  # candidates' training epochs; null: training.epochs
     # Candidates that use the sensitive attribute at decision time (threshold_optimizer) are shown but
     # never recommended unless this is true: such decisions are unlawful disparate treatment in many settings.

@@ -432,6 +432,47 @@ def register_candidate(result, doc: AuditDocument) -> str:
     return str(version)
 
 
+def finished_audit(run_id: str, tracking_uri: str) -> AuditDocument | None:
+    """The audit document logged by a finished run (``None``: the run exists but logged no audit.json).
+
+    A run id the store does not know is a user error."""
+    from pipeline.record import outputs
+
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        raise UserError(f"register: run '{run_id}' not found in {tracking_uri}") from err
+    if not any(a.path == outputs.AUDIT_JSON for a in client.list_artifacts(run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return outputs.read_document(Path(client.download_artifacts(run_id, outputs.AUDIT_JSON, tmp)))
+
+
+def registered_version(run_id: str, tracking_uri: str) -> str | None:
+    """The registered version of an audit run's own model (its ``registered_model`` tag: name/version), if any."""
+    tag = MlflowClient(tracking_uri).get_run(run_id).data.tags.get("registered_model")
+    return tag.rsplit("/", 1)[1] if tag else None
+
+
+def register_logged_candidate(result, doc: AuditDocument, tracking_uri: str) -> tuple[str, bool]:
+    """Register a finished run's candidate (``document.CandidateResult``) from what its nested run logged, without
+    re-running anything: ``(version, created)``. A version already registered for this run and candidate is
+    returned as it is (``created`` False), so registering twice makes no second version."""
+    name = doc.config.tracking.registered_model
+    client = MlflowClient(tracking_uri)
+    for version in client.search_model_versions(f"name='{name}'"):
+        if (version.tags.get("audit_run_id") == doc.run_id
+                and version.tags.get("mitigation.candidate") == result.name):
+            return str(version.version), False
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return register_candidate(result, doc), True
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def _feature_names(doc: AuditDocument) -> list[str]:
     """The encoded input names, in order, of the run's encoder."""
     from pipeline.data.tables import Encoder
