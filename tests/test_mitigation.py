@@ -16,7 +16,9 @@ from conftest import run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.config import from_dict
+from pipeline.core.document import AuditDocument
 from pipeline.data import tables as data
+from pipeline.record import report
 
 NAME = "tests-mitigation-mlp"
 
@@ -185,3 +187,24 @@ def test_rows_that_fit_post_processing_never_reach_training(registered):
         assert (mean, std) == pytest.approx((values.mean(), values.std(ddof=0)), rel=1e-12)
         with_held = frame.loc[np.r_[trained_on, held], column].astype(float)
         assert (mean, std) != pytest.approx((with_held.mean(), with_held.std(ddof=0)), rel=1e-9)
+
+
+def test_one_frontier_plot_per_audited_view_sized_for_a_phone(registered):
+    """Every gated feature and the intersection get a frontier image; each is 605 px wide (5.5 in at 110 dpi, so
+    a 420 px screen shows it at 0.6 scale with 11-point text still 10 px), numbered points keyed by full names."""
+    import struct
+
+    summary, audit, _, _ = registered
+    doc = AuditDocument.from_json(audit)
+    images = report.frontier_plots(doc)
+    views = list(audit["disparities"])
+    assert doc.mitigation.views == views
+    assert sorted(images) == [f"mitigation_{i}.png" for i in range(1, len(views) + 1)]
+    for png in images.values():
+        width, height = struct.unpack(">II", png[16:24])  # the PNG header's IHDR chunk
+        assert width == 605 and height > width
+    html = open(summary["report_html"]).read()
+    section = html[html.index("Mitigation options"):html.index("One plot per audited view")]
+    assert "…" not in section  # names are never cut short
+    for number, candidate in enumerate(audit["mitigation"]["candidates"]):
+        assert f"<td>{number}</td><td class=\"l\">{candidate['name']}" in section
