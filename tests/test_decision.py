@@ -188,3 +188,15 @@ def test_mark_frontier_lower_differences_and_higher_ratios_are_better():
                   "demographic_parity_ratio": ["A", "B", "C", "E"]}
     assert [r.name for r in marked] == ["A", "B", "C", "D", "E"]  # order and every other field kept
     assert [dataclasses.replace(r, pareto={}) for r in marked] == results
+
+
+def test_checks_no_candidate_can_be_judged_on_are_said_once_as_a_data_problem():
+    a = dataclasses.replace(_option("A", 0.72, "inconclusive", open_=["accuracy", "eod:age"]),
+                            gaps=(_gap("accuracy", 0.69, 0.70, ">=", status="inconclusive"),), unjudged=("eod:age",))
+    b = dataclasses.replace(_option("B", 0.71, "inconclusive", open_=["eod:age"]), passed=("accuracy",),
+                            unjudged=("eod:age",))
+    _, sentence, closest = decision.recommend([a, b], allow_group_aware=False)
+    assert closest == "B"  # nothing short: 0 allowances
+    assert sentence == ("No candidate meets the policy. Closest: B (accuracy 71.0%, 0.00 allowances short), which "
+                        "fails no check. No candidate can be judged on eod:age: too few groups large enough to "
+                        "compare, on any decisions (a data problem: more test rows in the small groups).")

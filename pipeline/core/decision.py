@@ -145,6 +145,7 @@ class Option:
     unmitigated: bool = False  # the audited model itself, as it is
     gaps: tuple[Gap, ...] = ()  # what its failing or inconclusive accuracy and fairness checks still have to move
     passed: tuple[str, ...] = ()  # ids of findings that passed
+    unjudged: tuple[str, ...] = ()  # ids of findings not evaluated (too few groups large enough to compare)
 
     @property
     def distance(self) -> float:
@@ -197,8 +198,10 @@ def recommend(options: Sequence[Option], *, allow_group_aware: bool,
     if not allowed:
         return None, "No candidate is allowed: every one uses the sensitive attribute at decision time.", None
     near = closest(allowed)
+    # Checks no option could be judged on are said once, below, not in the closest one's sentence.
+    everywhere = frozenset(c for c in near.unjudged if all(c in o.unjudged for o in options))
     sentences = [f"No candidate meets the policy. Closest: {near.name} (accuracy {near.accuracy:.1%}, "
-                 f"{near.distance:.2f} allowances short){_moves(near)}"]
+                 f"{near.distance:.2f} allowances short){_moves(near, everywhere)}"]
     aware = [o.name for o in options if o.group_aware and not allow_group_aware and o.verdict == "pass"]
     if aware:
         sentences.append(f"Group-aware decisions would be required: {', '.join(aware)} meets the policy by using the "
@@ -209,17 +212,21 @@ def recommend(options: Sequence[Option], *, allow_group_aware: bool,
                   if nearest.group_aware and nearest.distance < near.distance else "")
         sentences.append(f"No candidate meets it with group-aware decisions either{closer}.")
     blocked = never_passed(options)
+    unjudgeable = [c for c in blocked if all(c in o.unjudged for o in options)]
+    if unjudgeable:
+        sentences.append(f"No candidate can be judged on {', '.join(unjudgeable)}: too few groups large enough to "
+                         "compare, on any decisions (a data problem: more test rows in the small groups).")
     problems = {c: why for c, why in (data_problems or {}).items() if c in blocked}
     if problems:
         sentences.append("No mitigation can pass " + "; ".join(f"{c} ({why})" for c, why in problems.items())
                          + ": that is a data problem (more test rows in the small groups), not a model problem.")
-    rest = [c for c in blocked if c not in problems]
+    rest = [c for c in blocked if c not in problems and c not in unjudgeable]
     if rest:
         sentences.append(f"No candidate passed {', '.join(rest)}.")
     return None, " ".join(sentences), near.name
 
 
-def _moves(o: Option) -> str:
+def _moves(o: Option, everywhere: frozenset[str] = frozenset()) -> str:
     """', which still has to move X from a to b (upper end), ...; it also fails Y.' (one sentence's tail)."""
     parts = []
     if o.gaps:
@@ -228,7 +235,7 @@ def _moves(o: Option) -> str:
         parts.append("still has to move " + ", ".join(shown) + (f" and {more} more" if more else ""))
     if o.others:
         parts.append(f"also fails {', '.join(o.others)}")
-    unsure = [c for c in o.open if c not in {g.check for g in o.gaps}]
+    unsure = [c for c in o.open if c not in {g.check for g in o.gaps} and c not in everywhere]
     if unsure:
         parts.append(f"cannot be judged on {', '.join(unsure)}")
     return (", which " + "; it ".join(parts) + ".") if parts else ", which fails no check."

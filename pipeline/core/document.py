@@ -597,6 +597,7 @@ class CandidateResult:
     seconds: float
     run_id: str | None = None  # its nested MLflow run
     passed: list[str] = field(default_factory=list)  # ids of passed findings
+    unjudged: list[str] = field(default_factory=list)  # ids of findings not evaluated (among ``open``)
     gaps: tuple[Gap, ...] = ()  # failing or inconclusive accuracy and fairness checks: what still has to move
     distance: float = 0.0  # their summed normalised distance from passing (decision.Gap.distance)
 
@@ -637,6 +638,7 @@ class CandidateResult:
             failing=[f.id for f in findings if f.status == "fail"],
             open=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
             passed=[f.id for f in findings if f.status == "pass"],
+            unjudged=[f.id for f in findings if f.status == "not_evaluated"],
             pareto={}, seconds=float(cand.seconds if cand else 0.0), gaps=gaps, distance=sum(g.distance for g in gaps),
             run_id=None if cand is None else audited.run_id)
 

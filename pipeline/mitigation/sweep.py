@@ -67,7 +67,7 @@ def sweep(cfg: Config, split: Split, primary: SeedAudit, findings: list[Finding]
     results = decision.mark_frontier(results, list(views))
     options = [decision.Option(r.name, r.accuracy, r.verdict, r.group_aware, tuple(r.failing), tuple(r.open),
                                (r.accuracy_cost, r.cost_ci_low, r.cost_ci_high), unmitigated=r.run_id is None,
-                               gaps=r.gaps, passed=tuple(r.passed))
+                               gaps=r.gaps, passed=tuple(r.passed), unjudged=tuple(r.unjudged))
                for r in results]
     never = decision.never_passed(options)
     problems = data_problems(cfg, primary, findings, never, split)
