@@ -181,7 +181,7 @@ def frontier_plots(audit: AuditDocument) -> dict[str, bytes]:
     views = m.views or [m.feature]
     images = {}
     width, panel, key_line = 5.5, 2.7, 0.22
-    key = [f"{i}  {c.name}" + (" (group-aware)" if c.group_aware else "") for i, c in enumerate(m.candidates)]
+    key = [f"{i:>2}  {c.name}" + (" (group-aware)" if c.group_aware else "") for i, c in enumerate(m.candidates)]
     for index, view in enumerate(views, start=1):
         if not any(view in c.disparities for c in m.candidates):
             continue
