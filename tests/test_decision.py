@@ -111,19 +111,20 @@ def test_when_none_passes_it_says_what_group_awareness_would_buy_and_what_no_one
 
 def test_parity_interval_tells_a_small_group_from_a_large_one():
     # Exact parity, two groups, accuracy floor 0.80 and base rate 0.24: selection rates 0.04 to 0.44 allowed.
-    args = {"level": 0.995, "n_boot": 1000, "seed": 0, "base_rate": 0.24, "min_accuracy": 0.80}
+    # The accuracy check's gate interval at the floor is 2.807 * sqrt(.8 * .2 / 9769) = 0.011 wide on each side.
+    args = {"level": 0.995, "n_boot": 1000, "seed": 0, "base_rate": 0.24, "min_accuracy": 0.80, "rows": 9769}
     small = decision.parity_interval("demographic_parity_ratio:x", [{"count": 102}, {"count": 5774}], **args)
     large = decision.parity_interval("demographic_parity_ratio:x", [{"count": 50000}, {"count": 50000}], **args)
     # Normal approximation, independently: the ratio's relative standard error is about
-    # sqrt((1-p)/(n p)) for the small group; at the best rate (0.44), z = 2.81 for 99.5%: 1 - 2.81 * 0.112 = 0.69.
-    p = 0.44
+    # sqrt((1-p)/(n p)) for the small group; at the best rate (0.24 + 0.20 - 0.011 = 0.43), z = 2.807 for 99.5%.
+    p = 0.24 + 0.20 - 2.807 * np.sqrt(0.8 * 0.2 / 9769)
     approx = 1 - 2.807 * np.sqrt((1 - p) / (102 * p))
-    assert small[1] == pytest.approx(p, abs=0.02)  # the highest selection rate allowed is the most favourable
+    assert small[1] == pytest.approx(np.floor(p * 100) / 100, abs=1e-9)  # the highest rate allowed is the best
     assert small[0] == pytest.approx(approx, abs=0.06) and small[0] < 0.8
     assert large[0] > 0.97
     # Differences are best at the lowest rate (least variance), and not demographic parity: no answer.
     low = decision.parity_interval("demographic_parity_difference:x", [{"count": 102}, {"count": 5774}], **args)
-    assert low[1] == pytest.approx(0.04, abs=0.001)
+    assert low[1] == pytest.approx(np.ceil((0.24 - 0.20 + 2.807 * np.sqrt(0.8 * 0.2 / 9769)) * 100) / 100, abs=1e-9)
     assert decision.parity_interval("equalized_odds_difference:x", [{"count": 10}, {"count": 10}], **args) is None
 
 

@@ -25,6 +25,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -245,14 +246,16 @@ def _moves(o: Option, everywhere: frozenset[str] = frozenset()) -> str:
 
 
 def parity_interval(check: str, groups: Sequence[dict], *, level: float, n_boot: int, seed: int,
-                    base_rate: float, min_accuracy: float | None) -> tuple[float, float] | None:
+                    base_rate: float, min_accuracy: float | None, rows: int) -> tuple[float, float] | None:
     """The best gate bound of a demographic-parity check at exact parity, over the rates the accuracy floor allows.
 
     ``groups``: the view's groups the check compares, each ``{"count": n}`` (rows). Every group is
     given the same selection rate ``p`` (counts rounded), for each ``p`` on a grid of steps of 0.01
-    within ``[base_rate - (1 - min_accuracy), base_rate + (1 - min_accuracy)]`` (outside it, no
-    decisions reach the accuracy floor: errors are at least ``|p - base_rate|``); the counts are
-    resampled by the audit's count bootstrap and judged by the gate's interval. Returns
+    within ``base_rate -/+ (1 - min_accuracy - margin)``: errors are at least ``|p - base_rate|``,
+    and the accuracy check passes only when its gate interval clears the floor, which takes at
+    least ``margin``, the interval's half-width at the floor on ``rows`` test rows (normal
+    approximation at ``level``). The counts are resampled by the audit's count bootstrap and
+    judged by the gate's interval. Returns
     ``(best bound, p)`` for the bound that comes nearest to passing, or ``None`` for a check that
     is not a demographic-parity check. When that bound still fails the threshold, no candidate
     with any decisions can pass this check on these rows.
@@ -260,8 +263,12 @@ def parity_interval(check: str, groups: Sequence[dict], *, level: float, n_boot:
     if not check.startswith(("demographic_parity_difference", "demographic_parity_ratio")):
         return None
     name = check.split(":", 1)[0]
-    slack = 1.0 if min_accuracy is None else 1.0 - min_accuracy
-    grid = np.round(np.arange(max(base_rate - slack, 0.01), min(base_rate + slack, 0.99) + 1e-9, 0.01), 2)
+    slack = 1.0
+    if min_accuracy is not None:
+        margin = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(min_accuracy * (1 - min_accuracy) / max(rows, 1))
+        slack = 1.0 - min_accuracy - margin
+    low, high = math.ceil(max(base_rate - slack, 0.01) * 100), math.floor(min(base_rate + slack, 0.99) * 100)
+    grid = np.arange(low, high + 1) / 100  # whole hundredths inside the band
     sizes = np.array([int(g["count"]) for g in groups])
     rng = np.random.default_rng(seed)
     best = None

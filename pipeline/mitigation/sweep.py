@@ -103,7 +103,7 @@ def data_problems(cfg: Config, primary: SeedAudit, findings: list[Finding], chec
         compared = table[table["selection_rate_eligible"]]
         best = decision.parity_interval(check, compared.to_dict("records"), level=f.ci_level, n_boot=cfg.audit.n_boot,
                                         seed=cfg.audit.bootstrap_seed, base_rate=base_rate,
-                                        min_accuracy=cfg.policy.min_accuracy)
+                                        min_accuracy=cfg.policy.min_accuracy, rows=len(split.y_test))
         if best is None:
             continue
         bound, rate = best
