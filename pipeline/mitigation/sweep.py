@@ -110,7 +110,7 @@ def data_problems(cfg: Config, primary: SeedAudit, findings: list[Finding], chec
         misses = bound > f.threshold if f.comparison == "<=" else bound < f.threshold
         if misses:
             smallest = compared.loc[compared["count"].idxmin()]
-            out[check] = (f"at exact parity its gate interval ends at {bound:.2f} at best (selection rate {rate:.2f}),"
+            out[check] = (f"at exact parity its gate interval ends at {bound:.3f} at best (selection rate {rate:.2f}),"
                           f" short of {f.threshold:g}; its smallest group, '{smallest['group']}', has "
                           f"{int(smallest['count']):,} test rows")
     return out
