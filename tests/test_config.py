@@ -45,8 +45,11 @@ BAD_VALUES = [
     ("mitigation", "feature", "gender",
      "mitigation.feature: got 'gender'; expected a sensitive feature or their intersection: s"),
     ("mitigation", "methods", ["threshold_optimizer", "massage"], "mitigation.methods[1]: got 'massage' (str); "
-     "expected one of: threshold_optimizer, exponentiated_gradient, fairness_penalty, reweighing"),
+     "expected one of: threshold_optimizer, relaxed_thresholds, exponentiated_gradient, fairness_penalty, reweighing"),
     ("mitigation", "penalty_strengths", [1.0, 0], "mitigation.penalty_strengths: got 0.0; expected a value greater than 0"),
+    ("mitigation", "relaxed_tolerances", [0.5, 1.5],
+     "mitigation.relaxed_tolerances: got 1.5; expected a value at least 0 and at most 1"),
+    ("mitigation", "min_group_rows", 0, "mitigation.min_group_rows: got 0; expected a value at least 1"),
     ("execution", "executor", "spark", "execution.executor: got 'spark' (str); expected one of: local, ray"),
     ("execution", "workers", -1, "execution.workers: got -1; expected a value at least 0"),
     (
@@ -250,8 +253,10 @@ DEFAULTS = {
     "tracking.experiment": "fairness-audit",
     "dataset.bins": {}, "dataset.max_categories": 100, "model.max_parameters": 50_000_000,
     "mitigation.enabled": False, "mitigation.feature": None,
-    "mitigation.methods": ("threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing"),
+    "mitigation.methods": ("threshold_optimizer", "relaxed_thresholds", "exponentiated_gradient", "fairness_penalty",
+                           "reweighing"),
     "mitigation.constraints": ("demographic_parity", "equalized_odds"), "mitigation.penalty_strengths": (1.0, 4.0),
+    "mitigation.relaxed_tolerances": (0.0, 0.5), "mitigation.min_group_rows": 20, "mitigation.reductions_epochs": 1,
     "mitigation.validation_fraction": 0.2, "mitigation.reductions_max_iter": 10, "mitigation.reductions_eps": 0.02,
     "mitigation.epochs": None, "mitigation.allow_group_aware_decisions": False,
     "execution.executor": "local", "execution.workers": 0, "execution.ray_address": None,
@@ -274,8 +279,8 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 12 + 3 + 6 + 10 + 12 + 11 + 3 + 10 (mitigation) + 3 (execution).
-    assert len(flat) == 70
+    # One param per field of every section: 12 + 3 + 6 + 10 + 12 + 11 + 3 + 13 (mitigation) + 3 (execution).
+    assert len(flat) == 73
     assert set(flat) == {
         "dataset.path",
         "dataset.target",

@@ -46,19 +46,86 @@ def test_a_group_aware_candidate_is_never_recommended_unless_allowed():
     assert name == "threshold_optimizer:demographic_parity"
 
 
-def test_when_none_passes_the_closest_and_what_still_fails_are_named():
-    options = [_option("none (unmitigated)", 0.86, "fail", failing=["a", "b"]),
-               _option("reweighing", 0.84, "fail", failing=["b"], open_=["c"]),
-               _option("fairness_penalty:demographic_parity@4", 0.80, "inconclusive", open_=["c", "d"])]
-    name, sentence, closest = decision.recommend(options, allow_group_aware=False)
-    assert name is None and closest == "fairness_penalty:demographic_parity@4"  # no failing check at all
-    assert sentence == ("No candidate meets the policy. Closest: fairness_penalty:demographic_parity@4 (accuracy 80.0%), "
-                        "which fails no check but cannot show compliance on c, d.")
-    # Equal numbers of failing and open checks: the more accurate one is closer.
-    options[2] = _option("fairness_penalty:demographic_parity@4", 0.80, "fail", failing=["e"], open_=["c"])
-    _, sentence, closest = decision.recommend(options, allow_group_aware=False)
-    assert closest == "reweighing"
-    assert sentence.endswith("which still fails b; it cannot show compliance on c.")
+def _gap(check, bound, threshold, comparison, status="fail"):
+    return decision.Gap(check, status, bound, threshold, comparison, decision.IDEAL[check.split(":")[0]])
+
+
+def test_a_gap_is_measured_in_allowances_from_the_far_end_of_its_gate_interval():
+    # Difference <= 0.10 (ideal 0): upper end 0.25 is 0.15 past, in allowances of 0.10: 1.5.
+    assert _gap("demographic_parity_difference:sex", 0.25, 0.10, "<=").distance == pytest.approx(1.5)
+    # Ratio >= 0.80 (ideal 1): lower end 0.50 is 0.30 short, in allowances of 0.20: 1.5 as well.
+    assert _gap("demographic_parity_ratio:race", 0.50, 0.80, ">=").distance == pytest.approx(1.5)
+    # Accuracy >= 0.80 (ideal 1): lower end 0.79 is 0.01 short of 0.20: 0.05. On the right side: 0.
+    assert _gap("accuracy", 0.79, 0.80, ">=").distance == pytest.approx(0.05)
+    assert _gap("equalized_odds_difference:sex", 0.05, 0.10, "<=").distance == 0.0
+
+
+def test_the_closest_candidate_has_the_smallest_summed_distance_not_the_fewest_failures():
+    # Hand-built: A fails one fairness check by far (sex gap 0.105 judged at an upper end of 0.40: 3.0
+    # allowances); B fails three by little (0.11, 0.12 upper ends: 0.1 + 0.2; ratio 0.76: 0.2): 0.5 in all,
+    # and also fails a dead-unit check, which has no distance and only breaks ties; C fails one, 1.0 away.
+    a = _option("A", 0.85, "fail", failing=["demographic_parity_difference:sex"])
+    a = dataclasses.replace(a, gaps=(_gap("demographic_parity_difference:sex", 0.40, 0.10, "<="),))
+    b = _option("B", 0.80, "fail", failing=["demographic_parity_difference:race", "equalized_odds_difference:sex",
+                                             "demographic_parity_ratio:race", "dead_fraction:layer2"])
+    b = dataclasses.replace(b, gaps=(_gap("equalized_odds_difference:sex", 0.12, 0.10, "<="),
+                                     _gap("demographic_parity_difference:race", 0.11, 0.10, "<="),
+                                     _gap("demographic_parity_ratio:race", 0.76, 0.80, ">=")))
+    c = _option("C", 0.84, "fail", failing=["equalized_odds_difference:sex"])
+    c = dataclasses.replace(c, gaps=(_gap("equalized_odds_difference:sex", 0.20, 0.10, "<="),))
+    assert [round(o.distance, 12) for o in (a, b, c)] == [3.0, 0.5, 1.0]
+    assert b.others == ("dead_fraction:layer2",)
+    name, sentence, closest = decision.recommend([a, b, c], allow_group_aware=False)
+    assert (name, closest) == (None, "B")
+    assert sentence.startswith(
+        "No candidate meets the policy. Closest: B (accuracy 80.0%, 0.50 allowances short), which still has to move "
+        "equalized_odds_difference:sex from 0.12 to 0.10 (upper end), demographic_parity_difference:race from 0.11 "
+        "to 0.10 (upper end), demographic_parity_ratio:race from 0.76 to 0.80 (lower end); it also fails "
+        "dead_fraction:layer2.")
+    # Equal distances: the one with no other failing check is closer; then the more accurate.
+    b2 = dataclasses.replace(b, name="B2", failing=b.failing[:3], accuracy=0.70)
+    assert decision.closest([b, b2]).name == "B2"
+    assert decision.closest([dataclasses.replace(b2, name="B3", accuracy=0.75), b2]).name == "B3"
+
+
+def test_when_none_passes_it_says_what_group_awareness_would_buy_and_what_no_one_passed():
+    common = {"passed": ("accuracy",)}
+    aware = dataclasses.replace(_option("relaxed_thresholds:policy@0.5", 0.81, "pass", group_aware=True),
+                                passed=("accuracy", "demographic_parity_ratio:race"))
+    blind = dataclasses.replace(_option("reweighing", 0.84, "fail", failing=["demographic_parity_ratio:race"]),
+                                gaps=(_gap("demographic_parity_ratio:race", 0.6, 0.8, ">="),), **common)
+    name, sentence, closest = decision.recommend([blind, aware], allow_group_aware=False)
+    assert (name, closest) == (None, "reweighing")
+    assert ("Group-aware decisions would be required: relaxed_thresholds:policy@0.5 meets the policy by using the "
+            "sensitive attribute at decision time") in sentence
+    # Nobody passes the ratio; with a data problem attached, it is said to be one.
+    aware = dataclasses.replace(aware, verdict="fail", failing=("demographic_parity_ratio:race",), passed=("accuracy",))
+    _, sentence, _ = decision.recommend([blind, aware], allow_group_aware=False,
+                                        data_problems={"demographic_parity_ratio:race": "why"})
+    assert decision.never_passed([blind, aware]) == ["demographic_parity_ratio:race"]
+    assert ("No candidate meets it with group-aware decisions either (the closest, relaxed_thresholds:policy@0.5, "
+            "is group-aware and 0.00 allowances short).") in sentence
+    assert sentence.endswith("No mitigation can pass demographic_parity_ratio:race (why): that is a data problem "
+                             "(more test rows in the small groups), not a model problem.")
+
+
+def test_parity_interval_tells_a_small_group_from_a_large_one():
+    # Exact parity, two groups, accuracy floor 0.80 and base rate 0.24: selection rates 0.04 to 0.44 allowed.
+    # The accuracy check's gate interval at the floor is 2.807 * sqrt(.8 * .2 / 9769) = 0.011 wide on each side.
+    args = {"level": 0.995, "n_boot": 1000, "seed": 0, "base_rate": 0.24, "min_accuracy": 0.80, "rows": 9769}
+    small = decision.parity_interval("demographic_parity_ratio:x", [{"count": 102}, {"count": 5774}], **args)
+    large = decision.parity_interval("demographic_parity_ratio:x", [{"count": 50000}, {"count": 50000}], **args)
+    # Normal approximation, independently: the ratio's relative standard error is about
+    # sqrt((1-p)/(n p)) for the small group; at the best rate (0.24 + 0.20 - 0.011 = 0.43), z = 2.807 for 99.5%.
+    p = 0.24 + 0.20 - 2.807 * np.sqrt(0.8 * 0.2 / 9769)
+    approx = 1 - 2.807 * np.sqrt((1 - p) / (102 * p))
+    assert np.floor(p * 100) / 100 - 0.02 <= small[1] <= p  # near the highest rate allowed (the least noise)
+    assert small[0] == pytest.approx(approx, abs=0.06) and small[0] < 0.8
+    assert large[0] > 0.97
+    # Differences are best at the lowest rate (least variance), and not demographic parity: no answer.
+    low = decision.parity_interval("demographic_parity_difference:x", [{"count": 102}, {"count": 5774}], **args)
+    assert low[1] == pytest.approx(np.ceil((0.24 - 0.20 + 2.807 * np.sqrt(0.8 * 0.2 / 9769)) * 100) / 100, abs=1e-9)
+    assert decision.parity_interval("equalized_odds_difference:x", [{"count": 10}, {"count": 10}], **args) is None
 
 
 def test_accuracy_cost_is_paired_and_matches_hand_counts():
@@ -89,7 +156,8 @@ def test_the_closest_candidate_is_one_that_is_allowed():
                _option("reweighing", 0.84, "fail", failing=["b"])]
     name, sentence, closest = decision.recommend(options, allow_group_aware=False)
     assert (name, closest) == (None, "reweighing")
-    assert sentence == "No candidate meets the policy. Closest: reweighing (accuracy 84.0%), which still fails b."
+    assert sentence.startswith("No candidate meets the policy. Closest: reweighing (accuracy 84.0%, 0.00 allowances "
+                               "short), which also fails b.")
     assert decision.recommend(options, allow_group_aware=True)[2] == "threshold_optimizer:demographic_parity"
 
 
@@ -114,10 +182,22 @@ def test_mark_frontier_lower_differences_and_higher_ratios_are_better():
     results = [_candidate("A", 0.85, 0.20, 0.15, 0.70), _candidate("B", 0.84, 0.05, 0.10, 0.90),
                _candidate("C", 0.80, 0.05, 0.02, 0.95), _candidate("D", 0.83, 0.12, 0.20, 0.60),
                _candidate("E", 0.70, 0.01, 0.01, 0.99)]
-    marked = decision.mark_frontier(results, "sex")
-    on = {name: [r.name for r in marked if r.pareto[name]] for name in decision.BETTER_LOW}
+    marked = decision.mark_frontier(results, ["sex"])
+    on = {name: [r.name for r in marked if r.pareto[f"{name}:sex"]] for name in decision.BETTER_LOW}
     assert on == {"demographic_parity_difference": ["A", "B", "E"],
                   "equalized_odds_difference": ["A", "B", "C", "E"],
                   "demographic_parity_ratio": ["A", "B", "C", "E"]}
     assert [r.name for r in marked] == ["A", "B", "C", "D", "E"]  # order and every other field kept
     assert [dataclasses.replace(r, pareto={}) for r in marked] == results
+
+
+def test_checks_no_candidate_can_be_judged_on_are_said_once_as_a_data_problem():
+    a = dataclasses.replace(_option("A", 0.72, "inconclusive", open_=["accuracy", "eod:age"]),
+                            gaps=(_gap("accuracy", 0.69, 0.70, ">=", status="inconclusive"),), unjudged=("eod:age",))
+    b = dataclasses.replace(_option("B", 0.71, "inconclusive", open_=["eod:age"]), passed=("accuracy",),
+                            unjudged=("eod:age",))
+    _, sentence, closest = decision.recommend([a, b], allow_group_aware=False)
+    assert closest == "B"  # nothing short: 0 allowances
+    assert sentence == ("No candidate meets the policy. Closest: B (accuracy 71.0%, 0.00 allowances short), which "
+                        "fails no check. No candidate can be judged on eod:age: too few groups large enough to "
+                        "compare, on any decisions (a data problem: more test rows in the small groups).")

@@ -37,8 +37,10 @@ def adult():
     """configs/adult.yaml's data and split, its training config on the CPU with EPOCHS, and the unmitigated network."""
     cfg, _ = config.load(ROOT / "configs/adult.yaml")
     dataset = dataclasses.replace(cfg.dataset, path=str(ROOT / cfg.dataset.path))
+    # Mitigation on: the split holds rows out of training for post-processing.
     cfg = dataclasses.replace(cfg, dataset=dataset,
-                              training=dataclasses.replace(cfg.training, device="cpu", epochs=EPOCHS))
+                              training=dataclasses.replace(cfg.training, device="cpu", epochs=EPOCHS),
+                              mitigation=dataclasses.replace(cfg.mitigation, enabled=True))
     table = data.load(cfg.dataset, source="configs/adult.yaml")
     split = data.split(table, cfg, source="configs/adult.yaml")
     base = training.train(split.x_train, split.y_train, model_cfg=cfg.model, train_cfg=cfg.training,
@@ -50,13 +52,13 @@ def adult():
 def built(adult):
     """Every method on Adult's sex; exponentiated gradient for demographic parity only (it trains many networks)."""
     cfg, _, split, base = adult
-    common = {"feature": "sex", "seed": SEED, "strengths": [4.0]}
-    cands, val = mitigation.build_candidates(
-        split, cfg, base, methods=["threshold_optimizer", "fairness_penalty", "reweighing"],
-        constraints=list(TO_CONSTRAINTS), **common)
-    eg, _ = mitigation.build_candidates(split, cfg, base, methods=["exponentiated_gradient"],
-                                        constraints=["demographic_parity"], eg_max_iter=5, epochs=3, **common)
-    return {c.name: c for c in [*cands, *eg]}, val
+    common = {"features": ["sex"], "seed": SEED, "strengths": [4.0]}
+    cands = mitigation.build_candidates(
+        split, cfg, base, methods=["threshold_optimizer", "relaxed_thresholds", "fairness_penalty", "reweighing"],
+        constraints=list(TO_CONSTRAINTS), tolerances=[0.5], **common)
+    eg = mitigation.build_candidates(split, cfg, base, methods=["exponentiated_gradient"],
+                                     constraints=["demographic_parity"], eg_max_iter=5, epochs=3, **common)
+    return {c.name: c for c in [*cands, *eg]}, None
 
 
 def _groups(split, part: str = "test") -> np.ndarray:
@@ -68,14 +70,14 @@ def _groups(split, part: str = "test") -> np.ndarray:
 
 def test_threshold_optimizer_brings_sex_dpd_under_003_as_fairlearn_measures_it(adult, built):
     cfg, _, split, base = adult
-    cands, val = built
+    cands, _ = built
     cand = cands["threshold_optimizer:demographic_parity"]
     assert cand.group_aware and cand.networks == [base]
     # fairlearn's own ThresholdOptimizer, fitted on the same validation rows, predicts the same decisions.
     optimizer = ThresholdOptimizer(
         estimator=ReLUNetClassifier.prefit(base, split.x_train.shape[1]), constraints="demographic_parity",
         objective="accuracy_score", prefit=True, predict_method="predict_proba")
-    optimizer.fit(split.x_train[val], split.y_train[val].astype(int), sensitive_features=_groups(split, "train")[val])
+    optimizer.fit(split.x_holdout, split.y_holdout.astype(int), sensitive_features=_groups(split, "holdout"))
     theirs = optimizer.predict(split.x_test, sensitive_features=_groups(split), random_state=SEED)
     np.testing.assert_array_equal(cand.decisions, theirs)
     # The pipeline's count engine and fairlearn's metric give the same gap, and it is small.
@@ -91,12 +93,12 @@ def test_threshold_optimizer_brings_sex_dpd_under_003_as_fairlearn_measures_it(a
 @pytest.mark.parametrize("constraint", list(TO_CONSTRAINTS))
 def test_threshold_table_gives_fairlearns_probabilities_and_predictions(adult, built, constraint):
     _, _, split, base = adult
-    cands, val = built
+    cands, _ = built
     cand = cands[f"threshold_optimizer:{constraint}"]
     optimizer = ThresholdOptimizer(
         estimator=ReLUNetClassifier.prefit(base, split.x_train.shape[1]), constraints=TO_CONSTRAINTS[constraint],
         objective="accuracy_score", prefit=True, predict_method="predict_proba")
-    optimizer.fit(split.x_train[val], split.y_train[val].astype(int), sensitive_features=_groups(split, "train")[val])
+    optimizer.fit(split.x_holdout, split.y_holdout.astype(int), sensitive_features=_groups(split, "holdout"))
     stored = json.loads(json.dumps(cand.artifact, allow_nan=False))
     ours = mitigation.interpolated_probability(stored["groups"], cand.scores, _groups(split))
     theirs = optimizer._pmf_predict(split.x_test, sensitive_features=_groups(split))[:, 1]
@@ -108,20 +110,24 @@ def test_threshold_table_gives_fairlearns_probabilities_and_predictions(adult, b
             optimizer.predict(split.x_test, sensitive_features=_groups(split), random_state=random_state))
 
 
-def test_validation_rows_share_no_row_with_test_rows(adult, built):
-    _, table, split, _ = adult
-    _, val = built
-    train_file_rows = np.setdiff1d(table.row_numbers, split.test_rows)  # sorted, like the training split
-    assert len(train_file_rows) == len(split.x_train)
-    assert len(val) == math.ceil(0.2 * len(split.x_train)) and len(np.unique(val)) == len(val)  # sklearn rounds up
-    assert np.intersect1d(train_file_rows[val], split.test_rows).size == 0
-    # Stratified by label and sex: each (label, sex) cell keeps its share of the training rows.
-    cells = np.char.add(split.y_train.astype(int).astype(str), _groups(split, "train"))
-    for cell in np.unique(cells):
-        assert np.mean(cells[val] == cell) == pytest.approx(np.mean(cells == cell), abs=0.002)
-    again = mitigation.carve_validation_rows(split.y_train, _groups(split, "train"), fraction=0.2, seed=SEED,
-                                             feature="sex")
-    np.testing.assert_array_equal(again, val)
+def test_post_processing_rows_are_held_out_before_training(adult):
+    cfg, table, split, _ = adult
+    everyone, test, held = table.row_numbers, split.test_rows, split.holdout_rows
+    trained_on = np.setdiff1d(np.setdiff1d(everyone, test), held)
+    assert len(trained_on) == len(split.x_train) and len(held) == len(split.x_holdout)
+    assert np.intersect1d(held, test).size == 0
+    non_test = len(everyone) - len(test)
+    assert len(held) == math.ceil(cfg.mitigation.validation_fraction * non_test)  # scikit-learn rounds up
+    # The encoder is fitted on the rows trained on, without the held-out ones: its mean age is theirs.
+    frame = table.frame.set_index(table.row_numbers)
+    assert split.encoder.numeric["age"][1] == pytest.approx(frame.loc[trained_on, "age"].mean(), rel=1e-12)
+    assert split.encoder.numeric["age"][1] != pytest.approx(frame.loc[np.r_[trained_on, held], "age"].mean(),
+                                                            rel=1e-9)
+    # Stratified by label and the cells of sex & race: each keeps its share of the non-test rows.
+    cells = (frame["income"].astype(str) + "|" + frame["sex"].astype(str) + "|" + frame["race"].astype(str))
+    both = cells.loc[np.r_[trained_on, held]]
+    for cell, share in both.value_counts(normalize=True).items():
+        assert np.mean(cells.loc[held] == cell) == pytest.approx(share, abs=0.003), cell
 
 
 # --- exponentiated gradient --------------------------------------------------------------------------
@@ -277,15 +283,23 @@ def test_a_group_aware_candidate_needs_known_groups(adult, built):
         mitigation.predict_stored(cand.artifact, cand.state_dicts, split.x_test[:2], np.array(["Male", "Other"]), cfg)
 
 
+def test_post_processing_needs_rows_held_out_before_training(adult):
+    cfg, _, split, base = adult
+    unsplit = dataclasses.replace(split, x_holdout=None, y_holdout=None, s_holdout=None, holdout_rows=None)
+    with pytest.raises(UserError, match="threshold_optimizer is fitted on rows held out before training"):
+        mitigation.build_candidates(unsplit, cfg, base, features=["sex"], methods=["threshold_optimizer"],
+                                    constraints=["demographic_parity"], strengths=[], seed=SEED)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"methods": ["threshold_optimiser"]}, "methods: got \\['threshold_optimiser'\\]; expected any of"),
     ({"constraints": ["parity"]}, "constraints: got \\['parity'\\]; expected any of"),
-    ({"feature": "gender"}, "feature: got 'gender'; the split's sensitive columns are: sex, race"),
+    ({"features": ["gender"]}, "feature: got 'gender'; the split's sensitive columns are: sex, race"),
     ({"methods": ["fairness_penalty"], "strengths": []}, "needs at least one positive strength"),
 ])
 def test_build_candidates_refuses_bad_choices(adult, kwargs, message):
     cfg, _, split, base = adult
-    args = {"feature": "sex", "methods": ["reweighing"], "constraints": ["demographic_parity"],
+    args = {"features": ["sex"], "methods": ["reweighing"], "constraints": ["demographic_parity"],
             "strengths": [1.0], "seed": SEED, **kwargs}
     with pytest.raises(UserError, match=message):
         mitigation.build_candidates(split, cfg, base, **args)
@@ -297,13 +311,13 @@ def test_candidates_built_in_forked_processes_equal_those_built_here(adult):
 
     cfg, _, split, base = adult
     model.one_thread()  # what every worker does, and what the runner does before anything
-    sequential, _ = mitigation.build_candidates(split, cfg, base, methods=["fairness_penalty", "reweighing"],
-                                                constraints=["demographic_parity"], feature="sex", seed=SEED,
-                                                strengths=[4.0])
+    sequential = mitigation.build_candidates(split, cfg, base, methods=["fairness_penalty", "reweighing"],
+                                             constraints=["demographic_parity"], features=["sex"], seed=SEED,
+                                             strengths=[4.0])
     with executor.ForkExecutor(2) as pool:
-        forked, _ = mitigation.build_candidates(split, cfg, base, methods=["fairness_penalty", "reweighing"],
-                                                constraints=["demographic_parity"], feature="sex", seed=SEED,
-                                                strengths=[4.0], executor=pool)
+        forked = mitigation.build_candidates(split, cfg, base, methods=["fairness_penalty", "reweighing"],
+                                             constraints=["demographic_parity"], features=["sex"], seed=SEED,
+                                             strengths=[4.0], executor=pool)
     assert len(forked) == 2 and [c.name for c in forked] == [c.name for c in sequential]
     for a, b in zip(sequential, forked):
         np.testing.assert_array_equal(a.decisions, b.decisions)

@@ -22,6 +22,7 @@ import click
 
 from pipeline.core.errors import (
     EXIT_BUSY,
+    EXIT_FAIL,
     EXIT_INTERRUPTED,
     EXIT_UNEXPECTED,
     EXIT_USER_ERROR,
@@ -130,19 +131,62 @@ def _finish(summary: dict, code: int, as_json: bool) -> None:
 @click.option("--config", "config_path", default="configs/adult.yaml", show_default=True,
               help="YAML config naming the data, model, training, policy and tracking.")
 @click.option("--register-recommended", is_flag=True,
-              help="With mitigation enabled: register the recommended candidate as a new model version.")
+              help="With mitigation enabled: when the run is logged, register its recommended candidate as a new "
+                   "model version (as `pipeline register RUN_ID` would); the outcome is in the summary.")
 @_audit_outputs
 def run(config_path: str, register_recommended: bool, tracking_uri: str | None, reports_dir: str,
         baseline: str | None, as_json: bool, executor: str | None, ray_address: str | None) -> None:
     """Train, audit, gate and log one model. Exit 0 pass, 1 fail or inconclusive, 2 bad input."""
     _execute(lambda runner: runner.run(config_path, tracking_uri=tracking_uri, reports_dir=reports_dir,
                                        baseline=baseline, progress=_progress,
-                                       register_recommended=register_recommended,
-                                       execution={"executor": executor, "ray_address": ray_address}), as_json)
+                                       execution={"executor": executor, "ray_address": ray_address}), as_json,
+             then=_register_recommended if register_recommended else None)
 
 
-def _execute(call, as_json: bool) -> None:
-    """Run an audit-producing command; map its outcome to the exit codes above."""
+def _register_recommended(result) -> dict:
+    """After ``run --register-recommended``: register the finished run's recommendation, once, from what it logged."""
+    if result.not_logged:
+        return {"registered": None, "message": "not registered: the run is not in the tracking store yet (push it, "
+                                               f"then: python -m pipeline register {result.run_id})"}
+    from pipeline.app.register import register
+
+    outcome = register(result.run_id, tracking_uri=result.tracking_uri)
+    return {"registered": outcome.summary(), "message": outcome.message}
+
+
+@cli.command("register")
+@click.argument("run_id")
+@click.option("--candidate", default=None,
+              help="The candidate's name, as in the report's mitigation table. Default: the run's recommendation.")
+@_tracking_option()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+def register_command(run_id: str, candidate: str | None, tracking_uri: str | None, as_json: bool) -> None:
+    """Register a finished run's mitigation candidate as a model version (nothing is re-run).
+
+    Exit 0 registered (or already), 1 nothing registered (no candidate meets the policy), 2 bad input.
+    The alias (tracking.audited_alias) moves only to a candidate whose verdict is pass.
+    """
+    _setup_logging()
+
+    def call():
+        from pipeline.app.register import register
+
+        return register(run_id, candidate=candidate, tracking_uri=tracking_uri)
+
+    outcome, code = _guarded(call)
+    if code is not None:
+        _finish({"run_id": run_id, **outcome}, code, as_json)
+    if not as_json:
+        click.echo(outcome.message)
+    _finish(outcome.summary(), 0 if outcome.registered else EXIT_FAIL, as_json)
+
+
+def _execute(call, as_json: bool, then=None) -> None:
+    """Run an audit-producing command; map its outcome to the exit codes above.
+
+    ``then(result)``: a step after a finished run (registering its recommendation), whose summary joins the
+    run's under ``"registered"`` and whose message is printed last.
+    """
     _setup_logging()
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # on a server, MLflow prints run URLs to stdout
     signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -160,6 +204,7 @@ def _execute(call, as_json: bool) -> None:
     result, code = _guarded(audit)
     if code is not None:
         _finish({"run_id": None, "verdict": None, **result}, code, as_json)
+    after, after_code = _guarded(lambda: then(result)) if then else ({}, None)
     if not as_json:
         click.echo(f"verdict: {result.verdict.upper()} (exit {result.exit_code})")
         for fid in result.failed_findings:
@@ -170,7 +215,12 @@ def _execute(call, as_json: bool) -> None:
         click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
         if result.registry:
             click.echo(f"registry: {result.registry}")
-    _finish(result.summary(), result.exit_code, as_json)
+        if then and after_code is None:
+            click.echo(f"registry: {after['message']}")
+    summary = result.summary()
+    if then:
+        summary["registered"] = after.get("registered") if after_code is None else {"error": after.get("error")}
+    _finish(summary, after_code or result.exit_code, as_json)
 
 
 @cli.command()

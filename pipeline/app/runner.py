@@ -108,12 +108,11 @@ class _Session:
 
 def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: str | None = None,
         reports_dir: str | Path = "reports", baseline: str | None = None, timer: StageTimer | None = None,
-        progress: Progress | None = None, register_recommended: bool = False,
-        execution: dict | None = None) -> RunResult:
+        progress: Progress | None = None, execution: dict | None = None) -> RunResult:
     """Train, evaluate, check capacity, gate, report and log one audit (under the job's lock).
 
-    With ``mitigation.enabled``, mitigation candidates are measured with the same gate;
-    ``register_recommended`` registers the recommended one as a new version of the registered model.
+    With ``mitigation.enabled``, mitigation candidates are measured with the same gate (``pipeline register``
+    registers one afterwards, from the run's artifacts).
     ``execution``: ``executor``/``ray_address`` given on the command line (None: the config's).
     """
     config_mod.check_tracking_uri(config_mod.tracking_uri(tracking_uri),
@@ -173,13 +172,17 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
             def mitigated(seeds, findings, verdict):
                 if not cfg.mitigation.enabled:
                     return None
+                import mlflow
+
                 from pipeline.mitigation import sweep  # fairlearn and scikit-learn: only when asked for
 
+                if split.held_out:  # which file rows post-processing was fitted on: none trained the network
+                    outputs.write_rows(session.reports_dir / mlflow.active_run().info.run_id / outputs.HOLDOUT_ROWS,
+                                       split.holdout_rows)
                 return sweep.sweep(cfg, split, seeds[0], findings, verdict, timer, executor=pool,
                                    record=tracking.log_candidate)
 
-            return _audited_run(session, audited, timer, mitigated=mitigated, reporter=reporter,
-                                after=tracking.register_recommended if register_recommended else None)
+            return _audited_run(session, audited, timer, mitigated=mitigated, reporter=reporter)
 
 
 def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str | None = None,

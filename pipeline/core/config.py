@@ -168,16 +168,26 @@ class MitigationConfig:
     """What-if mitigation when fairness is at stake: candidates measured with the same gate (docs/mitigation.md)."""
 
     enabled: bool = False
-    # The sensitive feature to mitigate for, or their intersection ("sex & race"); default: the first feature.
+    # One sensitive feature or intersection ("sex & race") to mitigate for; null: every sensitive feature at once
+    # (their intersection, with small cells merged, and for relaxed_thresholds one constraint per audited view).
     feature: str | None = None
-    methods: tuple[Literal["threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing"], ...] = (
-        "threshold_optimizer", "exponentiated_gradient", "fairness_penalty", "reweighing")
+    methods: tuple[Literal["threshold_optimizer", "relaxed_thresholds", "exponentiated_gradient", "fairness_penalty",
+                           "reweighing"], ...] = (
+        "threshold_optimizer", "relaxed_thresholds", "exponentiated_gradient", "fairness_penalty", "reweighing")
     constraints: tuple[Literal["demographic_parity", "equalized_odds", "equal_opportunity"], ...] = field(
         default=("demographic_parity", "equalized_odds"), metadata=_check(min_items=1))
     penalty_strengths: tuple[float, ...] = field(default=(1.0, 4.0), metadata=_check(gt=0))  # fairness_penalty grid
-    validation_fraction: float = field(default=0.2, metadata=_check(gt=0, lt=1))  # of training rows, for post-processing
+    # relaxed_thresholds: one candidate per tolerance, each gated disparity held within tolerance x its policy
+    # allowance on the held-out rows (0: exact parity; 1: the policy's own limits, on point estimates).
+    relaxed_tolerances: tuple[float, ...] = field(default=(0.0, 0.5), metadata=_check(ge=0, le=1))
+    # Of the non-test rows: held out before training to fit post-processing (the network never sees them).
+    validation_fraction: float = field(default=0.2, metadata=_check(gt=0, lt=1))
+    min_group_rows: int = field(default=20, metadata=_check(ge=1))  # smaller cells (or one-label cells) are merged
     reductions_max_iter: int = field(default=10, metadata=_check(ge=1))  # exponentiated_gradient iterations
     reductions_eps: float = field(default=0.02, metadata=_check(gt=0))  # its allowed constraint violation
+    # exponentiated_gradient: each oracle call fine-tunes the audited network this many epochs on its reweighted
+    # problem; null: mitigation.epochs.
+    reductions_epochs: int | None = field(default=1, metadata=_check(ge=1))
     epochs: int | None = field(default=None, metadata=_check(ge=1))  # candidates' training epochs; null: training.epochs
     # Candidates that use the sensitive attribute at decision time (threshold_optimizer) are shown but
     # never recommended unless this is true: such decisions are unlawful disparate treatment in many settings.

@@ -37,6 +37,7 @@ from pipeline.core.config import Config, DatasetConfig, from_dict, to_dict
 from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
+    from pipeline.core.decision import Gap
     from pipeline.core.fairness import Disparity, Evaluation
     from pipeline.nn.capacity import LayerGroupCapacity, LayerHealth, LayerRank
     from pipeline.nn.training import TrainResult
@@ -592,19 +593,32 @@ class CandidateResult:
     ece: dict[str, float | None]  # mitigated feature: group -> expected calibration error
     failing: list[str]  # ids of failed findings
     open: list[str]  # ids of inconclusive or not-evaluated findings
-    pareto: dict[str, bool]  # gated disparity of the mitigated feature -> on the accuracy frontier
+    pareto: dict[str, bool]  # "<gated disparity>:<view>" -> on the accuracy frontier of that disparity
     seconds: float
     run_id: str | None = None  # its nested MLflow run
+    passed: list[str] = field(default_factory=list)  # ids of passed findings
+    unjudged: list[str] = field(default_factory=list)  # ids of findings not evaluated (among ``open``)
+    gaps: tuple[Gap, ...] = ()  # failing or inconclusive accuracy and fairness checks: what still has to move
+    distance: float = 0.0  # their summed normalised distance from passing (decision.Gap.distance)
+
+    def status(self, check: str) -> str:
+        """The status of one of its findings: pass, fail, open (inconclusive or not evaluated) or absent."""
+        return ("fail" if check in self.failing else "open" if check in self.open else
+                "pass" if check in self.passed else "absent")
 
     def to_json(self) -> dict:
         out = {f.name: _clean(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["disparities"] = {v: {k: d.to_json() for k, d in gaps.items()} for v, gaps in self.disparities.items()}
+        out["gaps"] = [g.to_json() for g in self.gaps]
         return out
 
     @classmethod
     def of(cls, cand, audited: SeedAudit, findings: list[Finding], verdict: vocab.Verdict,
            cost: tuple[float, float, float], feature: str) -> CandidateResult:
         """From a ``mitigation.Candidate`` (``None``: the unmitigated model) and its audit."""
+        from pipeline.core.decision import gaps as gaps_of
+
+        gaps = gaps_of(findings)
         ev = audited.evaluation
         table = ev.groups[feature]
         shown = table[table["status"] != "suppressed"]
@@ -623,34 +637,45 @@ class CandidateResult:
             ece={str(g): _num(v) for g, v in zip(shown["group"], shown["ece"])} if "ece" in shown else {},
             failing=[f.id for f in findings if f.status == "fail"],
             open=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
-            pareto={}, seconds=float(cand.seconds if cand else 0.0),
+            passed=[f.id for f in findings if f.status == "pass"],
+            unjudged=[f.id for f in findings if f.status == "not_evaluated"],
+            pareto={}, seconds=float(cand.seconds if cand else 0.0), gaps=gaps, distance=sum(g.distance for g in gaps),
             run_id=None if cand is None else audited.run_id)
 
     @classmethod
     def from_json(cls, raw: dict) -> CandidateResult:
+        from pipeline.core.decision import Gap  # numpy: only when a document with mitigation is read
+
         return cls(**{**raw, "disparities": {v: {k: DisparityEntry.from_json(d) for k, d in gaps.items()}
-                                             for v, gaps in raw["disparities"].items()}})
+                                             for v, gaps in raw["disparities"].items()},
+                      "gaps": tuple(Gap.from_json(g) for g in raw.get("gaps", ()))})
 
 
 @dataclass(frozen=True)
 class MitigationSection:
     """Measured options when fairness is at stake: candidates, their frontier, one recommendation."""
 
-    feature: str  # the sensitive feature the candidates mitigate for
+    feature: str  # what the candidates mitigate for: a feature or an intersection ("sex & race": all at once)
     allow_group_aware_decisions: bool
-    validation_rows: int  # training rows held out to fit post-processing (never test rows)
+    validation_rows: int  # rows held out before training to fit post-processing (never test rows)
     candidates: tuple[CandidateResult, ...]
     recommended: str | None  # the candidate's name; None when none passes among those allowed
-    recommendation: str  # one plain sentence
+    recommendation: str  # plain sentences
     closest: str | None  # when none passes: the allowed candidate that came closest
     seconds: float
     not_built: dict[str, str] = field(default_factory=dict)  # candidate -> why these data refused it
+    views: list[str] = field(default_factory=list)  # audited views whose gated disparities are plotted
+    held_out_share: float = 0.0  # validation_rows as a share of the non-test rows (what training gave up)
+    never_passed: list[str] = field(default_factory=list)  # checks no candidate passed
+    data_problems: dict[str, str] = field(default_factory=dict)  # check -> why no mitigation can pass it here
 
     def to_json(self) -> dict:
         return {"feature": self.feature, "allow_group_aware_decisions": self.allow_group_aware_decisions,
                 "validation_rows": self.validation_rows, "candidates": [c.to_json() for c in self.candidates],
                 "recommended": self.recommended, "recommendation": self.recommendation, "closest": self.closest,
-                "seconds": self.seconds, "not_built": dict(self.not_built)}
+                "seconds": self.seconds, "not_built": dict(self.not_built), "views": list(self.views),
+                "held_out_share": self.held_out_share, "never_passed": list(self.never_passed),
+                "data_problems": dict(self.data_problems)}
 
     @classmethod
     def from_json(cls, raw: dict | None) -> MitigationSection | None:

@@ -54,6 +54,8 @@ MESSAGE_NO_INPUTS = ("{source}: dataset: no model inputs are left after the targ
                      "dataset.drop; columns are: {columns}")
 MESSAGE_TOO_MANY_CATEGORIES = ("{source}: dataset.max_categories: input column '{column}' has {count} distinct "
                                "values; expected at most {limit}; add it to dataset.drop (or group its values)")
+MESSAGE_HOLDOUT = ("{source}: mitigation.validation_fraction: cannot hold training rows of {path} out for "
+                   "post-processing: {error}; lower mitigation.validation_fraction")
 MESSAGE_IDENTIFIER = ("{source}: dataset.drop: input column '{column}' has a distinct value in {count} of {rows} "
                       "rows, so it identifies rows; add it to dataset.drop (it would be stored in encoder.json)")
 MESSAGE_TOO_MANY_PARAMETERS = ("{source}: model.hidden_sizes: {sizes} on at most {inputs} encoded inputs gives up to "
@@ -124,6 +126,16 @@ class Split:
     test_rows: np.ndarray  # the test rows' 0-based positions in the file (``Table.row_numbers``), sorted
     encoder: Encoder
     feature_columns: list[str] = field(default_factory=list)
+    # Rows held out before training to fit post-processing (mitigation): never in x_train, never test rows.
+    x_holdout: np.ndarray | None = None
+    y_holdout: np.ndarray | None = None
+    s_holdout: pd.DataFrame | None = None
+    holdout_rows: np.ndarray | None = None  # their 0-based positions in the file, sorted
+
+    @property
+    def held_out(self) -> int:
+        """Rows held out for post-processing (0 when none)."""
+        return 0 if self.y_holdout is None else len(self.y_holdout)
 
 
 @dataclass(frozen=True)
@@ -348,7 +360,13 @@ def bin_labels(values: pd.Series, edges: tuple[float, ...]) -> pd.Series:
 
 
 def split(table: Table, cfg: Config, *, source: str) -> Split:
-    """Stratified train/test split, then an encoder fitted on the training rows only."""
+    """Stratified train/test split, then an encoder fitted on the training rows only.
+
+    With mitigation by post-processing (``mitigation.enabled`` and a post-processing method),
+    ``mitigation.validation_fraction`` of the non-test rows is held out before training,
+    stratified by label and the intersection of the sensitive features: the network never
+    sees them, so the thresholds fitted on its scores there are not fitted in-sample.
+    """
     ds = cfg.dataset
     frame = table.frame
     strata_cols = [ds.target] if cfg.split.stratify_by is None else list(cfg.split.stratify_by)
@@ -367,8 +385,15 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
 
     features, y, groups = roles(frame, ds)
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    holdout_idx = None
+    if holds_out(cfg):
+        train_idx, holdout_idx = _holdout(train_idx, y, groups, cfg, source=source, path=table.path)
     train, test = frame.iloc[train_idx], frame.iloc[test_idx]
     encoder = fit_encoder(train[features])
+    held = {} if holdout_idx is None else {
+        "x_holdout": encoder.transform(frame.iloc[holdout_idx]), "y_holdout": y[holdout_idx],
+        "s_holdout": groups.iloc[holdout_idx].reset_index(drop=True),
+        "holdout_rows": table.row_numbers[holdout_idx]}
     return Split(
         x_train=encoder.transform(train),
         y_train=y[train_idx],
@@ -379,7 +404,37 @@ def split(table: Table, cfg: Config, *, source: str) -> Split:
         test_rows=table.row_numbers[test_idx],
         encoder=encoder,
         feature_columns=features,
+        **held,
     )
+
+
+POST_PROCESSING = ("threshold_optimizer", "relaxed_thresholds")  # mitigation methods fitted on held-out rows
+
+
+def holds_out(cfg: Config) -> bool:
+    """Whether ``split`` holds rows out of training for post-processing."""
+    m = cfg.mitigation
+    return m.enabled and any(method in POST_PROCESSING for method in m.methods)
+
+
+def _holdout(train_idx: np.ndarray, y: np.ndarray, groups: pd.DataFrame, cfg: Config, *, source: str,
+             path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``train_idx`` split into rows to train on and rows held out, both sorted.
+
+    Stratified by label and sensitive intersection (a stratum of a single row falls back to its
+    label alone, and then to one common stratum), drawn with ``split.seed``.
+    """
+    labels = pd.Series(y[train_idx].astype(int).astype(str))
+    cells = labels + "|" + groups.iloc[train_idx].astype(str).agg("|".join, axis=1).reset_index(drop=True)
+    for coarser in (labels, pd.Series("*", index=labels.index)):
+        cells = cells.where(cells.map(cells.value_counts()) >= 2, coarser)
+    strata = pd.factorize(cells)[0]
+    try:
+        kept, held = shuffle_split(len(train_idx), test_size=cfg.mitigation.validation_fraction,
+                                   seed=cfg.split.seed, strata=strata)
+    except ValueError as err:
+        raise DataError(MESSAGE_HOLDOUT.format(source=source, path=path, error=err)) from err
+    return np.sort(train_idx[kept]), np.sort(train_idx[held])
 
 
 def shuffle_split(n: int, *, test_size: float, seed: int, strata: np.ndarray | None = None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.core import decision, document, fairness, policy, vocabulary
+from pipeline.core import decision, document, policy, vocabulary
 from pipeline.mitigation import candidates as mitigation
 from pipeline.nn import scoring
 from pipeline.nn.evaluation import evaluate_model
@@ -38,18 +38,21 @@ def sweep(cfg: Config, split: Split, primary: SeedAudit, findings: list[Finding]
     """Every configured mitigation candidate, measured with the same engine and gate; frontier; recommendation."""
     started = time.perf_counter()
     m = cfg.mitigation
-    feature = m.feature or cfg.dataset.sensitive_features[0]
+    views = primary.evaluation.views
+    columns = views[m.feature] if m.feature else list(cfg.dataset.sensitive_features)
+    feature = vocabulary.view_name(columns)
     skipped: list[tuple[str, str]] = []
-    built, validation = mitigation.build_candidates(
-        with_view(split, primary.evaluation.views[feature]), cfg, primary.train.model, feature=feature,
-        methods=m.methods, constraints=m.constraints, strengths=m.penalty_strengths, seed=cfg.training.seeds[0],
-        validation_fraction=m.validation_fraction, eg_max_iter=m.reductions_max_iter, eg_eps=m.reductions_eps,
-        epochs=m.epochs, skipped=skipped, executor=executor)
+    built = mitigation.build_candidates(
+        split, cfg, primary.train.model, features=columns, methods=m.methods, constraints=m.constraints,
+        strengths=m.penalty_strengths, tolerances=m.relaxed_tolerances, seed=cfg.training.seeds[0],
+        min_group_rows=m.min_group_rows, eg_max_iter=m.reductions_max_iter, eg_eps=m.reductions_eps,
+        eg_epochs=m.reductions_epochs, epochs=m.epochs, skipped=skipped, executor=executor)
     timer.lap("mitigation")
+    shown = feature if feature in views else columns[0]  # the view whose selection rates the report tabulates
     base = (scoring.predict_proba(primary.train.model, split.x_test) >= cfg.audit.decision_threshold).astype(int)
     cost = {"n_boot": cfg.audit.n_boot, "level": cfg.audit.ci_level, "seed": cfg.audit.bootstrap_seed}
-    results = [document.CandidateResult.of(None, primary, findings, verdict, (0.0, 0.0, 0.0), feature)]
-    for cand in built:
+    results = [document.CandidateResult.of(None, primary, findings, verdict, (0.0, 0.0, 0.0), shown)]
+    for number, cand in enumerate(built, start=1):
         audited = evaluate_model(cand.networks[0], cfg, split.x_test, split.y_test, split.s_test, timer,
                                  x_train=split.x_train, run_id="", scores=cand.scores, decisions=cand.decisions)
         found = policy.judge(cfg.policy, audited.evaluation, audited.gated_capacity,
@@ -58,24 +61,56 @@ def sweep(cfg: Config, split: Split, primary: SeedAudit, findings: list[Finding]
         paid = decision.accuracy_cost(split.y_test, base, cand.decisions, **cost)
         audited = dataclasses.replace(audited, run_id=record(cand, audited, found, said, paid))
         timer.lap("mitigation")
-        results.append(document.CandidateResult.of(cand, audited, found, said, paid, feature))
-    results = decision.mark_frontier(results, feature)
+        results.append(document.CandidateResult.of(cand, audited, found, said, paid, shown))
+        logger.info("mitigation: [%d/%d] %s: %s, accuracy %.1f%%, %.2f allowances short", number, len(built),
+                    cand.name, said, 100 * results[-1].accuracy, results[-1].distance)
+    results = decision.mark_frontier(results, list(views))
     options = [decision.Option(r.name, r.accuracy, r.verdict, r.group_aware, tuple(r.failing), tuple(r.open),
-                               (r.accuracy_cost, r.cost_ci_low, r.cost_ci_high), unmitigated=r.run_id is None)
+                               (r.accuracy_cost, r.cost_ci_low, r.cost_ci_high), unmitigated=r.run_id is None,
+                               gaps=r.gaps, passed=tuple(r.passed), unjudged=tuple(r.unjudged))
                for r in results]
-    chosen, sentence, closest = decision.recommend(options, allow_group_aware=m.allow_group_aware_decisions)
+    never = decision.never_passed(options)
+    problems = data_problems(cfg, primary, findings, never, split)
+    chosen, sentence, closest = decision.recommend(options, allow_group_aware=m.allow_group_aware_decisions,
+                                                   data_problems=problems)
+    held = split.held_out
+    share = held / (held + len(split.y_train)) if held else 0.0
+    if held:
+        sentence += (f" Post-processing was fitted on {held:,} rows held out before training ({share:.0%} of the "
+                     f"non-test rows, which the audited network did not train on).")
     logger.info("mitigation: %s", sentence)
     return document.MitigationSection(feature=feature, allow_group_aware_decisions=m.allow_group_aware_decisions,
-                                      validation_rows=int(np.size(validation)), candidates=tuple(results),
+                                      validation_rows=held, candidates=tuple(results),
                                       recommended=chosen, recommendation=sentence, closest=closest,
-                                      seconds=time.perf_counter() - started, not_built=dict(skipped))
+                                      seconds=time.perf_counter() - started, not_built=dict(skipped),
+                                      views=list(views), held_out_share=share, never_passed=never,
+                                      data_problems=problems)
 
 
-def with_view(split: Split, columns: list[str]) -> Split:
-    """The split, with an intersection's group labels as one more sensitive column (named like its view)."""
-    if len(columns) == 1:
-        return split
-    name = vocabulary.view_name(columns)
-    s_train, s_test = (frame.assign(**{name: fairness.view_labels(frame[columns])})
-                       for frame in (split.s_train, split.s_test))
-    return dataclasses.replace(split, s_train=s_train, s_test=s_test)
+def data_problems(cfg: Config, primary: SeedAudit, findings: list[Finding], checks: list[str],
+                  split: Split) -> dict[str, str]:
+    """Of ``checks`` (no candidate passed them), the demographic-parity ones no decisions could pass on these
+    test rows: even at exact parity, at the most favourable selection rate the accuracy floor allows
+    (``decision.parity_interval``), the gate interval misses the threshold. Check id -> why, in words."""
+    by_id = {f.id: f for f in findings}
+    base_rate = float(np.mean(split.y_test))
+    out = {}
+    for check in checks:
+        f = by_id.get(check)
+        if f is None or f.view is None or f.ci_level is None:
+            continue
+        table = primary.evaluation.groups[f.view]
+        compared = table[table["selection_rate_eligible"]]
+        best = decision.parity_interval(check, compared.to_dict("records"), level=f.ci_level, n_boot=cfg.audit.n_boot,
+                                        seed=cfg.audit.bootstrap_seed, base_rate=base_rate,
+                                        min_accuracy=cfg.policy.min_accuracy, rows=len(split.y_test))
+        if best is None:
+            continue
+        bound, rate = best
+        misses = bound > f.threshold if f.comparison == "<=" else bound < f.threshold
+        if misses:
+            smallest = compared.loc[compared["count"].idxmin()]
+            out[check] = (f"at exact parity its gate interval ends at {bound:.3f} at best (selection rate {rate:.2f}),"
+                          f" short of {f.threshold:g}; its smallest group, '{smallest['group']}', has "
+                          f"{int(smallest['count']):,} test rows")
+    return out

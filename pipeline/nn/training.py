@@ -93,7 +93,7 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
           audit_cfg: AuditConfig, seed: int,
           on_epoch: Callable[[EpochRecord, int], None] | None = None,
           sample_weight: np.ndarray | None = None, groups: np.ndarray | None = None,
-          penalty: Penalty | None = None) -> TrainResult:
+          penalty: Penalty | None = None, init_state: dict | None = None) -> TrainResult:
     """Train one model; hold out ``validation_fraction`` of ``x`` for early stopping.
 
     After each epoch, dead units are counted on a fixed sample of training rows
@@ -122,6 +122,9 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
         ``penalty(logits, labels, group_codes)`` of a batch: a differentiable scalar added
         to the batch's loss, and to the validation loss (computed on all validation rows),
         so early stopping watches the objective being minimized.
+    init_state
+        A ``state_dict`` of the same architecture to start from instead of the seed's initial
+        weights (mitigation fine-tunes the audited network for each reweighted problem).
 
     Returns
     -------
@@ -161,7 +164,10 @@ def train(x: np.ndarray, y: np.ndarray, *, model_cfg: ModelConfig, train_cfg: Tr
     probe_rows = np.sort(rng.choice(len(x), size=min(audit_cfg.capacity_sample, len(x)), replace=False))
     x_probe = torch.from_numpy(x[probe_rows]).to(device)
 
-    model = build(x.shape[1], model_cfg).to(device)
+    model = build(x.shape[1], model_cfg)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     probe = capacity.ReluProbe(model)  # shares parameters with the model
     optimizer = _optimizer(model, train_cfg, device)
     generator = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from pipeline.core.document import AuditDocument
 
 AUDIT_JSON, REPORT_HTML, MODEL_CARD = "audit.json", "report.html", "model_card.md"
 TEST_ROWS = "split/test_rows.npz"  # run: the rows of the data file that formed the test split
+HOLDOUT_ROWS = "split/holdout_rows.npz"  # run with post-processing: rows held out of training to fit it
 AUDITED_ROWS = "split/audited_rows.npz"  # audit: every audited row of the data file
 SHARDS = "split/shards.json"  # a streamed audit: the Parquet shards whose every row was audited, in order
 

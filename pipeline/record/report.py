@@ -161,42 +161,67 @@ def plots(audit: AuditDocument) -> dict[str, bytes]:
     return images
 
 
-_VERDICT_COLOURS = {"pass": "#1a7f37", "fail": "#b42318", "inconclusive": "#9a6700"}
+_STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#b42318", "open": "#9a6700", "absent": "#6e7781"}
+_GATED = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference")
 
 
 def frontier_plots(audit: AuditDocument) -> dict[str, bytes]:
-    """Per gated disparity of the mitigated feature: accuracy against the disparity, both with intervals,
-    the policy threshold, the unmitigated model marked, the frontier joined, each point coloured by verdict."""
+    """One image per audited view (each feature and the intersection): for each gated disparity, accuracy
+    against the disparity with intervals, each candidate a number (its row in the report's table, keyed in
+    full under the panels), coloured by that check's status in the gate; the policy threshold dashed, the
+    frontier joined, the unmitigated model a star and group-aware candidates squares.
+
+    Sized for reading at 420 px as at 1400 px: 5.5 inches (605 px) wide, 11-point text, one panel per row.
+    """
+    plt = _pyplot()
     m, policy = audit.mitigation, audit.config.policy
     thresholds = {"demographic_parity_difference": policy.max_demographic_parity_difference,
                   "demographic_parity_ratio": policy.min_demographic_parity_ratio,
                   "equalized_odds_difference": policy.max_equalized_odds_difference}
+    views = m.views or [m.feature]
     images = {}
-    for index, (name, threshold) in enumerate(thresholds.items(), start=1):
-        points = [(c, c.disparities[m.feature][name]) for c in m.candidates if m.feature in c.disparities]
-        points = [(c, d) for c, d in points if d.value is not None]
-        if not points:
+    width, panel, key_line = 5.5, 2.7, 0.22
+    key = [f"{i:>2}  {c.name}" + (" (group-aware)" if c.group_aware else "") for i, c in enumerate(m.candidates)]
+    for index, view in enumerate(views, start=1):
+        if not any(view in c.disparities for c in m.candidates):
             continue
-        fig, ax = _axes(7, 4.2)
-        for c, d in points:
-            xerr = None if d.ci_low is None else [[max(d.value - d.ci_low, 0)], [max(d.ci_high - d.value, 0)]]
-            yerr = None if c.accuracy_ci_low is None else [[max(c.accuracy - c.accuracy_ci_low, 0)],
-                                                           [max(c.accuracy_ci_high - c.accuracy, 0)]]
-            ax.errorbar([d.value], [c.accuracy], xerr=xerr, yerr=yerr, fmt="*" if c.method == "none" else "o",
-                        markersize=12 if c.method == "none" else 6, color=_VERDICT_COLOURS[c.verdict],
-                        elinewidth=0.7, capsize=2)
-            ax.annotate(_short(c.name, 30) + (" (group-aware)" if c.group_aware else ""), (d.value, c.accuracy),
-                        fontsize=6.5, xytext=(4, 3), textcoords="offset points")
-        front = sorted((d.value, c.accuracy) for c, d in points if c.pareto.get(name))
-        if len(front) > 1:
-            ax.plot(*zip(*front), color="grey", linewidth=0.8, linestyle="-", zorder=0)
-        if threshold is not None:
-            ax.axvline(threshold, color="black", linestyle="--", linewidth=0.8)
-        ax.set_xlabel(f"{name.replace('_', ' ')} by {m.feature} (bars: {audit.ci_level or 0.95:.0%} intervals; "
-                      f"dashed: policy)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"Mitigation candidates: accuracy against {name.replace('_', ' ')} "
-                     "(green pass, red fail, amber inconclusive; star: unmitigated)", fontsize=8)
+        legend_h = 0.2 + key_line * (len(key) + 2)
+        height = 0.45 + len(_GATED) * panel + legend_h
+        fig = plt.figure(figsize=(width, height))
+        fig.suptitle(f"Mitigation candidates by {view}", fontsize=13, x=0.02, ha="left",
+                     y=1 - 0.12 / height, va="top")
+        for row, name in enumerate(_GATED):
+            top = height - 0.45 - row * panel
+            ax = fig.add_axes([0.85 / width, (top - panel + 0.62) / height, (width - 1.05) / width,
+                               (panel - 0.95) / height])
+            check = f"{name}:{view}"
+            for number, c in enumerate(m.candidates):
+                d = c.disparities.get(view, {}).get(name)
+                if d is None or d.value is None:
+                    continue
+                xerr = None if d.ci_low is None else [[max(d.value - d.ci_low, 0)], [max(d.ci_high - d.value, 0)]]
+                yerr = None if c.accuracy_ci_low is None else [[max(c.accuracy - c.accuracy_ci_low, 0)],
+                                                               [max(c.accuracy_ci_high - c.accuracy, 0)]]
+                marker = "*" if c.method == "none" else "s" if c.group_aware else "o"
+                ax.errorbar([d.value], [c.accuracy], xerr=xerr, yerr=yerr, fmt=marker,
+                            markersize=13 if marker == "*" else 7, color=_STATUS_COLOURS[c.status(check)],
+                            elinewidth=0.8, capsize=2)
+                ax.annotate(str(number), (d.value, c.accuracy), fontsize=10, xytext=(5, 4),
+                            textcoords="offset points")
+            front = sorted((c.disparities[view][name].value, c.accuracy) for c in m.candidates
+                           if c.pareto.get(check) and view in c.disparities)
+            if len(front) > 1:
+                ax.plot(*zip(*front), color="grey", linewidth=0.9, zorder=0)
+            if thresholds[name] is not None:
+                ax.axvline(thresholds[name], color="black", linestyle="--", linewidth=0.9)
+            ax.set_xlabel(name.replace("_", " "), fontsize=11)
+            ax.set_ylabel("accuracy", fontsize=11)
+            ax.tick_params(labelsize=10)
+        notes = ["Colour: the check in the gate (green passes, red fails,",
+                 f"amber inconclusive). Bars: {audit.ci_level or 0.95:.0%} intervals; dashed: policy."]
+        for i, text in enumerate([*notes, *key]):
+            fig.text(0.15 / width, (legend_h + 0.15 - i * key_line) / height, text, fontsize=10, va="top",
+                     family=None if i < len(notes) else "monospace")
         images[f"mitigation_{index}.png"] = _png(fig)
     return images
 

@@ -389,23 +389,6 @@ def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[
     return run_id
 
 
-def register_recommended(doc: AuditDocument) -> str:
-    """Register the recommended candidate as a new version of the registered model (verdict tag, alias rule);
-    returns what was done, in one line."""
-    m = doc.mitigation
-    if m is None or m.recommended is None or not doc.config.tracking.registered_model:
-        said = f"register-recommended: nothing to register ({'no recommendation' if m else 'mitigation is off'})"
-        logger.warning("%s", said)
-        return said
-    chosen = m.candidate(m.recommended)
-    if chosen.run_id is None:
-        said = "register-recommended: the recommendation is the unmitigated model, registered with the audit"
-        logger.info("%s", said)
-        return said
-    version = register_candidate(chosen, doc)
-    return f"register-recommended: {chosen.name} registered as version {version}"
-
-
 def register_candidate(result, doc: AuditDocument) -> str:
     """Log the candidate as a pyfunc model (from code, no pickle) in its run, register it as a new version of
     the registered model with its verdict, and move the alias only if it passed."""
@@ -434,6 +417,47 @@ def register_candidate(result, doc: AuditDocument) -> str:
     logger.info("registry: %s version %s is mitigation candidate %s (verdict %s)", name, version, result.name,
                 result.verdict)
     return str(version)
+
+
+def finished_audit(run_id: str, tracking_uri: str) -> AuditDocument | None:
+    """The audit document logged by a finished run (``None``: the run exists but logged no audit.json).
+
+    A run id the store does not know is a user error."""
+    from pipeline.record import outputs
+
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        raise UserError(f"register: run '{run_id}' not found in {tracking_uri}") from err
+    if not any(a.path == outputs.AUDIT_JSON for a in client.list_artifacts(run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return outputs.read_document(Path(client.download_artifacts(run_id, outputs.AUDIT_JSON, tmp)))
+
+
+def registered_version(run_id: str, tracking_uri: str) -> str | None:
+    """The registered version of an audit run's own model (its ``registered_model`` tag: name/version), if any."""
+    tag = MlflowClient(tracking_uri).get_run(run_id).data.tags.get("registered_model")
+    return tag.rsplit("/", 1)[1] if tag else None
+
+
+def register_logged_candidate(result, doc: AuditDocument, tracking_uri: str) -> tuple[str, bool]:
+    """Register a finished run's candidate (``document.CandidateResult``) from what its nested run logged, without
+    re-running anything: ``(version, created)``. A version already registered for this run and candidate is
+    returned as it is (``created`` False), so registering twice makes no second version."""
+    name = doc.config.tracking.registered_model
+    client = MlflowClient(tracking_uri)
+    for version in client.search_model_versions(f"name='{name}'"):
+        if (version.tags.get(vocab.VERSION_RUN) == doc.run_id
+                and version.tags.get("mitigation.candidate") == result.name):
+            return str(version.version), False
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return register_candidate(result, doc), True
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def _feature_names(doc: AuditDocument) -> list[str]:
