@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 from conftest import ROOT, run_cli, small_config
@@ -31,6 +32,24 @@ def _wait_for_running(client: MlflowClient, experiment: str, proc, timeout: floa
     raise AssertionError(f"no RUNNING parent and seed run within {timeout} s")
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = tmp_path / "slow.yaml"
@@ -44,9 +63,16 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
     client = MlflowClient(store)
     try:
         running = _wait_for_running(client, "orphans", proc)
+        workers = _children(proc.pid)
     finally:
         os.kill(proc.pid, signal.SIGKILL)  # by its own PID; nothing else is touched
         proc.wait(timeout=30)
+    # Its forked workers (training, the report) die with it: none is left to run for nobody.
+    assert workers
+    deadline = time.monotonic() + 10
+    while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)]
     host = socket.gethostname()
     for run in running:
         assert run.data.tags[tracking.OWNER_PID] == str(proc.pid)

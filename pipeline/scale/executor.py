@@ -36,6 +36,7 @@ private local cluster; Ray turns token auth on for it and creates ``~/.ray/auth_
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -137,6 +138,7 @@ class LocalExecutor:
 # Forked workers yield to their parent: while they train, it loads MLflow and torch.export, and then
 # logs their results, so its work is on the critical path. (Idle, it takes no CPU from them.)
 WORKER_NICENESS = 10
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 class ForkExecutor(LocalExecutor):
@@ -287,13 +289,28 @@ def beside(warm: Callable[[], object] | None = None) -> LocalExecutor:
     return ForkExecutor(1, warm=warm) if hasattr(os, "fork") else LocalExecutor()
 
 
+def _die_with_parent() -> None:
+    """On Linux, the kernel kills this process when the one that forked it dies: a command killed outright (the
+    out-of-memory killer's SIGKILL) cannot stop its workers itself, and they would go on for nobody."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent's with block is what stops the workers
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
 def _fork_start(warm: Callable[[], object] | None = None) -> None:
-    """A forked worker leaves interrupts to its parent, which stops it (SIGTERM) when it stops itself.
+    """A forked worker leaves interrupts to its parent, which stops it (SIGTERM) when it stops itself, and dies
+    with its parent if that is killed outright.
 
     It pins torch and numpy's BLAS to one thread, or, given ``warm``, runs ``warm`` instead (a
     process forked before torch was imported, for work that does not need it, stays without it).
     """
 
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises Interrupted
     if warm is not None:
