@@ -280,3 +280,25 @@ def test_an_unreachable_registry_is_one_line(odd, tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "cannot be read from it" in errors[0] and "http://127.0.0.1:9" in errors[0]
     assert not list((tmp_path / "reports").glob("*/audit.json"))  # no audit written
+
+
+@pytest.mark.ray
+def test_a_team_pyfunc_streamed_on_ray_gives_the_local_numbers(team, ray_head, tmp_path):
+    """Parquet shards scored by Ray tasks that load the team's model themselves equal the local executor's."""
+    frame = pd.read_csv(GERMAN, skipinitialspace=True)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, part in enumerate((frame.iloc[:400], frame.iloc[400:700], frame.iloc[700:])):
+        part.to_parquet(folder / f"part-{i}.parquet", row_group_size=150)
+    config = _config(tmp_path, "streamed")
+    docs = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-address", ray_head.address])):
+        done = run_cli("audit", "--config", str(config), "--tracking-uri", team["store"], "--reports-dir",
+                       str(tmp_path / name), "--json", "--model-uri", "models:/team-scorer/1", "--data", str(folder),
+                       *extra, env=ray_head.client_env)
+        assert done.returncode in (0, 1), done.stderr[-3000:]
+        docs[name] = json.loads(Path(json.loads(done.stdout)["audit_json"]).read_text())
+    assert docs["ray"]["dataset"]["streaming"]["shards"] == 3
+    for key in ("overall", "groups", "disparities", "capacity", "findings", "verdict"):
+        assert docs["local"][key] == docs["ray"][key], key
+    assert [layer["units"] for layer in docs["ray"]["capacity"]["layers"]] == [16, 8]
