@@ -251,7 +251,7 @@ DEFAULTS = {
     "policy.max_dead_fraction": 0.10, "policy.gate_on": "interval", "policy.inconclusive_fails": True,
     "policy.multiple_comparisons": "bonferroni", "policy.baseline_tolerance": 0.02,
     "tracking.experiment": "fairness-audit",
-    "dataset.bins": {}, "dataset.max_categories": 100, "model.max_parameters": 50_000_000,
+    "dataset.bins": {}, "dataset.max_categories": 100, "model.max_parameters": 50_000_000, "model.inputs": None, "model.output": "auto",
     "mitigation.enabled": False, "mitigation.feature": None,
     "mitigation.methods": ("threshold_optimizer", "relaxed_thresholds", "exponentiated_gradient", "fairness_penalty",
                            "reweighing"),
@@ -279,8 +279,8 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 12 + 3 + 6 + 10 + 12 + 11 + 3 + 13 (mitigation) + 3 (execution).
-    assert len(flat) == 73
+    # One param per field of every section: 12 + 3 + 8 + 10 + 12 + 11 + 3 + 13 (mitigation) + 3 (execution).
+    assert len(flat) == 75
     assert set(flat) == {
         "dataset.path",
         "dataset.target",

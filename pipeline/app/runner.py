@@ -260,6 +260,10 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
                                 streaming={"executor": cfg.execution.executor, **found.counts,
                                            "files": [dataclasses.asdict(shard) for shard in shards]})
             timer.lap("evaluation")
+            if found.counts["unseen_categories"]:
+                logger.warning("data: %s has categories the model's encoder has not seen (encoded as all-zero one-hot "
+                               "rows); rows per column: %s", table.path, ", ".join(
+                                   f"{col} {n}" for col, n in found.counts["unseen_categories"].items()))
             return Audited([found.seed(run_id)], (), model_info, None, judged)
 
         def recorded(doc) -> str | None:
