@@ -207,7 +207,7 @@ def test_an_unseen_category_is_counted_and_encoded_as_zeros(german_config, dead_
     frame.loc[:6, "purpose"] = "space travel"  # rows 0..6: a category the training rows never had
     path = tmp_path / "unseen.csv"
     frame.to_csv(path, index=False)
-    with caplog.at_level(logging.WARNING, logger="pipeline.app.runner"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.scale.streaming"):
         result = runner.audit(german_config, module=TWO_LAYER, state_dict=dead_state_dict, encoder=encoder_json,
                               data_path=path, tracking_uri=store, reports_dir=tmp_path)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "not seen" in r.getMessage()]

@@ -85,3 +85,12 @@ def not_logged_marker(out_dir: Path, *, intended: str, reason: str, local: str) 
     """A complete audit that went to a local store because the intended server did not answer."""
     (out_dir / NOT_LOGGED).write_text(json.dumps({"intended_tracking_uri": intended, "reason": reason,
                                                   "local_tracking_uri": local}, indent=2), encoding="utf-8")
+
+
+def checked_outputs(tracking_uri: str | None, reports_dir: Path) -> Path:
+    """Where an audit goes, checked before anything else: the tracking URI's form, and a writable reports dir."""
+    from pipeline.core import config as config_mod
+
+    config_mod.check_tracking_uri(config_mod.tracking_uri(tracking_uri),
+                                  source="--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
+    return writable_dir(reports_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,90 +18,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.app import jobs
+from pipeline.app.result import RunResult
 from pipeline.core import config as config_mod
-from pipeline.core.errors import EXIT_FAIL, EXIT_NOT_LOGGED, EXIT_PASS, UserError
-from pipeline.core.timing import StageTimer
+from pipeline.core.document import Audited, Judged
+from pipeline.core.timing import StageTimer, timed
 
 if TYPE_CHECKING:
-    import numpy as np
-    from torch import nn
-
-    from pipeline.core.document import AuditDocument, Remedy, SeedAudit
-    from pipeline.data.tables import Encoder, Table
-    from pipeline.nn.seeds import Progress, Training
-    from pipeline.scale.executor import LocalExecutor, Pending
+    from pipeline.core.document import AuditDocument
+    from pipeline.data.tables import Table
+    from pipeline.nn.seeds import Progress
+    from pipeline.record.tracking import Store
+    from pipeline.scale.executor import LocalExecutor
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunResult:
-    run_id: str
-    run_name: str
-    verdict: str
-    exit_code: int
-    audit_json: Path
-    report_html: Path
-    tracking_uri: str
-    experiment_id: str
-    failed_findings: list[str]
-    inconclusive_findings: list[str]
-    seconds: dict[str, float]
-    not_logged: str | None = None  # why the intended tracking server did not get the run
-    registry: str | None = None  # what the model registry recorded (a version tagged, an alias moved)
-
-    def summary(self) -> dict:
-        out = {"run_id": self.run_id, "run_name": self.run_name, "verdict": self.verdict,
-               "exit_code": self.exit_code, "audit_json": str(self.audit_json),
-               "report_html": str(self.report_html), "tracking_uri": self.tracking_uri,
-               "experiment_id": self.experiment_id, "failed_findings": self.failed_findings,
-               "inconclusive_findings": self.inconclusive_findings,
-               "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
-        if self.registry:
-            out["registry"] = self.registry
-        if self.not_logged:
-            out["not_logged"] = self.not_logged
-            out["push"] = f"python -m pipeline push {self.audit_json.parent}"
-        return out
-
-
-@dataclass(frozen=True)
-class Judged:
-    """Which rows the audit judged, encoded how, and how many trained the model."""
-
-    encoder: Encoder | None  # the pipeline's encoding; None for a model that encodes its inputs itself
-    feature_columns: list[str]
-    n_inputs: int
-    train_rows: int  # 0 in audit mode
-    rows: np.ndarray | None  # sorted 0-based file row numbers of the test split or every audited row; None: streamed
-    artifact: str  # outputs.TEST_ROWS or outputs.AUDITED_ROWS (outputs.SHARDS when streamed)
-    unseen_categories: dict[str, int] = dataclasses.field(default_factory=dict)
-    streaming: dict | None = None  # streamed: executor, shards, rows counted, files (known once merged)
-
-
-@dataclass(frozen=True)
-class Audited:
-    """What a command's audit step returns inside the MLflow run: the models' audits and what they judged."""
-
-    seeds: list[SeedAudit]
-    remedies: tuple[Remedy, ...]
-    model_info: dict
-    trained: nn.Module | None  # the network trained here (logged with the run), None in audit mode
-    judged: Judged
-
-
-@dataclass(frozen=True)
 class _Session:
-    """What both commands settle before the MLflow run starts."""
+    """What both commands settle before the MLflow run starts: the config, the data, the tracking store."""
 
     cfg: config_mod.Config
     table: Table
     run_name: str
-    uri: str  # where the run goes (a local store when the intended server did not answer)
-    intended: str
-    not_logged: str | None
-    baseline_spec: str | None
-    baseline: AuditDocument | None
+    store: Store  # where the run goes (a local store when the intended server did not answer), the baseline
     reports_dir: Path
 
 
@@ -115,9 +53,7 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
     registers one afterwards, from the run's artifacts).
     ``execution``: ``executor``/``ray_address`` given on the command line (None: the config's).
     """
-    config_mod.check_tracking_uri(config_mod.tracking_uri(tracking_uri),
-                                  source="--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
-    reports_dir = jobs.writable_dir(Path(reports_dir))
+    reports_dir = jobs.checked_outputs(tracking_uri, Path(reports_dir))
     with jobs.job_lock(reports_dir, config_path):
         timer = timer or StageTimer()
         cfg = config_mod.with_execution(config_mod.load(config_path)[0], **(execution or {}))
@@ -147,7 +83,8 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
             # The seeds (and remedies) train in forked workers (or Ray tasks) while this process loads MLflow.
             pending = pool.submit(functools.partial(seeds_mod.train_and_evaluate, split=split, progress=progress),
                                   trainings)
-            session = _session(cfg, table, _run_name(table.name, cfg), tracking_uri, reports_dir, baseline, timer)
+            session = _session(cfg, table, seeds_mod.run_name(table.name, cfg), tracking_uri, reports_dir, baseline,
+                               timer)
             from pipeline.record import tracking
 
             tracking.preload_model_logging()
@@ -156,18 +93,9 @@ def run(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, tracking_uri: st
                             split.test_rows, outputs.TEST_ROWS)
 
             def audited(run_id: str) -> Audited:
-                from pipeline.core.document import Remedy
-
-                outcomes = _logged(trainings, pending, timer)
-                seeds = outcomes[:len(cfg.training.seeds)]
-                remedies = () if not cfg.audit.remedies else (
-                    Remedy.of("none (audited model)", seeds[0]),
-                    *(Remedy.of(name, o) for name, o in zip(cfg.audit.remedies, outcomes[len(seeds):])))
+                seeds, remedies = seeds_mod.audited(cfg, tracking.log_trainings(trainings, pending, timer))
                 net = seeds[0].train.model
-                model = {"architecture": "ReLUMLP", "hidden_sizes": list(cfg.model.hidden_sizes),
-                         "relu": cfg.model.relu, "dropout": cfg.model.dropout,
-                         "parameters": sum(p.numel() for p in net.parameters())}
-                return Audited(seeds, remedies, model, net, judged)
+                return Audited(seeds, remedies, seeds_mod.model_info(cfg, net), net, judged)
 
             def mitigated(seeds, findings, verdict):
                 if not cfg.mitigation.enabled:
@@ -203,9 +131,7 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
 
     sources.check_options(model_uri=model_uri, module=module, state_dict=state_dict, encoder=encoder,
                           predictions=predictions, score_column=score_column, alias=alias, layers=layers)
-    config_mod.check_tracking_uri(config_mod.tracking_uri(tracking_uri),
-                                  source="--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
-    reports_dir = jobs.writable_dir(Path(reports_dir))
+    reports_dir = jobs.checked_outputs(tracking_uri, Path(reports_dir))
     with jobs.job_lock(reports_dir, config_path, model_uri or module or str(predictions)):
         timer = timer or StageTimer()
         cfg = config_mod.with_execution(config_mod.load(config_path)[0], **(execution or {}))
@@ -213,25 +139,16 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         if data_path is not None:
             cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(data_path)))
         from pipeline.data import shards as stream
-        from pipeline.data import tables as data
 
         timer.lap("imports")
-        shards = None
-        if stream.is_parquet(cfg.dataset.path):  # streamed shard by shard: never read whole
-            shards = stream.shards(cfg.dataset.path, source=str(config_path))
-            table = stream.provenance(shards, cfg.dataset)
-        else:
-            table = data.load(cfg.dataset, source=str(config_path))
-            data.check_table(table, cfg.dataset, source=str(config_path))
+        table, shards = stream.open_data(cfg.dataset, source=str(config_path))  # Parquet: shards, never read whole
         timer.lap("data")
         from pipeline.nn import model as model_mod
 
         model_mod.one_thread()
         session = _session(cfg, table, f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
                            tracking_uri, reports_dir, baseline, timer)
-        if model_uri is not None and session.not_logged and model_uri.startswith(("models:/", "runs:/")):
-            raise UserError(f"--model-uri: {session.not_logged}, so '{model_uri}' cannot be read from it")
-        opened = sources.open_source(cfg=cfg, tracking_uri=session.uri, model_uri=model_uri, module=module,
+        opened = sources.open_source(cfg=cfg, store=session.store, model_uri=model_uri, module=module,
                                      state_dict=state_dict, encoder=encoder, predictions=predictions,
                                      score_column=score_column, layers=layers)
         scorer = opened.scorer
@@ -241,45 +158,32 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         scorer.check(head, data=table.path, output=cfg.model.output)
         timer.lap("imports")
         model_info = {**opened.info, **scorer.info()}
-        encoder_of = getattr(scorer, "encoder", None)  # the pipeline's encoding, logged for recomputing
-        n_inputs = len(encoder_of.feature_names) if encoder_of is not None else len(scorer.columns)
         tags = {f"audited_model.{k}": str(v) for k, v in opened.info.items() if v is not None}
 
         def audited(run_id: str, pool) -> Audited:
             from pipeline.record import outputs
             from pipeline.scale import streaming
 
-            if shards is None:
-                found = streaming.audit_table(table, scorer=scorer, cfg=cfg)
-                judged = Judged(encoder_of, list(scorer.columns), n_inputs, 0, table.row_numbers,
-                                outputs.AUDITED_ROWS, found.counts["unseen_categories"])
-            else:
-                found = streaming.audit_shards(shards, scorer=scorer, cfg=cfg, executor=pool, source=str(config_path))
-                judged = Judged(encoder_of, list(scorer.columns), n_inputs, 0, None, outputs.SHARDS,
-                                found.counts["unseen_categories"],
-                                streaming={"executor": cfg.execution.executor, **found.counts,
-                                           "files": [dataclasses.asdict(shard) for shard in shards]})
+            found = streaming.audit_model(table, shards, scorer=scorer, cfg=cfg, executor=pool, source=str(config_path))
             timer.lap("evaluation")
-            if found.counts["unseen_categories"]:
-                logger.warning("data: %s has categories the model's encoder has not seen (encoded as all-zero one-hot "
-                               "rows); rows per column: %s", table.path, ", ".join(
-                                   f"{col} {n}" for col, n in found.counts["unseen_categories"].items()))
+            streamed = None if shards is None else {"executor": cfg.execution.executor, **found.counts,
+                                                    "files": [dataclasses.asdict(shard) for shard in shards]}
+            encoder = getattr(scorer, "encoder", None)  # the pipeline's encoding, logged for recomputing
+            judged = Judged(encoder, list(scorer.columns), len(encoder.feature_names) if encoder else len(scorer.columns),
+                            0, table.row_numbers if shards is None else None,
+                            outputs.AUDITED_ROWS if shards is None else outputs.SHARDS,
+                            found.counts["unseen_categories"], streamed)
             return Audited([found.seed(run_id)], (), model_info, None, judged)
-
-        def recorded(doc) -> str | None:
-            from pipeline.record import tracking
-
-            if opened.registered is None:
-                return None
-            return tracking.record_on_version(opened.registered.name, opened.registered.version, doc, alias=alias)
 
         from pipeline.scale import executor
 
         ex = cfg.execution
         with executor.executor_for(ex.executor, ex.ray_address, workers=ex.workers,
                                    tasks=len(shards) if shards else 1) as pool:
+            from pipeline.record import tracking
+
             return _audited_run(session, functools.partial(audited, pool=pool), timer, extra_tags=tags,
-                                after=recorded)
+                                after=functools.partial(tracking.record_on_version, opened.registered, alias=alias))
 
 
 def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baseline: str | None,
@@ -287,12 +191,10 @@ def _session(cfg, table, run_name: str, tracking_uri, reports_dir: Path, baselin
     """The tracking store (reachable, or a local fallback) and the baseline, checked before any run starts."""
     from pipeline.record import tracking
 
-    intended = config_mod.tracking_uri(tracking_uri)
-    tracking.preload_store(intended)
-    uri, not_logged = tracking.reachable_or_local(intended, reports_dir)
-    base = tracking.find_baseline(baseline, tracking.experiment_id(uri, cfg.tracking.experiment)) if baseline else None
+    store = tracking.open_store(tracking_uri, experiment=cfg.tracking.experiment, reports_dir=reports_dir,
+                                baseline=baseline)
     timer.lap("imports")
-    return _Session(cfg, table, run_name, uri, intended, not_logged, baseline, base, reports_dir)
+    return _Session(cfg, table, run_name, store, reports_dir)
 
 
 def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTimer, *,
@@ -305,47 +207,26 @@ def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTim
     it returns a sentence for the summary. ``reporter``: where the report renders (an ``executor.beside``
     already forked); else one forked here.
     """
-    from pipeline.core import document, policy
+    from pipeline.core import assemble
     from pipeline.record import outputs, report, tracking
     from pipeline.scale import executor
 
     cfg, table = s.cfg, s.table
-    with tracking.audit_run(s.uri, cfg.tracking.experiment, s.run_name, started=timer.started) as parent, \
+    with tracking.audit_run(s.store.uri, cfg.tracking.experiment, s.run_name, started=timer.started) as parent, \
             jobs.incomplete_marker(s.reports_dir / parent.info.run_id, timer.seconds):
         timer.lap("mlflow_logging")
         got = audited(parent.info.run_id)
-        primary, judged = got.seeds[0], got.judged
-        summary = document.seed_summary(got.seeds)
-        findings = policy.judge(cfg.policy, primary.evaluation, primary.gated_capacity,
-                                seed_ranges={k: st.range for k, st in summary.metrics.items() if summary.spread(k)},
-                                group_capacity=primary.group_capacity, baseline=s.baseline,
-                                measured_on="the training data" if got.trained is not None else "the audited rows",
-                                no_capacity=got.model_info.get("no_capacity"))
-        verdict, reasons = policy.decide(findings, features=cfg.dataset.sensitive_features)
-        mitigation = mitigated(got.seeds, findings, verdict) if mitigated else None
-        streamed = judged.streaming
-        dataset = document.DatasetInfo.of(
-            table, cfg.dataset, train_rows=judged.train_rows,
-            test_rows=streamed["rows_audited"] if streamed else len(judged.rows),
-            feature_columns=judged.feature_columns, n_model_inputs=judged.n_inputs,
-            unseen_categories=streamed["unseen_categories"] if streamed else judged.unseen_categories,
-            streaming=streamed)
-        doc = document.build(got.seeds, findings, verdict, reasons=reasons, cfg=cfg, dataset=dataset,
-                             run_id=parent.info.run_id, run_name=s.run_name, tracking_uri=s.uri,
-                             versions=tracking.package_versions(), model=got.model_info, summary=summary,
-                             remedies=got.remedies, mitigation=mitigation,
-                             baseline=document.BaselineSummary.of(s.baseline_spec, s.baseline, findings))
+        doc = assemble.document_of(got, cfg=cfg, table=table, run_id=parent.info.run_id, run_name=s.run_name,
+                                   tracking_uri=s.store.uri, versions=tracking.package_versions(),
+                                   baseline_spec=s.store.baseline_spec, baseline=s.store.baseline, mitigated=mitigated)
         timer.lap("evaluation")
         out_dir = s.reports_dir / parent.info.run_id
-        if judged.rows is None:  # streamed: every row of the shards listed, in order
-            outputs.write_shards(out_dir / judged.artifact, streamed["files"])
-        else:  # which file rows were judged, for recomputing
-            outputs.write_rows(out_dir / judged.artifact, judged.rows)
+        outputs.write_judged(out_dir, got.judged)  # which rows were judged, for recomputing
         # The plots and report render in a forked process while this one logs to MLflow.
         with reporter or executor.beside() as aside:
-            reports = aside.submit(functools.partial(_timed, outputs.write_reports, doc), [out_dir])
+            reports = aside.submit(functools.partial(timed, outputs.write_reports, doc), [out_dir])
             timer.lap("report")
-            tracking.log_audit(doc, primary, got.trained, judged.encoder, table, out_dir,
+            tracking.log_audit(doc, got.seeds[0], got.trained, got.judged.encoder, table, out_dir,
                                description=report.run_description(doc), extra_tags=extra_tags,
                                written=reports.results)
         logger.info("report: rendered in %.2f s, alongside MLflow logging", reports.results()[0])
@@ -353,47 +234,9 @@ def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTim
         timer.lap("mlflow_logging")
 
     logger.info("seconds by stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in timer.seconds.items()))
-    passed = verdict == "pass" or (verdict == "inconclusive" and not cfg.policy.inconclusive_fails)
-    exit_code = EXIT_PASS if passed else EXIT_FAIL
-    if s.not_logged:
-        jobs.not_logged_marker(out_dir, intended=s.intended, reason=s.not_logged, local=s.uri)
+    if s.store.not_logged:
+        jobs.not_logged_marker(out_dir, intended=s.store.intended, reason=s.store.not_logged, local=s.store.uri)
         logger.error("%s: the audit is complete in %s; log it later with: python -m pipeline push %s "
-                     "--tracking-uri %s", s.not_logged, out_dir, out_dir, s.intended)
-        exit_code = EXIT_NOT_LOGGED
-    return RunResult(
-        run_id=parent.info.run_id, run_name=s.run_name, verdict=verdict, exit_code=exit_code, not_logged=s.not_logged,
-        audit_json=(out_dir / outputs.AUDIT_JSON).resolve(), report_html=(out_dir / outputs.REPORT_HTML).resolve(),
-        tracking_uri=s.uri, experiment_id=parent.info.experiment_id,
-        failed_findings=[f.id for f in findings if f.status == "fail"],
-        inconclusive_findings=[f.id for f in findings if f.status in ("inconclusive", "not_evaluated")],
-        seconds=timer.seconds, registry=registry)
-
-
-def _timed(fn: Callable, *args) -> float:
-    """Seconds ``fn(*args)`` took."""
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
-def _logged(trainings: list[Training], pending: Pending, timer: StageTimer) -> list[SeedAudit]:
-    """Wait for the trainings (each in its nested MLflow run, open meanwhile) and log each one's outcome."""
-    from pipeline.record import tracking
-
-    with tracking.training_runs([(job.seed, job.name) for job in trainings]) as run_ids:
-        timer.lap("mlflow_logging")
-        done = pending.results()
-        timer.lap("training")
-        logger.info("trainings: %s", "; ".join(
-            f"{job.name or f'seed {job.seed}'} " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
-            for job, (_, seconds) in zip(trainings, done)))
-        outcomes = [dataclasses.replace(outcome, run_id=child) for (outcome, _), child in zip(done, run_ids)]
-        for outcome in outcomes:
-            tracking.log_seed(outcome)
-    timer.lap("mlflow_logging")
-    return outcomes
-
-
-def _run_name(dataset: str, cfg: config_mod.Config) -> str:
-    arch = "x".join(map(str, cfg.model.hidden_sizes))
-    return f"{dataset}-mlp{arch}-{cfg.model.relu}-relu-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+                     "--tracking-uri %s", s.store.not_logged, out_dir, out_dir, s.store.intended)
+    return RunResult.of(doc, out_dir, tracking_uri=s.store.uri, experiment_id=parent.info.experiment_id,
+                        seconds=timer.seconds, not_logged=s.store.not_logged, registry=registry)

@@ -25,6 +25,7 @@ MESSAGE_SCORE_COLUMN_ALONE = "audit: --score-column goes with --predictions only
 MESSAGE_ALIAS_NEEDS_REGISTRY = ("audit: --alias moves an alias of a registered model; give --model-uri as "
                                 "models:/NAME/VERSION or models:/NAME@ALIAS, got {given}")
 MESSAGE_LAYERS_WITHOUT_NETWORK = "audit: --layers names ReLU submodules of a network; --predictions has no network"
+MESSAGE_NO_REGISTRY = "--model-uri: {why}, so '{uri}' cannot be read from it"
 NO_MODEL = "a file of predictions holds scores, not a model, so no unit can be counted"
 
 
@@ -49,15 +50,20 @@ def check_options(*, model_uri: str | None, module: str | None, state_dict, enco
         raise UserError(MESSAGE_ALIAS_NEEDS_REGISTRY.format(given=model_uri or module or predictions))
 
 
-def open_source(*, cfg: Config, tracking_uri: str, model_uri: str | None = None, module: str | None = None,
+def open_source(*, cfg: Config, store, model_uri: str | None = None, module: str | None = None,
                 state_dict: str | Path | None = None, encoder: str | Path | None = None,
                 predictions: str | Path | None = None, score_column: str | None = None,
                 layers: list[str] | None = None):
-    """The audited model as an ``Opened`` (scorer, model info, registered version, LoggedModel id)."""
+    """The audited model as an ``Opened`` (scorer, model info, registered version, LoggedModel id).
+
+    ``store``: the tracking store the audit logs to (``record.tracking.Store``), where a model URI is read.
+    """
     if model_uri is not None:
         from pipeline.audited.mlflow_models import open_model
 
-        return open_model(model_uri, tracking_uri=tracking_uri, cfg=cfg, layers=layers)
+        if store.not_logged and model_uri.startswith(("models:/", "runs:/")):
+            raise UserError(MESSAGE_NO_REGISTRY.format(why=store.not_logged, uri=model_uri))
+        return open_model(model_uri, tracking_uri=store.uri, cfg=cfg, layers=layers)
     if module is not None:
         from pipeline.data.tables import read_encoder
         from pipeline.nn.model import load_from_module

@@ -37,8 +37,12 @@ from pipeline.core.config import Config, DatasetConfig, from_dict, to_dict
 from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
     from pipeline.core.decision import Gap
     from pipeline.core.fairness import Disparity, Evaluation
+    from pipeline.data.tables import Encoder
     from pipeline.nn.capacity import LayerGroupCapacity, LayerHealth, LayerRank
     from pipeline.nn.training import TrainResult
 
@@ -821,6 +825,31 @@ class AuditDocument:
 
 
 # --- per-seed results and the builder -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Judged:
+    """Which rows the audit judged, encoded how, and how many trained the model."""
+
+    encoder: Encoder | None  # the pipeline's encoding; None for a model that encodes its inputs itself
+    feature_columns: list[str]
+    n_inputs: int
+    train_rows: int  # 0 in audit mode
+    rows: np.ndarray | None  # sorted 0-based file row numbers of the test split or every audited row; None: streamed
+    artifact: str  # where ``rows`` is written in reports/<run_id>/ (record.outputs: TEST_ROWS, AUDITED_ROWS, SHARDS)
+    unseen_categories: dict[str, int] = dataclasses.field(default_factory=dict)
+    streaming: dict | None = None  # streamed: executor, shards, rows counted, files (known once merged)
+
+
+@dataclass(frozen=True)
+class Audited:
+    """What a command's audit step returns inside the MLflow run: the models' audits and what they judged."""
+
+    seeds: list[SeedAudit]
+    remedies: tuple[Remedy, ...]
+    model_info: dict
+    trained: nn.Module | None  # the network trained here (logged with the run), None in audit mode
+    judged: Judged
 
 
 @dataclass(frozen=True)

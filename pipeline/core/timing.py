@@ -17,3 +17,10 @@ class StageTimer:
         now = time.perf_counter()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._start
         self._start = now
+
+
+def timed(fn, *args) -> float:
+    """Seconds ``fn(*args)`` took."""
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start

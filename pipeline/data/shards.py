@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.core.config import DatasetConfig
-    from pipeline.data.tables import Encoder
+    from pipeline.data.tables import Encoder, Table
 
 PARQUET_SUFFIXES = (".parquet", ".pq")  # what a directory is searched for (recursively)
 ROWS_PER_SHARD = 1_000_000  # a shard is one file, or row groups of one file adding up to about this many rows
@@ -274,3 +274,16 @@ def head(found: Sequence[Shard], *, columns: dict[str, str], source: str, datase
     if dataset.missing == "drop_rows":
         frame = frame[frame.notna().all(axis=1).to_numpy()]
     return frame
+
+
+def open_data(dataset: DatasetConfig, *, source: str) -> tuple[Table, list[Shard] | None]:
+    """The data of an audit of an existing model: a Parquet path as shards (only its metadata read, and a
+    ``Table`` that describes it without rows), anything else read whole and checked (``tables.check_table``)."""
+    from pipeline.data import tables
+
+    if is_parquet(dataset.path):
+        found = shards(dataset.path, source=source)
+        return provenance(found, dataset), found
+    table = tables.load(dataset, source=source)
+    tables.check_table(table, dataset, source=source)
+    return table, None

@@ -15,7 +15,7 @@ from pipeline.core import config as config_mod
 from pipeline.core.timing import StageTimer
 
 if TYPE_CHECKING:
-    from pipeline.core.document import SeedAudit
+    from pipeline.core.document import Remedy, SeedAudit
     from pipeline.data.tables import Split
 
 Progress = Callable[[str], Callable]  # label -> on_epoch(record, epochs): how training shows progress
@@ -64,3 +64,28 @@ def train_and_evaluate(job: Training, split: Split, progress: Progress | None) -
     outcome = evaluate_model(result.model, job.cfg, split.x_test, split.y_test, split.s_test, timer,
                              x_train=split.x_train, full=job.full, seed=job.seed, run_id="", train=result)
     return outcome, timer.seconds
+
+
+def audited(cfg: config_mod.Config, outcomes: list[SeedAudit]) -> tuple[list[SeedAudit], tuple[Remedy, ...]]:
+    """The trainings' outcomes as the configured seeds (the first one audited) and the what-if remedies."""
+    from pipeline.core.document import Remedy
+
+    seeds = outcomes[:len(cfg.training.seeds)]
+    if not cfg.audit.remedies:
+        return seeds, ()
+    return seeds, (Remedy.of("none (audited model)", seeds[0]),
+                   *(Remedy.of(name, o) for name, o in zip(cfg.audit.remedies, outcomes[len(seeds):])))
+
+
+def model_info(cfg: config_mod.Config, net) -> dict:
+    """What the audit document records about a network ``run`` trained."""
+    return {"architecture": "ReLUMLP", "hidden_sizes": list(cfg.model.hidden_sizes), "relu": cfg.model.relu,
+            "dropout": cfg.model.dropout, "parameters": sum(p.numel() for p in net.parameters())}
+
+
+def run_name(dataset: str, cfg: config_mod.Config) -> str:
+    """The MLflow run name of a ``run``: the data, the architecture and the time, e.g. adult-mlp64x32-module-relu-…."""
+    from datetime import datetime
+
+    arch = "x".join(map(str, cfg.model.hidden_sizes))
+    return f"{dataset}-mlp{arch}-{cfg.model.relu}-relu-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

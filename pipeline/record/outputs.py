@@ -67,3 +67,11 @@ def read_document(path: Path) -> AuditDocument:
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot read the audit document: {err}") from err
     return AuditDocument.from_json(raw, source=str(path))
+
+
+def write_judged(out_dir: Path, judged) -> None:
+    """Which rows an audit judged (``core.document.Judged``): the file rows' numbers, or a streamed audit's shards."""
+    if judged.rows is None:  # streamed: every row of the shards, in order
+        write_shards(out_dir / judged.artifact, judged.streaming["files"])
+    else:
+        write_rows(out_dir / judged.artifact, judged.rows)

@@ -23,6 +23,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +48,26 @@ _PACKAGES = ("torch", "mlflow", "fairlearn", "scikit-learn", "numpy", "pandas")
 
 
 CONNECT_ATTEMPTS, CONNECT_TIMEOUT = 3, 5.0  # bounded retry: at most ~20 s before falling back
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where an audit's run goes, settled before it starts, and the earlier audit it is compared with."""
+
+    uri: str  # the intended store, or a local fallback when the intended server did not answer
+    intended: str
+    not_logged: str | None  # why the intended server did not get the run
+    baseline_spec: str | None
+    baseline: AuditDocument | None
+
+
+def open_store(tracking_uri: str | None, *, experiment: str, reports_dir: Path, baseline: str | None) -> Store:
+    """The tracking store (reachable, or a local fallback) and the baseline audit (``--baseline``)."""
+    intended = config_mod.tracking_uri(tracking_uri)
+    preload_store(intended)
+    uri, not_logged = reachable_or_local(intended, reports_dir)
+    found = find_baseline(baseline, experiment_id(uri, experiment)) if baseline else None
+    return Store(uri, intended, not_logged, baseline, found)
 
 
 def reachable_or_local(uri: str, reports_dir: Path) -> tuple[str, str | None]:
@@ -274,6 +295,25 @@ def training_runs(trainings: list[tuple[int, str | None]]) -> Iterator[list[str]
             client.set_terminated(run_id, status)
 
 
+def log_trainings(trainings, pending, timer) -> list[SeedAudit]:
+    """Wait for the trainings (``nn.seeds.Training``; each in its nested run, open meanwhile) and log each one's
+    outcome; returns the outcomes with their run ids."""
+    import dataclasses
+
+    with training_runs([(job.seed, job.name) for job in trainings]) as run_ids:
+        timer.lap("mlflow_logging")
+        done = pending.results()
+        timer.lap("training")
+        logger.info("trainings: %s", "; ".join(
+            f"{job.name or f'seed {job.seed}'} " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
+            for job, (_, seconds) in zip(trainings, done)))
+        outcomes = [dataclasses.replace(outcome, run_id=child) for (outcome, _), child in zip(done, run_ids)]
+        for outcome in outcomes:
+            log_seed(outcome)
+    timer.lap("mlflow_logging")
+    return outcomes
+
+
 def _log_metrics(run_id: str, values: dict[str, float], step: int = 0, timestamp: int | None = None) -> None:
     _log_metric_list(run_id, [Metric(k, float(v), timestamp or int(time.time() * 1000), step)
                               for k, v in values.items() if v is not None and not math.isnan(v)])
@@ -489,10 +529,13 @@ def register(model_uri: str, name: str, doc: AuditDocument, alias: str) -> str:
     return str(version)
 
 
-def record_on_version(name: str, version: str, doc: AuditDocument, *, alias: str | None) -> str:
+def record_on_version(registered, doc: AuditDocument, *, alias: str | None) -> str | None:
     """An audit of a registered model version, recorded on it: verdict tags (the audit run names the version in
     its ``audited_model.*`` tags: open-source MLflow has no run-to-model-version input lineage, its
     ``log_inputs(models=...)`` being Databricks-only), and the alias moved on a pass only. Returns one line."""
+    if registered is None:  # not a registered version (runs:/, a factory, a file of predictions)
+        return None
+    name, version = registered.name, registered.version
     client = MlflowClient()
     for key, value in vocab.version_tags(doc.verdict, doc.run_id, doc.schema_version).items():
         client.set_model_version_tag(name, version, key, value)

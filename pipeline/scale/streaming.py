@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ if TYPE_CHECKING:
     from pipeline.audited.scorers import Scorer
     from pipeline.data.tables import Table
     from pipeline.scale.executor import Executor
+
+logger = logging.getLogger(__name__)
 
 LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(1e-7) = 16.1): resolution 6e-8
 LOSS_CLIP = 1e-7  # as fairness.overall_metrics clips probabilities for log loss
@@ -550,3 +553,19 @@ def audit_table(table: Table, *, scorer: Scorer, cfg: Config, batch_size: int = 
     counted = {"shards": 1, "rows": table.rows_read, "rows_audited": len(y),
                "unseen_categories": dict(sorted(tally.unseen.items()))}
     return Streamed(evaluation, capacity, counted)
+
+
+def audit_model(table: Table, shards: Sequence[stream.Shard] | None, *, scorer: Scorer, cfg: Config,
+                executor: Executor, source: str) -> Streamed:
+    """An existing model's audit: of the table held in memory (:func:`audit_table`), or of ``shards`` as
+    map-reduce on ``executor`` (:func:`audit_shards`); either way, rows whose category the model's encoder has
+    not seen are counted and warned about."""
+    if shards is None:
+        found = audit_table(table, scorer=scorer, cfg=cfg)
+    else:
+        found = audit_shards(shards, scorer=scorer, cfg=cfg, executor=executor, source=source)
+    unseen = found.counts["unseen_categories"]
+    if unseen:
+        logger.warning("data: %s has categories the model's encoder has not seen (encoded as all-zero one-hot "
+                       "rows); rows per column: %s", table.path, ", ".join(f"{col} {n}" for col, n in unseen.items()))
+    return found
