@@ -4,7 +4,7 @@ Every audited model is a :class:`Scorer`: the pipeline's own network with its en
 network fed named data columns (``model.inputs``), a team's MLflow pyfunc of any flavor
 (:class:`pipeline.audited.mlflow_models.PyfuncScorer`), or a file of predictions (:class:`ColumnScorer`).
 The audit calls :meth:`Scorer.score` on batches of raw data rows, in memory or shard by shard
-(:mod:`pipeline.scale.batches`); a scorer pickles without its loaded model, and a worker loads the model
+(:mod:`pipeline.scale.streaming`); a scorer pickles without its loaded model, and a worker loads the model
 itself (from memory after a fork, from its URI in a Ray task).
 """
 
