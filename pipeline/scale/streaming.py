@@ -32,8 +32,8 @@ What is exact and what is not (measured errors in ``tests/test_streaming.py``):
   ``round(p * 2**32)``: error below 1e-9), reliability bins' mean prediction (same), mean |h| of a
   unit (``round(|h| * 2**24)``, so a unit on the dormancy threshold ``tau`` could in principle be
   judged otherwise than in one float pass), log loss (per-row loss stored as ``round(l * 2**24)``:
-  error below 3e-8; ``fairness.overall_metrics`` computes it from ``clip(p, 1e-7, 1 - 1e-7)`` and
-  so does this);
+  error below 3e-8; ``fairness.overall_metrics`` computes it from ``clip(p, eps, 1 - eps)``, eps of
+  float64, and so does this);
 - **approximate, with a stated bound**: ROC AUC (overall and per group) from histograms of 5040
   fine score bins: a (positive, negative) pair in one bin counts as a tie. ``overall["roc_auc_bound"]``
   and :func:`group_scores` give the largest possible error, computed from the histogram itself;
@@ -76,8 +76,8 @@ if TYPE_CHECKING:
 
     from pipeline.scale.executor import Executor
 
-LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(1e-7) = 16.1): resolution 6e-8
-LOSS_CLIP = 1e-7  # as fairness.overall_metrics clips probabilities for log loss
+LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(LOSS_CLIP) = 36.04): resolution 6e-8
+LOSS_CLIP = float(np.finfo(np.float64).eps)  # as fairness.log_loss clips float64 probabilities (scikit-learn's rule)
 MESSAGE_ROWS = "{file}: shard at row {offset} yielded {found} rows; its Parquet metadata says {expected}"
 MESSAGE_MISSING_LABELS = "{file}: column '{target}' has {count} missing labels; expected every row to have one"
 
