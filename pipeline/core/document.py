@@ -98,7 +98,10 @@ class Finding(_Record):
     comparison: vocab.Comparison
     message: str
     judged_on: str = "point"  # "point" or "interval"
-    ci_low: float | None = None  # the interval the gate used (Bonferroni-widened when configured)
+    # The gate's bounds (policy): for a ceiling, ci_high decides a pass and ci_low a fail; for a floor the
+    # other way round. Each is one-sided: the pass bound at ci_level, the fail bound at fail_level
+    # (Bonferroni-corrected when configured). Closed-form, so mc_error (their Monte-Carlo error) is 0.
+    ci_low: float | None = None
     ci_high: float | None = None
     ci_level: float | None = None
     seed_range: float | None = None  # max - min of the value across training seeds
@@ -109,6 +112,8 @@ class Finding(_Record):
     view: str | None = None
     layer: int | None = None
     rows_to_decide: dict[str, int] | None = None  # inconclusive: test rows per group likely to decide it
+    fail_level: float | None = None
+    mc_error: float | None = None
 
     @property
     def passed(self) -> bool | None:

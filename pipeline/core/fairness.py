@@ -166,6 +166,16 @@ def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: 
     return table
 
 
+def table_counts(table: pd.DataFrame) -> np.ndarray:
+    """Each group's confusion counts (tp, fp, tn, fn), shape (groups, 4), back from a group table's
+    positives, negatives and rates (exact: a rate is x / n, and round(x / n * n) is x)."""
+    pos, neg = (table[c].to_numpy(dtype=np.float64) for c in ("positives", "negatives"))
+    tpr, fpr = (np.nan_to_num(table[c].to_numpy(dtype=np.float64)) for c in ("true_positive_rate",
+                                                                             "false_positive_rate"))
+    tp, fp = np.rint(tpr * pos), np.rint(fpr * neg)
+    return np.stack([tp, fp, neg - fp, pos - tp], axis=1).astype(np.int64)
+
+
 def eligible_masks(table: pd.DataFrame) -> dict[str, np.ndarray]:
     """Per disparity rate, which groups' rates enter it (their denominator is large enough)."""
     return {rate: table[f"{rate}_eligible"].to_numpy() for rate in DENOMINATORS}
