@@ -155,11 +155,12 @@ def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: 
     c = counts.counts
     table = pd.DataFrame({"group": list(counts.groups), "count": c.sum(1), "positives": c[:, 0] + c[:, 3],
                           "negatives": c[:, 1] + c[:, 2], **uncertainty.rates(c)})
-    hidden = table["count"].to_numpy() < suppress_below
-    if withheld is not None:
-        hidden = hidden | withheld
+    small = table["count"].to_numpy() < suppress_below
+    hidden = small | withheld if withheld is not None else small
     table["status"] = np.where(hidden, "suppressed",
                                np.where(table["count"] < min_group_size, "insufficient_data", "ok"))
+    # Which rule withheld it: too few rows (primary), or withheld so that a smaller group cannot be derived.
+    table["withheld_by"] = np.where(small, "primary", np.where(hidden, "complementary", None))
     table["eligible"] = table["status"] == "ok"
     for rate, denominator in DENOMINATORS.items():
         table[f"{rate}_eligible"] = table["eligible"] & (table[denominator] >= min_group_size)
@@ -259,6 +260,10 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
         {name: t.counts for name, t in tables.items()}, nesting, suppress_below=audit.suppress_below,
         avoid={name: t.sizes >= max(audit.min_group_size, audit.suppress_below) for name, t in tables.items()},
     ).suppressed
+    # Reliability bins show scores and labels bin by bin: published only when no group is withheld. Otherwise the
+    # bins of any fully published view (summing to everyone's) minus those of another view's published groups
+    # give the withheld rows' histogram, and a bin holding one withheld person gives their score and outcome.
+    with_bins = not any(mask.any() for mask in withheld.values())
     for name, cols in audited.items():
         counts = tables[name]
         masks = [(g, labels[name] == g) for g in counts.groups]
@@ -266,10 +271,9 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
         gaps[name] = disparities(table)
         if len(cols) > 1:
             empty[name] = _empty_combinations(sensitive[cols], counts.groups)
-        else:  # reliability bins show scores and labels: only for published groups
-            shown = set(table.loc[table["status"] != "suppressed", "group"])
+        elif with_bins:
             bins[name] = {g: uncertainty.reliability(y_true[mask], proba[mask], bins=audit.calibration_bins)
-                          for g, mask in masks if g in shown}
+                          for g, mask in masks}
         if bootstrap:
             table, gaps[name], samples[name] = _with_intervals(
                 table, counts, gaps[name], y_true, proba, masks, audit, rng, resampled)

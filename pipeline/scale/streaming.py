@@ -420,6 +420,7 @@ def evaluation_from(merged: MergedAudit, *, audit: AuditConfig, views: Mapping[s
         suppress_below=audit.suppress_below,
         avoid={name: t.sizes >= max(audit.min_group_size, audit.suppress_below) for name, t in tables.items()},
     ).suppressed
+    with_bins = not any(mask.any() for mask in withheld.values())  # as fairness.evaluate: none when any is withheld
     rng = np.random.default_rng(audit.bootstrap_seed)
     groups, gaps, samples, empty, bins = {}, {}, {}, {}, {}
     finest_boot = None
@@ -432,10 +433,8 @@ def evaluation_from(merged: MergedAudit, *, audit: AuditConfig, views: Mapping[s
             present = set(counts.groups)
             empty[name] = [g for g in (INTERSECTION_JOIN.join(v) for v in itertools.product(*values))
                            if g not in present]
-        else:
-            shown = set(table.loc[table["status"] != "suppressed", "group"])
-            bins[name] = {g: _reliability(scored, i, audit.calibration_bins)
-                          for i, g in enumerate(counts.groups) if g in shown}
+        elif with_bins:
+            bins[name] = {g: _reliability(scored, i, audit.calibration_bins) for i, g in enumerate(counts.groups)}
         if bootstrap:
             boot = partials.bootstrap_scores(scored, calibration_bins=audit.calibration_bins, n_boot=audit.n_boot,
                                              rng=rng)
