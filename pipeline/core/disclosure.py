@@ -31,24 +31,29 @@ than any pattern of other groups, so one is withheld only when nothing else free
 target. Ties go to the first pattern in a fixed order (views in the order given, groups
 in table order), so the result is deterministic.
 
+Integer bounds. Counts are non-negative integers, so a withheld cell no sum pins can still be
+bounded (on the linear plan alone: a small group's false positives to exactly 5). After the linear
+plan, :func:`_protect` plays an integer-programming attacker (:class:`_Attacker`,
+``scipy.optimize.milp``) that knows every relation above, integrality, and each withheld group's
+rule (published as ``withheld_by``: primary 1 to N - 1 rows, complementary N or more). A primary
+group is protected when the smallest and largest of its size and of each of its cells are those the
+same attacker finds with every group withheld (what the threshold and the totals say). Until then
+the cheapest pattern through it that lifts a short bound is withheld too; one that no pattern can
+protect is reported (``bounded``).
+
 Guarantee. Against exact linear differencing of everything these tables publish, no
 withheld group's tp, fp, tn or fn, nor any linear combination of them (its size, its
 positives), is determined: each is free along at least one direction that leaves all
-published numbers unchanged. Suppression is structural: it depends on which groups are
-withheld, not on their values, so it holds for every cell type at once.
+published numbers unchanged. Against integer bounds, no primary group's size or cells are
+bounded more tightly than with every group withheld, unless reported as ``bounded``.
 
 Not protected against:
 
-- *bounds*. Counts are non-negative integers, so every withheld value lies in an interval
-  (a withheld pair whose published difference is 2 people holds 0 to 2 each); when a
-  withheld sum is 0, non-negativity gives every part as 0. Statistical agencies add
-  protection intervals checked by linear programming; this module does not.
-- *sums of withheld groups*: a rectangle's two cells in one margin row sum to a published
-  number (their union is a published, larger group);
-- *non-linear statistics* published elsewhere (overall ROC AUC and log loss, bootstrap
-  intervals of published groups) and published zeros (empty intersections are listed);
+- *non-linear statistics* published elsewhere (overall ROC AUC and log loss, per-group scores
+  and bootstrap intervals of published groups) and published zeros (empty intersections are
+  listed); reliability bins are not published when anything is withheld (``fairness.evaluate``);
 - *other releases* of overlapping data (another audit of the same rows with a different
-  pattern, a baseline run): differencing across releases is not checked;
+  pattern, a baseline run, mitigation candidates): differencing across releases is not checked;
 - a view with a single group, which equals the published total: reported as ``exposed``.
 """
 
