@@ -209,7 +209,8 @@ def _gap_bounds(evaluation: Evaluation, view: str) -> dict[str, Bounds]:
         def bounds(alpha: float) -> tuple[float, float]:
             return uncertainty.gap_bounds(x, n, kind=kind, alpha=alpha)[:2]
 
-        return bounds, uncertainty.gap_bounds(x, n, kind=kind, alpha=0.05)[2]
+        k = int((n > 0).sum())  # groups with a rate: their ordered pairs are the check's comparisons
+        return bounds, k * (k - 1)
 
     (tpr, tpr_tests), (fpr, fpr_tests) = of("true_positive_rate", "difference"), of("false_positive_rate", "difference")
 
