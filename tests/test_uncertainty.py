@@ -607,19 +607,24 @@ def _rows(blocks):
 @pytest.mark.parametrize("bootstrap", [False, True])
 def test_small_groups_are_suppressed_or_insufficient_and_never_compared(bootstrap):
     # min_group_size 30, suppress_below 10. Sizes at and around both cut-offs:
-    #   big 40 (ok), edge 30 (ok), under 29 (insufficient), ten 10 (insufficient: not below 10), nine 9 (suppressed).
+    #   big 40 (ok), edge 30 (ok), under 29 (insufficient), ten 10 (not below 10), nine 9 (suppressed).
     #   The overall count is published, so nine = total - the others: ten, the smallest other group, is suppressed
-    #   too (complementary suppression), or nine's counts could be derived by subtraction.
-    # Selection rates: big 20/40 = .5, edge 12/30 = .4; the small groups select everyone (rate 1), which
-    # would dominate the gap if they were compared. DP difference among eligible = .5 - .4 = .1.
+    #   too (complementary suppression), or nine's counts could be derived by subtraction. Nine and ten hold
+    #   2 true negatives between them, so that pair alone bounds nine's to 0..2 (tests/test_attacks.py): under,
+    #   with 7 of each count, is withheld as well, and nine's counts are again anything from 0 to 9.
+    # Selection rates: big 20/40 = .5, edge 12/30 = .4; nine selects everyone (rate 1), which would dominate
+    # the gap if it were compared. DP difference among eligible = .5 - .4 = .1.
     blocks = [("big", 1, 0.9, 20), ("big", 0, 0.1, 20), ("edge", 1, 0.9, 12), ("edge", 0, 0.1, 18),
-              ("under", 1, 0.9, 29), ("ten", 0, 0.9, 10), ("nine", 1, 0.9, 9)]
+              ("under", 1, 0.9, 8), ("under", 1, 0.1, 7), ("under", 0, 0.9, 7), ("under", 0, 0.1, 7),
+              ("ten", 1, 0.9, 3), ("ten", 0, 0.9, 3), ("ten", 0, 0.1, 2), ("ten", 1, 0.1, 2), ("nine", 1, 0.9, 9)]
     y, proba, s = _rows(blocks)
     audit = AuditConfig(min_group_size=30, suppress_below=10, n_boot=50)
     ev = fairness.evaluate(y, proba, s, audit=audit, intersections=False, bootstrap=bootstrap)
     table = ev.groups["g"].set_index("group")
     assert table["status"].to_dict() == {"big": "ok", "edge": "ok", "nine": "suppressed",
-                                         "ten": "suppressed", "under": "insufficient_data"}
+                                         "ten": "suppressed", "under": "suppressed"}
+    assert table["withheld_by"].to_dict() == {"big": None, "edge": None, "nine": "primary", "ten": "complementary",
+                                              "under": "complementary"}
     assert table["eligible"].to_dict() == {"big": True, "edge": True, "nine": False, "ten": False, "under": False}
     dpd = ev.disparities["g"]["demographic_parity_difference"]
     assert (dpd.value, dpd.best_group, dpd.worst_group, dpd.groups_compared) == (pytest.approx(0.1), "big", "edge", 2)

@@ -160,7 +160,8 @@ def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: 
     table["status"] = np.where(hidden, "suppressed",
                                np.where(table["count"] < min_group_size, "insufficient_data", "ok"))
     # Which rule withheld it: too few rows (primary), or withheld so that a smaller group cannot be derived.
-    table["withheld_by"] = np.where(small, "primary", np.where(hidden, "complementary", None))
+    table["withheld_by"] = pd.Series(["primary" if a else "complementary" if b else None for a, b in zip(small, hidden)],
+                                     index=table.index, dtype=object)  # object: None stays None, not NaN
     table["eligible"] = table["status"] == "ok"
     for rate, denominator in DENOMINATORS.items():
         table[f"{rate}_eligible"] = table["eligible"] & (table[denominator] >= min_group_size)
