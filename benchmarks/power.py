@@ -14,7 +14,7 @@ Prints, per true DPD, P(pass), P(fail) and P(inconclusive) over ``--draws`` draw
 the scenario exactly at the limit gets three times as many, since its target is a small rate),
 with the binomial standard error, and writes the pass-probability curve to ``docs/power.png``::
 
-    python benchmarks/power.py            # about 3 minutes on one core
+    python benchmarks/power.py            # about 2 minutes
     python benchmarks/power.py --draws 100 --no-plot
 """
 
