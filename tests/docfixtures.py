@@ -287,7 +287,7 @@ def _group_rows(female: str, male: str) -> dict[str, tuple[GroupRow, ...]]:
     return {
         "sex": (GroupRow(female, "ok", True, dict(FEMALE)), GroupRow(male, "ok", True, dict(MALE)),
                 GroupRow(SMALL, "insufficient_data", False, dict(NONBINARY)),
-                GroupRow(SUPPRESSED, "suppressed", False, dict.fromkeys(FEMALE))),
+                GroupRow(SUPPRESSED, "suppressed", False, dict.fromkeys(FEMALE), withheld_by="primary")),
         "age_group": (GroupRow("25 and over", "ok", True, dict(OLDER)),
                       GroupRow("under 25", "insufficient_data", False, dict(YOUNGER))),
     }

@@ -20,6 +20,7 @@ one of them misses by Monte Carlo error alone, were its true coverage exactly no
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -31,7 +32,6 @@ from scipy.stats import binom
 
 from pipeline.core import fairness, policy, uncertainty
 from pipeline.core.config import AuditConfig, PolicyConfig
-from pipeline.core.fairness import Disparity, Evaluation
 
 N_SIMS = 1000
 N_BOOT = 1000  # audit.n_boot's default: the Bonferroni quantiles rest on its tails
@@ -193,24 +193,25 @@ def test_corrected_interval_is_the_hull_of_percentile_and_basic():
     assert lo[0] == pytest.approx(2 * 0.12 - 0.29) and math.isnan(lo[1]) and math.isnan(hi[1])
 
 
-def test_reported_and_gated_disparity_intervals_use_the_correction():
-    # Disparity replicates sit above the estimate; accuracy's are symmetric about it.
-    replicates = np.linspace(0.10, 0.30, 1001)
-    gaps = {n: Disparity(n, 0.12, None, None, 2) for n in uncertainty.DISPARITIES}
-    ev = Evaluation(overall={"accuracy": 0.9, "count": 1000.0}, groups={}, disparities={"f": gaps},
-                    samples={"f": {n: replicates for n in uncertainty.DISPARITIES},
-                             "overall": {"accuracy": np.linspace(0.85, 0.95, 1001)}}, ci_level=0.95)
-    off = dict(min_demographic_parity_ratio=None, max_equalized_odds_difference=None, max_dead_fraction=None)
-    findings = {f.id: f for f in policy.judge(PolicyConfig(**off, min_accuracy=0.8,
-                                                           max_demographic_parity_difference=0.1), ev, [])}
-    level = 1 - 0.05 / 2
-    q_lo, q_hi = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
-    dpd = findings["demographic_parity_difference:f"]
-    assert (dpd.ci_low, dpd.ci_high) == pytest.approx((2 * 0.12 - q_hi, q_hi))
-    assert dpd.status == "inconclusive"  # the percentile interval (0.1006, 0.2994) would have failed it
-    acc = findings["accuracy"]
-    assert (acc.ci_low, acc.ci_high) == pytest.approx(tuple(np.quantile(np.linspace(0.85, 0.95, 1001),
-                                                                        [(1 - level) / 2, (1 + level) / 2])))
+def test_reported_disparity_intervals_use_the_correction_and_the_gate_reads_no_replicate():
+    # The reported interval of each disparity is the corrected one of its replicates. The gate decides on
+    # closed-form bounds from the groups' counts (tests/test_gate.py): replacing every replicate changes nothing.
+    rng = np.random.default_rng(5)
+    groups = np.repeat(["a", "b", "c"], [400, 300, 60])
+    y = (rng.random(len(groups)) < 0.4).astype(np.float64)
+    proba = np.where(rng.random(len(groups)) < np.select([groups == "a", groups == "b"], [0.3, 0.36], 0.33), 0.8, 0.2)
+    ev = fairness.evaluate(y, proba, pd.DataFrame({"f": groups}), audit=AuditConfig(n_boot=400, min_group_size=50),
+                           intersections=False)
+    for name, d in ev.disparities["f"].items():
+        lo, hi = uncertainty.interval(ev.samples["f"][name], 0.95, point=d.value)
+        assert (d.ci_low, d.ci_high) == (float(lo), float(hi)), name
+    rules = PolicyConfig(min_accuracy=0.5, max_demographic_parity_difference=0.1, min_demographic_parity_ratio=0.8,
+                         max_equalized_odds_difference=0.1, max_dead_fraction=None)
+    found = policy.judge(rules, ev, [])
+    scrambled = dataclasses.replace(ev, samples={k: {m: np.full_like(v, 0.9) for m, v in by.items()}
+                                                 for k, by in ev.samples.items()})
+    assert policy.judge(rules, scrambled, []) == found
+    assert {f.judged_on for f in found} == {"interval"}
 
 
 def test_evaluate_reports_corrected_disparity_intervals():

@@ -53,7 +53,9 @@ def test_json_of_the_run_document_by_hand():
     suppressed = raw["groups"]["sex"][3]
     assert suppressed["group"] == SUPPRESSED and suppressed["status"] == "suppressed"
     assert suppressed["rates_left_out"] == []
-    assert {v for k, v in suppressed.items() if k not in ("group", "status", "eligible", "rates_left_out")} == {None}
+    assert suppressed["withheld_by"] == "primary"
+    assert {v for k, v in suppressed.items()
+            if k not in ("group", "status", "eligible", "rates_left_out", "withheld_by")} == {None}
     assert [f["passed"] for f in raw["findings"]] == [True, None, False, True, None, None, False, True, None,
                                                       False, None, True]
     gaps = raw["disparities"]["sex"]
@@ -340,10 +342,23 @@ def test_report_shows_verdict_and_every_finding(run_html):
         "Accuracy on the test split is 75.00%")
 
 
+def test_report_names_the_rule_that_withheld_each_group():
+    # A group withheld only to protect a smaller one is not labelled as small; audit.json says the same.
+    doc = small_document()
+    rows = tuple(dataclasses.replace(r, withheld_by="complementary") if r.group == SUPPRESSED else r
+                 for r in doc.groups["sex"])
+    doc = dataclasses.replace(doc, groups={**doc.groups, "sex": rows})
+    (row,) = _rows(report.render_html(doc, report.plots(doc)), SUPPRESSED)
+    assert _text(row) == f"{SUPPRESSED} suppressed (complementary: withheld so that a smaller group cannot be derived) —"
+    raw = doc.to_json()["groups"]["sex"]
+    assert [(r["group"], r["withheld_by"]) for r in raw if r["status"] == "suppressed"] == [(SUPPRESSED, "complementary")]
+    assert AuditDocument.from_json(json.loads(json.dumps(doc.to_json()))).groups["sex"] == rows
+
+
 def test_report_suppressed_group_shows_its_name_and_no_numbers(run_html):
     assert run_html.count(SUPPRESSED) == 1
     (row,) = _rows(run_html, SUPPRESSED)
-    assert _text(row) == f"{SUPPRESSED} suppressed (&lt; 10 rows) —"
+    assert _text(row) == f"{SUPPRESSED} suppressed (primary: &lt; 10 rows) —"
     (small,) = _rows(run_html, f'<td class="l">{SMALL}</td><td class="l">insufficient data</td>')
     assert _text(small).startswith(f"{SMALL} insufficient data 20 10 10 50.0% [30.0%, 70.0%]")
     assert '<td class="undefined">undefined</td>' in small  # precision 0/0

@@ -288,6 +288,8 @@ def test_finding_to_json_and_back():
         "view": None,
         "layer": None,
         "rows_to_decide": None,
+        "fail_level": None,
+        "mc_error": None,
         "passed": False,
     }
     assert policy.Finding("accuracy", "pass", 0.8, 0.75, ">=", "m").passed is True
@@ -370,20 +372,23 @@ def test_capacity_share_gap_compares_every_eligible_group():
 # --- how much data would decide an inconclusive check ------------------------------------------------
 
 
-def _gated(value: float, replicates: np.ndarray, *, count_male=400, count_female=100) -> Evaluation:
-    """Selection-rate gap by sex with bootstrap replicates; the two groups' sizes in the group table."""
-    table = pd.DataFrame({"group": ["Female", "Male"], "count": [count_female, count_male]})
-    return Evaluation(overall={"accuracy": 0.9, "count": 500.0}, groups={"sex": table},
-                      disparities={"sex": gaps(dpd=value)}, samples={"sex": {"demographic_parity_difference": replicates}},
-                      ci_level=0.95)
+def _gated(selected_male: int, selected_female: int, *, count_male=400, count_female=100) -> Evaluation:
+    """Selection-rate gap by sex on real rows: the given numbers selected of each group (labels half positive)."""
+    rows = []
+    for group, n, selected in (("Male", count_male, selected_male), ("Female", count_female, selected_female)):
+        rows += [(group, i % 2, 0.8 if i < selected else 0.2) for i in range(n)]
+    y = np.array([r[1] for r in rows], dtype=np.float64)
+    proba = np.array([r[2] for r in rows])
+    return fairness.evaluate(y, proba, pd.DataFrame({"sex": [r[0] for r in rows]}),
+                             audit=AuditConfig(n_boot=50, min_group_size=10), intersections=False)
 
 
-@pytest.mark.parametrize(("value", "center"), [(0.07, 0.07), (0.13, 0.13)], ids=["passing_side", "failing_side"])
-def test_rows_to_decide_an_inconclusive_disparity(value, center):
-    # Replicates spread evenly over center +- 0.06: the 95% interval straddles the 0.10 threshold.
-    replicates = center + np.linspace(-0.06, 0.06, 2001)
+@pytest.mark.parametrize(("female", "value"), [(23, 0.07), (17, 0.13)], ids=["passing_side", "failing_side"])
+def test_rows_to_decide_an_inconclusive_disparity(female, value):
+    # Male 120 of 400 selected (0.30), Female 23 or 17 of 100: the bounds straddle the 0.10 threshold.
     (f,) = policy.judge(only(max_demographic_parity_difference=0.10, multiple_comparisons="none"),
-                        _gated(value, replicates), [])
+                        _gated(120, female), [])
+    assert f.value == pytest.approx(value)
     assert f.status == "inconclusive" and f.ci_low < 0.10 < f.ci_high
     # By hand: the bound facing the threshold must move to it; the half-width shrinks as 1/sqrt(rows).
     half = (f.ci_high - value) if value < 0.10 else (value - f.ci_low)
@@ -395,11 +400,12 @@ def test_rows_to_decide_an_inconclusive_disparity(value, center):
 
 def test_rows_to_decide_only_for_inconclusive_findings():
     passing = policy.judge(only(max_demographic_parity_difference=0.10, multiple_comparisons="none"),
-                           _gated(0.05, 0.05 + np.linspace(-0.01, 0.01, 501)), [])
+                           _gated(1200, 250, count_male=4000, count_female=1000), [])
     on_threshold = policy.judge(only(max_demographic_parity_difference=0.10, multiple_comparisons="none"),
-                                _gated(0.10, 0.10 + np.linspace(-0.05, 0.05, 501)), [])
+                                _gated(120, 20), [])
     assert passing[0].status == "pass" and passing[0].rows_to_decide is None
     # A value on the threshold: no sample size decides it, and the finding says nothing it cannot back.
+    assert on_threshold[0].value == pytest.approx(0.10)
     assert on_threshold[0].status == "inconclusive" and on_threshold[0].rows_to_decide is None
     assert "would likely decide" not in on_threshold[0].message
 
@@ -423,8 +429,7 @@ def test_rows_to_decide_only_for_inconclusive_findings():
     ids=["le-passing", "le-failing", "ge-passing", "ge-failing"],
 )
 def test_rows_to_decide_uses_the_bound_facing_the_threshold(comparison, threshold, value, low, high, rows):
-    # judge() passes intervals with point=, which are symmetric about the value (the hull of the percentile
-    # and basic intervals), so both half-widths agree there; an asymmetric interval tells the two apart.
+    # The gate's bounds are asymmetric (the fail bound at a stricter level): each side is read on its own.
     check = policy._Check(vocab.CheckRef("x"), value, threshold, comparison,
                           dict.fromkeys(("pass", "fail", "inconclusive", "not_evaluated"), ""), sizes={"everyone": 100})
     assert policy._rows_to_decide(check, low, high) == {"everyone": rows}

@@ -127,7 +127,7 @@ class AuditConfig:
     capacity_sample: int = field(default=2048, metadata=_check(ge=1))  # rows probed per epoch
     suppress_below: int = field(default=10, metadata=_check(ge=0))  # smaller groups: counts and rates withheld
     n_boot: int = field(default=1000, metadata=_check(ge=10))  # bootstrap resamples
-    ci_level: float = field(default=0.95, metadata=_check(gt=0, lt=1))  # bootstrap interval level
+    ci_level: float = field(default=0.95, metadata=_check(gt=0, lt=1))  # reported intervals; gate pass bounds (one-sided)
     bootstrap_seed: int = 0
     calibration_bins: int = field(default=10, metadata=_check(ge=2))  # equal-width bins for ECE
     rare_threshold: float = field(default=0.01, metadata=_check(gt=0, lt=1))  # fires on fewer rows: rarely firing
@@ -152,7 +152,7 @@ class PolicyConfig:
     # An inconclusive verdict (compliance not shown) exits 1 like a fail; false: it exits 0 (the
     # verdict stays "inconclusive" and the registry alias still moves only on "pass").
     inconclusive_fails: bool = True
-    multiple_comparisons: Literal["bonferroni", "none"] = "bonferroni"  # widen gate intervals for many checks
+    multiple_comparisons: Literal["bonferroni", "none"] = "bonferroni"  # correct the fail bounds for many checks
     baseline_tolerance: float = field(default=0.02, metadata=_check(ge=0, le=1))  # allowed worsening vs --baseline
 
 

@@ -31,24 +31,29 @@ than any pattern of other groups, so one is withheld only when nothing else free
 target. Ties go to the first pattern in a fixed order (views in the order given, groups
 in table order), so the result is deterministic.
 
+Integer bounds. Counts are non-negative integers, so a withheld cell no sum pins can still be
+bounded (on the linear plan alone: a small group's false positives to exactly 5). After the linear
+plan, :func:`_protect` plays an integer-programming attacker (:class:`_Attacker`,
+``scipy.optimize.milp``) that knows every relation above, integrality, and each withheld group's
+rule (published as ``withheld_by``: primary 1 to N - 1 rows, complementary N or more). A primary
+group is protected when the smallest and largest of its size and of each of its cells are those the
+same attacker finds with every group withheld (what the threshold and the totals say). Until then
+the cheapest pattern through it that lifts a short bound is withheld too; one that no pattern can
+protect is reported (``bounded``).
+
 Guarantee. Against exact linear differencing of everything these tables publish, no
 withheld group's tp, fp, tn or fn, nor any linear combination of them (its size, its
 positives), is determined: each is free along at least one direction that leaves all
-published numbers unchanged. Suppression is structural: it depends on which groups are
-withheld, not on their values, so it holds for every cell type at once.
+published numbers unchanged. Against integer bounds, no primary group's size or cells are
+bounded more tightly than with every group withheld, unless reported as ``bounded``.
 
 Not protected against:
 
-- *bounds*. Counts are non-negative integers, so every withheld value lies in an interval
-  (a withheld pair whose published difference is 2 people holds 0 to 2 each); when a
-  withheld sum is 0, non-negativity gives every part as 0. Statistical agencies add
-  protection intervals checked by linear programming; this module does not.
-- *sums of withheld groups*: a rectangle's two cells in one margin row sum to a published
-  number (their union is a published, larger group);
-- *non-linear statistics* published elsewhere (overall ROC AUC and log loss, bootstrap
-  intervals of published groups) and published zeros (empty intersections are listed);
+- *non-linear statistics* published elsewhere (overall ROC AUC and log loss, per-group scores
+  and bootstrap intervals of published groups) and published zeros (empty intersections are
+  listed); reliability bins are not published when anything is withheld (``fairness.evaluate``);
 - *other releases* of overlapping data (another audit of the same rows with a different
-  pattern, a baseline run): differencing across releases is not checked;
+  pattern, a baseline run, mitigation candidates): differencing across releases is not checked;
 - a view with a single group, which equals the published total: reported as ``exposed``.
 """
 
@@ -57,8 +62,9 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Literal
 
 import numpy as np
 
@@ -72,6 +78,7 @@ class Suppression:
     primary: dict[str, np.ndarray]  # fewer rows than the threshold
     suppressed: dict[str, np.ndarray]  # primary or complementary
     exposed: dict[str, np.ndarray]  # withheld yet still determined: no pattern can free them
+    bounded: dict[str, np.ndarray] = field(default_factory=dict)  # primary, bounded more tightly than 0..threshold-1
 
     @property
     def complementary(self) -> dict[str, np.ndarray]:
@@ -80,7 +87,8 @@ class Suppression:
 
 
 def suppression(counts: Mapping[str, np.ndarray], nesting: Mapping[str, Mapping[str, np.ndarray]], *,
-                suppress_below: int, avoid: Mapping[str, np.ndarray] | None = None) -> Suppression:
+                suppress_below: int, avoid: Mapping[str, np.ndarray] | None = None,
+                against: Literal["bounds", "differencing"] = "bounds") -> Suppression:
     """Primary and complementary suppression over every published view.
 
     Parameters
@@ -96,6 +104,10 @@ def suppression(counts: Mapping[str, np.ndarray], nesting: Mapping[str, Mapping[
     avoid
         Per view, groups to withhold only when no pattern of other groups frees a target
         (the groups that are gated).
+    against
+        ``bounds`` (the audit's): no withheld group is determined, and no small (primary) group's
+        cells or size are bounded by integer programming more tightly than the threshold says.
+        ``differencing``: only the first (the linear guarantee; fewer groups withheld).
 
     Returns
     -------
@@ -104,24 +116,25 @@ def suppression(counts: Mapping[str, np.ndarray], nesting: Mapping[str, Mapping[
     """
     system = _System(counts, nesting)
     sizes = system.sizes
-    primary = sizes < suppress_below
+    primary = (sizes < suppress_below) & (sizes > 0)  # a group with no rows is not in any table
     hidden = primary.copy()
     avoided = system.flatten(avoid) if avoid is not None else np.zeros(system.n, dtype=bool)
     # Rows newly withheld; an avoided group costs more than withholding every other group there is.
     penalty = float(sizes.sum()) + 1.0
     base_cost = sizes + penalty * avoided
     exposed = np.zeros(system.n, dtype=bool)
+    bounded = np.zeros(system.n, dtype=bool)
+    baseline = None
     while True:
-        pinned = np.flatnonzero(hidden & system.determined(hidden) & ~exposed)
-        if not len(pinned):
+        hidden = _unpin(system, hidden, exposed, base_cost)
+        if against == "differencing" or not primary.any():
             break
-        target = pinned[np.lexsort((pinned, sizes[pinned]))[0]]  # smallest first, then table order
-        cost = np.where(hidden, 0.0, base_cost)
-        pattern = system.cheapest_pattern(target, cost)
-        if pattern is None:
-            exposed[target] = True
-        else:
-            hidden |= pattern
+        # What the attacker would know with every group withheld: the threshold and the totals, nothing else.
+        baseline = baseline or _Attacker(system, np.ones(system.n, dtype=bool), primary, suppress_below)
+        grown = _protect(system, hidden, primary, bounded, base_cost, suppress_below, baseline)
+        if grown is None:
+            break
+        hidden = grown
     forced = hidden & ~primary & avoided
     if forced.any():
         logger.warning("Disclosure control withheld %d gated group(s) of %s to protect smaller ones; withheld groups "
@@ -129,7 +142,138 @@ def suppression(counts: Mapping[str, np.ndarray], nesting: Mapping[str, Mapping[
     if exposed.any():
         logger.warning("Disclosure control cannot protect %d withheld group(s) of %s: each is its view's only group "
                        "and equals the published total", int(exposed.sum()), _views_of(system, exposed))
-    return Suppression(system.split(primary), system.split(hidden), system.split(exposed))
+    if bounded.any():
+        logger.warning("Disclosure control cannot keep %d small withheld group(s) of %s as uncertain as the threshold "
+                       "promises: published counts bound them more tightly than the threshold (1 to %d rows) and the "
+                       "overall totals do",
+                       int(bounded.sum()), _views_of(system, bounded), suppress_below - 1)
+    return Suppression(system.split(primary), system.split(hidden), system.split(exposed), system.split(bounded))
+
+
+def _unpin(system: _System, hidden: np.ndarray, exposed: np.ndarray, base_cost: np.ndarray) -> np.ndarray:
+    """Withhold patterns until no withheld group follows exactly from the published ones (``exposed``: none can)."""
+    hidden = hidden.copy()
+    while True:
+        pinned = np.flatnonzero(hidden & system.determined(hidden) & ~exposed)
+        if not len(pinned):
+            return hidden
+        target = pinned[np.lexsort((pinned, system.sizes[pinned]))[0]]  # smallest first, then table order
+        pattern = system.cheapest_pattern(target, np.where(hidden, 0.0, base_cost))
+        if pattern is None:
+            exposed[target] = True
+        else:
+            hidden |= pattern
+
+
+_CANDIDATES = 40  # patterns tried per target, cheapest first: bounds the solver calls on wide tables
+
+
+def _protect(system: _System, hidden: np.ndarray, primary: np.ndarray, bounded: np.ndarray, base_cost: np.ndarray,
+             suppress_below: int, baseline: _Attacker) -> np.ndarray | None:
+    """One more pattern for the smallest primary group the integer attacker can bound, or None when none can be.
+
+    The attacker (:class:`_Attacker`) knows every published relation, that counts are non-negative
+    integers, and each withheld group's reason: a primary group has 1 to ``suppress_below - 1``
+    rows, a complementary one at least ``suppress_below``. A primary group is protected when each
+    bound on its size and on each of its cells is the one ``baseline`` finds, the same attacker with
+    every group withheld: then the attacker learns no more than the threshold and the overall totals
+    say (a size from 1 to ``suppress_below - 1``, each cell from 0 to that or to its total, less
+    what the other small groups' own rows imply). The pattern added is the
+    cheapest that lifts the first bound found short, else the cheapest that moves it furthest;
+    when none moves it, the target is marked ``bounded`` (in place) and left as it is.
+    """
+    todo = np.flatnonzero(hidden & primary & ~bounded)
+    if not len(todo):
+        return None
+    attacker = _Attacker(system, hidden, primary, suppress_below)
+    for target in todo[np.lexsort((todo, system.sizes[todo]))]:
+        short = attacker.short(target, baseline)
+        if short is None:
+            continue
+        objective, needed = short
+        cost = np.where(hidden, 0.0, base_cost)
+        tried = sorted((float(cost[z != 0].sum()), i, z != 0) for i, z in enumerate(system.null_patterns(target))
+                       if ((z != 0) & ~hidden).any())
+        reached = attacker.extreme(target, objective)
+        best = None
+        for _, _, mask in tried[:_CANDIDATES]:
+            found = _Attacker(system, hidden | mask, primary, suppress_below).extreme(target, objective)
+            if found >= needed:
+                return hidden | mask
+            if found > reached and (best is None or found > best[0]):
+                best = (found, mask)
+        if best is not None:
+            return hidden | best[1]
+        bounded[target] = True
+        return hidden
+    return None
+
+
+class _Attacker:
+    """Bounds on withheld counts from everything published, by integer programming (``scipy.optimize.milp``).
+
+    Unknowns are the cells of the withheld groups, non-negative integers; each cell type obeys the
+    published relations (``_System.matrix``); each withheld group's size is 1 to ``suppress_below -
+    1`` if primary, at least ``suppress_below`` if complementary.
+    """
+
+    def __init__(self, system: _System, hidden: np.ndarray, primary: np.ndarray, suppress_below: int):
+        from scipy.optimize import LinearConstraint  # only when a small group is withheld (about 1 s to import)
+
+        self.top = suppress_below - 1
+        self.hidden = np.flatnonzero(hidden)
+        self.position = {int(g): i for i, g in enumerate(self.hidden)}
+        k = self.k = system.cells.shape[1]
+        a = system.matrix[:, self.hidden].astype(np.float64)
+        a = a[np.any(a != 0, axis=1)]
+        rhs = a @ system.cells[self.hidden].astype(np.float64)  # (relations, k): the published constants
+        h = len(self.hidden)
+        rows, lows, highs = [], [], []
+        for c in range(k):  # x[i * k + c]: cell c of the i-th withheld group
+            block = np.zeros((len(a), h * k))
+            block[:, c::k] = a
+            rows.append(block)
+            lows.append(rhs[:, c])
+            highs.append(rhs[:, c])
+        small = primary[self.hidden]
+        rows.append(np.kron(np.eye(h), np.ones(k)))
+        lows.append(np.where(small, 1.0, float(suppress_below)))
+        highs.append(np.where(small, float(self.top), np.inf))
+        self.constraints = LinearConstraint(np.vstack(rows), np.concatenate(lows), np.concatenate(highs))
+        self.n = h * k
+        self._cache: dict = {}
+
+    def extreme(self, group: int, objective: tuple[tuple[int, ...], int]) -> float:
+        """The largest (sign +1) or the negated smallest (sign -1) sum of the given cells of ``group``."""
+        from scipy.optimize import Bounds, milp
+
+        cells, sign = objective
+        c = np.zeros(self.n)
+        c[[self.position[int(group)] * self.k + j for j in cells]] = -float(sign)  # milp minimizes
+        found = milp(c, integrality=np.ones(self.n), bounds=Bounds(0, np.inf), constraints=self.constraints)
+        if found.status != 0:  # the true counts are a solution, so this is a solver failure, never a proof
+            raise RuntimeError(f"disclosure: the integer program did not solve ({found.message})")
+        return float(-c @ np.rint(found.x))
+
+    def objectives(self) -> list[tuple[tuple[int, ...], int]]:
+        """Every bound the attacker may narrow: the size's largest and smallest, then each cell's."""
+        size = tuple(range(self.k))
+        cells = [((j,), sign) for j in range(self.k) for sign in (+1, -1)] if self.k > 1 else []
+        return [(size, +1), (size, -1), *cells]
+
+    def short(self, group: int, baseline: _Attacker) -> tuple[tuple[tuple[int, ...], int], float] | None:
+        """The first bound of ``group`` narrower than ``baseline``'s (objective, value it must reach), or None."""
+        for objective in self.objectives():
+            needed = baseline.cached(group, objective)
+            if self.extreme(group, objective) < needed:
+                return objective, needed
+        return None
+
+    def cached(self, group: int, objective: tuple[tuple[int, ...], int]) -> float:
+        key = (int(group), objective)
+        if key not in self._cache:
+            self._cache[key] = self.extreme(group, objective)
+        return self._cache[key]
 
 
 def determined(counts: Mapping[str, np.ndarray], nesting: Mapping[str, Mapping[str, np.ndarray]],
@@ -165,8 +309,9 @@ class _System:
         starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
         self.slices = {v: slice(starts[i], starts[i + 1]) for i, v in enumerate(self.views)}
         self.n = int(starts[-1])
-        self.sizes = np.concatenate([np.asarray(counts[v]).reshape(lengths[i], -1).sum(axis=1)
-                                     for i, v in enumerate(self.views)]).astype(np.float64)
+        self.cells = np.concatenate([np.asarray(counts[v]).reshape(lengths[i], -1)
+                                     for i, v in enumerate(self.views)]).astype(np.int64)
+        self.sizes = self.cells.sum(axis=1).astype(np.float64)
         self.nesting = {fine: {coarse: np.asarray(index, dtype=int) for coarse, index in maps.items()}
                         for fine, maps in nesting.items()}
         rows = []
@@ -211,13 +356,16 @@ class _System:
     def cheapest_pattern(self, target: int, cost: np.ndarray) -> np.ndarray | None:
         """The cheapest pattern through ``target`` (mask over all groups), or None if none exists."""
         best = None
-        for z in self._patterns(target):
-            if not np.any(self.matrix @ z):  # a true null direction: every published number stays
-                mask = z != 0
-                price = float(cost[mask].sum())
-                if best is None or price < best[0]:
-                    best = (price, mask)
+        for z in self.null_patterns(target):
+            mask = z != 0
+            price = float(cost[mask].sum())
+            if best is None or price < best[0]:
+                best = (price, mask)
         return None if best is None else best[1]
+
+    def null_patterns(self, target: int):
+        """The candidate patterns through ``target`` that are true null directions: every published number stays."""
+        return (z for z in self._patterns(target) if not np.any(self.matrix @ z))
 
     def _patterns(self, target: int):
         """Candidate null directions through ``target``, in a fixed order."""

@@ -103,7 +103,10 @@ class Finding(_Record):
     comparison: vocab.Comparison
     message: str
     judged_on: str = "point"  # "point" or "interval"
-    ci_low: float | None = None  # the interval the gate used (Bonferroni-widened when configured)
+    # The gate's bounds (policy): for a ceiling, ci_high decides a pass and ci_low a fail; for a floor the
+    # other way round. Each is one-sided: the pass bound at ci_level, the fail bound at fail_level
+    # (Bonferroni-corrected when configured). Closed-form, so mc_error (their Monte-Carlo error) is 0.
+    ci_low: float | None = None
     ci_high: float | None = None
     ci_level: float | None = None
     seed_range: float | None = None  # max - min of the value across training seeds
@@ -114,6 +117,8 @@ class Finding(_Record):
     view: str | None = None
     layer: int | None = None
     rows_to_decide: dict[str, int] | None = None  # inconclusive: test rows per group likely to decide it
+    fail_level: float | None = None
+    mc_error: float | None = None
 
     @property
     def passed(self) -> bool | None:
@@ -140,6 +145,9 @@ class GroupRow:
     eligible: bool  # large enough to be gated
     values: dict[str, float | None]
     rates_left_out: tuple[str, ...] = ()  # of an eligible group: rates whose denominator is too small to compare
+    # Of a suppressed group, the rule that withheld it: "primary" (fewer than audit.suppress_below rows) or
+    # "complementary" (withheld so that a smaller group cannot be derived from the published numbers).
+    withheld_by: str | None = None
 
     @property
     def suppressed(self) -> bool:
@@ -147,16 +155,16 @@ class GroupRow:
 
     def to_json(self) -> dict:
         return {"group": self.group, **_clean(self.values), "status": self.status, "eligible": self.eligible,
-                "rates_left_out": list(self.rates_left_out)}
+                "rates_left_out": list(self.rates_left_out), "withheld_by": self.withheld_by}
 
     @classmethod
     def from_json(cls, raw: dict) -> GroupRow:
         values = {k: v for k, v in raw.items() if k not in _GROUP_FIELDS}
         return cls(group=raw["group"], status=raw["status"], eligible=raw["eligible"], values=values,
-                   rates_left_out=tuple(raw["rates_left_out"]))
+                   rates_left_out=tuple(raw["rates_left_out"]), withheld_by=raw.get("withheld_by"))
 
 
-_GROUP_FIELDS = ("group", "status", "eligible", "rates_left_out")
+_GROUP_FIELDS = ("group", "status", "eligible", "rates_left_out", "withheld_by")
 
 
 @dataclass(frozen=True)
@@ -912,7 +920,9 @@ def _group_rows(table) -> tuple[GroupRow, ...]:
         left_out = tuple(rate for flag, rate in flags.items() if record["eligible"] and not record[flag])
         if record["status"] == "suppressed":
             values = dict.fromkeys(values)
-        rows.append(GroupRow(str(record["group"]), record["status"], bool(record["eligible"]), values, left_out))
+        by = record.get("withheld_by")
+        rows.append(GroupRow(str(record["group"]), record["status"], bool(record["eligible"]), values, left_out,
+                             by if isinstance(by, str) else None))
     return tuple(rows)
 
 

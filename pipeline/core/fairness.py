@@ -73,6 +73,11 @@ def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float,
                     y_pred: np.ndarray | None = None) -> dict[str, float]:
     """Accuracy, balanced accuracy, ROC AUC and log loss on the whole test split.
 
+    Log loss clips each probability to [eps, 1 - eps] of its dtype, as scikit-learn's ``log_loss``
+    does (float64 scores: eps = 2.2e-16, so a row costs at most 36.04, reached only by a logit
+    beyond ±36.7, where float64's sigmoid is 0 or 1). It used to clip at 1e-7 (a row at most
+    16.1), which on confident mistakes understated it (2.55 reported for 3.55).
+
     ``y_pred``: the decisions, when they are not ``proba >= threshold`` (a post-processed model).
     """
     y_pred = (proba >= threshold).astype(int) if y_pred is None else y_pred
@@ -83,7 +88,7 @@ def overall_metrics(y_true: np.ndarray, proba: np.ndarray, *, threshold: float,
         "accuracy": float(rates["accuracy"]),
         "balanced_accuracy": balanced_accuracy(counts) if both_classes else math.nan,
         "roc_auc": roc_auc(y_true, proba) if both_classes else math.nan,
-        "log_loss": log_loss(y_true, np.clip(proba, 1e-7, 1 - 1e-7)),
+        "log_loss": log_loss(y_true, proba),
         "selection_rate": float(rates["selection_rate"]),
         "base_rate": _rate(np.sum(y_true == 1), len(y_true)),
         "count": float(len(y_true)),
@@ -150,15 +155,27 @@ def _table(counts: uncertainty.CountTable, min_group_size: int, suppress_below: 
     c = counts.counts
     table = pd.DataFrame({"group": list(counts.groups), "count": c.sum(1), "positives": c[:, 0] + c[:, 3],
                           "negatives": c[:, 1] + c[:, 2], **uncertainty.rates(c)})
-    hidden = table["count"].to_numpy() < suppress_below
-    if withheld is not None:
-        hidden = hidden | withheld
+    small = table["count"].to_numpy() < suppress_below
+    hidden = small | withheld if withheld is not None else small
     table["status"] = np.where(hidden, "suppressed",
                                np.where(table["count"] < min_group_size, "insufficient_data", "ok"))
+    # Which rule withheld it: too few rows (primary), or withheld so that a smaller group cannot be derived.
+    table["withheld_by"] = pd.Series(["primary" if a else "complementary" if b else None for a, b in zip(small, hidden)],
+                                     index=table.index, dtype=object)  # object: None stays None, not NaN
     table["eligible"] = table["status"] == "ok"
     for rate, denominator in DENOMINATORS.items():
         table[f"{rate}_eligible"] = table["eligible"] & (table[denominator] >= min_group_size)
     return table
+
+
+def table_counts(table: pd.DataFrame) -> np.ndarray:
+    """Each group's confusion counts (tp, fp, tn, fn), shape (groups, 4), back from a group table's
+    positives, negatives and rates (exact: a rate is x / n, and round(x / n * n) is x)."""
+    pos, neg = (table[c].to_numpy(dtype=np.float64) for c in ("positives", "negatives"))
+    tpr, fpr = (np.nan_to_num(table[c].to_numpy(dtype=np.float64)) for c in ("true_positive_rate",
+                                                                             "false_positive_rate"))
+    tp, fp = np.rint(tpr * pos), np.rint(fpr * neg)
+    return np.stack([tp, fp, neg - fp, pos - tp], axis=1).astype(np.int64)
 
 
 def eligible_masks(table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -244,6 +261,10 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
         {name: t.counts for name, t in tables.items()}, nesting, suppress_below=audit.suppress_below,
         avoid={name: t.sizes >= max(audit.min_group_size, audit.suppress_below) for name, t in tables.items()},
     ).suppressed
+    # Reliability bins show scores and labels bin by bin: published only when no group is withheld. Otherwise the
+    # bins of any fully published view (summing to everyone's) minus those of another view's published groups
+    # give the withheld rows' histogram, and a bin holding one withheld person gives their score and outcome.
+    with_bins = not any(mask.any() for mask in withheld.values())
     for name, cols in audited.items():
         counts = tables[name]
         masks = [(g, labels[name] == g) for g in counts.groups]
@@ -251,10 +272,9 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, sensitive: pd.DataFrame, *, 
         gaps[name] = disparities(table)
         if len(cols) > 1:
             empty[name] = _empty_combinations(sensitive[cols], counts.groups)
-        else:  # reliability bins show scores and labels: only for published groups
-            shown = set(table.loc[table["status"] != "suppressed", "group"])
+        elif with_bins:
             bins[name] = {g: uncertainty.reliability(y_true[mask], proba[mask], bins=audit.calibration_bins)
-                          for g, mask in masks if g in shown}
+                          for g, mask in masks}
         if bootstrap:
             table, gaps[name], samples[name] = _with_intervals(
                 table, counts, gaps[name], y_true, proba, masks, audit, rng, resampled)

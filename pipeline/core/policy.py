@@ -2,20 +2,31 @@
 
 Each finding says in one sentence what was measured, against what, and what it means.
 
-With ``gate_on: interval`` (the default) a check is judged on its bootstrap interval:
-it fails only when the whole interval is on the wrong side of the threshold, passes
-when the whole interval is on the right side, and is ``inconclusive`` otherwise.
+With ``gate_on: interval`` (the default) a check is judged on two one-sided confidence bounds:
+it **passes** when the bound on the threshold's far side clears the threshold (for a ceiling,
+the upper bound is at or below it), **fails** when the bound on the near side is beyond it (the
+lower bound above a ceiling), and is ``inconclusive`` otherwise.
 
 The verdict must *show* compliance to pass, as equivalence testing does: ``pass`` only
 when every finding passes and every sensitive feature has at least one fairness check
 evaluated; ``fail`` when any finding fails; ``inconclusive`` otherwise (exit 1 unless
-``inconclusive_fails: false``). Many checks are judged at once
-(three per audited feature, plus accuracy), so with ``multiple_comparisons: bonferroni``
-each interval is widened to level 1 - (1 - ci_level) / m for m interval-judged checks:
-then the chance that *any* check is declared failed while the truth is on the right
-side stays below 1 - ci_level. Bonferroni is chosen because the checks share data and
-are strongly dependent, and it holds under any dependence; its cost is wider intervals,
-i.e. more inconclusive findings rather than false alarms.
+``inconclusive_fails: false``).
+
+Levels. A pass needs *every* check to pass: an intersection-union test (Berger 1982; TOST in
+bioequivalence). If any one check is truly violated, the verdict passes only if that check's
+bound misses, which happens with probability at most alpha = 1 - ``ci_level``; so each pass
+bound is one-sided at level ``ci_level`` with no correction for the number of checks, and the
+chance of passing a model that violates the policy stays below alpha. A fail needs only one
+check to fail, a union: with ``multiple_comparisons: bonferroni`` each fail bound is one-sided
+at level 1 - alpha / (m t), for m judged checks and t the ordered pairs of groups the check's
+gap is taken over (``uncertainty.gap_bounds``), so the chance that *any* check fails while the
+truth is within policy stays below alpha (under any dependence; the checks share data).
+
+The bounds are closed-form score bounds from each group's counts (``uncertainty.wilson``,
+``difference_bounds``, ``ratio_bounds``): Wilson for accuracy, Newcombe's hybrid score bound for
+gaps in selection rate, TPR and FPR, MOVER-R for the selection-rate ratio. They do not depend on
+the bootstrap seed (their Monte-Carlo error, ``Finding.mc_error``, is 0); the bootstrap intervals
+of ``audit.json``'s groups and disparities are reported, not gated.
 
 A check whose value is undefined (fewer than two groups large enough to compare, a
 group with no positives) is ``not_evaluated``: shown, not failing, not passing. Dead
@@ -25,12 +36,11 @@ units are counted exactly on the training data, so they are judged on the count 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from pipeline.core import uncertainty
+from pipeline.core import fairness, uncertainty
 from pipeline.core import vocabulary as vocab
 from pipeline.core.config import PolicyConfig
 from pipeline.core.document import Finding
@@ -50,7 +60,9 @@ class _Check:
     threshold: float
     comparison: vocab.Comparison
     sentences: dict[str, str]  # pass / fail / inconclusive / not_evaluated
-    samples: np.ndarray | None = None  # bootstrap replicates, when the value has them
+    # One-sided (lower, upper) bounds of the value at a given error alpha, when the value has them.
+    bounds: Callable[[float], tuple[float, float]] | None = None
+    tests: int = 1  # comparisons inside the check (ordered pairs of groups): the fail bound's correction
     metric: str | None = None  # the MLflow key of the value (and of its spread across seeds)
     regression: bool = False  # the change since a baseline audit, not the value itself
     sizes: dict[str, int] | None = None  # rows of the groups (or of everyone) the value is measured on
@@ -97,20 +109,24 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth
         else _unmeasured_capacity(policy, no_capacity)
     checks = (_fairness_checks(policy, evaluation) + capacity
               + (_baseline_checks(policy, evaluation, layers, baseline) if baseline else []))
-    on_interval = policy.gate_on == "interval"
-    level = evaluation.ci_level
-    judged = sum(c.samples is not None and not math.isnan(c.value) for c in checks)  # undefined ones are not judged
-    if on_interval and policy.multiple_comparisons == "bonferroni" and judged > 1:
-        level = 1 - (1 - level) / judged
+    on_interval = policy.gate_on == "interval" and not math.isnan(evaluation.ci_level)
+    alpha = 1 - evaluation.ci_level  # one-sided error of a pass bound (and of a fail bound before correction)
+    judged = sum(c.bounds is not None and not math.isnan(c.value) for c in checks)  # undefined ones are not judged
     seed_ranges = seed_ranges or {}
     findings = []
     for c in checks:
-        interval = on_interval and c.samples is not None and not math.isnan(level)
-        low, high = uncertainty.interval(c.samples, level, point=c.value) if interval else (math.nan, math.nan)
+        interval = on_interval and c.bounds is not None
+        low = high = pass_level = fail_level = math.nan
+        if interval:
+            fail_alpha = alpha / (max(judged, 1) * max(c.tests, 1)) if policy.multiple_comparisons == "bonferroni" \
+                else alpha
+            (pass_low, pass_high), (fail_low, fail_high) = c.bounds(alpha), c.bounds(fail_alpha)
+            low, high = (fail_low, pass_high) if c.comparison == "<=" else (pass_low, fail_high)
+            pass_level, fail_level = 1 - alpha, 1 - fail_alpha
         status = _status(c.value, float(low), float(high), c.threshold, c.comparison, interval)
         message = c.sentences[status]
         if interval and status != "not_evaluated":
-            message += f" (Gate interval at {level:.1%}: {_num(low)} to {_num(high)}.)"
+            message += _bounds_sentence(c.comparison, low, high, pass_level, fail_level)
         spread = seed_ranges.get(c.metric) if c.metric else None
         sensitive = spread is not None and not math.isnan(c.value) and spread > abs(c.value - c.threshold)
         if sensitive:
@@ -125,12 +141,22 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth
             id=c.id, status=status, value=_clean(c.value), threshold=c.threshold, comparison=c.comparison,
             message=message, judged_on="interval" if interval else "point",
             ci_low=_clean(float(low)) if interval else None, ci_high=_clean(float(high)) if interval else None,
-            ci_level=level if interval else None, seed_range=_clean(spread) if spread is not None else None,
+            ci_level=pass_level if interval else None, fail_level=fail_level if interval else None,
+            mc_error=0.0 if interval else None, seed_range=_clean(spread) if spread is not None else None,
             seed_sensitive=sensitive, metric=None if c.regression else c.metric,
             regression_of=c.ref.id if c.regression else None, check=c.ref.check, view=c.ref.view,
             layer=c.ref.layer, rows_to_decide=needed,
         ))
     return findings
+
+
+def _bounds_sentence(comparison: str, low: float, high: float, pass_level: float, fail_level: float) -> str:
+    """Which bound decides a pass and which a fail, at their one-sided levels."""
+    if comparison == "<=":
+        return (f" (Gate: upper bound {_num(high)} at {pass_level:.1%} one-sided decides a pass, lower bound "
+                f"{_num(low)} at {fail_level:.2%} a fail.)")
+    return (f" (Gate: lower bound {_num(low)} at {pass_level:.1%} one-sided decides a pass, upper bound "
+            f"{_num(high)} at {fail_level:.2%} a fail.)")
 
 
 def _rows_to_decide(c: _Check, low: float, high: float) -> dict[str, int] | None:
@@ -148,15 +174,63 @@ def _rows_to_decide(c: _Check, low: float, high: float) -> dict[str, int] | None
     passing_side = c.value <= c.threshold if c.comparison == "<=" else c.value >= c.threshold
     # The bound that must cross: the upper one for "<=" on the passing side or ">=" on the failing side.
     half = (high - c.value) if (c.comparison == "<=") == passing_side else (c.value - low)
-    if distance == 0 or half <= 0:
+    # A value on the threshold up to float rounding (0.30 - 0.20 is 0.09999999999999998): nothing decides it.
+    if distance <= 1e-12 or half <= 0:
         return None
     factor = (half / distance) ** 2
     return {g: math.ceil(n * factor) for g, n in c.sizes.items()}
 
 
+Bounds = tuple[Callable[[float], tuple[float, float]], int]  # bounds at a given alpha, and their tests
+
+
+def _accuracy_bounds(evaluation: Evaluation) -> Bounds | None:
+    """Wilson bounds of overall accuracy, from its count of correct decisions."""
+    n, accuracy = evaluation.overall.get("count"), evaluation.overall.get("accuracy")
+    if n is None or accuracy is None or math.isnan(n) or math.isnan(accuracy):
+        return None
+    correct = round(accuracy * n)
+
+    def bounds(alpha: float) -> tuple[float, float]:
+        low, high = uncertainty.wilson(correct, n, alpha=alpha)
+        return float(low), float(high)
+
+    return bounds, 1
+
+
+def _gap_bounds(evaluation: Evaluation, view: str) -> dict[str, Bounds]:
+    """Per gated disparity of ``view``, its closed-form bounds over the groups that enter it (none without counts)."""
+    table = evaluation.groups.get(view)
+    if table is None or "positives" not in table or "true_positive_rate" not in table:
+        return {}
+    tp, fp, tn, fn = fairness.table_counts(table).T
+    eligible = fairness.eligible_masks(table)
+    rates = {"selection_rate": (tp + fp, tp + fp + tn + fn), "true_positive_rate": (tp, tp + fn),
+             "false_positive_rate": (fp, fp + tn)}
+
+    def of(rate: str, kind: str) -> Bounds:
+        x, n = (v[eligible[rate]] for v in rates[rate])
+
+        def bounds(alpha: float) -> tuple[float, float]:
+            return uncertainty.gap_bounds(x, n, kind=kind, alpha=alpha)[:2]
+
+        k = int((n > 0).sum())  # groups with a rate: their ordered pairs are the check's comparisons
+        return bounds, k * (k - 1)
+
+    (tpr, tpr_tests), (fpr, fpr_tests) = of("true_positive_rate", "difference"), of("false_positive_rate", "difference")
+
+    def odds(alpha: float) -> tuple[float, float]:  # the larger of the two gaps: a max of maxima
+        (a, b), (c, d) = tpr(alpha), fpr(alpha)
+        return max(a, c), max(b, d)
+
+    return {"demographic_parity_difference": of("selection_rate", "difference"),
+            "demographic_parity_ratio": of("selection_rate", "ratio"),
+            "equalized_odds_difference": (odds, tpr_tests + fpr_tests)}
+
+
 def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Check]:
     checks = []
-    overall_samples = evaluation.samples.get("overall", {})
+    accuracy_bounds = _accuracy_bounds(evaluation) or (None, 1)
     if policy.min_accuracy is not None:
         acc, t = evaluation.overall["accuracy"], policy.min_accuracy
         checks.append(_Check(vocab.CheckRef("accuracy"), acc, t, ">=", {
@@ -164,10 +238,11 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
             "fail": f"Accuracy on the test split is {acc:.2%}, below the floor of {t:.0%}.",
             "inconclusive": f"Accuracy on the test split is {acc:.2%}; its interval includes the floor of {t:.0%}.",
             "not_evaluated": "Accuracy could not be computed.",
-        }, overall_samples.get("accuracy"), metric="accuracy", sizes=_everyone(evaluation)))
+        }, *accuracy_bounds, metric="accuracy", sizes=_everyone(evaluation)))
 
     for feature, gaps in evaluation.disparities.items():
-        samples = evaluation.samples.get(feature, {})
+        bounds = _gap_bounds(evaluation, feature)
+        none = (None, 1)
         dpd, dpr, eod = (gaps["demographic_parity_difference"], gaps["demographic_parity_ratio"],
                          gaps["equalized_odds_difference"])
         undefined = (f"Fewer than two groups of '{feature}' have enough rows (and, for error rates, enough "
@@ -183,7 +258,8 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
                                 f"'{dpd.worst_group}'; the data cannot tell whether the gap is within the allowed "
                                 f"{t * 100:.0f} points.",
                 "not_evaluated": undefined,
-            }, samples.get("demographic_parity_difference"), metric=vocab.disparity_metric("demographic_parity_difference", feature),
+            }, *bounds.get("demographic_parity_difference", none),
+                metric=vocab.disparity_metric("demographic_parity_difference", feature),
                 sizes=_sizes(evaluation, feature, dpd)))
         if policy.min_demographic_parity_ratio is not None:
             t, r = policy.min_demographic_parity_ratio, dpr.value
@@ -194,7 +270,8 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
                 "inconclusive": f"By {feature}, '{dpr.worst_group}' is selected at {r:.1%} of the rate of "
                                 f"'{dpr.best_group}'; the data cannot tell whether it meets the {t:.0%} rule.",
                 "not_evaluated": undefined,
-            }, samples.get("demographic_parity_ratio"), metric=vocab.disparity_metric("demographic_parity_ratio", feature),
+            }, *bounds.get("demographic_parity_ratio", none),
+                metric=vocab.disparity_metric("demographic_parity_ratio", feature),
                 sizes=_sizes(evaluation, feature, dpd)))
         if policy.max_equalized_odds_difference is not None:
             t = policy.max_equalized_odds_difference
@@ -207,7 +284,8 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
                                 f"'{eod.worst_group}' and '{eod.best_group}'; the data cannot tell whether the gap "
                                 f"is within the allowed {t * 100:.0f} points.",
                 "not_evaluated": undefined,
-            }, samples.get("equalized_odds_difference"), metric=vocab.disparity_metric("equalized_odds_difference", feature),
+            }, *bounds.get("equalized_odds_difference", none),
+                metric=vocab.disparity_metric("equalized_odds_difference", feature),
                 sizes=_sizes(evaluation, feature, eod)))
     return checks
 
@@ -292,37 +370,43 @@ _REGRESSIONS = {
 
 def _baseline_checks(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth],
                      baseline: AuditDocument) -> list[_Check]:
-    """Worsening since the baseline audit, judged like any check: on intervals where they exist.
+    """Worsening since the baseline audit, judged like any check: on bounds where they exist.
 
-    The value is the change in the bad direction (positive = worse); the replicates are the
-    current bootstrap replicates minus the baseline's point estimate.
+    The value is the change in the bad direction (positive = worse); its bounds are the current
+    value's bounds shifted by the baseline's point estimate (a constant).
     """
     t = policy.baseline_tolerance
     base_run = baseline.run_id[:8]
     checks = []
 
-    def add(of: vocab.CheckRef, label: str, now, before, direction: int, samples, sizes=None):
+    def add(of: vocab.CheckRef, label: str, now, before, direction: int, found: Bounds | None, sizes=None):
         if before is None or now is None or math.isnan(now):
             return
         change = direction * (now - before)
-        shifted = direction * (samples - before) if samples is not None else None
+        shifted, tests = None, 1
+        if found is not None:
+            def shifted(alpha: float, of_now=found[0]) -> tuple[float, float]:
+                low, high = of_now(alpha)
+                return (low - before, high - before) if direction > 0 else (before - high, before - low)
+
+            tests = found[1]
         checks.append(_Check(of, change, t, "<=", {
             "pass": f"{label}: {before:.3f} at baseline {base_run} → {now:.3f} now; not worse by more than {t}.",
             "fail": f"{label} got worse since baseline {base_run}: {before:.3f} → {now:.3f} (allowed worsening {t}).",
             "inconclusive": f"{label}: {before:.3f} at baseline {base_run} → {now:.3f} now; the data cannot tell "
                             f"whether it got worse by more than {t}.",
             "not_evaluated": "",
-        }, shifted, regression=True, sizes=sizes))
+        }, shifted, tests, regression=True, sizes=sizes))
 
     add(vocab.CheckRef("accuracy"), "Accuracy", evaluation.overall["accuracy"], baseline.overall.get("accuracy"),
-        -1, evaluation.samples.get("overall", {}).get("accuracy"), _everyone(evaluation))
+        -1, _accuracy_bounds(evaluation), _everyone(evaluation))
     for view, gaps in evaluation.disparities.items():
         before_gaps = baseline.disparities.get(view, {})
+        bounds = _gap_bounds(evaluation, view)
         for name, direction in _REGRESSIONS.items():
             before = before_gaps[name].value if name in before_gaps else None
             add(vocab.CheckRef(name, view=view), f"{name.replace('_', ' ').capitalize()} by {view}",
-                gaps[name].value, before, direction, evaluation.samples.get(view, {}).get(name),
-                _sizes(evaluation, view, gaps[name]))
+                gaps[name].value, before, direction, bounds.get(name), _sizes(evaluation, view, gaps[name]))
     before_layers = {x.index: x.gated for x in baseline.capacity.layers}
     for index, layer in enumerate(layers, start=1):
         before = before_layers[index].dead_fraction if index in before_layers else None

@@ -15,9 +15,12 @@ as matrix products.
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -207,11 +210,12 @@ def score_replicates(y: np.ndarray, scores: np.ndarray, multiplicities: np.ndarr
     """ROC AUC, expected calibration error and Brier score, on the rows and then on each resample.
 
     Returns arrays of 1 + len(multiplicities): element 0 the estimate (unit weights), then
-    one per resample. ECE and Brier are one float32 matrix product over all of them; ROC AUC,
-    whose cumulative sums are float64 per resample and row, is evaluated ``block`` resamples
-    at a time, so its memory does not grow with the number of resamples.
+    one per resample. ECE and Brier are one float64 matrix product over all of them (in float32
+    a sum of a few thousand terms was off by up to 1.7e-7); ROC AUC, whose cumulative sums are
+    float64 per resample and row, is evaluated ``block`` resamples at a time, so its memory does
+    not grow with the number of resamples.
     """
-    weights = np.vstack([np.ones((1, len(y)), dtype=np.float32), multiplicities.astype(np.float32)])
+    weights = np.vstack([np.ones((1, len(y)), dtype=np.float64), multiplicities.astype(np.float64)])
     ece, brier = weighted_calibration(y, scores, weights, bins=bins)
     auc = np.concatenate([weighted_auc(y, scores, weights[i:i + block]) for i in range(0, len(weights), block)])
     return {"roc_auc": auc, "ece": ece, "brier": brier}
@@ -243,12 +247,16 @@ def weighted_calibration(y: np.ndarray, scores: np.ndarray, weights: np.ndarray,
     """Expected calibration error (equal-width bins) and Brier score for each row of ``weights``.
 
     ECE = sum over bins of |sum_i in bin (y_i - p_i)| / n, which equals
-    sum_b (n_b / n) |observed rate_b - mean predicted_b|.
+    sum_b (n_b / n) |observed rate_b - mean predicted_b|. Summed in float64 whatever the
+    weights' dtype (integer multiplicities are exact in float64).
     """
-    n = weights.sum(axis=1, dtype=np.float64)
-    brier = weights @ ((scores - y) ** 2).astype(weights.dtype) / n
-    bin_of = np.minimum((scores * bins).astype(np.int64), bins - 1)
-    residual = np.zeros((len(y), bins), dtype=weights.dtype)
+    # The bin in the scores' own dtype, as partials.score_partial bins them (float rounding can differ).
+    bin_of = np.minimum((np.asarray(scores) * bins).astype(np.int64), bins - 1)
+    weights = np.asarray(weights, dtype=np.float64)
+    scores, y = np.asarray(scores, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = weights.sum(axis=1)
+    brier = weights @ ((scores - y) ** 2) / n
+    residual = np.zeros((len(y), bins), dtype=np.float64)
     residual[np.arange(len(y)), bin_of] = y - scores
     ece = np.abs(weights @ residual).sum(axis=1) / n
     return ece, brier
@@ -264,3 +272,94 @@ def reliability(y: np.ndarray, scores: np.ndarray, *, bins: int) -> list[dict]:
             out.append({"bin": b, "rows": int(mask.sum()), "mean_predicted": float(scores[mask].mean()),
                         "observed_rate": float(y[mask].mean())})
     return out
+
+
+# --- closed-form score bounds: what the gate decides on ------------------------------------------
+#
+# The gate's bounds on rates and on their gaps between groups are closed-form score bounds, not
+# bootstrap quantiles: a bound at 99.5% from 1,000 resamples rests on 2-3 draws and moved by up to
+# 0.04 with the bootstrap seed alone; these have no Monte-Carlo error. Wilson's bound inverts the
+# score test of one proportion; Newcombe's hybrid score bound for a difference and the MOVER-R
+# bound for a ratio (Newcombe 1998, method 10; Donner and Zou 2012) combine the two groups' Wilson
+# bounds. Each bound here is one-sided: it misses the truth with probability about ``alpha``.
+
+
+def _z(alpha: float) -> float:
+    return NormalDist().inv_cdf(1.0 - alpha)
+
+
+def wilson(successes, trials, *, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided Wilson score bounds (lower, upper) of a proportion, each at level 1 - ``alpha``; NaN without trials."""
+    x, n = np.asarray(successes, dtype=np.float64), np.asarray(trials, dtype=np.float64)
+    z = _z(alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = x / n
+        denominator = 1.0 + z * z / n
+        centre = (p + z * z / (2.0 * n)) / denominator
+        half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denominator
+    # At x = 0 (x = n) the lower (upper) bound is 0 (1) exactly; clipping removes rounding of ±1e-17.
+    low = np.where(x == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    high = np.where(x == n, 1.0, np.clip(centre + half, 0.0, 1.0))
+    none = ~(n > 0)
+    return np.where(none, np.nan, low), np.where(none, np.nan, high)
+
+
+def difference_bounds(x1, n1, x2, n2, *, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Newcombe's hybrid score bounds (lower, upper) of p1 - p2, each one-sided at level 1 - ``alpha``."""
+    p1, p2 = np.asarray(x1, np.float64) / np.asarray(n1, np.float64), np.asarray(x2, np.float64) / np.asarray(n2, np.float64)
+    l1, u1 = wilson(x1, n1, alpha=alpha)
+    l2, u2 = wilson(x2, n2, alpha=alpha)
+    d = p1 - p2
+    return d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def ratio_bounds(x1, n1, x2, n2, *, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """MOVER-R bounds (lower, upper) of p1 / p2 from Wilson bounds, each one-sided at level 1 - ``alpha``.
+
+    The lower bound L is the root in [0, p1/p2] of (p1 - L p2) = sqrt((p1 - l1)² + L² (u2 - p2)²),
+    the upper bound U the root above p1/p2 of (U p2 - p1) = sqrt((u1 - p1)² + U² (p2 - l2)²): each
+    side a MOVER bound of the linear contrast p1 - theta p2 at 0. Both are quadratics; written as
+    ``C / (B + sqrt(B² - A C))`` and ``(B + sqrt(B² - A' C')) / A'`` they pick the right root for
+    any sign of A. U is infinite when l2 = 0 (no success in group 2); NaN when p2 = 0 (undefined).
+    """
+    x1, n1, x2, n2 = (np.asarray(v, dtype=np.float64) for v in (x1, n1, x2, n2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p1, p2 = x1 / n1, x2 / n2
+        l1, u1 = wilson(x1, n1, alpha=alpha)
+        l2, u2 = wilson(x2, n2, alpha=alpha)
+        b = p1 * p2
+        a, c = u2 * (2 * p2 - u2), l1 * (2 * p1 - l1)
+        low = np.where(c == 0, 0.0, c / (b + np.sqrt(np.maximum(b * b - a * c, 0.0))))
+        a2, c2 = l2 * (2 * p2 - l2), u1 * (2 * p1 - u1)
+        high = np.where(a2 == 0, np.inf, (b + np.sqrt(np.maximum(b * b - a2 * c2, 0.0))) / a2)
+    undefined = ~(p2 > 0)
+    return np.where(undefined, np.nan, low), np.where(undefined, np.nan, high)
+
+
+def gap_bounds(successes, trials, *, kind: Literal["difference", "ratio"],
+               alpha: float) -> tuple[float, float, int]:
+    """Bounds on the gap of one rate across groups: highest minus lowest (``difference``) or lowest
+    over highest (``ratio``); groups without trials are left out. Returns (lower, upper, tests).
+
+    The gap is a maximum (minimum) over ordered pairs of groups (i, j) of p_i - p_j (p_i / p_j).
+    Upper bound of a difference: the largest pair's one-sided upper bound. It misses only if the pair
+    that sets the true gap misses, so it holds at 1 - ``alpha`` with no correction for the pairs.
+    Lower bound: the largest pair's lower bound, which misses if *any* pair's does; ``tests`` is the
+    number of ordered pairs, k (k - 1), for a Bonferroni correction of ``alpha`` by the caller. For
+    a ratio the roles turn: its lower bound (the smallest pair's) needs no correction, its upper
+    bound does. NaN with fewer than two groups.
+    """
+    x, n = np.asarray(successes, dtype=np.float64), np.asarray(trials, dtype=np.float64)
+    keep = n > 0
+    x, n = x[keep], n[keep]
+    k = len(x)
+    if k < 2:
+        return math.nan, math.nan, 0
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(k), np.arange(k), indexing="ij"))
+    i, j = i[i != j], j[i != j]
+    with _quiet():
+        if kind == "difference":
+            low, high = difference_bounds(x[i], n[i], x[j], n[j], alpha=alpha)
+            return float(np.nanmax(low)), float(np.nanmax(high)), len(i)
+        low, high = ratio_bounds(x[i], n[i], x[j], n[j], alpha=alpha)
+        return float(np.nanmin(low)), float(np.nanmin(high)), len(i)

@@ -438,12 +438,13 @@ def model_card(audit: AuditDocument) -> str:
         f"- Groups with fewer than {cfg.audit.min_group_size} test rows are reported but not gated; "
         "their rates are too noisy to judge.",
         f"- Intervals are {audit.ci_level:.0%} bootstrap intervals ({audit.n_boot} resamples, stratified by group; "
-        "for disparities widened toward the estimate's upward bias); the gate uses Bonferroni-widened intervals "
-        "when configured (see each finding)."
+        "for disparities widened toward the estimate's upward bias); the gate decides on closed-form one-sided "
+        "score bounds from the groups' counts, a pass at that level and a fail Bonferroni-corrected (see each finding)."
         if audit.ci_level else "- Point estimates only: differences of a few points may be noise.",
         f"- Groups with fewer than {cfg.audit.suppress_below} test rows are suppressed "
-        "(no counts or rates shown) so that no individual can be singled out, with as many other groups as it "
-        "takes that none can be recovered by subtracting published counts (complementary suppression).",
+        "(no counts or rates shown) so that no individual can be singled out (primary), with as many other groups "
+        "as it takes that no subtraction or integer bound of published counts narrows them further "
+        "(complementary); each withheld group names its rule. Reliability bins are then not published.",
         "- Fairness metrics are computed on the test split of the same data source; they say nothing about "
         "populations or time periods the data does not cover. See the dataset's datasheet for known issues.",
         "",

@@ -37,8 +37,8 @@ What is exact and what is not (measured errors in ``tests/test_streaming.py``):
   ``round(p * 2**32)``: error below 1e-9), reliability bins' mean prediction (same), mean |h| of a
   unit (``round(|h| * 2**24)``, so a unit on the dormancy threshold ``tau`` could in principle be
   judged otherwise than in one float pass), log loss (per-row loss stored as ``round(l * 2**24)``:
-  error below 3e-8; ``fairness.overall_metrics`` computes it from ``clip(p, 1e-7, 1 - 1e-7)`` and
-  so does this);
+  error below 3e-8; ``fairness.overall_metrics`` computes it from ``clip(p, eps, 1 - eps)``, eps of
+  float64, and so does this);
 - **approximate, with a stated bound**: ROC AUC (overall and per group) from histograms of 5040
   fine score bins: a (positive, negative) pair in one bin counts as a tie. ``overall["roc_auc_bound"]``
   and :func:`group_scores` give the largest possible error, computed from the histogram itself;
@@ -84,8 +84,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(1e-7) = 16.1): resolution 6e-8
-LOSS_CLIP = 1e-7  # as fairness.overall_metrics clips probabilities for log loss
+LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(LOSS_CLIP) = 36.04): resolution 6e-8
+LOSS_CLIP = float(np.finfo(np.float64).eps)  # as fairness.log_loss clips float64 probabilities (scikit-learn's rule)
 MESSAGE_ROWS = "{file}: shard at row {offset} yielded {found} rows; its Parquet metadata says {expected}"
 MESSAGE_MISSING_LABELS = "{file}: column '{target}' has {count} missing labels; expected every row to have one"
 
@@ -385,6 +385,7 @@ def evaluation_from(merged: MergedAudit, *, audit: AuditConfig, views: Mapping[s
         suppress_below=audit.suppress_below,
         avoid={name: t.sizes >= max(audit.min_group_size, audit.suppress_below) for name, t in tables.items()},
     ).suppressed
+    with_bins = not any(mask.any() for mask in withheld.values())  # as fairness.evaluate: none when any is withheld
     rng = np.random.default_rng(audit.bootstrap_seed)
     groups, gaps, samples, empty, bins = {}, {}, {}, {}, {}
     finest_boot = None
@@ -397,10 +398,8 @@ def evaluation_from(merged: MergedAudit, *, audit: AuditConfig, views: Mapping[s
             present = set(counts.groups)
             empty[name] = [g for g in (INTERSECTION_JOIN.join(v) for v in itertools.product(*values))
                            if g not in present]
-        else:
-            shown = set(table.loc[table["status"] != "suppressed", "group"])
-            bins[name] = {g: _reliability(scored, i, audit.calibration_bins)
-                          for i, g in enumerate(counts.groups) if g in shown}
+        elif with_bins:
+            bins[name] = {g: _reliability(scored, i, audit.calibration_bins) for i, g in enumerate(counts.groups)}
         if bootstrap:
             boot = partials.bootstrap_scores(scored, calibration_bins=audit.calibration_bins, n_boot=audit.n_boot,
                                              rng=rng)
