@@ -17,8 +17,11 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from pipeline.core import bias_audit
+from pipeline.core import vocabulary as vocab
 from pipeline.core.config import to_dict
-from pipeline.core.document import AuditDocument, Remedy
+from pipeline.core.document import AuditDocument, Finding, Remedy
+from pipeline.record import summary as summary_mod
 
 _TEMPLATES = Path(__file__).parent / "templates"
 RATE_COLUMNS = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate",
@@ -56,10 +59,16 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def fairness_plot_names(audit: AuditDocument) -> dict[str, str]:
+    """The file of each view's rate plot, named after the view so that an artifact list says what it shows."""
+    return {view: f"fairness_{vocab.artifact_key(view)}.png" for view in audit.groups}
+
+
 def plots(audit: AuditDocument) -> dict[str, bytes]:
     """PNG images keyed by file name: group rates per audited feature, dead units over epochs, training loss."""
     images = {}
-    for index, (feature, all_rows) in enumerate(audit.groups.items(), start=1):
+    names = fairness_plot_names(audit)
+    for feature, all_rows in audit.groups.items():
         rows = [r for r in all_rows if not r.suppressed]
         metrics = ("selection_rate", "true_positive_rate", "false_positive_rate")
         height = max(2.2, 0.28 * len(rows) * len(metrics) + 1.0)
@@ -88,9 +97,9 @@ def plots(audit: AuditDocument) -> dict[str, bytes]:
         ax.set_xlabel("rate on the test split" + (f" (bars: {ci:.0%} bootstrap intervals)" if ci else ""))
         ax.set_title(f"Rates by {feature}")
         ax.legend(fontsize=8, loc="lower right")
-        images[f"fairness_{index}.png"] = _png(fig)
+        images[names[feature]] = _png(fig)
 
-    for index, (feature, by_group) in enumerate(audit.calibration.reliability.items(), start=1):
+    for feature, by_group in audit.calibration.reliability.items():
         fig, ax = _axes(5, 4)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
         for group, bins in by_group.items():
@@ -103,7 +112,7 @@ def plots(audit: AuditDocument) -> dict[str, bytes]:
         ax.set_ylabel("observed rate of the positive label")
         ax.set_title(f"Calibration by {feature}")
         ax.legend(fontsize=7)
-        images[f"calibration_{index}.png"] = _png(fig)
+        images[f"calibration_{vocab.artifact_key(feature)}.png"] = _png(fig)
 
     units = audit.capacity.units.layers if audit.capacity.units else {}
     if units:
@@ -270,17 +279,57 @@ def bracketed(value, low, high, kind: str = "num") -> str:
     return text if value is None or low is None or high is None else f"{text} [{fmt(low, kind)}, {fmt(high, kind)}]"
 
 
+def table_interval(audit: AuditDocument, f: Finding) -> tuple[float, float] | None:
+    """The interval the tables show for a finding's value (at ``ci_level``), when it differs from the gate's."""
+    if f.regression_of is not None:
+        return None
+    if f.check in vocab.FAIRNESS_CHECKS and f.view in audit.disparities:
+        d = audit.disparities[f.view].get(f.check)
+        low, high = (d.ci_low, d.ci_high) if d is not None else (None, None)
+    elif f.check == "accuracy":
+        low, high = audit.overall.get("accuracy_ci_low"), audit.overall.get("accuracy_ci_high")
+    else:
+        return None
+    if low is None or high is None or (f.ci_low, f.ci_high) == (low, high):
+        return None
+    return low, high
+
+
+def gate_level(audit: AuditDocument) -> tuple[str | None, int]:
+    """The gate intervals' level as text ('99.5%') and how many checks it was widened for (Bonferroni's m)."""
+    levels = {f.ci_level for f in audit.findings if f.ci_level is not None}
+    if not levels or not audit.ci_level:
+        return None, 0
+    level = max(levels)
+    judged = round((1 - audit.ci_level) / (1 - level)) if level < 1 else 0
+    return f"{level:.1%}", judged
+
+
+def capacity_worse(audit: AuditDocument) -> dict[str, list]:
+    """Per view, the group × layer rows that lose capacity serving others: a share under 100%, or units
+    dead only on the group's rows."""
+    return {view: [r for r in rows if (r.capacity_share is not None and r.capacity_share < 1) or r.dead_only_on_group]
+            for view, rows in audit.capacity.groups.items()}
+
+
 def render_html(audit: AuditDocument, images: dict[str, bytes]) -> str:
-    """The self-contained report: findings first, then tables and plots (images inlined)."""
+    """The self-contained report: the 30-second summary and the findings first, details folded below."""
     inline = {name: base64.b64encode(png).decode("ascii") for name, png in images.items()}
     order = {"fail": 0, "inconclusive": 1, "not_evaluated": 2, "pass": 3}
+    level, judged = gate_level(audit)
+    policy = audit.config.policy
     return _report_template().render(
         audit=audit, findings=sorted(audit.findings, key=lambda f: order[f.status]), images=inline,
-        rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
-        fairness_images=[n for n in inline if n.startswith("fairness_")],
+        summary=summary_mod.summarize(audit), rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
+        fairness_images=fairness_plot_names(audit),
         calibration_images=[n for n in inline if n.startswith("calibration_")],
         mitigation_images=[n for n in inline if n.startswith("mitigation_")],
-        remedy_text=remedy_summary(audit.capacity.remedies),
+        remedy_text=remedy_summary(audit.capacity.remedies), gate_level=level, judged=judged,
+        bias_audit=bias_audit.table(audit), capacity_worse=capacity_worse(audit),
+        ratio_floor=policy.min_demographic_parity_ratio if policy.min_demographic_parity_ratio is not None else 0.8,
+        label=summary_mod.label, table_interval=functools.partial(table_interval, audit),
+        layer_name=functools.partial(summary_mod.layer_name, audit),
+        layer_index={layer.layer: layer.index for layer in audit.capacity.layers},
         config_yaml=yaml.safe_dump(to_dict(audit.config), sort_keys=False), counts=audit.counts(),
     )
 
