@@ -255,6 +255,8 @@ DEFAULTS = {
     "mitigation.validation_fraction": 0.2, "mitigation.reductions_max_iter": 10, "mitigation.reductions_eps": 0.02,
     "mitigation.epochs": None, "mitigation.allow_group_aware_decisions": False,
     "execution.executor": "local", "execution.workers": 0, "execution.ray_address": None,
+    "model_card.owner": None, "model_card.contact": None, "model_card.licence": None, "model_card.citation": None,
+    "model_card.intended_use": None, "model_card.out_of_scope_uses": (),
 }
 # fmt: on
 
