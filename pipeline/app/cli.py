@@ -220,10 +220,13 @@ def push(folder, tracking_uri, force, as_json) -> None:
 @click.option("--approve", "decision", flag_value="approved", help="Approve the audit.")
 @click.option("--reject", "decision", flag_value="rejected", help="Reject the audit.")
 @click.option("--by", required=True, help="Reviewer's name.")
-@click.option("--note", default=None, help="Why; shown in the report and the review log.")
+@click.option("--note", default=None,
+              help="Why; shown in the report, the model card, the run description and on the model version. "
+                   "Required to approve a FAIL or INCONCLUSIVE verdict.")
 @click.option("--force", is_flag=True, help="Record a new decision on a run already reviewed.")
 @_tracking_option()
-@click.option("--reports-dir", default="reports", show_default=True, help="Also update reports/<run_id>/ here.")
+@click.option("--reports-dir", default=None,
+              help="Also update reports/<run_id>/ here. Default: where the run wrote it (on this host), else ./reports.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json) -> None:
     """Record a reviewer's sign-off (--approve or --reject) on an audit run."""
@@ -239,7 +242,12 @@ def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json
 
     entry, code = _guarded(call)
     if code is None and not as_json:
-        click.echo(f"{run_id}: {decision} by {by}")
+        despite = f" despite its {entry['verdict'].upper()} verdict" if (
+            decision == "approved" and entry["verdict"] != "pass") else ""
+        click.echo(f"{run_id}: {decision}{despite} by {by}")
+        for version in entry["model_versions"]:
+            click.echo(f"  model version {version}: decision recorded")
+        click.echo(f"  report: {entry['report_dir'] or 'no local copy here (the MLflow artifacts are updated)'}")
     _finish({"run_id": run_id, **entry}, code or 0, as_json)
 
 
