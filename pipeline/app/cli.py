@@ -302,19 +302,42 @@ def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
 @click.option("--data", "data_path", required=True, help="The new data set: a .csv, .csv.gz or .parquet file.")
 @click.option("--out", default=None, help="Where to write the config. Default: configs/<data file name>.yaml.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-def init(data_path: str, out: str | None, force: bool) -> None:
+@click.option("--favourable", default=None,
+              help="The target's favourable value (a loan granted, hired, not re-offending): it decides every "
+                   "fairness number, so it is asked, never guessed. Without it, init asks on a terminal; "
+                   "otherwise the config is written with dataset.positive_label unset, which run refuses.")
+def init(data_path: str, out: str | None, force: bool, favourable: str | None) -> None:
     """Write a starter config for a new data set (column table on stderr); check it, then run it."""
+
+    def ask(target: str, values: tuple[tuple[str, int], ...]) -> str | None:
+        click.echo(f"The target column '{target}' holds: "
+                   + ", ".join(f"{v} ({n:,} rows)" for v, n in values) + ".", err=True)
+        click.echo("Which value is the favourable outcome, the one a person wants (a loan granted, a job offered, "
+                   "not re-offending)? Every fairness number depends on it.", err=True)
+        answer = click.prompt("favourable value (empty: decide later)", default="", show_default=False, err=True,
+                              type=click.Choice(["", *(v for v, _ in values)]), show_choices=True)
+        return answer or None
 
     def call():
         from pipeline.app.init import init as write_starter
 
-        return write_starter(data_path, out=out, force=force)
+        return write_starter(data_path, out=out, force=force, favourable=favourable,
+                             ask=ask if sys.stdin.isatty() and favourable is None else None)
 
     result, code = _guarded(call)
     if code is not None:
         sys.exit(code)
     click.echo(result.table, err=True)
-    click.echo(f"wrote {result.out}: check the lines marked CHECK, then run:")
+    if result.favourable is None:
+        from pipeline.app.init import describe_values
+
+        p = result.proposal
+        click.echo(f"wrote {result.out}: dataset.positive_label is NOT SET. Write which value of '{p.target}' is the "
+                   f"favourable outcome ({describe_values(p.target_values)}) there, or rerun with --favourable VALUE "
+                   "--force; run refuses the config until then. Check the other lines marked CHECK too, then run:")
+    else:
+        click.echo(f"wrote {result.out} (favourable outcome: {result.proposal.target} = {result.favourable}): check "
+                   "the lines marked CHECK, then run:")
     click.echo(f"  {result.next_command}")
 
 
