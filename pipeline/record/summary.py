@@ -126,7 +126,7 @@ def affected(doc: AuditDocument) -> list[str]:
             sentences.append(f"Accuracy is {f.value:.1%}, below the policy's floor of {f.threshold:.0%}.")
         elif f.check in ("dead_fraction", "dormant_fraction") and f.regression_of is None and f.layer in layers:
             layer = layers[f.layer]
-            what = "never fire on any row" if f.check == "dead_fraction" else "are dormant (almost silent)"
+            what = "are dead (never fire)" if f.check == "dead_fraction" else "are dormant (almost silent)"
             sentences.append(f"{layer_name(doc, layer.index)}: {f.value:.0%} of its units {what}, more than the "
                              f"allowed {f.threshold:.0%}; that capacity is lost to everyone.")
         else:
