@@ -15,7 +15,7 @@ import pytest
 from docfixtures import SMALL, SUPPRESSED, audit_mode_document, config, small_document
 
 from pipeline.core import document
-from pipeline.core.document import AuditDocument, UnitCounts
+from pipeline.core.document import AuditDocument
 from pipeline.core.errors import UserError
 from pipeline.record import report
 

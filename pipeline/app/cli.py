@@ -16,6 +16,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 
 import click
@@ -32,6 +34,8 @@ from pipeline.core.errors import (
 from pipeline.scale.executor import ShardFailed, WorkerDied
 
 _BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
+QUIET_SECONDS = 20.0  # this long without a line on the console, a line says the command is still working
+_LAST_LINE = [time.monotonic(), ""]  # when the console last got a line (log or progress), and that line
 
 
 def _progress(label: str):
@@ -39,6 +43,7 @@ def _progress(label: str):
     tty = sys.stderr.isatty()
 
     def report(rec, epochs: int) -> None:
+        _LAST_LINE[0] = time.monotonic()
         dead = max(rec.dead_fraction.values(), default=0.0)
         text = (f"{label} epoch {rec.epoch}/{epochs} train_loss {rec.train_loss:.4f} "
                 f"val_loss {rec.val_loss:.4f} val_accuracy {rec.val_accuracy:.4f} max_dead {dead:.2f}")
@@ -55,6 +60,38 @@ def _progress(label: str):
             logging.getLogger("pipeline.nn.training").info("%s", text)
 
     return report
+
+
+class _Seen(logging.Handler):
+    """Notes when the console last got a log line, for the heartbeat."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _LAST_LINE[:] = [time.monotonic(), record.getMessage().splitlines()[0][:90] if record.msg else ""]
+
+
+@contextlib.contextmanager
+def _heartbeat(every: float = QUIET_SECONDS):
+    """While a command runs, a line every ``every`` seconds of silence (mitigation candidates train for
+    minutes without a word otherwise): how long it has run and what it last said."""
+    started, stop, seen = time.monotonic(), threading.Event(), _Seen()
+    _LAST_LINE[0] = started
+    logging.getLogger().addHandler(seen)
+
+    def beat() -> None:
+        while not stop.wait(1.0):
+            if time.monotonic() - _LAST_LINE[0] >= every and not _BAR_OPEN:
+                logging.getLogger("pipeline").info("still working, %.0f s in; the last message was %.0f s ago: %s",
+                                                   time.monotonic() - started, time.monotonic() - _LAST_LINE[0],
+                                                   _LAST_LINE[1] or "(none yet)")
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        logging.getLogger().removeHandler(seen)
 
 
 def _raise_interrupted(signum, frame):
@@ -146,25 +183,40 @@ def _execute(call, as_json: bool) -> None:
     def audit():
         from pipeline.app import runner
 
-        if not as_json:
-            return call(runner)
-        # stdout carries the JSON summary alone: what libraries print there (Ray's notices of a
-        # worker that died and was retried) goes to stderr with the logs.
-        with contextlib.redirect_stdout(sys.stderr):
-            return call(runner)
+        with _heartbeat():
+            if not as_json:
+                return call(runner)
+            # stdout carries the JSON summary alone: what libraries print there (Ray's notices of a
+            # worker that died and was retried) goes to stderr with the logs.
+            with contextlib.redirect_stdout(sys.stderr):
+                return call(runner)
 
     result, code = _guarded(audit)
     if code is not None:
         _finish({"run_id": None, "verdict": None, **result}, code, as_json)
+    said = _summary(result.audit_json)
     if not as_json:
         click.echo(f"verdict: {result.verdict.upper()} (exit {result.exit_code})")
+        for sentence in said["summary"]:
+            click.echo(f"  {sentence}")
         for fid in result.failed_findings:
             click.echo(f"  failed: {fid}")
         for fid in result.inconclusive_findings:
             click.echo(f"  inconclusive: {fid}")
         click.echo(f"report:  {result.report_html}")
         click.echo(f"mlflow:  run {result.run_id} in {result.tracking_uri}")
-    _finish(result.summary(), result.exit_code, as_json)
+    _finish({**result.summary(), **said}, result.exit_code, as_json)
+
+
+def _summary(audit_json) -> dict:
+    """The audit's 30-second summary (headline, who is affected, the mitigation outcome, the review) and the
+    mitigation recommendation, read back from the audit.json the run wrote."""
+    from pipeline.record import outputs, summary
+
+    doc = outputs.read_document(audit_json)
+    s = summary.summarize(doc)
+    lines = [s.headline, *(f"- {a}" for a in s.affected), *([s.options] if s.options else []), *s.warnings]
+    return {"summary": lines, "mitigation": doc.mitigation.recommendation if doc.mitigation else None}
 
 
 @cli.command()
