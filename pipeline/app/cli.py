@@ -63,26 +63,30 @@ def _progress(label: str):
 
 
 class _Seen(logging.Handler):
-    """Notes when the console last got a log line, for the heartbeat."""
+    """Notes when the console last got a log line other than the heartbeat's, and what it said."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        _LAST_LINE[:] = [time.monotonic(), record.getMessage().splitlines()[0][:90] if record.msg else ""]
+        if not getattr(record, "heartbeat", False):
+            _LAST_LINE[:] = [time.monotonic(), record.getMessage().splitlines()[0][:90] if record.msg else ""]
 
 
 @contextlib.contextmanager
 def _heartbeat(every: float = QUIET_SECONDS):
     """While a command runs, a line every ``every`` seconds of silence (mitigation candidates train for
-    minutes without a word otherwise): how long it has run and what it last said."""
+    minutes without a word otherwise): how long it has run, and when and what it last said."""
     started, stop, seen = time.monotonic(), threading.Event(), _Seen()
-    _LAST_LINE[0] = started
+    _LAST_LINE[:] = [started, ""]
+    beaten = [started]
     logging.getLogger().addHandler(seen)
 
     def beat() -> None:
         while not stop.wait(1.0):
-            if time.monotonic() - _LAST_LINE[0] >= every and not _BAR_OPEN:
-                logging.getLogger("pipeline").info("still working, %.0f s in; the last message was %.0f s ago: %s",
-                                                   time.monotonic() - started, time.monotonic() - _LAST_LINE[0],
-                                                   _LAST_LINE[1] or "(none yet)")
+            now = time.monotonic()
+            if now - max(_LAST_LINE[0], beaten[0]) >= every and not _BAR_OPEN:
+                beaten[0] = now
+                logging.getLogger("pipeline").info(
+                    "still working, %.0f s in; last message %.0f s ago: %s", now - started, now - _LAST_LINE[0],
+                    _LAST_LINE[1] or "(none yet)", extra={"heartbeat": True})
 
     thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
