@@ -371,19 +371,20 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     mlflow.set_tags(tags)
 
 
-_SHORT_METHODS = {"threshold_optimizer": "thresholds", "exponentiated_gradient": "exp. gradient",
+_SHORT_METHODS = {"threshold_optimizer": "thresholds", "exponentiated_gradient": "exp-grad",
                   "fairness_penalty": "penalty", "reweighing": "reweighing"}
 _SHORT_CONSTRAINTS = {"demographic_parity": "DP", "equalized_odds": "EO", "equal_opportunity": "EOpp"}
+VERDICT_SYMBOLS = {"pass": "✓", "fail": "✗", "inconclusive": "?"}  # the report's symbols
 
 
 def candidate_label(cand) -> str:
-    """A candidate's short name for the run list: 'penalty DP @4', 'thresholds EO' (the full name is a tag)."""
-    parts = [_SHORT_METHODS.get(cand.method, cand.method)]
+    """A candidate's short name: 'penalty DP@4', 'thresholds EO' (its full name is the tag mitigation.candidate)."""
+    label = _SHORT_METHODS.get(cand.method, cand.method)
     if cand.constraint:
-        parts.append(_SHORT_CONSTRAINTS.get(cand.constraint, cand.constraint))
+        label += " " + _SHORT_CONSTRAINTS.get(cand.constraint, cand.constraint)
     if cand.strength is not None:
-        parts.append(f"@{cand.strength:g}")
-    return " ".join(parts)
+        label += f"@{cand.strength:g}"
+    return label
 
 
 def candidate_description(cand, findings, verdict: str, accuracy: float, cost: tuple[float, float, float]) -> str:
@@ -425,7 +426,7 @@ def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[
     """A candidate's nested run: what it is, its numbers with intervals, its findings and verdict, and what
     reproduces it (``candidate.json`` and ``weights.pt``: torch state_dicts, no pickled code). Returns its run id.
 
-    Named verdict first, with a description, and started ``cand.seconds`` ago, so that its duration in the
+    Named by its verdict's symbol and short label ('✗ penalty DP@4'), with a description, and started ``cand.seconds`` ago, so that its duration in the
     UI is the time the candidate took to build, not the moment it took to log."""
     import torch
     from mlflow.tracking.context.registry import resolve_tags
@@ -436,7 +437,8 @@ def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[
     now = time.time()
     created = MlflowClient().create_run(
         parent.info.experiment_id, start_time=int((now - cand.seconds) * 1000),
-        run_name=f"{verdict.upper()} · candidate {candidate_label(cand)}",
+        # The run list shows some 15 characters of a nested run's name: the verdict's symbol and the short label.
+        run_name=f"{VERDICT_SYMBOLS.get(verdict, verdict)} {candidate_label(cand)}",
         tags=resolve_tags({"mlflow.parentRunId": parent.info.run_id,
                            "mlflow.note.content": candidate_description(cand, findings, verdict, accuracy, cost)}))
     with _ended_run(run_id=created.info.run_id, nested=True) as active:
