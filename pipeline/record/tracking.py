@@ -7,7 +7,9 @@ Undefined metrics (NaN) are not logged: in MLflow a missing metric means "undefi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import logging
 import math
@@ -366,7 +368,8 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
         tags["git_commit"] = commit
     tags.update(extra_tags or {})
     if cfg.tracking.registered_model and model_info is not None:
-        version = register(model_info.model_uri, cfg.tracking.registered_model, doc, cfg.tracking.audited_alias)
+        with _registry_notices():
+            version = register(model_info.model_uri, cfg.tracking.registered_model, doc, cfg.tracking.audited_alias)
         tags["registered_model"] = f"{cfg.tracking.registered_model}/{version}"
     mlflow.set_tags(tags)
 
@@ -420,6 +423,25 @@ def _log_tables(doc: AuditDocument) -> None:
         tables["mitigation/candidates.json"] = candidate_table(doc)
     for name, rows in tables.items():
         mlflow.log_table(pd.DataFrame(rows), artifact_file=name)
+
+
+# What MLflow's registry prints on stderr itself (not through logging) when it registers a version: our own
+# 'registry: ... version N registered' line says the same, so these go to the debug log.
+_REGISTRY_NOTICES = ("Successfully registered model", "Registered model", "Created version")
+
+
+@contextmanager
+def _registry_notices():
+    """Route what MLflow prints on stderr while registering through logging: its routine notices at debug
+    level (they interleaved with the console's lines), anything else as a warning."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                (logger.debug if line.startswith(_REGISTRY_NOTICES) else logger.warning)("mlflow: %s", line)
 
 
 def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[float, float, float]) -> str:
