@@ -39,7 +39,8 @@ BAD_VALUES = [
         None,
         "trainng",
         {},
-        "trainng: unknown key; valid keys are: audit, dataset, execution, mitigation, model, policy, split, tracking, training",
+        "trainng: unknown key; valid keys are: audit, dataset, execution, mitigation, model, model_card, policy, split, "
+        "tracking, training",
     ),
     ("model", "activation", "gelu", "model.activation: got 'gelu' (str); expected one of: relu, leaky_relu"),
     ("mitigation", "feature", "gender",
@@ -276,8 +277,9 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 12 + 3 + 6 + 10 + 12 + 11 + 3 + 10 (mitigation) + 3 (execution).
-    assert len(flat) == 70
+    # One param per field of every section: 12 + 3 + 6 + 10 + 12 + 11 + 3 + 10 (mitigation) + 3 (execution)
+    # + 6 (model_card).
+    assert len(flat) == 76
     assert set(flat) == {
         "dataset.path",
         "dataset.target",
