@@ -173,8 +173,18 @@ def options(doc: AuditDocument) -> str | None:
         return f"Options: none of the {built} mitigation candidates for {m.feature} meets the policy."
     c = m.candidate(m.closest)
     left = f" and leaves {len(c.open)} open" if c.open else ""
+    named = ", ".join(_check_name(x) for x in c.failing[:3]) + (", …" if len(c.failing) > 3 else "")
     return (f"Options: none of the {built} mitigation candidates for {m.feature} meets the policy. The closest, "
-            f"{c.name}, costs {_cost(c)} and still fails {len(c.failing)} check(s){left}.")
+            f"{c.name}, costs {_cost(c)} and still fails {len(c.failing)} check(s)"
+            + (f" ({named})" if named else "") + f"{left}.")
+
+
+def _check_name(finding_id: str) -> str:
+    """'demographic_parity_ratio:sex & race' -> 'demographic parity ratio by sex & race' (a candidate keeps ids)."""
+    check, _, subject = finding_id.partition(":")  # candidates are judged without a baseline: no regressions
+    layer = subject.removeprefix("layer")
+    where = f" of hidden layer {layer}" if layer.isdigit() and subject != layer else f" by {subject}" if subject else ""
+    return check.replace("_", " ") + where
 
 
 # --- what would decide ----------------------------------------------------------------------------
