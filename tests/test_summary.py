@@ -61,3 +61,38 @@ def test_an_inconclusive_check_the_data_set_cannot_decide():
     (sentence,) = [d for d in summary.what_would_decide(doc) if d.startswith("Accuracy")]
     assert sentence == ("Accuracy (inconclusive): it takes about 2,540 test rows (now 328), but the whole data set "
                         "holds only about 1,093: these data cannot decide it at any test share; it takes more data.")
+
+
+def _candidate(name, *, verdict, accuracy, cost, failing=(), open_=(), group_aware=False, run_id="r"):
+    from pipeline.core.document import CandidateResult
+
+    return CandidateResult(name=name, method=name.split(":")[0], constraint=None, strength=None,
+                           group_aware=group_aware, verdict=verdict, accuracy=accuracy, accuracy_ci_low=None,
+                           accuracy_ci_high=None, accuracy_cost=cost[0], cost_ci_low=cost[1], cost_ci_high=cost[2],
+                           disparities={}, dead_fraction=[0.0], dormant_fraction=[0.0], selection_rate={}, ece={},
+                           failing=list(failing), open=list(open_), pareto={}, seconds=1.0, run_id=run_id)
+
+
+def test_options_name_the_cost_or_what_still_fails():
+    from pipeline.core.document import UNMITIGATED, MitigationSection
+
+    doc = small_document()
+    base = _candidate(UNMITIGATED, verdict="fail", accuracy=0.75, cost=(0.0, 0.0, 0.0), run_id=None)
+    closest = _candidate("fairness_penalty:demographic_parity@1", verdict="fail", accuracy=0.745,
+                         cost=(0.005, 0.001, 0.009), failing=["demographic_parity_ratio:sex", "dead_fraction:layer2"],
+                         open_=["equalized_odds_difference:sex"])
+    passing = _candidate("reweighing", verdict="pass", accuracy=0.73, cost=(0.02, 0.012, 0.028))
+
+    def section(*candidates, recommended=None, closest_name=None):
+        return MitigationSection(feature="sex", allow_group_aware_decisions=False, validation_rows=100,
+                                 candidates=candidates, recommended=recommended, recommendation="…",
+                                 closest=closest_name, seconds=3.0)
+
+    none = dataclasses.replace(doc, mitigation=section(base, closest, closest_name=closest.name))
+    assert summary.options(none) == (
+        "Options: none of the 1 mitigation candidates for sex meets the policy. The closest, "
+        "fairness_penalty:demographic_parity@1, costs 0.5 points of accuracy [0.1, 0.9] and still fails 2 check(s) "
+        "(demographic parity ratio by sex, dead fraction of hidden layer 2) and leaves 1 open.")
+    found = dataclasses.replace(doc, mitigation=section(base, closest, passing, recommended="reweighing"))
+    assert summary.options(found) == ("Option: mitigation candidate reweighing passes every check, at a cost of 2.0 "
+                                      "points of accuracy [1.2, 2.8] (2 candidates measured for sex).")
