@@ -91,7 +91,7 @@ def test_options_name_the_cost_or_what_still_fails():
     none = dataclasses.replace(doc, mitigation=section(base, closest, closest_name=closest.name))
     assert summary.options(none) == (
         "Options: none of the 1 mitigation candidates for sex meets the policy. The closest, "
-        "fairness_penalty:demographic_parity@1, costs 0.5 points of accuracy [0.1, 0.9] and still fails 2 check(s) "
+        "fairness_penalty:demographic_parity@1, costs 0.5 points of accuracy [0.1, 0.9]; it still fails 2 check(s) "
         "(demographic parity ratio by sex, dead fraction of hidden layer 2) and leaves 1 open.")
     found = dataclasses.replace(doc, mitigation=section(base, closest, passing, recommended="reweighing"))
     assert summary.options(found) == ("Option: mitigation candidate reweighing passes every check, at a cost of 2.0 "

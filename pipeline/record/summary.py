@@ -173,9 +173,9 @@ def options(doc: AuditDocument) -> str | None:
         return f"Options: none of the {built} mitigation candidates for {m.feature} meets the policy."
     c = m.candidate(m.closest)
     left = f" and leaves {len(c.open)} open" if c.open else ""
-    named = ", ".join(_check_name(x) for x in c.failing[:3]) + (", …" if len(c.failing) > 3 else "")
+    named = ", ".join(_check_name(x) for x in c.failing[:2]) + (", …" if len(c.failing) > 2 else "")
     return (f"Options: none of the {built} mitigation candidates for {m.feature} meets the policy. The closest, "
-            f"{c.name}, costs {_cost(c)} and still fails {len(c.failing)} check(s)"
+            f"{c.name}, costs {_cost(c)}; it still fails {len(c.failing)} check(s)"
             + (f" ({named})" if named else "") + f"{left}.")
 
 
@@ -310,9 +310,8 @@ def warnings(doc: AuditDocument) -> list[str]:
                    "tells the outcomes apart, and its fairness numbers describe a weak classifier.")
     sensitive = [f for f in doc.findings if f.seed_sensitive]
     if sensitive:
-        out.append(f"{len(sensitive)} check(s) could come out otherwise with another training seed (the spread "
-                   "across seeds exceeds the distance to the threshold): "
-                   + ", ".join(label(f) for f in sensitive) + ".")
+        out.append(f"Another training seed could flip {len(sensitive)} check(s) (their spread across seeds exceeds "
+                   "the distance to the threshold): " + ", ".join(label(f) for f in sensitive) + ".")
     return out
 
 
