@@ -361,10 +361,13 @@ def run_description(audit: AuditDocument) -> str:
     failed, unsure, skipped = (audit.with_findings(x) for x in ("fail", "inconclusive", "not_evaluated"))
     ds = audit.dataset
     lines = [f"## Audit verdict: **{audit.verdict.upper()}**", "", f"**{_md(s.headline)}**"]
+    if audit.review is not None:  # a decision shows before MLflow folds the description
+        lines += ["", f"**{_md(s.review)}**"]
     lines += ["", *(f"- {_md(a)}" for a in s.affected)] if s.affected else []
     if s.options:
         lines += ["", f"**Options:** {_md(s.options.removeprefix('Options: ').removeprefix('Option: '))}"]
-    lines += ["", f"**{_md(s.review)}**"]
+    if audit.review is None:
+        lines += ["", f"**{_md(s.review)}**"]
     lines += ["", *(f"> {_md(w)}" for w in s.warnings)] if s.warnings else []
     lines += ["", f"Dataset {_code(ds.name)} ({ds.rows:,} rows, sha256 `{ds.sha256[:12]}…`), "
               f"{len(audit.findings)} checks: {len(failed)} failed, {len(unsure)} inconclusive, "
