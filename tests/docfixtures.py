@@ -88,7 +88,7 @@ def config(**dotted):
     raw = copy.deepcopy(CONFIG)
     for key, value in dotted.items():
         section, name = key.split(".")
-        raw[section][name] = value
+        raw.setdefault(section, {})[name] = value
     return from_dict(raw, source="docfixtures")
 
 
@@ -159,33 +159,40 @@ def _findings(female: str, male: str) -> tuple[Finding, ...]:
     return (
         Finding("accuracy", "pass", 0.75, 0.7, ">=",
                 "Accuracy on the test split is 75.00%, at or above the floor of 70%. " + gate.format("0.710", "0.790"),
-                "interval", 0.71, 0.79, 0.99, 0.02, False, "accuracy"),
+                "interval", 0.71, 0.79, 0.99, 0.02, False, "accuracy", check="accuracy"),
         Finding("demographic_parity_difference:sex", "inconclusive", 0.55 - 0.42, 0.1, "<=",
                 f"By sex, selection rates differ by 13.0 percentage points between '{male}' and '{female}'; the "
                 "data cannot tell whether the gap is within the allowed 10 points. " + gate.format("0.010", "0.250")
                 + " Across training seeds this value moves by 0.060, more than its distance to the threshold: "
                 "the outcome of this check depends on the seed.",
-                "interval", 0.01, 0.25, 0.99, 0.06, True, "demographic_parity_difference/sex"),
+                "interval", 0.01, 0.25, 0.99, 0.06, True, "demographic_parity_difference/sex",
+                check="demographic_parity_difference", view="sex"),
         Finding("demographic_parity_ratio:sex", "fail", 0.42 / 0.55, 0.8, ">=",
                 f"By sex, '{female}' is selected at only 76.4% of the rate of '{male}', below the 80% rule "
                 "(four-fifths rule at 80%). " + gate.format("0.600", "0.795"),
-                "interval", 0.6, 0.795, 0.99, None, False, "demographic_parity_ratio/sex"),
+                "interval", 0.6, 0.795, 0.99, None, False, "demographic_parity_ratio/sex",
+                check="demographic_parity_ratio", view="sex"),
         Finding("equalized_odds_difference:sex", "pass", 0.3 - 0.2, 0.25, "<=",
                 "By sex, true and false positive rates differ by at most 10.0 percentage points between groups, "
                 "within the allowed 25 points. " + gate.format("0.000", "0.230"),
-                "interval", 0.0, 0.23, 0.99, None, False, "equalized_odds_difference/sex"),
+                "interval", 0.0, 0.23, 0.99, None, False, "equalized_odds_difference/sex",
+                check="equalized_odds_difference", view="sex"),
         Finding("demographic_parity_difference:age_group", "not_evaluated", None, 0.1, "<=", skipped,
-                metric="demographic_parity_difference/age_group"),
+                metric="demographic_parity_difference/age_group", check="demographic_parity_difference",
+                view="age_group"),
         Finding("equalized_odds_difference:age_group", "not_evaluated", None, 0.25, "<=", skipped,
-                metric="equalized_odds_difference/age_group"),
+                metric="equalized_odds_difference/age_group", check="equalized_odds_difference", view="age_group"),
         Finding("dead_fraction:layer1", "fail", 0.125, 0.1, "<=",
                 "Hidden layer 1 (relu): 2 of 16 ReLU units never fire on the training data (12%), more than the "
-                "allowed 10%; this capacity is lost to the model.", metric="dead_fraction/layer1"),
+                "allowed 10%; this capacity is lost to the model.", metric="dead_fraction/layer1",
+                check="dead_fraction", layer=1),
         Finding("capacity_share_gap:sex", "pass", 1 - 14 / 15, 0.1, "<=",
                 f"By sex, in hidden layer 1 (relu) the units alive for '{male}' are 93% of the units alive for "
-                "anyone; no group's share of the network's live capacity trails another's by more than 10%."),
+                "anyone; no group's share of the network's live capacity trails another's by more than 10%.",
+                check="capacity_share_gap", view="sex"),
         Finding("capacity_share_gap:age_group", "not_evaluated", None, 0.1, "<=",
-                "Fewer than two groups of 'age_group' have enough rows to compare capacity shares."),
+                "Fewer than two groups of 'age_group' have enough rows to compare capacity shares.",
+                check="capacity_share_gap", view="age_group"),
         *_regressions(),
     )
 
@@ -195,14 +202,15 @@ def _regressions() -> tuple[Finding, ...]:
         Finding("regression:accuracy", "fail", 0.78 - 0.75, 0.02, "<=",
                 "Accuracy got worse since baseline bbbbbbbb: 0.780 → 0.750 (allowed worsening 0.02). "
                 "(Gate interval at 99.0%: 0.021 to 0.041.)",
-                "interval", 0.021, 0.041, 0.99, regression_of="accuracy"),
+                "interval", 0.021, 0.041, 0.99, regression_of="accuracy", check="accuracy"),
         Finding("regression:demographic_parity_difference:sex", "inconclusive", 0.13 - 0.11, 0.02, "<=",
                 "Demographic parity difference by sex: 0.110 at baseline bbbbbbbb → 0.130 now; the data cannot "
                 "tell whether it got worse by more than 0.02. (Gate interval at 99.0%: -0.100 to 0.140.)",
-                "interval", -0.1, 0.14, 0.99, regression_of="demographic_parity_difference:sex"),
+                "interval", -0.1, 0.14, 0.99, regression_of="demographic_parity_difference:sex",
+                check="demographic_parity_difference", view="sex"),
         Finding("regression:dead_fraction:layer1", "pass", 0.0, 0.02, "<=",
                 "Dead fraction of hidden layer 1: 0.125 at baseline bbbbbbbb → 0.125 now; not worse by more "
-                "than 0.02.", regression_of="dead_fraction:layer1"),
+                "than 0.02.", regression_of="dead_fraction:layer1", check="dead_fraction", layer=1),
     )
 
 
@@ -357,7 +365,8 @@ def audit_mode_document(**overrides) -> AuditDocument:
                      for f in doc.findings if f.regression_of is None and not f.id.startswith("dead_fraction"))
     findings += (Finding("dead_fraction:layer2", "fail", 0.25, 0.1, "<=",
                          "Hidden layer 2 (relu_1): 2 of 8 ReLU units never fire on the audit data (25%), more than "
-                         "the allowed 10%; this capacity is lost to the model.", metric="dead_fraction/layer2"),)
+                         "the allowed 10%; this capacity is lost to the model.", metric="dead_fraction/layer2",
+                         check="dead_fraction", layer=2),)
     doc = dataclasses.replace(
         doc, run_id="c" * 32, run_name="german-audit-20260101-130000", mode="audit", findings=findings,
         capacity=dataclasses.replace(

@@ -142,6 +142,7 @@ def test_run_page_shows_verdict_tag_and_metrics(logged, mlflow_server, tmp_path)
     assert _follows(texts, "verdict", f": {summary['verdict']}")
     assert _follows(texts, "accuracy", _js_number(run.data.metrics["accuracy"]))
     assert f"Metrics ({len(run.data.metrics)})" in texts
+    assert len(run.data.metrics) < 200  # the headline numbers; per-group numbers are tables
     # The picture in the README and docs/mlflow.md.
     assert _png_size(screenshot) == WINDOW
     assert screenshot.stat().st_size > 50_000  # a rendered page, not a blank one
@@ -210,4 +211,6 @@ def test_experiment_opens_in_the_model_training_view(logged, mlflow_server, tmp_
                   tmp_path)
     texts = page.texts()
     assert {"Run Name", run.info.run_name} <= set(texts), texts[:120]  # the runs table
+    # the verdict leads the run's name, so that the list shows it (the column shows some 20 characters)
+    assert run.info.run_name.startswith(f"{run.data.tags['verdict'].upper()} · german-")
     assert not {"Evaluation runs", "Token Usage", "Judges", "Playground"} & set(texts), texts[:120]

@@ -39,7 +39,8 @@ BAD_VALUES = [
         None,
         "trainng",
         {},
-        "trainng: unknown key; valid keys are: audit, dataset, execution, mitigation, model, policy, split, tracking, training",
+        "trainng: unknown key; valid keys are: audit, dataset, execution, mitigation, model, model_card, policy, split, "
+        "tracking, training",
     ),
     ("model", "activation", "gelu", "model.activation: got 'gelu' (str); expected one of: relu, leaky_relu"),
     ("mitigation", "feature", "gender",
@@ -260,6 +261,8 @@ DEFAULTS = {
     "mitigation.validation_fraction": 0.2, "mitigation.reductions_max_iter": 10, "mitigation.reductions_eps": 0.02,
     "mitigation.epochs": None, "mitigation.allow_group_aware_decisions": False,
     "execution.executor": "local", "execution.workers": 0, "execution.ray_address": None,
+    "model_card.owner": None, "model_card.contact": None, "model_card.licence": None, "model_card.citation": None,
+    "model_card.intended_use": None, "model_card.out_of_scope_uses": (),
 }
 # fmt: on
 
@@ -279,8 +282,9 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 12 + 3 + 8 + 10 + 12 + 11 + 3 + 13 (mitigation) + 3 (execution).
-    assert len(flat) == 75
+    # One param per field of every section: 12 + 3 + 8 + 10 + 12 + 11 + 3 + 13 (mitigation) + 3 (execution)
+    # + 6 (model_card).
+    assert len(flat) == 81
     assert set(flat) == {
         "dataset.path",
         "dataset.target",

@@ -170,21 +170,16 @@ def test_hostile_input_exits_2_with_one_line_and_no_run(tmp_path, transform, ove
 # --- handled rather than refused -------------------------------------------------------------------
 
 
-def test_colliding_group_labels_keep_distinct_metrics():
+def test_colliding_group_labels_stay_apart_in_the_tables():
+    """Per-group numbers are table rows, not metric keys: 'A/B' and 'A_B' (one key once sanitized) keep their
+    own rows, with their own rates, in the group table and in the bias-audit table."""
     doc = small_document(female="A/B", male="A_B")
-    metrics = doc.metrics()
     rows = {row.group: row for row in doc.groups["sex"]}
-    found = sorted(k for k in metrics if k.startswith("group/sex/A_B") and k.endswith("/selection_rate"))
-    assert len(found) == 2, found
-    values = {metrics[k] for k in found}
-    assert values == {rows["A/B"].values["selection_rate"], rows["A_B"].values["selection_rate"]}
-    # Stable: the same labels give the same keys.
-    assert sorted(k for k in small_document(female="A/B", male="A_B").metrics() if k in metrics) == sorted(metrics)
-
-
-def test_labels_without_collision_keep_plain_keys():
-    metrics = small_document(female="a b", male="c").metrics()
-    assert "group/sex/a_b/selection_rate" in metrics and "group/sex/c/selection_rate" in metrics
+    tables = doc.tables()
+    for name, column in (("fairness/groups_sex.json", "group"), ("fairness/bias_audit.json", "category")):
+        found = {r[column]: r["selection_rate"] for r in tables[name] if r[column] in ("A/B", "A_B")}
+        assert found == {"A/B": rows["A/B"].values["selection_rate"], "A_B": rows["A_B"].values["selection_rate"]}
+    assert not [k for k in doc.metrics() if "A_B" in k]
 
 
 def test_dollar_labels_plot_as_text():

@@ -51,7 +51,10 @@ def test_report_is_self_contained(hostile_run):
     result, _ = hostile_run
     html = result.report_html.read_text()
     sources = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    # inlined images and links within the page (the contents list): nothing to fetch
+    assert sources and all(s.startswith(("data:image/png;base64,", "#")) for s in sources)
+    anchors = {s[1:] for s in sources if s.startswith("#")}
+    assert anchors and all(f'id="{a}"' in html for a in anchors)
 
 
 def test_model_card_and_description_escape_markdown(hostile_run):
@@ -63,12 +66,19 @@ def test_model_card_and_description_escape_markdown(hostile_run):
     assert "[link](http://x)" not in text  # no live link from data
 
 
-def test_mlflow_metric_keys_are_sanitized(hostile_run, store):
+def test_mlflow_keys_are_sanitized_and_group_names_stay_in_tables(hostile_run, store):
+    """Group names are data: they never enter a metric key; the group table keeps them as written."""
+    import json
+
     result, _ = hostile_run
-    keys = MlflowClient(store).get_run(result.run_id).data.metrics
-    group_keys = sorted(k for k in keys if k.startswith("group/grp/") and k.endswith("/count"))
-    assert len(group_keys) == 3
-    assert all(re.fullmatch(r"[A-Za-z0-9_.\-/]+", k) for k in group_keys)
+    client = MlflowClient(store)
+    keys = client.get_run(result.run_id).data.metrics
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-/]+", k) for k in keys)
+    assert not [k for k in keys if k.startswith("group/")]
+    path = client.download_artifacts(result.run_id, "fairness/groups_grp.json", str(result.report_html.parent.parent))
+    table = json.loads(open(path, encoding="utf-8").read())
+    groups = [row[table["columns"].index("group")] for row in table["data"]]
+    assert sorted(groups) == sorted(GROUPS)
 
 
 def test_fmt_never_shows_undefined_as_zero():

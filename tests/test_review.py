@@ -10,6 +10,7 @@ from conftest import run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import runner
+from pipeline.app.review import NOTE_REQUIRED
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def test_review_is_recorded_everywhere_and_twice_needs_force(audited, store):
                   json.loads((reports / rid / "audit.json").read_text())):
         assert audit["review"]["decision"] == "rejected" and len(audit["review"]["history"]) == 2
     html = (reports / rid / "report.html").read_text()
-    assert "Review: REJECTED" in html and "&lt;b&gt;ok&lt;/b&gt;" not in html  # only the latest note shown
-    assert "approved by Ada Lovelace" in html  # the earlier decision is listed
+    assert "Review: REJECTED by Bob" in html and "<b>ok</b>" not in html  # notes are escaped
+    assert "<b>APPROVED</b> by Ada Lovelace" in html and "“&lt;b&gt;ok&lt;/b&gt; for pilot”" in html  # history kept
     assert "<b>ok</b>" not in (reports / rid / "model_card.md").read_text()
 
 
@@ -100,3 +101,60 @@ def test_two_reviews_at_once_are_put_in_order(force, tmp_path, store):
         assert sorted(e["by"] for e in log) == ["Ada", "Bob"]
         assert tags["review.by"] == log[-1]["by"] and tags["review.count"] == "2"
         assert log[1]["supersedes"] == log[0]["decision"] and log[0]["supersedes"] is None
+
+
+@pytest.fixture(scope="module")
+def failed(tmp_path_factory, store):
+    """A failing audit (an accuracy floor of 100% no model meets) whose model is registered."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("review-fail")
+    path = tmp / "c.yaml"
+    path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0], "policy.min_accuracy": 1.0,
+                                                   "tracking.registered_model": "review-test-model"})))
+    result = runner.run(path, tracking_uri=store, reports_dir=tmp / "reports")
+    assert result.verdict == "fail"
+    return result, tmp / "reports"
+
+
+def test_approving_a_failed_audit_needs_a_note_and_shows_everywhere(failed, store, tmp_path):
+    result, reports = failed
+    rid = result.run_id
+    bare = run_cli("review", rid, "--approve", "--by", "Ada", "--tracking-uri", store)
+    assert bare.returncode == 2 and "Traceback" not in bare.stderr
+    assert bare.stderr.strip().splitlines() == [f"error: {NOTE_REQUIRED.format(run_id=rid, verdict='FAIL')}"]
+    blank = run_cli("review", rid, "--approve", "--by", "Ada", "--note", "  ", "--tracking-uri", store)
+    assert blank.returncode == 2 and "needs --note" in blank.stderr
+    client = MlflowClient(store)
+    assert "review.decision" not in client.get_run(rid).data.tags  # nothing was recorded
+
+    # With a note, from another directory and without --reports-dir: the run's own report folder is updated.
+    note = "Accuracy floor set for a pilot of 50 cases; reviewed by race."
+    done = run_cli("review", rid, "--approve", "--by", "Ada", "--note", note, "--tracking-uri", store, "--json",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["report_dir"] == str((reports / rid).resolve())
+    assert "approved despite its FAIL verdict" in done.stderr  # the warning, on the console
+    tags = client.get_run(rid).data.tags
+    description = tags["mlflow.note.content"]
+    assert description.startswith("## Audit verdict: **FAIL**")
+    assert f"**Review: APPROVED despite the FAIL verdict by Ada at {out['time']}: “{note}”**" in description
+    # the model version registered from this audit carries the decision
+    (version,) = client.search_model_versions("name = 'review-test-model'")
+    assert out["model_versions"] == [f"review-test-model/{version.version}"]
+    assert (version.tags["review.decision"], version.tags["review.by"], version.tags["review.note"]) == (
+        "approved", "Ada", note)
+    assert version.description == (f"Audit FAIL (run {rid}). Review: APPROVED despite the FAIL verdict by Ada at "
+                                   f"{out['time']}: “{note}”")
+    html = (reports / rid / "report.html").read_text()
+    assert "Review: APPROVED despite the FAIL verdict by Ada" in html
+    card = (reports / rid / "model_card.md").read_text()
+    assert "race.”" in card and "race.." not in card  # the note keeps its own full stop
+
+
+def test_rejecting_needs_no_note(failed, store):
+    result, _ = failed
+    proc = run_cli("review", result.run_id, "--reject", "--by", "Bob", "--force", "--tracking-uri", store)
+    assert proc.returncode == 0, proc.stderr
+    assert MlflowClient(store).get_run(result.run_id).data.tags["review.decision"] == "rejected"

@@ -64,5 +64,6 @@ def test_the_run_starts_when_the_command_started(write_config, store, tmp_path):
     assert run.info.start_time == int(timer.started * 1000)
     assert run.info.end_time - run.info.start_time >= 3600 * 1000
     assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.runName"] == result.run_name
+    # renamed once judged: the verdict first, so that the run list shows it
+    assert run.data.tags["mlflow.runName"] == f"{result.verdict.upper()} · {result.run_name}"
     assert run.data.tags["mlflow.user"]  # the tags MLflow gives a run it starts

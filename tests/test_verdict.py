@@ -82,7 +82,7 @@ def test_no_group_large_enough_is_inconclusive_exit_1_and_the_alias_does_not_mov
     with pytest.raises(Exception, match="alias"):
         client.get_model_version_by_alias("tests-verdict-mlp", "audited")
     html = open(summary["report_html"]).read()
-    assert 'class="verdict inconclusive">INCONCLUSIVE' in html
+    assert 'class="verdict inconclusive">? INCONCLUSIVE' in html
     # With inconclusive_fails: false the verdict stays inconclusive but the job exits 0.
     cfg["policy"]["inconclusive_fails"] = False
     path.write_text(yaml.safe_dump(cfg))

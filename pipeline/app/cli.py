@@ -16,6 +16,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 
 import click
@@ -34,6 +36,8 @@ from pipeline.core.errors import (
 from pipeline.scale.executor import ShardFailed, WorkerDied
 
 _BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
+QUIET_SECONDS = 20.0  # this long without a line on the console, a line says the command is still working
+_LAST_LINE = [time.monotonic(), ""]  # when the console last got a line (log or progress), and that line
 
 
 def _progress(label: str):
@@ -41,6 +45,7 @@ def _progress(label: str):
     tty = sys.stderr.isatty()
 
     def report(rec, epochs: int) -> None:
+        _LAST_LINE[0] = time.monotonic()
         dead = max(rec.dead_fraction.values(), default=0.0)
         text = (f"{label} epoch {rec.epoch}/{epochs} train_loss {rec.train_loss:.4f} "
                 f"val_loss {rec.val_loss:.4f} val_accuracy {rec.val_accuracy:.4f} max_dead {dead:.2f}")
@@ -57,6 +62,42 @@ def _progress(label: str):
             logging.getLogger("pipeline.nn.training").info("%s", text)
 
     return report
+
+
+class _Seen(logging.Handler):
+    """Notes when the console last got a log line other than the heartbeat's, and what it said."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(record, "heartbeat", False):
+            _LAST_LINE[:] = [time.monotonic(), record.getMessage().splitlines()[0][:90] if record.msg else ""]
+
+
+@contextlib.contextmanager
+def _heartbeat(every: float = QUIET_SECONDS):
+    """While a command runs, a line every ``every`` seconds of silence (mitigation candidates train for
+    minutes without a word otherwise): how long it has run, and when and what it last said."""
+    started, stop, seen = time.monotonic(), threading.Event(), _Seen()
+    _LAST_LINE[:] = [started, ""]
+    beaten = [started]
+    logging.getLogger().addHandler(seen)
+
+    def beat() -> None:
+        while not stop.wait(1.0):
+            now = time.monotonic()
+            if now - max(_LAST_LINE[0], beaten[0]) >= every and not _BAR_OPEN:
+                beaten[0] = now
+                logging.getLogger("pipeline").info(
+                    "still working, %.0f s in; last message %.0f s ago: %s", now - started, now - _LAST_LINE[0],
+                    _LAST_LINE[1] or "(none yet)", extra={"heartbeat": True})
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        logging.getLogger().removeHandler(seen)
 
 
 def _raise_interrupted(signum, frame):
@@ -194,19 +235,23 @@ def _execute(call, as_json: bool, then=None) -> None:
     def audit():
         from pipeline.app import runner
 
-        if not as_json:
-            return call(runner)
-        # stdout carries the JSON summary alone: what libraries print there (Ray's notices of a
-        # worker that died and was retried) goes to stderr with the logs.
-        with contextlib.redirect_stdout(sys.stderr):
-            return call(runner)
+        with _heartbeat():
+            if not as_json:
+                return call(runner)
+            # stdout carries the JSON summary alone: what libraries print there (Ray's notices of a
+            # worker that died and was retried) goes to stderr with the logs.
+            with contextlib.redirect_stdout(sys.stderr):
+                return call(runner)
 
     result, code = _guarded(audit)
     if code is not None:
         _finish({"run_id": None, "verdict": None, **result}, code, as_json)
     after, after_code = _guarded(lambda: then(result)) if then else ({}, None)
+    said = _summary(result.audit_json)
     if not as_json:
         click.echo(f"verdict: {result.verdict.upper()} (exit {result.exit_code})")
+        for sentence in said["summary"]:
+            click.echo(f"  {sentence}")
         for fid in result.failed_findings:
             click.echo(f"  failed: {fid}")
         for fid in result.inconclusive_findings:
@@ -217,10 +262,21 @@ def _execute(call, as_json: bool, then=None) -> None:
             click.echo(f"registry: {result.registry}")
         if then and after_code is None:
             click.echo(f"registry: {after['message']}")
-    summary = result.summary()
+    summary = {**result.summary(), **said}
     if then:
         summary["registered"] = after.get("registered") if after_code is None else {"error": after.get("error")}
     _finish(summary, after_code or result.exit_code, as_json)
+
+
+def _summary(audit_json) -> dict:
+    """The audit's 30-second summary (headline, who is affected, the mitigation outcome, the review) and the
+    mitigation recommendation, read back from the audit.json the run wrote."""
+    from pipeline.record import outputs, summary
+
+    doc = outputs.read_document(audit_json)
+    s = summary.summarize(doc)
+    lines = [s.headline, *(f"- {a}" for a in s.affected), *([s.options] if s.options else []), *s.warnings]
+    return {"summary": lines, "mitigation": doc.mitigation.recommendation if doc.mitigation else None}
 
 
 @cli.command()
@@ -287,10 +343,13 @@ def push(folder, tracking_uri, force, as_json) -> None:
 @click.option("--approve", "decision", flag_value="approved", help="Approve the audit.")
 @click.option("--reject", "decision", flag_value="rejected", help="Reject the audit.")
 @click.option("--by", required=True, help="Reviewer's name.")
-@click.option("--note", default=None, help="Why; shown in the report and the review log.")
+@click.option("--note", default=None,
+              help="Why; shown in the report, the model card, the run description and on the model version. "
+                   "Required to approve a FAIL or INCONCLUSIVE verdict.")
 @click.option("--force", is_flag=True, help="Record a new decision on a run already reviewed.")
 @_tracking_option()
-@click.option("--reports-dir", default="reports", show_default=True, help="Also update reports/<run_id>/ here.")
+@click.option("--reports-dir", default=None,
+              help="Also update reports/<run_id>/ here. Default: where the run wrote it (on this host), else ./reports.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json) -> None:
     """Record a reviewer's sign-off (--approve or --reject) on an audit run."""
@@ -306,7 +365,12 @@ def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json
 
     entry, code = _guarded(call)
     if code is None and not as_json:
-        click.echo(f"{run_id}: {decision} by {by}")
+        despite = f" despite its {entry['verdict'].upper()} verdict" if (
+            decision == "approved" and entry["verdict"] != "pass") else ""
+        click.echo(f"{run_id}: {decision}{despite} by {by}")
+        for version in entry["model_versions"]:
+            click.echo(f"  model version {version}: decision recorded")
+        click.echo(f"  report: {entry['report_dir'] or 'no local copy here (the MLflow artifacts are updated)'}")
     _finish({"run_id": run_id, **entry}, code or 0, as_json)
 
 
@@ -361,19 +425,42 @@ def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
 @click.option("--data", "data_path", required=True, help="The new data set: a .csv, .csv.gz or .parquet file.")
 @click.option("--out", default=None, help="Where to write the config. Default: configs/<data file name>.yaml.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-def init(data_path: str, out: str | None, force: bool) -> None:
+@click.option("--favourable", default=None,
+              help="The target's favourable value (a loan granted, hired, not re-offending): it decides every "
+                   "fairness number, so it is asked, never guessed. Without it, init asks on a terminal; "
+                   "otherwise the config is written with dataset.positive_label unset, which run refuses.")
+def init(data_path: str, out: str | None, force: bool, favourable: str | None) -> None:
     """Write a starter config for a new data set (column table on stderr); check it, then run it."""
+
+    def ask(target: str, values: tuple[tuple[str, int], ...]) -> str | None:
+        click.echo(f"The target column '{target}' holds: "
+                   + ", ".join(f"{v} ({n:,} rows)" for v, n in values) + ".", err=True)
+        click.echo("Which value is the favourable outcome, the one a person wants (a loan granted, a job offered, "
+                   "not re-offending)? Every fairness number depends on it.", err=True)
+        answer = click.prompt("favourable value (empty: decide later)", default="", show_default=False, err=True,
+                              type=click.Choice(["", *(v for v, _ in values)]), show_choices=True)
+        return answer or None
 
     def call():
         from pipeline.app.init import init as write_starter
 
-        return write_starter(data_path, out=out, force=force)
+        return write_starter(data_path, out=out, force=force, favourable=favourable,
+                             ask=ask if sys.stdin.isatty() and favourable is None else None)
 
     result, code = _guarded(call)
     if code is not None:
         sys.exit(code)
     click.echo(result.table, err=True)
-    click.echo(f"wrote {result.out}: check the lines marked CHECK, then run:")
+    if result.favourable is None:
+        from pipeline.app.init import describe_values
+
+        p = result.proposal
+        click.echo(f"wrote {result.out}: dataset.positive_label is NOT SET. Write which value of '{p.target}' is the "
+                   f"favourable outcome ({describe_values(p.target_values)}) there, or rerun with --favourable VALUE "
+                   "--force; run refuses the config until then. Check the other lines marked CHECK too, then run:")
+    else:
+        click.echo(f"wrote {result.out} (favourable outcome: {result.proposal.target} = {result.favourable}): check "
+                   "the lines marked CHECK, then run:")
     click.echo(f"  {result.next_command}")
 
 

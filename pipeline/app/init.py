@@ -1,15 +1,20 @@
 """`pipeline init`: a starter config for a new data set, proposed from a sample of its rows.
 
 Every proposal is a guess from column names and values, and the written YAML says which
-(target, favourable label, sensitive features, dropped columns) must be checked by a person.
-The proposal functions are pure (a DataFrame in, plain data out); :func:`init` alone reads
-the file, validates the result with ``config.from_dict`` and ``data.load``, and writes it.
+(target, sensitive features, dropped columns, the accuracy floor) must be checked by a person.
+The favourable outcome is never guessed: it decides every fairness number (on a recidivism file,
+``two_year_recid = 1`` is re-offending, not a benefit), so it is asked (``--favourable``, or a
+prompt on a terminal); unanswered, the config is written with ``positive_label`` unset, which
+``run`` refuses until a person sets it. The proposal functions are pure (a DataFrame in, plain
+data out); :func:`init` alone reads the file, validates the result with ``config.from_dict`` and
+``data.load``, and writes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +37,9 @@ WEAK_MARKERS = ("None", "none", "-", "--", ".", "unknown", "missing")
 
 TARGET_NAMES = {"target", "label", "class", "income", "credit_risk", "outcome", "y", "decision", "default",
                 "approved", "hired", "risk"}
-FAVOURABLE_WORDS = {"good", "yes", "y", "1", "1.0", "true", "t", "approved", "accepted", "granted", "hired",
-                    "positive", "pass", "success"}
-UNFAVOURABLE_WORDS = {"bad", "no", "n", "0", "0.0", "false", "f", "denied", "rejected", "negative", "fail"}
+# Written when the favourable outcome was not given: no column holds it, so `run` refuses the config
+# (data.load: "dataset.positive_label: ... does not occur in column ...") until a person sets it.
+UNSET_FAVOURABLE = "SET ME: which value of {target} is the favourable outcome ({values})"
 # Name token -> the protected characteristic. Audited by default: characteristics protected nearly everywhere.
 SENSITIVE_NAMES = {"sex": "sex", "gender": "sex", "race": "race", "ethnicity": "ethnicity", "ethnic": "ethnicity",
                    "age": "age", "religion": "religion", "religious": "religion", "disability": "disability",
@@ -57,6 +62,8 @@ MSG_NO_SENSITIVE = ("{path}: no column is named like a protected characteristic 
                     "rename it, or write dataset.sensitive_features by hand (docs/configuration.md)")
 MSG_EXISTS = "{out}: already exists; pass --force to overwrite it, or --out another path"
 MSG_INVALID = "{out}: the proposed config does not load ({err}); write it by hand (docs/configuration.md)"
+MSG_FAVOURABLE = ("--favourable: '{value}' is not a value of the target column '{target}' in {path}; its values are: "
+                  "{values}")
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,8 @@ class Proposal:
     """The dataset section proposed for a data file, with the reasons shown as comments."""
 
     target: str
-    positive_label: str
-    positive_reason: str
+    target_values: tuple[tuple[str, int], ...]  # the target's values (as text, as data.load compares) and counts
+    majority_share: float  # of the most frequent target value: the accuracy of always predicting it
     sensitive_features: tuple[str, ...]
     drop: tuple[str, ...]
     missing_values: tuple[str, ...]
@@ -92,6 +99,7 @@ class InitResult:
     table: str  # the column table, also written as comments in the YAML
     proposal: Proposal
     next_command: str
+    favourable: str | None  # None: not given, and the written config says so (run refuses it until set)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -178,28 +186,15 @@ def propose_target(frame: pd.DataFrame, columns: list[Column]) -> str | None:
     return complete[-1] if complete else None
 
 
-def propose_positive(series: pd.Series) -> tuple[str, str]:
-    """The favourable value of a two-valued target (as text, as ``data.load`` compares it) and why."""
+def target_values(series: pd.Series) -> tuple[tuple[str, int], ...]:
+    """The target's values as text (as ``data.load`` compares ``positive_label``), most frequent first, with counts."""
     counts = series.dropna().astype("string").value_counts()
-    values = [str(v) for v in counts.index]
+    return tuple((str(v), int(n)) for v, n in counts.items())
 
-    def favourable(v: str) -> bool:
-        v = v.strip().lower()
-        return v in FAVOURABLE_WORDS or v.startswith(">")
 
-    def unfavourable(v: str) -> bool:
-        v = v.strip().lower()
-        return v in UNFAVOURABLE_WORDS or v.startswith("<")
-
-    named = [v for v in values if favourable(v) and not unfavourable(v)]
-    if len(named) == 1:
-        return named[0], f"its name reads as the favourable outcome ({', '.join(values)})"
-    other = [v for v in values if unfavourable(v) and not favourable(v)]
-    if len(other) == 1:
-        (left,) = [v for v in values if v != other[0]]
-        return left, f"'{other[0]}' reads as the unfavourable outcome"
-    rare = str(counts.index[-1])
-    return rare, f"the less frequent value ({int(counts.iloc[-1])} of {int(counts.sum())} sampled rows)"
+def describe_values(values: tuple[tuple[str, int], ...]) -> str:
+    """'0 (3,963 rows), 1 (3,251 rows)'."""
+    return ", ".join(f"{v} ({n:,} rows)" for v, n in values)
 
 
 def encodes(frame: pd.DataFrame, column: str, sensitive: str) -> bool:
@@ -217,8 +212,8 @@ def propose(frame: pd.DataFrame, columns: list[Column], *, path: str, markers: t
     target = propose_target(frame, columns)
     if target is None:
         raise DataError(MSG_NO_TARGET.format(path=path))
-    positive, why = propose_positive(frame[target])
-    roles: dict[str, str] = {target: f"target (favourable: {positive})"}
+    values = target_values(frame[target])
+    roles: dict[str, str] = {target: "target (favourable outcome: asked, never guessed)"}
     notes: list[str] = []
     drop: list[str] = []
 
@@ -294,7 +289,8 @@ def propose(frame: pd.DataFrame, columns: list[Column], *, path: str, markers: t
         raise DataError(MSG_NO_SENSITIVE.format(path=path))
     if markers:
         notes.append(f"read as missing: {', '.join(markers)} (found in the sample; check they are not real values)")
-    return Proposal(target=target, positive_label=positive, positive_reason=why, sensitive_features=tuple(sensitive),
+    return Proposal(target=target, target_values=values, majority_share=values[0][1] / sum(n for _, n in values),
+                    sensitive_features=tuple(sensitive),
                     drop=tuple(drop), missing_values=markers, roles=roles, notes=tuple(notes),
                     suggested_bins=suggested_bins)
 
@@ -371,23 +367,46 @@ KEY_COMMENTS = {
     "policy.gate_on": "interval: fail only when the whole interval is on the wrong side",
     "tracking.registered_model": "set a name to register each audited model",
     "mitigation.enabled": "true: also measure mitigation candidates (docs/mitigation.md)",
+    "model_card.owner": "CHECK: who answers for the model (the model card's model details)",
+    "model_card.intended_use": "CHECK: the decisions it is meant to support, and for whom",
 }
 
 
-def render_yaml(proposal: Proposal, *, path: str, name: str, table: str, small_groups: list[str]) -> str:
-    """The whole config as commented YAML: the dataset section proposed, every other key at its default."""
+def render_yaml(proposal: Proposal, *, path: str, name: str, table: str, small_groups: list[str],
+                favourable: str | None = None) -> str:
+    """The whole config as commented YAML: the dataset section proposed, every other key at its default.
+
+    ``favourable``: the favourable value of the target as a person gave it; ``None`` writes
+    ``positive_label`` unset (a value no row holds), which ``run`` refuses until it is set.
+    """
     ds = proposal
+    values = describe_values(ds.target_values)
+    choices = " or ".join(v for v, _ in ds.target_values)
+    policy = config_mod.PolicyConfig()
     lines = [f"# Starter config for {path}, written by `python -m pipeline init`. CHECK every proposal below.",
              "# Every key is documented in docs/configuration.md; unknown keys are errors.", "#"]
     lines += [f"# {line}".rstrip() for line in table.splitlines()]
     lines += ["#", "# To check:"]
+    if favourable is None:
+        lines.append(f"# - dataset.positive_label is NOT SET: write which value of {_comment(ds.target)} is the "
+                     f"favourable outcome ({_comment(choices)}); `run` refuses this config until then. It decides "
+                     "every fairness number: a model that predicts it less often for a group disadvantages that group.")
+    else:
+        lines.append(f"# - dataset.positive_label: {_comment(favourable)}, as given; every fairness number is about "
+                     f"who the model predicts to get {_comment(ds.target)} = {_comment(favourable)}.")
+    if policy.min_accuracy is not None:
+        lines.append(f"# - policy.min_accuracy: {policy.min_accuracy} is a default, not this data's requirement: "
+                     f"always predicting the most frequent value already scores {ds.majority_share:.1%} here; set the "
+                     "floor your use needs.")
     lines += [f"# - {_comment(n)}" for n in ds.notes]
     lines += ["", "dataset:",
               f"  name: {_yaml(name)}",
               f"  path: {_yaml(path)}                # relative to the directory you run the pipeline from",
-              f"  target: {_yaml(ds.target)}",
-              f"  positive_label: {_yaml(ds.positive_label)}   # CHECK: the favourable outcome; guessed from "
-              f"{_comment(ds.positive_reason)}",
+              f"  target: {_yaml(ds.target)}                # CHECK: the outcome the model predicts",
+              (f"  positive_label: {_yaml(UNSET_FAVOURABLE.format(target=ds.target, values=choices))}   # CHECK: "
+               f"NOT SET; the target's values: {_comment(values)}" if favourable is None else
+               f"  positive_label: {_yaml(favourable)}   # the favourable outcome, as given (the target's values: "
+               f"{_comment(values)})"),
               f"  sensitive_features: {_yaml(list(ds.sensitive_features))}   # CHECK: audited for group fairness",
               "  sensitive_as_input: false      # sensitive columns are used only to audit, not as model inputs",
               f"  drop: {_yaml(list(ds.drop))}   # neither model inputs nor audited (see the table above)",
@@ -401,7 +420,7 @@ def render_yaml(proposal: Proposal, *, path: str, name: str, table: str, small_g
     for group in small_groups:
         lines.append(f"  # {_comment(group)}")
     defaults = config_mod.to_dict(config_mod.Config(dataset=config_mod.DatasetConfig(
-        path=path, target=ds.target, positive_label=ds.positive_label, sensitive_features=ds.sensitive_features)))
+        path=path, target=ds.target, positive_label=favourable or "", sensitive_features=ds.sensitive_features)))
     for section, values in defaults.items():
         if section == "dataset":
             extra = {k: v for k, v in values.items() if k not in _WRITTEN_DATASET_KEYS}
@@ -412,6 +431,9 @@ def render_yaml(proposal: Proposal, *, path: str, name: str, table: str, small_g
             if section == "tracking" and key == "experiment":
                 value = f"fairness-audit-{name}"
             note = KEY_COMMENTS.get(f"{section}.{key}")
+            if f"{section}.{key}" == "policy.min_accuracy" and value is not None:
+                note = (f"CHECK: a default; always predicting the most frequent value scores {ds.majority_share:.1%} "
+                        "on this data")
             lines.append(f"  {key}: {_yaml(value)}" + (f"   # {note}" if note else ""))
     return "\n".join(lines) + "\n"
 
@@ -437,14 +459,19 @@ def small_group_notes(frame: pd.DataFrame, sensitive: tuple[str, ...], *, test_s
 # --- the command ---------------------------------------------------------------------------------
 
 
-def init(data: str | Path, *, out: str | Path | None = None, force: bool = False) -> InitResult:
+def init(data: str | Path, *, out: str | Path | None = None, force: bool = False, favourable: str | None = None,
+         ask: Callable[[str, tuple[tuple[str, int], ...]], str | None] | None = None) -> InitResult:
     """Profile ``data``, propose a config, check that it loads, and write it to ``out``.
+
+    The favourable outcome is ``favourable``, else what ``ask(target, values)`` answers (the CLI
+    prompts on a terminal); with neither, the config is written with ``positive_label`` unset.
 
     Raises
     ------
     UserError
         The data is missing or unreadable, has no candidate target or sensitive column,
-        ``out`` exists without ``force``, or the proposed config does not load.
+        ``out`` exists without ``force``, ``favourable`` is not a value of the target, or the
+        proposed config does not load.
     """
     import yaml
 
@@ -462,9 +489,18 @@ def init(data: str | Path, *, out: str | Path | None = None, force: bool = False
     defaults = config_mod.AuditConfig(), config_mod.SplitConfig()
     small = small_group_notes(frame, proposal.sensitive_features, test_size=defaults[1].test_size,
                               min_group_size=defaults[0].min_group_size)
-    text = render_yaml(proposal, path=str(data), name=name, table=table, small_groups=small)
+    known = [v for v, _ in proposal.target_values]
+    if favourable is None and ask is not None:
+        favourable = ask(proposal.target, proposal.target_values)
+    if favourable is not None and favourable not in known:
+        raise UserError(MSG_FAVOURABLE.format(value=favourable, target=proposal.target, path=path,
+                                              values=describe_values(proposal.target_values)))
+    text = render_yaml(proposal, path=str(data), name=name, table=table, small_groups=small, favourable=favourable)
+    # Checked as `run` would check it, with a value the target holds where none was given yet.
+    checked = text if favourable is not None else render_yaml(proposal, path=str(data), name=name, table=table,
+                                                              small_groups=small, favourable=known[0])
     try:
-        cfg = config_mod.from_dict(yaml.safe_load(text), source=str(out))
+        cfg = config_mod.from_dict(yaml.safe_load(checked), source=str(out))
         table_ = data_mod.load(cfg.dataset, source=str(out))
         data_mod.split(table_, cfg, source=str(out))  # also what `run` refuses before training (identifiers, ...)
     except UserError as err:
@@ -474,5 +510,5 @@ def init(data: str | Path, *, out: str | Path | None = None, force: bool = False
         out.write_text(text, encoding="utf-8")
     except OSError as err:
         raise UserError(f"{out}: cannot write the config: {err.strerror}; give --out a writable file path") from err
-    return InitResult(out=out, table=table, proposal=proposal,
+    return InitResult(out=out, table=table, proposal=proposal, favourable=favourable,
                       next_command=f"python -m pipeline run --config {out}")

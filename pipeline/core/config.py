@@ -206,6 +206,18 @@ class ExecutionConfig:
 
 
 @dataclass(frozen=True)
+class ModelCardConfig:
+    """What only people know, for the model card's model details and intended use (Mitchell et al. 2019)."""
+
+    owner: str | None = None  # the person or team answerable for the model
+    contact: str | None = None  # where questions and concerns go
+    licence: str | None = None
+    citation: str | None = None  # how to cite the model or its paper
+    intended_use: str | None = None  # the decisions it is meant to support, for whom
+    out_of_scope_uses: tuple[str, ...] = ()  # uses it must not be put to
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig
     split: SplitConfig = SplitConfig()
@@ -216,6 +228,7 @@ class Config:
     tracking: TrackingConfig = TrackingConfig()
     mitigation: MitigationConfig = MitigationConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    model_card: ModelCardConfig = ModelCardConfig()
 
 
 def load(path: str | Path) -> tuple[Config, dict]:

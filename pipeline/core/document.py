@@ -793,31 +793,23 @@ class AuditDocument:
             raise UserError(_MSG_NOT_AN_AUDIT.format(source=source, why=f"{type(err).__name__}: {err}")) from err
 
     def metrics(self) -> dict[str, float]:
-        """Every number of the audit as flat MLflow metrics (undefined ones left out: missing means undefined)."""
-        metrics: dict[str, Any] = {k: v for k, v in self.overall.items()}
-        for view, rows in self.groups.items():
-            keys = vocab.group_metric_keys(view, [(row.group, name) for row in rows for name in row.values])
-            for row in rows:  # suppressed groups carry None and are left out
-                for name, value in row.values.items():
-                    metrics[keys[row.group, name]] = value
+        """The headline numbers as flat MLflow metrics (about a hundred): overall performance, each view's
+        disparities, each layer's unit fractions and effective ranks, the spread across seeds, how many
+        findings have each status. Per-group numbers and every interval are tables (:meth:`tables`), so
+        the run's metric list and charts show what a reviewer compares across runs. Undefined values are
+        left out: missing means undefined."""
+        metrics: dict[str, Any] = {k: v for k, v in self.overall.items() if not k.endswith(_BOUNDS)}
         for view, gaps in self.disparities.items():
             for name, gap in gaps.items():
-                key = vocab.disparity_metric(name, view)
-                metrics[key] = gap.value
-                for part in ("ci_low", "ci_high", "seed_std", "seed_range"):
-                    metrics[f"{key}_{part}"] = getattr(gap, part)
+                metrics[vocab.disparity_metric(name, view)] = gap.value
         for layer in self.capacity.layers:
             for split in ("train", "test"):
                 counts = getattr(layer, split)
-                for name, value in (counts.to_json() if counts else {}).items():
-                    metrics[vocab.layer_metric(name, layer.index, split)] = value
+                for name in ("dead_fraction", "dormant_fraction", "rare_fraction"):
+                    if counts is not None:
+                        metrics[vocab.layer_metric(name, layer.index, split)] = getattr(counts, name)
             metrics[vocab.layer_metric("erank", layer.index)] = layer.erank
             metrics[vocab.layer_metric("srank", layer.index)] = layer.srank
-        index = {layer.layer: layer.index for layer in self.capacity.layers}
-        for view, rows in self.capacity.groups.items():
-            parts = vocab.key_parts(row.group for row in rows)
-            for row in rows:
-                metrics[vocab.capacity_share_metric(view, parts[row.group], index[row.layer])] = row.capacity_share
         if len(self.seeds.seeds) > 1:
             for key, stats in self.seeds.metrics.items():
                 metrics[vocab.seed_metric(key, "mean")] = stats.mean
@@ -830,6 +822,50 @@ class AuditDocument:
             metrics[vocab.metric_key("unseen_categories", columns[column])] = n
         return {k: float(v) for k, v in metrics.items()
                 if v is not None and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))}
+
+    def tables(self) -> dict[str, list[dict]]:
+        """Per-group numbers and every interval, as tables (one dict per row) keyed by artifact file:
+        what ``mlflow.log_table`` shows as a table in the run's artifacts."""
+        from pipeline.core import bias_audit
+
+        gate = {(f.view, f.check): f for f in self.findings if f.regression_of is None and f.view is not None}
+        out = {f"fairness/groups_{vocab.artifact_key(view)}.json": [r.to_json() for r in rows]
+               for view, rows in self.groups.items()}
+        out["fairness/disparities.json"] = [
+            {"view": view, "disparity": name, **d.to_json(),
+             "gate_ci_low": gate[view, name].ci_low if (view, name) in gate else None,
+             "gate_ci_high": gate[view, name].ci_high if (view, name) in gate else None,
+             "gate_ci_level": gate[view, name].ci_level if (view, name) in gate else None,
+             "status": gate[view, name].status if (view, name) in gate else None}
+            for view, gaps in self.disparities.items() for name, d in gaps.items()]
+        out["fairness/overall.json"] = [
+            {"metric": k, "value": v, "ci_low": self.overall.get(f"{k}_ci_low"),
+             "ci_high": self.overall.get(f"{k}_ci_high"), "ci_level": self.ci_level}
+            for k, v in self.overall.items() if not k.endswith(_BOUNDS)]
+        out["fairness/bias_audit.json"] = bias_audit.records(bias_audit.table(self))
+        out["checks/findings.json"] = [
+            {k: f.to_json()[k] for k in ("id", "status", "value", "threshold", "comparison", "judged_on", "ci_low",
+                                          "ci_high", "ci_level", "seed_range", "message")} for f in self.findings]
+        out["capacity/layers.json"] = [
+            {"layer": layer.index, "name": layer.layer, "units": layer.units, "split": split, **counts.to_json(),
+             "erank": layer.erank, "srank": layer.srank}
+            for layer in self.capacity.layers for split in ("train", "test")
+            if (counts := getattr(layer, split)) is not None]
+        index = {layer.layer: layer.index for layer in self.capacity.layers}
+        out["capacity/groups.json"] = [
+            {"view": view, "group": r.group, "layer": index.get(r.layer), "name": r.layer, "rows": r.rows,
+             "dead_only_on_group": r.dead_only_on_group, "dormant_only_on_group": r.dormant_only_on_group,
+             "capacity_share": r.capacity_share, "eligible": r.eligible}
+            for view, rows in self.capacity.groups.items() for r in rows]
+        if len(self.seeds.seeds) > 1:
+            out["seeds/metrics.json"] = [
+                {"metric": key, "mean": st.mean, "std": st.std, "range": st.range,
+                 **{f"seed_{seed}": v for seed, v in zip(self.seeds.seeds, st.values)}}
+                for key, st in self.seeds.metrics.items()]
+        return {name: [_clean(row) for row in rows] for name, rows in out.items() if rows}
+
+
+_BOUNDS = ("_ci_low", "_ci_high")
 
 
 # --- per-seed results and the builder -------------------------------------------------------------

@@ -246,7 +246,8 @@ def _fairness_checks(policy: PolicyConfig, evaluation: Evaluation) -> list[_Chec
         dpd, dpr, eod = (gaps["demographic_parity_difference"], gaps["demographic_parity_ratio"],
                          gaps["equalized_odds_difference"])
         undefined = (f"Fewer than two groups of '{feature}' have enough rows (and, for error rates, enough "
-                     "positives and negatives) to compare, so this check was not evaluated.")
+                     f"positives and negatives) to compare ({_group_sizes(evaluation, feature)}), so this check "
+                     "was not evaluated.")
         if policy.max_demographic_parity_difference is not None:
             t = policy.max_demographic_parity_difference
             gap = _pp(dpd.value)
@@ -355,7 +356,8 @@ def _group_capacity_checks(policy: PolicyConfig, evaluation: Evaluation, group_c
             "fail": f"{said}: capacity that serves other groups is dead or dormant for this group, a gap of "
                     f"{gap:.0%} (allowed {t:.0%})." if low else "",
             "inconclusive": "",
-            "not_evaluated": f"Fewer than two groups of '{view}' have enough rows to compare capacity shares.",
+            "not_evaluated": f"Fewer than two groups of '{view}' have enough rows to compare capacity shares "
+                             f"({_group_sizes(evaluation, view)}).",
         }))
     return checks
 
@@ -429,6 +431,23 @@ def _sizes(evaluation: Evaluation, view: str, gap) -> dict[str, int] | None:
         return None
     rows = dict(zip(evaluation.groups[view]["group"].astype(str), evaluation.groups[view]["count"]))
     return {g: int(rows[g]) for g in dict.fromkeys((gap.best_group, gap.worst_group))}
+
+
+def _group_sizes(evaluation: Evaluation, view: str, most: int = 6) -> str:
+    """The published groups' test rows, and which are large enough to compare: the blocking groups, named.
+    Suppressed groups are left out (their sizes are withheld)."""
+    table = evaluation.groups.get(view)
+    if table is None or "count" not in table:
+        return "no group sizes"
+    shown = table[table["status"] != "suppressed"] if "status" in table else table
+    shown = shown[shown["count"].notna()].sort_values("count", ascending=False)
+    sizes = [f"'{g}' {int(n):,}" for g, n in zip(shown["group"], shown["count"])]
+    more = f" and {len(sizes) - most} more" if len(sizes) > most else ""
+    text = f"test rows: {', '.join(sizes[:most])}{more}"
+    if "eligible" in shown:
+        large = [f"'{g}'" for g, ok in zip(shown["group"], shown["eligible"]) if ok]
+        text += f"; large enough to compare: {', '.join(large) if large else 'none'}"
+    return text
 
 
 def _share(value) -> str:

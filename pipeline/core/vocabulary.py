@@ -154,7 +154,9 @@ def artifact_key(view: str) -> str:
     return metric_key(view)
 
 
-METRIC_NAMES = {"group_keys": "group/<feature>/<group>/<metric>", "sanitize": metric_key.__doc__}
+# How the run's numbers are named: headline metrics by key, per-group numbers and intervals in tables.
+METRIC_NAMES = {"disparity_keys": "<disparity>/<view>", "layer_keys": "<name>/layer<i>[/<split>]",
+                "group_tables": "fairness/groups_<view>.json", "sanitize": metric_key.__doc__}
 
 
 # --- tags on a registered model version ----------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The files of one audit in ``reports/<run_id>/``: plots, ``report.html``, ``model_card.md``, ``audit.json``.
+"""The files of one audit in ``reports/<run_id>/``: plots, ``report.html``, ``model_card.md``, ``audit.json``,
+``bias_audit.csv``.
 
 The report stage renders; this module writes, so that a run, a review and a push write
 the same files the same way.
@@ -20,6 +21,7 @@ SHARDS = "split/shards.json"  # a streamed audit: the Parquet shards whose every
 
 def write_reports(doc: AuditDocument, out_dir: Path, plots: dict[str, bytes] | None = None) -> list[Path]:
     """Write the audit's files (rendering the plots unless given); returns the text files written."""
+    from pipeline.core import bias_audit
     from pipeline.record import report
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -29,6 +31,7 @@ def write_reports(doc: AuditDocument, out_dir: Path, plots: dict[str, bytes] | N
             (out_dir / name).write_bytes(png)
     (out_dir / REPORT_HTML).write_text(report.render_html(doc, plots), encoding="utf-8")
     (out_dir / MODEL_CARD).write_text(report.model_card(doc), encoding="utf-8")
+    (out_dir / bias_audit.CSV_NAME).write_text(bias_audit.to_csv(bias_audit.table(doc)), encoding="utf-8")
     write_document(doc, out_dir / AUDIT_JSON)
     return [out_dir / AUDIT_JSON, out_dir / REPORT_HTML, out_dir / MODEL_CARD]
 

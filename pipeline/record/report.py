@@ -17,8 +17,11 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from pipeline.core import bias_audit
+from pipeline.core import vocabulary as vocab
 from pipeline.core.config import to_dict
-from pipeline.core.document import AuditDocument, Remedy
+from pipeline.core.document import AuditDocument, Finding, Remedy
+from pipeline.record import summary as summary_mod
 
 _TEMPLATES = Path(__file__).parent / "templates"
 RATE_COLUMNS = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate",
@@ -56,10 +59,16 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def fairness_plot_names(audit: AuditDocument) -> dict[str, str]:
+    """The file of each view's rate plot, named after the view so that an artifact list says what it shows."""
+    return {view: f"fairness_{vocab.artifact_key(view)}.png" for view in audit.groups}
+
+
 def plots(audit: AuditDocument) -> dict[str, bytes]:
     """PNG images keyed by file name: group rates per audited feature, dead units over epochs, training loss."""
     images = {}
-    for index, (feature, all_rows) in enumerate(audit.groups.items(), start=1):
+    names = fairness_plot_names(audit)
+    for feature, all_rows in audit.groups.items():
         rows = [r for r in all_rows if not r.suppressed]
         metrics = ("selection_rate", "true_positive_rate", "false_positive_rate")
         height = max(2.2, 0.28 * len(rows) * len(metrics) + 1.0)
@@ -88,9 +97,9 @@ def plots(audit: AuditDocument) -> dict[str, bytes]:
         ax.set_xlabel("rate on the test split" + (f" (bars: {ci:.0%} bootstrap intervals)" if ci else ""))
         ax.set_title(f"Rates by {feature}")
         ax.legend(fontsize=8, loc="lower right")
-        images[f"fairness_{index}.png"] = _png(fig)
+        images[names[feature]] = _png(fig)
 
-    for index, (feature, by_group) in enumerate(audit.calibration.reliability.items(), start=1):
+    for feature, by_group in audit.calibration.reliability.items():
         fig, ax = _axes(5, 4)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
         for group, bins in by_group.items():
@@ -103,7 +112,7 @@ def plots(audit: AuditDocument) -> dict[str, bytes]:
         ax.set_ylabel("observed rate of the positive label")
         ax.set_title(f"Calibration by {feature}")
         ax.legend(fontsize=7)
-        images[f"calibration_{index}.png"] = _png(fig)
+        images[f"calibration_{vocab.artifact_key(feature)}.png"] = _png(fig)
 
     units = audit.capacity.units.layers if audit.capacity.units else {}
     if units:
@@ -295,17 +304,56 @@ def bracketed(value, low, high, kind: str = "num") -> str:
     return text if value is None or low is None or high is None else f"{text} [{fmt(low, kind)}, {fmt(high, kind)}]"
 
 
+def table_interval(audit: AuditDocument, f: Finding) -> tuple[float, float] | None:
+    """The interval the tables show for a finding's value (at ``ci_level``), when it differs from the gate's."""
+    if f.regression_of is not None:
+        return None
+    if f.check in vocab.FAIRNESS_CHECKS and f.view in audit.disparities:
+        d = audit.disparities[f.view].get(f.check)
+        low, high = (d.ci_low, d.ci_high) if d is not None else (None, None)
+    elif f.check == "accuracy":
+        low, high = audit.overall.get("accuracy_ci_low"), audit.overall.get("accuracy_ci_high")
+    else:
+        return None
+    if low is None or high is None or (f.ci_low, f.ci_high) == (low, high):
+        return None
+    return low, high
+
+
+def gate_level(audit: AuditDocument) -> tuple[str | None, int]:
+    """The level of the gate's pass bounds as text ('95%') and how many checks were judged on bounds (the
+    m of the fail bounds' Bonferroni correction)."""
+    judged = [f for f in audit.findings if f.ci_level is not None]
+    if not judged:
+        return None, 0
+    return f"{max(f.ci_level for f in judged):.0%}", len(judged)
+
+
+def capacity_worse(audit: AuditDocument) -> dict[str, list]:
+    """Per view, the group × layer rows that lose capacity serving others: a share under 100%, or units
+    dead only on the group's rows."""
+    return {view: [r for r in rows if (r.capacity_share is not None and r.capacity_share < 1) or r.dead_only_on_group]
+            for view, rows in audit.capacity.groups.items()}
+
+
 def render_html(audit: AuditDocument, images: dict[str, bytes]) -> str:
-    """The self-contained report: findings first, then tables and plots (images inlined)."""
+    """The self-contained report: the 30-second summary and the findings first, details folded below."""
     inline = {name: base64.b64encode(png).decode("ascii") for name, png in images.items()}
     order = {"fail": 0, "inconclusive": 1, "not_evaluated": 2, "pass": 3}
+    level, judged = gate_level(audit)
+    policy = audit.config.policy
     return _report_template().render(
         audit=audit, findings=sorted(audit.findings, key=lambda f: order[f.status]), images=inline,
-        rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
-        fairness_images=[n for n in inline if n.startswith("fairness_")],
+        summary=summary_mod.summarize(audit), rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
+        fairness_images=fairness_plot_names(audit),
         calibration_images=[n for n in inline if n.startswith("calibration_")],
         mitigation_images=[n for n in inline if n.startswith("mitigation_")],
-        remedy_text=remedy_summary(audit.capacity.remedies),
+        remedy_text=remedy_summary(audit.capacity.remedies), gate_level=level, judged=judged,
+        bias_audit=bias_audit.table(audit), capacity_worse=capacity_worse(audit),
+        ratio_floor=policy.min_demographic_parity_ratio if policy.min_demographic_parity_ratio is not None else 0.8,
+        label=summary_mod.label, table_interval=functools.partial(table_interval, audit),
+        layer_name=functools.partial(summary_mod.layer_name, audit),
+        layer_index={layer.layer: layer.index for layer in audit.capacity.layers},
         config_yaml=yaml.safe_dump(to_dict(audit.config), sort_keys=False), counts=audit.counts(),
     )
 
@@ -328,24 +376,35 @@ def prepare() -> None:
 
 
 def run_description(audit: AuditDocument) -> str:
-    """The run page's Markdown description: the verdict and every failed finding."""
-    failed, unsure, skipped = (audit.with_findings(s) for s in ("fail", "inconclusive", "not_evaluated"))
-    lines = [f"## Audit verdict: **{audit.verdict.upper()}**", ""]
+    """The run page's Markdown description: the verdict, the 30-second summary, the review, every open check.
+
+    MLflow folds a long description after its first lines, so the verdict, who is affected, the
+    options and the review decision come first; the lists of checks follow.
+    """
+    s = summary_mod.summarize(audit)
+    failed, unsure, skipped = (audit.with_findings(x) for x in ("fail", "inconclusive", "not_evaluated"))
     ds = audit.dataset
-    lines.append(f"Dataset {_code(ds.name)} ({ds.rows} rows, sha256 `{ds.sha256[:12]}…`), "
-                 f"{len(audit.findings)} checks, {len(failed)} failed, {len(unsure)} inconclusive, "
-                 f"{len(skipped)} not evaluated.")
-    if audit.mitigation is not None:  # first, so MLflow shows it before folding the description
-        lines += ["", f"**Mitigation:** {_md(audit.mitigation.recommendation)}"]
-    if audit.verdict_reasons:
-        lines += ["", *(f"- {_md(r)}" for r in audit.verdict_reasons)]
+    lines = [f"## Audit verdict: **{audit.verdict.upper()}**", "", f"**{_md(s.headline)}**"]
+    if audit.review is not None:  # a decision shows before MLflow folds the description
+        lines += ["", f"**{_md(s.review)}**"]
+    lines += ["", *(f"- {_md(a)}" for a in s.affected)] if s.affected else []
+    if s.options:
+        lines += ["", f"**Options:** {_md(s.options.removeprefix('Options: ').removeprefix('Option: '))}"]
+    if audit.review is None:
+        lines += ["", f"**{_md(s.review)}**"]
+    lines += ["", *(f"> {_md(w)}" for w in s.warnings)] if s.warnings else []
+    lines += ["", f"Dataset {_code(ds.name)} ({ds.rows:,} rows, sha256 `{ds.sha256[:12]}…`), "
+              f"{len(audit.findings)} checks: {len(failed)} failed, {len(unsure)} inconclusive, "
+              f"{len(skipped)} not evaluated. {_md(s.favourable)}"]
     if failed:
         lines += ["", "### Failed checks"] + [f"- {_md(f.message)}" for f in failed]
-    if unsure:
-        lines += ["", "### Inconclusive (the data cannot decide)"] + [f"- {_md(f.message)}" for f in unsure]
-    if skipped:
-        lines += ["", "### Not evaluated"] + [f"- {_md(f.message)}" for f in skipped]
-    lines += ["", "The full report is the artifact `report.html`; the model card is `model_card.md`."]
+    if s.decide:
+        lines += ["", "### What would decide the open checks"] + [f"- {_md(d)}" for d in s.decide]
+    if audit.mitigation is not None:
+        lines += ["", "### Mitigation", _md(audit.mitigation.recommendation),
+                  "", "Every candidate is a nested run; `mitigation/candidates.json` compares them."]
+    lines += ["", "The full report is the artifact `report.html`; the model card is `model_card.md`; the bias-audit "
+              "table (NYC Local Law 144 form) is `bias_audit.csv`."]
     return "\n".join(lines)
 
 
@@ -361,17 +420,31 @@ def _md(text) -> str:
     return text
 
 
+def _stated(value, key: str) -> str:
+    return _md(value) if value else f"not stated (set `model_card.{key}` in the config)"
+
+
 def _model_lines(audit: AuditDocument) -> list[str]:
     m, ds, cfg = audit.model, audit.dataset, audit.config
-    output = (f"- Output: probability that {_code(ds.target)} is {_code(ds.positive_label)}; "
-              f"decision threshold {cfg.audit.decision_threshold}.")
+    card = cfg.model_card
+    registered = cfg.tracking.registered_model
+    people = [
+        f"- Owner: {_stated(card.owner, 'owner')}; contact: {_stated(card.contact, 'contact')}.",
+        f"- Date: {audit.created}. Version: audit run `{audit.run_id}`"
+        + (f", registered as {_code(registered)} (its version number is the run's `registered_model` tag)."
+           if registered and audit.mode == "run" else "."),
+        f"- Licence: {_stated(card.licence, 'licence')}. Citation: {_stated(card.citation, 'citation')}.",
+    ]
+    output = (f"- Output: probability that {_code(ds.target)} is {_code(ds.positive_label)} (the favourable "
+              f"outcome); decision threshold {cfg.audit.decision_threshold}.")
     software = "- Software: " + ", ".join(f"{k} {v}" for k, v in audit.versions.items()) + "."
     if audit.mode == "audit":
         source = ", ".join(f"{k} {_code(v)}" for k, v in m.items() if v is not None)
-        return [f"- Audited without retraining: {source}.", output, software]
+        return [*people, f"- Audited without retraining: {source}.", output, software]
     tr = audit.training
     return [
-        f"- Architecture: multilayer perceptron, hidden layers {m['hidden_sizes']}, ReLU as "
+        *people,
+        f"- Model type: multilayer perceptron, hidden layers {m['hidden_sizes']}, ReLU as "
         f"`{'nn.ReLU' if m['relu'] == 'module' else 'F.relu'}`, dropout {m['dropout']}, {m['parameters']:,} parameters.",
         output,
         f"- Training: {cfg.training.optimizer}, learning rate {cfg.training.learning_rate}, {tr.epochs_run} epochs "
@@ -380,51 +453,134 @@ def _model_lines(audit: AuditDocument) -> list[str]:
     ]
 
 
-def _review_line(audit: AuditDocument) -> str:
+def _review_lines(audit: AuditDocument) -> list[str]:
     if audit.review is None:
-        return "Review: not yet reviewed."
-    r = audit.review.latest
-    note = f": {_md(r.note)}" if r.note else ""
-    return f"Review: **{r.decision.upper()}** by {_md(r.by)} at {r.time}{note}."
+        return ["Not yet reviewed. A reviewer records a decision with `python -m pipeline review RUN_ID --approve|"
+                "--reject --by NAME --note WHY`; approving a FAIL or INCONCLUSIVE verdict needs a note."]
+    lines = []
+    for h in reversed(audit.review.history):
+        note = f": “{_md(h.note)}”" if h.note else ""
+        despite = " despite the verdict" if h.decision == "approved" and h.verdict != "pass" else ""
+        lines.append(f"- **{h.decision.upper()}**{despite} by {_md(h.by)} at {h.time} (verdict "
+                     f"{h.verdict.upper()}){note}")
+    return lines
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table; cells are already escaped."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _group_table(audit: AuditDocument, view: str) -> list[str]:
+    ratios = {r.category: r for v in bias_audit.table(audit) if v.view == view for r in v.rows}
+    rows = []
+    for g in audit.groups[view]:
+        if g.suppressed:
+            rows.append([_md(g.group), "suppressed", "—", "—", "—", "—", "—"])
+            continue
+        v = g.values
+        ratio = ratios.get(g.group)
+        rows.append([_md(g.group) + ("" if g.eligible else " (small)"), fmt(v["count"], "int"),
+                     _md(with_interval(v, "selection_rate")),
+                     fmt(ratio.impact_ratio, "num") if ratio and ratio.impact_ratio is not None else "—",
+                     fmt(v.get("true_positive_rate")), fmt(v.get("false_positive_rate")), fmt(v.get("accuracy"))])
+    return _table(["Group", "Rows", "Selection rate [interval]", "Impact ratio", "TPR", "FPR", "Accuracy"], rows)
 
 
 def model_card(audit: AuditDocument) -> str:
-    """A Markdown model card (Mitchell et al. 2019) generated from the audit."""
+    """A Markdown model card with the sections of Mitchell et al. 2019, generated from the audit."""
     ds, ov, cfg = audit.dataset, audit.overall, audit.config
-    sens = ", ".join(_md(s) for s in ds.sensitive_features)
+    s = summary_mod.summarize(audit)
+    sens = ", ".join(_md(x) for x in ds.sensitive_features)
+    views = list(audit.groups)
+    intersections = [v for v in views if vocab.INTERSECTION_JOIN in v]
     held_out = f"{cfg.training.validation_fraction:.0%}"
+    level = f"{audit.ci_level:.0%}" if audit.ci_level else None
+    pol = cfg.policy
+    out_of_scope = [*cfg.model_card.out_of_scope_uses,
+                    f"Decisions about people outside the population of {ds.name} ({ds.rows:,} rows from {ds.path}); "
+                    "the audit says nothing about other populations or later years.",
+                    "Use while the audit's verdict is not PASS, unless a reviewer approved it with a documented note.",
+                    f"Any favourable outcome other than {ds.target} = {ds.positive_label}: every fairness number is "
+                    "about that outcome."]
     lines = [
         f"# Model card: {_md(audit.run_name)}",
         "",
         f"Audit verdict: **{audit.verdict.upper()}** (run `{audit.run_id}`, {audit.created}).",
-        *(f"- {_md(r)}" for r in audit.verdict_reasons),
         "",
-        _review_line(audit),
+        f"**{_md(s.headline)}**",
+        *(f"- {_md(a)}" for a in s.affected),
+        *([f"- {_md(s.options)}"] if s.options else []),
+        *(f"- {_md(w)}" for w in s.warnings),
+        "",
+        f"**{_md(s.review)}**",
         "",
         "## Model details",
         *_model_lines(audit),
         "",
-        "## Data",
+        "## Intended use",
+        f"- Primary intended use and users: {_stated(cfg.model_card.intended_use, 'intended_use')}.",
+        "- Out-of-scope uses:",
+        *(f"  - {_md(u)}" for u in out_of_scope),
+        "",
+        "## Factors",
+        f"- Groups audited: {sens}" + (f", and their intersection ({', '.join(_md(v) for v in intersections)})"
+                                       if intersections else "") + ". "
+        + ("They were **also model inputs**." if ds.sensitive_as_input else "They were **not** model inputs; they "
+           "are used only to audit."),
+        f"- Groups with fewer than {cfg.audit.min_group_size} test rows are shown but not gated; groups with fewer "
+        f"than {cfg.audit.suppress_below} are suppressed. Other factors (age bands not audited, disability, region, "
+        "time) were not evaluated unless listed above.",
+        "",
+        "## Metrics",
+        "- Performance: accuracy, balanced accuracy (the mean of the true positive and true negative rates, which a "
+        "constant prediction cannot game on imbalanced outcomes), ROC AUC and log loss.",
+        "- Fairness: the selection rate of each group (how often the model predicts the favourable outcome), compared "
+        "as a difference (demographic parity difference"
+        + (f", at most {pol.max_demographic_parity_difference * 100:.0f} points" if pol.max_demographic_parity_difference
+           is not None else "") + ") and as a ratio (impact ratio"
+        + (f", at least {pol.min_demographic_parity_ratio:.0%}: the four-fifths rule of US employment law"
+           if pol.min_demographic_parity_ratio is not None else "") + "); error-rate parity as the equalized odds "
+        "difference (the larger gap in true or false positive rate"
+        + (f", at most {pol.max_equalized_odds_difference * 100:.0f} points" if pol.max_equalized_odds_difference
+           is not None else "") + "), because equal selection can hide unequal errors.",
+        f"- Decision threshold {cfg.audit.decision_threshold} on the predicted probability.",
+        (f"- Variation: {level} bootstrap intervals ({audit.n_boot} resamples, each group keeping its size); checks "
+         "are judged on closed-form one-sided bounds from the groups' counts (a pass at that level, a fail at a level "
+         f"corrected for the number of checks); {len(audit.seeds.seeds)} training seed(s)."
+         if level else "- Point estimates only, no intervals."),
+        "",
+        "## Evaluation data",
         f"- {_code(ds.name)} from {_code(ds.path)} (sha256 `{ds.sha256}`), {ds.rows:,} rows; "
-        + (f"{ds.train_rows:,} for training ({held_out} of which held out for early stopping), {ds.test_rows:,} "
-           "for this evaluation." if audit.mode != "audit" else f"all {ds.test_rows:,} rows audited (no training)."),
-        f"- Sensitive features audited: {sens}. "
-        + ("They were **also model inputs**." if ds.sensitive_as_input else "They were **not** model inputs."),
+        + (f"{ds.test_rows:,} held-out test rows evaluated." if audit.mode != "audit"
+           else f"all {ds.test_rows:,} rows audited."),
         f"- Missing values: {ds.rows_dropped_missing:,} rows dropped; "
-        + (", ".join(f"{_md(k)}: {v:,}" for k, v in ds.missing_by_column.items()) or "none")
+        + (", ".join(f"{_md(k)}: {v:,}" for k, v in ds.missing_by_column.items()) or "no")
         + " missing values before handling.",
         "",
-        "## Performance on the test split" if audit.mode != "audit" else "## Performance on the audited rows",
-        f"- Accuracy {fmt(ov['accuracy'])}, balanced accuracy {fmt(ov['balanced_accuracy'])}, "
-        f"ROC AUC {fmt(ov['roc_auc'], 'num')}, log loss {fmt(ov['log_loss'], 'num')}.",
-        f"- Base rate of {_code(ds.positive_label)}: {fmt(ov['base_rate'])}; selection rate of the model: "
-        f"{fmt(ov['selection_rate'])}.",
+        "## Training data",
+        (f"- {ds.train_rows:,} rows of the same file ({held_out} of them held out for early stopping), split "
+         f"with seed {cfg.split.seed}." if audit.mode != "audit" else
+         "- Not trained here: the audited model's own training data is not known to this audit."),
         "",
-        "## Fairness and capacity findings",
+        "## Quantitative analyses",
+        "",
+        f"Overall: accuracy {fmt(ov['accuracy'])}, balanced accuracy {fmt(ov['balanced_accuracy'])}, "
+        f"ROC AUC {fmt(ov['roc_auc'], 'num')}, log loss {fmt(ov['log_loss'], 'num')}; base rate of "
+        f"{_code(ds.positive_label)} {fmt(ov['base_rate'])}, selection rate {fmt(ov['selection_rate'])}.",
     ]
-    if audit.mitigation is not None:
-        lines[-1:-1] = ["## Mitigation", _md(audit.mitigation.recommendation), ""]
+    for view in views:
+        kind = "Intersectional results" if view in intersections else "Unitary results"
+        lines += ["", f"### {kind}: by {_md(view)}", "", *_group_table(audit, view), ""]
+        gaps = audit.disparities.get(view, {})
+        lines += [", ".join(f"{name.replace('_', ' ')} {_md(bracketed(d.value, d.ci_low, d.ci_high))}"
+                            for name, d in gaps.items() if name in vocab.FAIRNESS_CHECKS) + "."]
+    lines += ["", "The bias-audit table in the form of NYC Local Law 144 (6 RCNY § 5-301) is `bias_audit.csv`.",
+              "", "## Checks (the policy gate)"]
     lines += [f"- **{f.status.replace('_', ' ').upper()}**: {_md(f.message)}" for f in audit.findings]
+    if audit.mitigation is not None:
+        lines += ["", "## Mitigation", _md(audit.mitigation.recommendation)]
     seeds = audit.seeds
     if len(seeds.seeds) > 1:
         lines += ["", "## Variation across training seeds", f"Seeds {list(seeds.seeds)}; mean ± standard deviation:", ""]
@@ -434,19 +590,31 @@ def model_card(audit: AuditDocument) -> str:
                 lines.append(f"- {_md(key)}: {stats.mean:.3f}{std}")
     lines += [
         "",
-        "## Caveats",
-        f"- Groups with fewer than {cfg.audit.min_group_size} test rows are reported but not gated; "
-        "their rates are too noisy to judge.",
-        f"- Intervals are {audit.ci_level:.0%} bootstrap intervals ({audit.n_boot} resamples, stratified by group; "
-        "for disparities widened toward the estimate's upward bias); the gate decides on closed-form one-sided "
-        "score bounds from the groups' counts, a pass at that level and a fail Bonferroni-corrected (see each finding)."
-        if audit.ci_level else "- Point estimates only: differences of a few points may be noise.",
-        f"- Groups with fewer than {cfg.audit.suppress_below} test rows are suppressed "
-        "(no counts or rates shown) so that no individual can be singled out (primary), with as many other groups "
-        "as it takes that no subtraction or integer bound of published counts narrows them further "
-        "(complementary); each withheld group names its rule. Reliability bins are then not published.",
-        "- Fairness metrics are computed on the test split of the same data source; they say nothing about "
-        "populations or time periods the data does not cover. See the dataset's datasheet for known issues.",
+        "## Ethical considerations",
+        f"- The model decides about people. Its favourable outcome is {_code(ds.target)} = {_code(ds.positive_label)}; "
+        "if that label records past decisions, it carries their biases, and the model learns them.",
+        "- Sensitive attributes are used " + ("as inputs and " if ds.sensitive_as_input else "") + "to audit; other "
+        "columns can still stand in for them (proxies), which the per-group numbers above would show.",
+        "- Mitigation that uses the sensitive attribute at decision time (group-aware) is unlawful disparate "
+        "treatment in many settings; it is never recommended unless `mitigation.allow_group_aware_decisions` is set.",
+        f"- No row of the data is published: groups under {cfg.audit.suppress_below} test rows are suppressed "
+        "(primary), with as many other groups as it takes that no subtraction or integer bound of published counts "
+        "narrows them further (complementary); each withheld group names its rule. Reliability bins are then not "
+        "published.",
+        "",
+        "## Caveats and recommendations",
+        *(f"- {_md(d)}" for d in s.decide),
+        f"- Groups with fewer than {cfg.audit.min_group_size} test rows are reported but not gated; their rates are too "
+        "noisy to judge.",
+        f"- Intervals are {level} bootstrap intervals ({audit.n_boot} resamples, stratified by group; for disparities "
+        "widened toward the estimate's upward bias); the gate decides on closed-form one-sided score bounds from the "
+        "groups' counts, a pass at that level and a fail Bonferroni-corrected (see each finding)."
+        if level else "- Point estimates only: differences of a few points may be noise.",
+        "- Fairness metrics are computed on held-out rows of the same data source; re-audit on the population and "
+        "period the model will serve before relying on it there. See the dataset's datasheet for known issues.",
+        "",
+        "## Review",
+        *_review_lines(audit),
         "",
     ]
     return "\n".join(lines)

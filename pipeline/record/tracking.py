@@ -7,7 +7,9 @@ Undefined metrics (NaN) are not logged: in MLflow a missing metric means "undefi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import logging
 import math
@@ -280,10 +282,12 @@ def training_runs(trainings: list[tuple[int, str | None]]) -> Iterator[list[str]
     ids: list[str] = []
     status = "FAILED"
     try:
-        for seed, name in trainings:
-            run_name = f"{parent.info.run_name}-{name or f'seed{seed}'}"
+        for position, (seed, name) in enumerate(trainings):
+            run_name, note = _training_role(seed, name, audited=position == 0)
             tags = resolve_tags({"mlflow.parentRunId": parent.info.run_id, "seed": str(seed), **owner_tags(),
+                                 "mlflow.note.content": note,
                                  **({"remedy": name.removeprefix("remedy-")} if name else {})})
+            run_name = f"{run_name} · {parent.info.run_name}"
             ids.append(client.create_run(parent.info.experiment_id, run_name=run_name, tags=tags).info.run_id)
         yield ids
         status = "FINISHED"
@@ -312,6 +316,23 @@ def log_trainings(trainings, pending, timer) -> list[SeedAudit]:
             log_seed(outcome)
     timer.lap("mlflow_logging")
     return outcomes
+
+
+def _training_role(seed: int, name: str | None, *, audited: bool) -> tuple[str, str]:
+    """A nested training run's name, role first (the list truncates names), and its description."""
+    if name:
+        remedy = name.removeprefix("remedy-")
+        return (f"remedy {remedy}", f"What-if remedy **{remedy}** for dead units: the audited architecture retrained "
+                f"with seed {seed}; compared with the audited model in the report's capacity section.")
+    if audited:
+        return f"seed {seed} (audited)", f"Training of seed {seed}: **the audited model** (logged and judged)."
+    return (f"seed {seed}", f"Training of seed {seed}: shows how much each number moves with the training seed; "
+            "the audited model is the first seed's.")
+
+
+def display_name(doc: AuditDocument) -> str:
+    """The audit run's name in MLflow: the verdict first, so that the run list shows it."""
+    return f"{doc.verdict.upper()} · {doc.run_name}"
 
 
 def _log_metrics(run_id: str, values: dict[str, float], step: int = 0, timestamp: int | None = None) -> None:
@@ -350,7 +371,6 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     ``model``: the trained network to log and register (``None`` when an existing model was audited).
     ``written``: waits until the files of ``out_dir`` are written (they are rendered meanwhile).
     """
-    import pandas as pd
 
     cfg = doc.config
     # The model first: MLflow 3 links a logged model to the run's metrics, and reads each one's history.
@@ -364,9 +384,7 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     metrics += _timeline_metrics(primary, now)
     _log_metric_list(doc.run_id, metrics)
 
-    for view, rows in doc.groups.items():
-        mlflow.log_table(pd.DataFrame([r.to_json() for r in rows]),
-                         artifact_file=f"fairness/groups_{vocab.artifact_key(view)}.json")
+    _log_tables(doc)
     # The dataset by reference: name, absolute source path, digest, schema and row count; never its rows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hints on source resolution and int columns
@@ -384,29 +402,111 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
         written()
     mlflow.log_artifacts(str(out_dir))
 
-    tags = {**_audit_tags(doc), "mlflow.note.content": description}
+    tags = {**_audit_tags(doc), "mlflow.note.content": description, "mlflow.runName": display_name(doc),
+            REPORT_DIR: str(out_dir.resolve())}
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
     tags.update(extra_tags or {})
     if cfg.tracking.registered_model and model_info is not None:
-        version = register(model_info.model_uri, cfg.tracking.registered_model, doc, cfg.tracking.audited_alias)
+        with _registry_notices():
+            version = register(model_info.model_uri, cfg.tracking.registered_model, doc, cfg.tracking.audited_alias)
         tags["registered_model"] = f"{cfg.tracking.registered_model}/{version}"
     mlflow.set_tags(tags)
 
 
+_SHORT_METHODS = {"threshold_optimizer": "thresholds", "exponentiated_gradient": "exp-grad",
+                  "fairness_penalty": "penalty", "reweighing": "reweighing"}
+_SHORT_CONSTRAINTS = {"demographic_parity": "DP", "equalized_odds": "EO", "equal_opportunity": "EOpp"}
+VERDICT_SYMBOLS = {"pass": "✓", "fail": "✗", "inconclusive": "?"}  # the report's symbols
+
+
+def candidate_label(cand) -> str:
+    """A candidate's short name: 'penalty DP@4', 'thresholds EO' (its full name is the tag mitigation.candidate)."""
+    label = _SHORT_METHODS.get(cand.method, cand.method)
+    if cand.constraint:
+        label += " " + _SHORT_CONSTRAINTS.get(cand.constraint, cand.constraint)
+    if cand.strength is not None:
+        label += f"@{cand.strength:g}"
+    return label
+
+
+def candidate_description(cand, findings, verdict: str, accuracy: float, cost: tuple[float, float, float]) -> str:
+    """A candidate run's description: what it is, its verdict, what it costs, what still fails."""
+    failing = [f.id for f in findings if f.status == "fail"]
+    open_ = [f.id for f in findings if f.status in ("inconclusive", "not_evaluated")]
+    lines = [f"## Mitigation candidate {_code(cand.name)}: **{verdict.upper()}**", "",
+             f"Method {_code(cand.method)}" + (f", constraint {_code(cand.constraint)}" if cand.constraint else "")
+             + (f", strength {cand.strength:g}" if cand.strength is not None else "")
+             + f"; built in {cand.seconds:.1f} s. Accuracy {accuracy:.1%}; cost against the unmitigated model "
+             f"{cost[0] * 100:.1f} points [{cost[1] * 100:.1f}, {cost[2] * 100:.1f}] of accuracy."]
+    if cand.group_aware:
+        lines += ["", "Group-aware: it uses the sensitive attribute when it decides (unlawful disparate treatment in "
+                  "many settings)."]
+    if failing:
+        lines += ["", "Still fails: " + ", ".join(_code(x) for x in failing) + "."]
+    if open_:
+        lines += ["", "Open: " + ", ".join(_code(x) for x in open_) + "."]
+    lines += ["", "The parent run's `mitigation/candidates.json` compares every candidate."]
+    return "\n".join(lines)
+
+
+def _code(text) -> str:
+    return "`" + str(text).replace("`", "'") + "`"
+
+
+def _log_tables(doc: AuditDocument) -> None:
+    """Per-group numbers, every interval and the candidates compared, as tables (the UI shows them as tables)."""
+    import pandas as pd
+
+    tables = doc.tables()
+    if doc.mitigation is not None:
+        tables["mitigation/candidates.json"] = candidate_table(doc)
+    for name, rows in tables.items():
+        mlflow.log_table(pd.DataFrame(rows), artifact_file=name)
+
+
+# What MLflow's registry prints on stderr itself (not through logging) when it registers a version: our own
+# 'registry: ... version N registered' line says the same, so these go to the debug log.
+_REGISTRY_NOTICES = ("Successfully registered model", "Registered model", "Created version")
+
+
+@contextmanager
+def _registry_notices():
+    """Route what MLflow prints on stderr while registering through logging: its routine notices at debug
+    level (they interleaved with the console's lines), anything else as a warning."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                (logger.debug if line.startswith(_REGISTRY_NOTICES) else logger.warning)("mlflow: %s", line)
+
+
 def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[float, float, float]) -> str:
     """A candidate's nested run: what it is, its numbers with intervals, its findings and verdict, and what
-    reproduces it (``candidate.json`` and ``weights.pt``: torch state_dicts, no pickled code). Returns its run id."""
+    reproduces it (``candidate.json`` and ``weights.pt``: torch state_dicts, no pickled code). Returns its run id.
 
+    Named by its verdict's symbol and short label ('✗ penalty DP@4'), with a description, and started ``cand.seconds`` ago, so that its duration in the
+    UI is the time the candidate took to build, not the moment it took to log."""
     import torch
+    from mlflow.tracking.context.registry import resolve_tags
 
     parent = mlflow.active_run()
-    with _ended_run(run_name=f"{parent.info.run_name}-mitigation-{vocab.metric_key(cand.name)}", nested=True,
-                    experiment_id=parent.info.experiment_id) as active:
+    ev = audited.evaluation
+    accuracy = float(ev.overall["accuracy"])
+    now = time.time()
+    created = MlflowClient().create_run(
+        parent.info.experiment_id, start_time=int((now - cand.seconds) * 1000),
+        # The run list shows some 15 characters of a nested run's name: the verdict's symbol and the short label.
+        run_name=f"{VERDICT_SYMBOLS.get(verdict, verdict)} {candidate_label(cand)}",
+        tags=resolve_tags({"mlflow.parentRunId": parent.info.run_id,
+                           "mlflow.note.content": candidate_description(cand, findings, verdict, accuracy, cost)}))
+    with _ended_run(run_id=created.info.run_id, nested=True) as active:
         run_id = active.info.run_id
         mlflow.set_tag("mitigation.candidate", cand.name)
-        ev = audited.evaluation
         mlflow.log_params({"method": cand.method, "constraint": str(cand.constraint), "strength": str(cand.strength),
                            "group_aware": str(cand.group_aware)})
         values = {k: v for k, v in ev.overall.items()}
@@ -426,7 +526,25 @@ def log_candidate(cand, audited: SeedAudit, findings, verdict: str, cost: tuple[
                 {"name": cand.name, "method": cand.method, "artifact": cand.artifact}, default=float),
                 encoding="utf-8")
             mlflow.log_artifacts(tmp, "candidate")
+    logger.info("mitigation: candidate %s: %s, accuracy %.1f%% (cost %.1f points), built in %.1f s", cand.name,
+                verdict.upper(), accuracy * 100, cost[0] * 100, cand.seconds)
     return run_id
+
+
+def candidate_table(doc: AuditDocument) -> list[dict]:
+    """One row per mitigation candidate (the first: the unmitigated model): what the comparison needs."""
+    m = doc.mitigation
+    rows = []
+    for c in m.candidates:
+        row = {"candidate": c.name, "method": c.method, "verdict": c.verdict, "recommended": c.name == m.recommended,
+               "group_aware": c.group_aware, "accuracy": c.accuracy, "accuracy_ci_low": c.accuracy_ci_low,
+               "accuracy_ci_high": c.accuracy_ci_high, "accuracy_cost": c.accuracy_cost, "cost_ci_low": c.cost_ci_low,
+               "cost_ci_high": c.cost_ci_high}
+        for name, d in c.disparities.get(m.feature, {}).items():
+            row.update({f"{name}": d.value, f"{name}_ci_low": d.ci_low, f"{name}_ci_high": d.ci_high})
+        row.update({"failing": len(c.failing), "open": len(c.open), "seconds": c.seconds, "run_id": c.run_id})
+        rows.append(row)
+    return rows
 
 
 def register_candidate(result, doc: AuditDocument) -> str:
@@ -704,6 +822,7 @@ def git_commit() -> str | None:
 # --- review (sign-off) -----------------------------------------------------------------------------
 
 REVIEW_LOG = "review/log.jsonl"
+REPORT_DIR = "pipeline.report_dir"  # where the run wrote reports/<run_id>/, so that a review updates it there
 
 
 def get_audit_run(run_id: str, tracking_uri: str):
@@ -777,19 +896,61 @@ def wait_for_review_turn(run_id: str, tracking_uri: str, number: int):
 
 
 def record_review(run_id: str, tracking_uri: str, entry: ReviewEntry, folder: Path, files: list[Path],
-                  number: int | None = None) -> None:
-    """Tags with the latest decision, the appended review log, and the re-rendered files; then
-    ``review.count`` = ``number``, which lets the next claim go ahead."""
+                  number: int | None = None, *, description: str | None = None) -> list[str]:
+    """Tags with the latest decision, the run description (``description``), the appended review log, the
+    re-rendered files, and the decision on every model version registered from this audit; then
+    ``review.count`` = ``number``, which lets the next claim go ahead. Returns the model versions
+    updated ('name/version')."""
     client = MlflowClient(tracking_uri)
     tags = {"review.decision": entry.decision, "review.by": entry.by, "review.time": entry.time,
             "review.note": entry.note or ""}
+    if description is not None:
+        tags["mlflow.note.content"] = description
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     client.log_artifact(run_id, str(folder / REVIEW_LOG), "review")
     for path in files:
         client.log_artifact(run_id, str(path))
+    versions = review_model_versions(client, run_id, entry)
     if number is not None:
         client.set_tag(run_id, REVIEW_COUNT, str(number))
+    return versions
+
+
+def review_model_versions(client: MlflowClient, run_id: str, entry: ReviewEntry) -> list[str]:
+    """Put the review decision on each model version registered from this audit run (the audited model and
+    any registered candidate: versions tagged ``audit_run_id``): tags ``review.*`` and a description."""
+    run = client.get_run(run_id)
+    name = run.data.params.get("tracking.registered_model")
+    if not name or name == "None":
+        return []
+    try:
+        found = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:  # the registered model was deleted since
+        return []
+    note = f": “{entry.note}”" if entry.note else "."
+    despite = f" despite the {entry.verdict.upper()} verdict" if entry.decision == "approved" and entry.verdict != "pass" else ""
+    updated = []
+    for version in found:
+        if version.tags.get("audit_run_id") != run_id:
+            continue
+        for key, value in {"review.decision": entry.decision, "review.by": entry.by, "review.time": entry.time,
+                           "review.note": entry.note or ""}.items():
+            client.set_model_version_tag(name, version.version, key, value)
+        client.update_model_version(name, version.version, description=(
+            f"Audit {version.tags.get('verdict', entry.verdict).upper()} (run {run_id}). Review: "
+            f"{entry.decision.upper()}{despite} by {entry.by} at {entry.time}{note}"))
+        updated.append(f"{name}/{version.version}")
+    return updated
+
+
+def report_dir(run) -> Path | None:
+    """Where the run wrote its reports/<run_id>/ on this host, when that folder is still there."""
+    where, host = run.data.tags.get(REPORT_DIR), run.data.tags.get(OWNER_HOST)
+    if not where or host != socket.gethostname():
+        return None
+    path = Path(where)
+    return path if path.is_dir() else None
 
 
 # --- baseline ----------------------------------------------------------------------------------
@@ -832,6 +993,8 @@ def log_pushed(doc: AuditDocument, folder: Path, uri: str, *, description: str) 
         run_id = active.info.run_id
         mlflow.log_params(config_mod.flatten(doc.config))
         _log_metrics(run_id, doc.metrics())
+        _log_tables(doc)
         mlflow.log_artifacts(str(folder))
-        mlflow.set_tags({**_audit_tags(doc), "mlflow.note.content": description, "pushed_from_run_id": doc.run_id})
+        mlflow.set_tags({**_audit_tags(doc), "mlflow.note.content": description, "pushed_from_run_id": doc.run_id,
+                         "mlflow.runName": display_name(doc)})
     return run_id
