@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 KINDS = ("three-columns", "one-short", "nan", "raises", "logits")
+COLUMNS = {"reads-sex": ["month", "sex"]}  # the input columns of a kind, when not month and credit_amount
 
 
 class Returns(mlflow.pyfunc.PythonModel):
@@ -39,8 +40,9 @@ class Returns(mlflow.pyfunc.PythonModel):
 
 if __name__ == "__main__":
     mlflow.set_tracking_uri(sys.argv[1])
-    example = pd.read_csv(sys.argv[2], skipinitialspace=True)[["month", "credit_amount"]].head(3)
+    frame = pd.read_csv(sys.argv[2], skipinitialspace=True)
     with mlflow.start_run():
-        for kind in KINDS:
+        for kind in (*KINDS, *COLUMNS):
+            example = frame[COLUMNS.get(kind, ["month", "credit_amount"])].head(3)
             mlflow.pyfunc.log_model(name=kind, python_model=Returns(kind), input_example=example,
                                     registered_model_name=f"odd-{kind}", pip_requirements=["mlflow"])

@@ -302,3 +302,34 @@ def test_a_team_pyfunc_streamed_on_ray_gives_the_local_numbers(team, ray_head, t
     for key in ("overall", "groups", "disparities", "capacity", "findings", "verdict"):
         assert docs["local"][key] == docs["ray"][key], key
     assert [layer["units"] for layer in docs["ray"]["capacity"]["layers"]] == [16, 8]
+
+
+# --- init --model-uri ------------------------------------------------------------------------------
+
+def _init(store: str, uri: str, out: Path):
+    return run_cli("init", "--data", str(GERMAN), "--out", str(out), "--favourable", "good", "--model-uri", uri,
+                   "--tracking-uri", store)
+
+
+def test_init_notes_what_the_model_reads_and_proposes_auditing_it(team, tmp_path):
+    done = _init(team["store"], "models:/team-scorer/1", tmp_path / "scorer.yaml")
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "scorer.yaml").read_text()
+    assert f"# - models:/team-scorer/1 reads 18 column(s): {', '.join(team['raw_columns'])}" in text
+    for column in ("sex", "age_group"):
+        assert f"models:/team-scorer/1 does not read the sensitive attribute '{column}'" in text
+    assert f"python -m pipeline audit --config {tmp_path / 'scorer.yaml'} --model-uri models:/team-scorer/1" in done.stdout
+    assert "WARNING" not in done.stderr
+
+
+def test_init_warns_when_the_model_reads_a_sensitive_column(odd, tmp_path):
+    done = _init(odd["store"], "models:/odd-reads-sex/1", tmp_path / "sex.yaml")
+    assert done.returncode == 0, done.stderr[-2000:]
+    warning = "WARNING: models:/odd-reads-sex/1 reads the sensitive attribute 'sex' as an input"
+    assert warning in done.stderr and warning in (tmp_path / "sex.yaml").read_text()
+
+
+def test_init_says_to_set_model_inputs_for_a_tensor_signature(team, tmp_path):
+    done = _init(team["store"], "models:/team-net/1", tmp_path / "net.yaml")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CHECK: models:/team-net/1 names no input columns" in (tmp_path / "net.yaml").read_text()

@@ -429,8 +429,14 @@ def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
               help="The target's favourable value (a loan granted, hired, not re-offending): it decides every "
                    "fairness number, so it is asked, never guessed. Without it, init asks on a terminal; "
                    "otherwise the config is written with dataset.positive_label unset, which run refuses.")
-def init(data_path: str, out: str | None, force: bool, favourable: str | None) -> None:
-    """Write a starter config for a new data set (column table on stderr); check it, then run it."""
+@click.option("--model-uri", default=None,
+              help="A model your team trained and logged to MLflow: the config notes which columns it reads, which "
+                   "sensitive columns it reads (a warning) or not, and the next command audits it.")
+@_tracking_option("With --model-uri: the MLflow store holding it. Default: $MLFLOW_TRACKING_URI, else "
+                  "sqlite:///mlflow.db here.")
+def init(data_path: str, out: str | None, force: bool, favourable: str | None, model_uri: str | None,
+         tracking_uri: str | None) -> None:
+    """Write a starter config for a new data set (column table on stderr); check it, then run (or audit) it."""
 
     def ask(target: str, values: tuple[tuple[str, int], ...]) -> str | None:
         click.echo(f"The target column '{target}' holds: "
@@ -445,12 +451,16 @@ def init(data_path: str, out: str | None, force: bool, favourable: str | None) -
         from pipeline.app.init import init as write_starter
 
         return write_starter(data_path, out=out, force=force, favourable=favourable,
-                             ask=ask if sys.stdin.isatty() and favourable is None else None)
+                             ask=ask if sys.stdin.isatty() and favourable is None else None, model_uri=model_uri,
+                             tracking_uri=tracking_uri)
 
     result, code = _guarded(call)
     if code is not None:
         sys.exit(code)
     click.echo(result.table, err=True)
+    for note in result.proposal.notes:
+        if note.startswith("WARNING:"):
+            click.echo(note, err=True)
     if result.favourable is None:
         from pipeline.app.init import describe_values
 

@@ -459,8 +459,35 @@ def small_group_notes(frame: pd.DataFrame, sensitive: tuple[str, ...], *, test_s
 # --- the command ---------------------------------------------------------------------------------
 
 
+def model_notes(signature, proposal: Proposal, columns: list[str], *, uri: str) -> list[str]:
+    """What a config for auditing the model at ``uri`` must know: which data columns it reads, which sensitive
+    columns it reads (a warning) or not, what the data lacks, and what to set when its signature names none."""
+    notes = []
+    if signature.columns is None:
+        width = f"{signature.tensor_width} " if signature.tensor_width else ""
+        notes.append(f"CHECK: {uri} names no input columns (a tensor of {width}inputs per row, or no signature): set "
+                     "model.inputs to the data columns it takes, in order, already encoded as it expects them")
+        return notes
+    read = list(signature.columns)
+    notes.append(f"{uri} reads {len(read)} column(s): {', '.join(read)}")
+    lacking = [c for c in read if c not in columns]
+    if lacking:
+        notes.append(f"CHECK: {uri} reads column(s) the data does not have: {', '.join(lacking)}")
+    if proposal.target in read:
+        notes.append(f"CHECK: {uri} reads the target column '{proposal.target}': an audit refuses a model fed the label")
+    for column in proposal.sensitive_features:
+        if column in read:
+            notes.append(f"WARNING: {uri} reads the sensitive attribute '{column}' as an input: its decisions can "
+                         "depend on it directly (the report will say so)")
+        else:
+            notes.append(f"{uri} does not read the sensitive attribute '{column}' (it can still learn it from other "
+                         "columns: see the report's per-group numbers)")
+    return notes
+
+
 def init(data: str | Path, *, out: str | Path | None = None, force: bool = False, favourable: str | None = None,
-         ask: Callable[[str, tuple[tuple[str, int], ...]], str | None] | None = None) -> InitResult:
+         ask: Callable[[str, tuple[tuple[str, int], ...]], str | None] | None = None,
+         model_uri: str | None = None, tracking_uri: str | None = None) -> InitResult:
     """Profile ``data``, propose a config, check that it loads, and write it to ``out``.
 
     The favourable outcome is ``favourable``, else what ``ask(target, values)`` answers (the CLI
@@ -485,6 +512,12 @@ def init(data: str | Path, *, out: str | Path | None = None, force: bool = False
     frame, markers = read_sample(path)
     columns = profile(frame)
     proposal = propose(frame, columns, path=str(path), markers=markers)
+    if model_uri is not None:  # a team's model: the config audits it (`audit --model-uri`) instead of training
+        from pipeline.audited.mlflow_models import read_signature
+
+        signature = read_signature(model_uri, tracking_uri=config_mod.tracking_uri(tracking_uri))
+        proposal = dataclasses.replace(proposal, notes=(*proposal.notes, *model_notes(
+            signature, proposal, list(frame.columns), uri=model_uri)))
     table = render_table(columns, proposal, rows=len(frame))
     defaults = config_mod.AuditConfig(), config_mod.SplitConfig()
     small = small_group_notes(frame, proposal.sensitive_features, test_size=defaults[1].test_size,
@@ -510,5 +543,6 @@ def init(data: str | Path, *, out: str | Path | None = None, force: bool = False
         out.write_text(text, encoding="utf-8")
     except OSError as err:
         raise UserError(f"{out}: cannot write the config: {err.strerror}; give --out a writable file path") from err
-    return InitResult(out=out, table=table, proposal=proposal, favourable=favourable,
-                      next_command=f"python -m pipeline run --config {out}")
+    command = (f"python -m pipeline audit --config {out} --model-uri {model_uri}" if model_uri is not None
+               else f"python -m pipeline run --config {out}")
+    return InitResult(out=out, table=table, proposal=proposal, favourable=favourable, next_command=command)

@@ -118,6 +118,36 @@ def _error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
 
 
+@dataclass(frozen=True)
+class Signature:
+    """What an MLflow model's metadata says it reads, without loading it (``init --model-uri``)."""
+
+    columns: tuple[str, ...] | None  # the input columns its signature names; None: a tensor or no signature
+    tensor_width: int | None  # a tensor signature's number of inputs per row (-1 or None: not stated)
+    kind: str  # "pipeline", "pytorch" or "pyfunc (...)"
+
+
+def read_signature(uri: str, *, tracking_uri: str) -> Signature:
+    """The input columns (or tensor width) an MLflow model's signature names, and its kind."""
+    from mlflow.models import get_model_info
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        info = get_model_info(uri)
+    except MlflowException as err:
+        raise UserError(MESSAGE_CANNOT_LOAD.format(uri=uri, store=tracking_uri, why=_first_line(err.message))) from err
+    flavors = info.flavors or {}
+    inputs = info.signature.inputs if info.signature is not None else None
+    kind = ("pipeline" if "pytorch" in flavors and _pipeline_encoder(info.run_id) is not None
+            else "pytorch" if "pytorch" in flavors else _pyfunc_kind(flavors))
+    if inputs is None:
+        return Signature(None, None, kind)
+    if inputs.is_tensor_spec():
+        shape = tuple(inputs.inputs[0].shape) if inputs.inputs else ()
+        return Signature(None, shape[1] if len(shape) == 2 and shape[1] > 0 else None, kind)
+    return Signature(tuple(inputs.input_names()), None, kind)
+
+
 def _first_line(text: str) -> str:
     text = str(text).strip()
     return text.splitlines()[0][:300] if text else "no reason given"
