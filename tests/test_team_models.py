@@ -333,3 +333,15 @@ def test_init_says_to_set_model_inputs_for_a_tensor_signature(team, tmp_path):
     done = _init(team["store"], "models:/team-net/1", tmp_path / "net.yaml")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "CHECK: models:/team-net/1 names no input columns" in (tmp_path / "net.yaml").read_text()
+
+
+def test_a_model_that_reads_a_sensitive_column_is_said_plainly(odd, tmp_path):
+    done, summary, doc = _audit(odd, "--model-uri", "models:/odd-reads-sex/1", config=_config(tmp_path, "sex"))
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    note = ("The model reads the sensitive attribute sex as input: its decisions can depend on it directly, not "
+            "only through other columns.")
+    assert doc["model"]["inputs"] == ["month", "sex"] and doc["model"]["notes"] == [note]
+    html = Path(summary["report_html"]).read_text()
+    summary_box = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
+    assert f"Warning: {note}" in summary_box  # at the top, in the 30-second summary
+    assert f"<p>{note}</p>" in html[html.index('id="audited-model"'):]

@@ -103,9 +103,10 @@ def open_model(uri: str, *, tracking_uri: str, cfg: Config, layers: list[str] | 
         raise UserError(MESSAGE_TARGET_INPUT.format(source=uri, target=ds.target))
     read = [c for c in ds.sensitive_features if c in scorer.columns]
     if read and encoder is None:
-        scorer.notes.append(f"The model reads the sensitive attribute{'s' if len(read) > 1 else ''} "
-                            f"{', '.join(read)} as input{'s' if len(read) > 1 else ''}: its decisions can depend on "
-                            "them directly, not only through other columns.")
+        many = len(read) > 1
+        scorer.notes.append(f"The model reads the sensitive attribute{'s' if many else ''} {', '.join(read)} as "
+                            f"input{'s' if many else ''}: its decisions can depend on {'them' if many else 'it'} "
+                            "directly, not only through other columns.")
     registered = _registered(uri)
     audited = {"uri": uri, "model_id": info.model_id, "source_run_id": info.run_id, "flavors": sorted(flavors),
                "name": registered.name if registered else None, "version": registered.version if registered else None}

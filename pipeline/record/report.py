@@ -344,7 +344,8 @@ def render_html(audit: AuditDocument, images: dict[str, bytes]) -> str:
     policy = audit.config.policy
     return _report_template().render(
         audit=audit, findings=sorted(audit.findings, key=lambda f: order[f.status]), images=inline,
-        summary=summary_mod.summarize(audit), rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
+        summary=summary_mod.summarize(audit), audited_model=summary_mod.audited_model(audit)
+        if audit.mode == "audit" else [], rate_columns=RATE_COLUMNS, rate_labels=RATE_LABELS,
         fairness_images=fairness_plot_names(audit),
         calibration_images=[n for n in inline if n.startswith("calibration_")],
         mitigation_images=[n for n in inline if n.startswith("mitigation_")],
@@ -439,8 +440,7 @@ def _model_lines(audit: AuditDocument) -> list[str]:
               f"outcome); decision threshold {cfg.audit.decision_threshold}.")
     software = "- Software: " + ", ".join(f"{k} {v}" for k, v in audit.versions.items()) + "."
     if audit.mode == "audit":
-        source = ", ".join(f"{k} {_code(v)}" for k, v in m.items() if v is not None)
-        return [*people, f"- Audited without retraining: {source}.", output, software]
+        return [*people, *(f"- {_md(line)}" for line in summary_mod.audited_model(audit)), output, software]
     tr = audit.training
     return [
         *people,

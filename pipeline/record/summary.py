@@ -308,11 +308,45 @@ def warnings(doc: AuditDocument) -> list[str]:
     elif balanced is not None and balanced < 0.6:
         out.append(f"Warning: balanced accuracy is {_pct(balanced)}, near the 50% of guessing: the model barely "
                    "tells the outcomes apart, and its fairness numbers describe a weak classifier.")
+    if doc.mode == "audit":
+        out += [f"Warning: {note}" for note in (doc.model.get("notes") or ())]
     sensitive = [f for f in doc.findings if f.seed_sensitive]
     if sensitive:
         out.append(f"Another training seed could flip {len(sensitive)} check(s) (their spread across seeds exceeds "
                    "the distance to the threshold): " + ", ".join(label(f) for f in sensitive) + ".")
     return out
+
+
+_KINDS = {"pipeline": "a network this pipeline trained, fed through the encoder of the run that trained it",
+          "pytorch": "a PyTorch network logged with MLflow's pytorch flavor",
+          "module": "a PyTorch network built by a Python factory and loaded from a state_dict",
+          "predictions": "a file of a model's scores (no model)", "pyfunc": "an MLflow pyfunc model"}
+
+
+def audited_model(doc: AuditDocument) -> list[str]:
+    """What an audit of an existing model audited, in plain sentences: the model, what it reads, how its output
+    was read, its ReLU layers or why none were measured, and what it does that a reviewer must know."""
+    m = doc.model
+    kind = m.get("kind")
+    what = _KINDS.get(kind) or (f"an MLflow {kind} model" if kind else "a model")
+    where = m.get("uri") or m.get("source")
+    registered = f" (registered model {m['name']}, version {m['version']})" if m.get("name") else ""
+    lines = [f"Audited without retraining: {what}" + (f", {where}" if where else "") + f"{registered}, on every row "
+             "of the data."]
+    inputs = m.get("inputs") or []
+    if inputs and kind != "predictions":
+        shown = ", ".join(inputs[:20]) + (f", and {len(inputs) - 20} more" if len(inputs) > 20 else "")
+        lines.append(f"It reads {len(inputs)} column(s): {shown}.")
+    if kind == "predictions" and m.get("score_column"):
+        lines.append(f"The scores are the column {m['score_column']}.")
+    if m.get("output_basis"):
+        lines.append(m["output_basis"][0].upper() + m["output_basis"][1:] + ".")
+    if m.get("relu_layers"):
+        lines.append(f"ReLU layers found and measured while it scored: {', '.join(m['relu_layers'])}.")
+    elif m.get("no_capacity"):
+        lines.append(f"Capacity is not evaluated: {m['no_capacity']}.")
+    lines += list(m.get("notes") or ())
+    return lines
 
 
 def review_line(doc: AuditDocument) -> str:
