@@ -352,8 +352,8 @@ def test_report_findings_are_one_line_each_failures_first(run_html):
     # the gate interval and the tables' 95% interval, each labelled
     (item,) = [x for x in re.findall(r"<li class=.*?</li>", findings, flags=re.DOTALL)
                if "demographic_parity_ratio:sex:" in x]
-    assert ("gate interval at 99.0% [0.600, 0.795]; 95% interval (as in the tables) [0.650, 0.780]; threshold "
-            "&gt;= 0.8") in item
+    assert ("gate bounds [0.600, 0.795] (one-sided: pass at 99.0%); 95% interval (as in the tables) [0.650, 0.780]; "
+            "threshold &gt;= 0.8") in item
 
 
 def test_report_contents_link_every_section(run_html, audit_html):
@@ -370,7 +370,7 @@ def test_report_names_the_rule_that_withheld_each_group():
     rows = tuple(dataclasses.replace(r, withheld_by="complementary") if r.group == SUPPRESSED else r
                  for r in doc.groups["sex"])
     doc = dataclasses.replace(doc, groups={**doc.groups, "sex": rows})
-    (row,) = _rows(report.render_html(doc, report.plots(doc)), SUPPRESSED)
+    (_, row) = _rows(report.render_html(doc, report.plots(doc)), SUPPRESSED)  # the bias-audit table's row first
     assert _text(row) == f"{SUPPRESSED} suppressed (complementary: withheld so that a smaller group cannot be derived) —"
     raw = doc.to_json()["groups"]["sex"]
     assert [(r["group"], r["withheld_by"]) for r in raw if r["status"] == "suppressed"] == [(SUPPRESSED, "complementary")]
@@ -460,7 +460,8 @@ def test_model_card_details_and_quantitative_tables():
 def test_model_card_in_audit_mode():
     card = report.model_card(audit_mode_document())
     assert "all 328 rows audited." in card and "held out for early stopping" not in card
-    assert "- Audited without retraining: uri `models:/german-small/1`" in card
+    assert ("- Audited without retraining: a model, models:/german-small/1 (registered model german-small, version 1), "
+            "on every row of the data.") in card
     assert "Not trained here" in card and "Not yet reviewed." in card
 
 

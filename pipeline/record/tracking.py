@@ -919,7 +919,7 @@ def record_review(run_id: str, tracking_uri: str, entry: ReviewEntry, folder: Pa
 
 def review_model_versions(client: MlflowClient, run_id: str, entry: ReviewEntry) -> list[str]:
     """Put the review decision on each model version registered from this audit run (the audited model and
-    any registered candidate: versions tagged ``audit_run_id``): tags ``review.*`` and a description."""
+    any registered candidate: versions tagged ``fairness_audit.run_id``): tags ``review.*`` and a description."""
     run = client.get_run(run_id)
     name = run.data.params.get("tracking.registered_model")
     if not name or name == "None":
@@ -932,7 +932,7 @@ def review_model_versions(client: MlflowClient, run_id: str, entry: ReviewEntry)
     despite = f" despite the {entry.verdict.upper()} verdict" if entry.decision == "approved" and entry.verdict != "pass" else ""
     updated = []
     for version in found:
-        if version.tags.get("audit_run_id") != run_id:
+        if version.tags.get(vocab.VERSION_RUN) != run_id:
             continue
         for key, value in {"review.decision": entry.decision, "review.by": entry.by, "review.time": entry.time,
                            "review.note": entry.note or ""}.items():
