@@ -13,6 +13,29 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Markers (registered in pyproject.toml), given here in one place. slow: the modules whose tests train on
+# full data, stream shards, run the command in subprocesses or start servers; `pytest -m "not slow"` runs
+# the unit tests of the stages in about a minute. ray: needs the session's Ray cluster. browser: Chromium.
+SLOW_MODULES = {
+    "test_attacks", "test_audit", "test_baseline", "test_browser", "test_capacity_pipeline", "test_cli",
+    "test_coverage", "test_executor", "test_hostile", "test_init", "test_mitigation", "test_mitigation_methods",
+    "test_mitigation_multi", "test_offline", "test_orphans", "test_recompute", "test_report", "test_report_browser",
+    "test_review", "test_robustness", "test_runner", "test_scale", "test_server", "test_stream", "test_streaming",
+    "test_streaming_reduce", "test_team_models", "test_ui", "test_verdict", "test_workers",
+}
+BROWSER_MODULES = {"test_browser", "test_report_browser"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.path.stem
+        if module in SLOW_MODULES or {"mlflow_server", "ray_head", "ray_address"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+        if {"ray_head", "ray_address"} & set(item.fixturenames) or module == "test_executor":
+            item.add_marker(pytest.mark.ray)
+        if module in BROWSER_MODULES:
+            item.add_marker(pytest.mark.browser)
+
 
 def small_config(**overrides) -> dict:
     """German credit, two seeds, a few epochs: a real audit in a few seconds."""

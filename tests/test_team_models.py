@@ -21,8 +21,6 @@ import pytest
 import yaml
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 GERMAN = ROOT / "data/german.csv.gz"
 TEAM = {"name": "german-team", "path": str(GERMAN), "target": "credit_risk", "positive_label": "good",
