@@ -1,0 +1,262 @@
+"""Hardening (issue 25): hostile inputs on the newer surfaces, each through a real subprocess (or a real
+server or cluster), each refused in one line or handled, never a traceback, a hang or a run left RUNNING."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, run_cli, small_config
+
+from pipeline.data import shards as stream
+from pipeline.data import tables as data
+
+GERMAN = ROOT / "data/german.csv.gz"
+
+
+def _german() -> pd.DataFrame:
+    frame = pd.read_csv(GERMAN, skipinitialspace=True)
+    # A file of predictions: a score per row, drawn independently of everything else.
+    frame["score"] = np.random.default_rng(0).uniform(size=len(frame))
+    return frame
+
+
+def _statuses(db: Path) -> list[str]:
+    """Every run's status in a SQLite MLflow store (none when the store was never created)."""
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return [row[0] for row in conn.execute("SELECT status FROM runs")] if "runs" in tables else []
+
+
+def _one_error_line(proc) -> str:
+    """The single line a refused command prints (checked: exit 2, no traceback, nothing else)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and " INFO " not in line
+             and " WARNING " not in line]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0].removeprefix("error: ")
+
+
+# --- 1-4: streamed Parquet refuses what the CSV path refuses, with the same message -----------------
+
+def _text_and_int_target(a, b):
+    b = b.assign(credit_risk=(b["credit_risk"] == "good").astype(int))  # 0/1 in one file, text in the other
+    return a, b
+
+
+def _third_class_late(a, b):
+    b = b.copy()
+    b.loc[b.index[100:110], "credit_risk"] = "unknown"  # past the first rows the command checks before its run
+    return a, b
+
+
+def _inf_score_late(a, b):
+    b = b.copy()
+    b.loc[b.index[[200, 201]], "score"] = np.inf  # the column fed to the audit as scores
+    return a, b
+
+
+def _long_label(length: int, rows: slice, *, first: bool = False):
+    def make(a, b):
+        changed = (a if first else b).copy()
+        changed.loc[changed.index[rows], "sex"] = "f" * length
+        return (changed, b) if first else (a, changed)
+    return make
+
+
+def _one_to_one(a, b):
+    return tuple(f.assign(outcome=f["credit_risk"].map({"good": "yes", "bad": "no"})) for f in (a, b))
+
+
+def _single_class(a, b):
+    return a[a["credit_risk"] == "good"], b[b["credit_risk"] == "good"]
+
+
+AGE_BINS = {"dataset.sensitive_features": ["sex", "age"], "dataset.drop": ["personal_status"],
+            "dataset.bins": {"age": [20.0, 40.0, 60.0]}}
+AGE_RAW = {"dataset.sensitive_features": ["sex", "age"], "dataset.drop": ["personal_status"]}
+
+
+def _expected(case: str, whole: pd.DataFrame, *, path: str, late: str, source: str) -> str:
+    """The message both paths give, computed here from the rows (``path``: the data as named; ``late``: the
+    file holding the late rows, which is ``path`` for a CSV file)."""
+    if case == "text-and-int-target":
+        return data.MESSAGE_MULTICLASS.format(source=source, target="credit_risk", path=path, count=4,
+                                              classes="0, 1, bad, good", positive="good")
+    if case == "third-class-late":
+        return data.MESSAGE_MULTICLASS.format(source=source, target="credit_risk", path=path, count=3,
+                                              classes="bad, good, unknown", positive="good")
+    if case == "single-class":
+        return data.MESSAGE_SINGLE_CLASS.format(source=source, path=path, label="good", positive="good",
+                                                target="credit_risk")
+    if case == "positive-label-absent":
+        return data.MESSAGE_NO_POSITIVE.format(source=source, positive="excellent", target="credit_risk", path=path,
+                                               found="bad, good")
+    if case == "inf-score-late":
+        return data.MESSAGE_NON_FINITE.format(path=late, column="score", count=2)
+    if case.startswith("long-label"):
+        length = int(whole["sex"].str.len().max())
+        return data.MESSAGE_LONG_LABEL.format(path=late, column="sex", length=length, start="f" * 40,
+                                              limit=data.MAX_LABEL_LENGTH)
+    if case == "bins-outside":
+        age = whole["age"]
+        outside = age[(age < 20) | (age > 60)]
+        return data.MESSAGE_OUTSIDE_BINS.format(source=source, column="age", count=len(outside), low=20, high=60,
+                                                example=float(outside.iloc[0]))
+    if case == "continuous-sensitive":
+        edges = ", ".join(f"{v:g}" for v in dict.fromkeys(np.round(np.percentile(whole["age"], [0, 25, 50, 75, 100]))))
+        return data.MESSAGE_CONTINUOUS.format(source=source, column="age", count=whole["age"].nunique(),
+                                              limit=data.MAX_SENSITIVE_VALUES, edges=edges)
+    if case == "one-to-one":
+        return data.MESSAGE_SENSITIVE_IS_TARGET.format(source=source, column="outcome",
+                                                       how="has values that map one-to-one to", target="credit_risk")
+    raise AssertionError(case)
+
+
+# (id, transform of the two halves, config overrides, the Parquet file holding the refused rows)
+REFUSED = [
+    ("text-and-int-target", _text_and_int_target, {}, "b"),
+    ("third-class-late", _third_class_late, {}, "b"),
+    ("single-class", _single_class, {}, "b"),
+    ("positive-label-absent", None, {"dataset.positive_label": "excellent"}, "b"),
+    ("inf-score-late", _inf_score_late, {}, "b"),
+    ("long-label-300", _long_label(300, slice(300, 400)), {}, "b"),
+    ("long-label-in-first-rows", _long_label(300, slice(0, 100), first=True), {}, "a"),
+    ("long-label-1MB", _long_label(1_000_000, slice(450, 451)), {}, "b"),
+    ("bins-outside", None, AGE_BINS, "a"),
+    ("continuous-sensitive", None, AGE_RAW, "a"),
+    ("one-to-one", _one_to_one, {"dataset.sensitive_features": ["sex", "outcome"]}, "a"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "transform", "overrides", "part"), REFUSED, ids=[c[0] for c in REFUSED])
+def test_streamed_parquet_refuses_what_csv_refuses_with_the_same_message(tmp_path, case, transform, overrides, part):
+    """Issue 25 items 1, 3, 4: the same rows as one CSV file and as two Parquet files (the problem in the
+    second, past the rows checked before the run): exit 2, the same line, no run left RUNNING."""
+    frame = _german()
+    a, b = frame.iloc[:500], frame.iloc[500:]
+    if transform is not None:
+        a, b = transform(a, b)
+    whole = pd.concat([a, b], ignore_index=True)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    a.to_parquet(folder / "a.parquet", index=False)
+    b.to_parquet(folder / "b.parquet", index=False)
+    csv = tmp_path / "whole.csv"
+    whole.to_csv(csv, index=False)
+    cfg = small_config(**overrides)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    found = {}
+    for name, given, late in (("csv", csv, csv), ("parquet", folder, folder / f"{part}.parquet")):
+        db = tmp_path / f"{name}.db"
+        proc = run_cli("audit", "--config", str(config_path), "--predictions", str(given), "--score-column", "score",
+                       "--tracking-uri", f"sqlite:///{db}", "--reports-dir", str(tmp_path / name))
+        found[name] = _one_error_line(proc)
+        assert found[name] == _expected(case, whole, path=str(given), late=str(late), source=str(config_path))
+        assert "RUNNING" not in _statuses(db)
+    assert found["csv"].replace(str(csv), "DATA") == found["parquet"].replace(str(folder / f"{part}.parquet"),
+                                                                              "DATA").replace(str(folder), "DATA")
+
+
+def _corrupt_a_page(path: Path, column: str) -> str:
+    """Zero 4 bytes of the first page of ``column`` where pyarrow then fails reading rows (not metadata); its error."""
+    import pyarrow.parquet as pq
+
+    raw = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata
+    chunk = meta.row_group(0).column(meta.schema.names.index(column))
+    for at in range(chunk.data_page_offset, chunk.data_page_offset + 64):
+        path.write_bytes(raw[:at] + bytes(4) + raw[at + 4:])
+        pq.ParquetFile(path)  # the metadata still reads: the error comes while reading rows
+        try:
+            pq.read_table(path)
+        except OSError as err:
+            return str(err)
+    raise AssertionError("no corruption of the first 64 bytes of the page breaks the read")
+
+
+@pytest.mark.slow
+def test_a_corrupt_data_page_names_the_file(tmp_path):
+    """Item 4: a page that does not decompress is met while the rows are read (the metadata is intact): one line
+    naming the file, where pyarrow's own error does not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = _german()
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame.iloc[:500].to_parquet(folder / "a.parquet", index=False)
+    broken = folder / "b.parquet"
+    pq.write_table(pa.Table.from_pandas(frame.iloc[500:], preserve_index=False), broken, compression="snappy",
+                   use_dictionary=False)
+    why = _corrupt_a_page(broken, "score")
+    assert str(broken) not in why
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(small_config()), encoding="utf-8")
+    db = tmp_path / "m.db"
+    proc = run_cli("audit", "--config", str(config_path), "--predictions", str(folder), "--score-column", "score",
+                   "--tracking-uri", f"sqlite:///{db}", "--reports-dir", str(tmp_path / "r"))
+    assert _one_error_line(proc) == stream.MESSAGE_UNREADABLE.format(file=broken, why=why.splitlines()[0])
+    assert "RUNNING" not in _statuses(db)
+
+
+@pytest.mark.slow
+def test_an_int_coded_group_with_nulls_after_the_first_batch_stays_one_group(tmp_path):
+    """Item 2: an int column with nulls only after row 66,000 reads as int64 in the first batch and float64 in
+    the next; value 1 is one group ('1'), counted as pandas counts it, on both paths."""
+    frame = _german()
+    big = pd.concat([frame] * 70, ignore_index=True)  # 70,000 rows: two batches of the streamed reader
+    code = big["sex"].map({"male": 1, "female": 2}).astype("Int64")
+    code[(big.index >= 66_000) & (big.index % 7 == 0)] = pd.NA
+    big["sex_code"] = code
+    parquet, csv = tmp_path / "big.parquet", tmp_path / "big.csv"
+    big.to_parquet(parquet, index=False)
+    big.to_csv(csv, index=False)
+    assert stream.BATCH_SIZE < 66_000  # the nulls are all in a later batch than the first
+    cfg = small_config(**{"dataset.sensitive_features": ["sex_code", "age_group"]})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    expected = {"1": int((code == 1).sum()), "2": int((code == 2).sum()), data.MISSING_CATEGORY: int(code.isna().sum())}
+    assert all(expected.values())
+    for name, given in (("parquet", parquet), ("csv", csv)):
+        proc = run_cli("audit", "--config", str(config_path), "--predictions", str(given), "--score-column", "score",
+                       "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--reports-dir", str(tmp_path / name),
+                       "--json")
+        assert proc.returncode in (0, 1), proc.stderr[-3000:]
+        doc = json.loads(Path(json.loads(proc.stdout)["audit_json"]).read_text())
+        assert {g["group"]: g["count"] for g in doc["groups"]["sex_code"]} == expected, name
+
+
+def test_a_profile_added_up_batch_by_batch_is_the_profile_of_the_rows_read_whole():
+    """What lets one set of checks serve both paths: profiles add up (here in 7 uneven batches) to the whole's."""
+    frame = _german().assign(age_code=lambda f: f["age"].where(f.index % 9 != 0))  # float, with missing values
+    frame.loc[[5, 700], "score"] = [np.inf, -np.inf]
+    frame.loc[[3, 800], "sex"] = "m" * 120
+    cfg = small_config(**{"dataset.sensitive_features": ["sex", "age_code", "age"], "dataset.bins": {"age": [20, 60]}})
+    from pipeline.core import config
+
+    ds = config.from_dict(cfg, source="c.yaml").dataset
+    cuts = [0, 1, 4, 250, 251, 600, 999, len(frame)]
+    parts = [data.profile(frame.iloc[a:b], ds, file="f") for a, b in zip(cuts, cuts[1:])]
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    whole = data.profile(frame, ds, file="f")
+    assert total == whole
+    # Against pandas: the counts the checks read.
+    assert whole.non_finite == {"score": 2}
+    assert whole.longest == {"sex": (120, "m" * 40)}
+    outside = frame["age"][(frame["age"] < 20) | (frame["age"] > 60)]
+    assert whole.outside == {"age": (len(outside), float(outside.iloc[0]))}
+    codes = frame["age_code"].dropna().astype(int).astype(str).value_counts().to_dict()
+    assert whole.groups["age_code"] == {**codes, data.MISSING_CATEGORY: int(frame["age_code"].isna().sum())}
