@@ -260,3 +260,50 @@ def test_a_profile_added_up_batch_by_batch_is_the_profile_of_the_rows_read_whole
     assert whole.outside == {"age": (len(outside), float(outside.iloc[0]))}
     codes = frame["age_code"].dropna().astype(int).astype(str).value_counts().to_dict()
     assert whole.groups["age_code"] == {**codes, data.MISSING_CATEGORY: int(frame["age_code"].isna().sum())}
+
+
+# --- 5: unseen categories are warned about on both paths ---------------------------------------------
+
+@pytest.fixture
+def two_layer_model(tmp_path):
+    """A network built outside the pipeline (tests/fixtures/audit_models.py), its weights, and the encoder of the
+    small config's training split: what ``audit --model-module`` reads."""
+    import torch
+    from fixtures import audit_models
+
+    from pipeline.core import config
+
+    cfg = config.from_dict(small_config(), source="c.yaml")
+    encoder = data.split(data.load(cfg.dataset, source="c.yaml"), cfg, source="c.yaml").encoder
+    (tmp_path / "encoder.json").write_text(json.dumps(encoder.to_dict()), encoding="utf-8")
+    torch.manual_seed(0)
+    torch.save(audit_models.two_layer().state_dict(), tmp_path / "two_layer.pt")
+    return ["--model-module", "fixtures.audit_models:two_layer", "--state-dict", str(tmp_path / "two_layer.pt"),
+            "--encoder", str(tmp_path / "encoder.json")]
+
+
+MODULE_ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+
+
+@pytest.mark.slow
+def test_unseen_categories_are_warned_about_in_a_streamed_audit_as_in_memory(tmp_path, two_layer_model):
+    """Item 5: 7 rows of the second file have a purpose the encoder never saw; both paths warn, with the count."""
+    frame = pd.read_csv(GERMAN, skipinitialspace=True)
+    frame.loc[[600, 601, 650, 700, 800, 900, 999], "purpose"] = "space travel"
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame.iloc[:500].to_parquet(folder / "a.parquet", index=False)
+    frame.iloc[500:].to_parquet(folder / "b.parquet", index=False)
+    frame.to_csv(tmp_path / "whole.csv", index=False)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(small_config()), encoding="utf-8")
+    unseen = int((frame["purpose"] == "space travel").sum())
+    for given in (tmp_path / "whole.csv", folder):
+        proc = run_cli("audit", "--config", str(config_path), *two_layer_model, "--data", str(given),
+                       "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--reports-dir", str(tmp_path / "r"),
+                       "--json", env=MODULE_ENV)
+        assert proc.returncode in (0, 1), proc.stderr[-3000:]
+        warnings = [line for line in proc.stderr.splitlines() if " WARNING " in line and "not seen" in line]
+        assert len(warnings) == 1 and warnings[0].endswith(f"rows per column: purpose {unseen}"), proc.stderr[-3000:]
+        doc = json.loads(Path(json.loads(proc.stdout)["audit_json"]).read_text())
+        assert doc["dataset"]["unseen_categories"] == {"purpose": unseen}
