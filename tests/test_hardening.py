@@ -307,3 +307,55 @@ def test_unseen_categories_are_warned_about_in_a_streamed_audit_as_in_memory(tmp
         assert len(warnings) == 1 and warnings[0].endswith(f"rows per column: purpose {unseen}"), proc.stderr[-3000:]
         doc = json.loads(Path(json.loads(proc.stdout)["audit_json"]).read_text())
         assert doc["dataset"]["unseen_categories"] == {"purpose": unseen}
+
+
+# --- 11: every key and artifact name built from data is unique (and fits MLflow) ------------------
+
+def _sha8(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+@pytest.mark.slow
+def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
+    """Item 11: groups 'A/B' and 'A_B' each get their own group and capacity-share keys (suffix: the label's
+    SHA-256), holding the numbers audit.json gives each; a 200-character sensitive column name gives keys
+    MLflow takes (at most 250 characters) and an artifact per view."""
+    from mlflow.tracking import MlflowClient
+
+    frame = pd.read_csv(GERMAN, skipinitialspace=True)
+    long_name = "applicant_" + "x" * 190
+    frame["sex"] = frame["sex"].map({"male": "A/B", "female": "A_B"})
+    frame[long_name] = frame["age_group"]
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    cfg = small_config(**{"dataset.path": str(path), "dataset.sensitive_features": ["sex", long_name],
+                          "dataset.drop": ["personal_status", "age", "age_group"], "training.seeds": [0]})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    store = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = run_cli("run", "--config", str(config_path), "--tracking-uri", store, "--reports-dir", str(tmp_path / "r"),
+                   "--json")
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    doc = json.loads(Path(summary["audit_json"]).read_text())
+    run = MlflowClient(store).get_run(summary["run_id"])
+    metrics = run.data.metrics
+    assert max(map(len, metrics)) <= 250
+    test_rows = np.load(Path(summary["audit_json"]).parent / "split" / "test_rows.npz")["rows"]
+    index = {layer["layer"]: layer["index"] for layer in doc["capacity"]["layers"]}
+    for label in ("A/B", "A_B"):
+        part = f"A_B-{_sha8(label)}"
+        (row,) = [g for g in doc["groups"]["sex"] if g["group"] == label]
+        assert metrics[f"group/sex/{part}/count"] == row["count"] == int((frame["sex"].iloc[test_rows] == label).sum())
+        shares = [g for g in doc["capacity"]["groups"]["sex"] if g["group"] == label]
+        assert len(shares) == len(index)
+        for share in shares:
+            key = f"capacity_share/sex/{part}/layer{index[share['layer']]}"
+            assert metrics[key] == pytest.approx(share["capacity_share"], abs=1e-12), key
+    # The long view: its groups' counts under one key each, and one fairness artifact per view.
+    view_keys = {k.split("/")[1] for k in metrics if k.startswith("group/") and k.endswith("/count")}
+    assert len(view_keys) == 3  # sex, the long column, and their intersection
+    artifacts = [a.path for a in MlflowClient(store).list_artifacts(summary["run_id"], "fairness")]
+    assert len([a for a in artifacts if a.startswith("fairness/groups_")]) == 3
