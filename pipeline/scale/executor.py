@@ -182,7 +182,11 @@ class ForkExecutor(LocalExecutor):
         if self._warmed is not None:  # forked before fn existed: fn is pickled (a module-level function)
             process, conn = self._warmed
             self._warmed = None
-            conn.send_bytes(pickle.dumps((fn, items)))
+            try:
+                conn.send_bytes(pickle.dumps((fn, items)))
+            except OSError:  # BrokenPipeError: it died while it waited for its work (SIGKILL, say)
+                process.join()
+                raise WorkerDied(process.pid, process.exitcode) from None
             workers = [(process, conn, list(range(len(items))))]
         else:
             count = min(self.workers, len(items))
