@@ -359,3 +359,55 @@ def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
     assert len(view_keys) == 3  # sex, the long column, and their intersection
     artifacts = [a.path for a in MlflowClient(store).list_artifacts(summary["run_id"], "fairness")]
     assert len([a for a in artifacts if a.startswith("fairness/groups_")]) == 3
+
+
+# --- 13: a SIGTERM whose exception is lost inside a garbage-collection callback ------------------------
+
+# The real command, with one addition: at the first garbage collection once the MLflow run is active, the
+# process sends itself SIGTERM and runs a few bytecodes, so the handler runs inside the collection's callback;
+# Python then reports its exception as "Exception ignored in" and goes on, as it did inside SQLAlchemy's
+# _collection_gced callback during MLflow logging (issue 25 item 13).
+SIGTERM_IN_GC = """
+import gc, os, signal, sys
+import mlflow
+from pipeline.app import cli
+
+fired = []
+
+def send_sigterm_inside_a_collection(phase, info):
+    if phase == "start" and not fired and mlflow.active_run() is not None:
+        fired.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100_000):  # the handler runs here: its exception leaves this callback and is lost
+            pass
+
+gc.callbacks.append(send_sigterm_inside_a_collection)
+sys.argv = ["pipeline", *sys.argv[1:]]
+cli.main()
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_lost_inside_a_gc_callback_still_ends_the_run_killed_with_exit_130(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})), encoding="utf-8")
+    store = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_GC, "run", "--config", str(config_path),
+                           "--tracking-uri", store, "--reports-dir", str(tmp_path / "r"), "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert "Exception ignored in" in proc.stderr and "Interrupted" in proc.stderr  # the raise was lost
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["error"] == "interrupted"
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        "error: interrupted; the MLflow run (if any) was ended as KILLED"]
+    client = MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and {r.info.status for r in runs} == {"KILLED"}  # the audit run and its training run

@@ -30,6 +30,7 @@ from pipeline.core.errors import (
     Interrupted,
     ModelFailed,
     UserError,
+    on_signal,
 )
 from pipeline.scale.executor import ShardFailed, WorkerDied
 
@@ -57,10 +58,6 @@ def _progress(label: str):
             logging.getLogger("pipeline.nn.training").info("%s", text)
 
     return report
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(f"received signal {signum}")
 
 
 def _setup_logging() -> None:
@@ -189,7 +186,9 @@ def _execute(call, as_json: bool, then=None) -> None:
     """
     _setup_logging()
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # on a server, MLflow prints run URLs to stdout
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Both noted as well as raised: an interrupt whose exception a library loses still ends the run KILLED.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     def audit():
         from pipeline.app import runner

@@ -37,7 +37,7 @@ from pipeline.core import config as config_mod
 from pipeline.core import vocabulary as vocab
 from pipeline.core.config import to_dict as to_plain
 from pipeline.core.document import SCHEMA_VERSION, AuditDocument, ReviewEntry, SeedAudit
-from pipeline.core.errors import Interrupted, UserError
+from pipeline.core.errors import Interrupted, UserError, check_interrupt
 
 logger = logging.getLogger(__name__)
 _PACKAGE = Path(__file__).resolve().parents[1]  # the pipeline package: logged with a candidate model as its code
@@ -177,6 +177,7 @@ def _ended_run(**kwargs) -> Iterator[mlflow.ActiveRun]:
     status = "FAILED"
     try:
         yield active
+        check_interrupt()  # a SIGTERM whose exception a library lost is still an interrupt: KILLED, not FINISHED
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
         status = "KILLED"
@@ -265,6 +266,7 @@ def training_runs(trainings: list[tuple[int, str | None]]) -> Iterator[list[str]
                                  **({"remedy": name.removeprefix("remedy-")} if name else {})})
             ids.append(client.create_run(parent.info.experiment_id, run_name=run_name, tags=tags).info.run_id)
         yield ids
+        check_interrupt()
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
         status = "KILLED"
