@@ -3,6 +3,7 @@ server or cluster), each refused in one line or handled, never a traceback, a ha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -411,3 +412,109 @@ def test_a_sigterm_lost_inside_a_gc_callback_still_ends_the_run_killed_with_exit
     client = MlflowClient(store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and {r.info.status for r in runs} == {"KILLED"}  # the audit run and its training run
+
+
+# --- 14: the tracking server killed mid-run ------------------------------------------------------------
+
+@contextlib.contextmanager
+def _mlflow_server(folder: Path):
+    """A real `mlflow server` on 127.0.0.1 in its own process group (as the session fixture ``mlflow_server``
+    starts one), for a test that kills it: yields its URL and process group; whatever is left is killed after."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    with open(folder / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                                 f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "art"),
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pgid = os.getpgid(proc.pid)
+    try:
+        started = time.monotonic()
+        while True:
+            assert proc.poll() is None, (folder / "server.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() - started < 90, "mlflow server did not start"
+            time.sleep(0.5)
+        yield url, pgid
+    finally:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_killed_mid_run_leaves_a_complete_local_audit_and_exit_4(tmp_path):
+    """Item 14: the server is killed (its whole process group) once the run exists on it: the command ends with
+    exit 4, no traceback, the audit complete in reports/<run_id>/ with NOT_LOGGED.json, and logged in the local
+    store; before, urllib3 retried for minutes and no audit was kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(ROOT)
+    with _mlflow_server(tmp_path) as (url, pgid):
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config_path),
+                                 "--tracking-uri", url, "--reports-dir", str(tmp_path / "reports"), "--json"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            lines = []
+            for line in proc.stderr:
+                lines.append(line)
+                if "mlflow: run " in line:  # the run exists on the server
+                    break
+            server_run = lines[-1].split("mlflow: run ")[1].split()[0]
+            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+            os.killpg(pgid, signal.SIGKILL)
+            killed = time.monotonic()
+            stdout = proc.stdout.read()
+            proc.wait(timeout=300)  # before: more than 6.5 minutes
+            print(f"exit {proc.returncode} {time.monotonic() - killed:.1f} s after the server was killed")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    time.sleep(0.2)
+    stderr = "".join(lines)
+    assert proc.returncode == 4, stderr[-3000:]
+    assert "Traceback" not in stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["not_logged"].startswith(f"tracking server {url} stopped answering during the run")
+    folder = Path(summary["audit_json"]).parent
+    assert summary["run_id"] != server_run and folder.name == summary["run_id"]
+    assert {"audit.json", "report.html", "NOT_LOGGED.json"} <= {p.name for p in folder.iterdir()}
+    assert not (folder / "INCOMPLETE.json").exists()
+    marker = json.loads((folder / "NOT_LOGGED.json").read_text())
+    assert marker["intended_tracking_uri"] == url and marker["local_tracking_uri"] == summary["tracking_uri"]
+    doc = json.loads((folder / "audit.json").read_text())
+    local = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"])
+    assert local.info.status == "FINISHED" and doc["verdict"] == summary["verdict"]
+    assert local.data.metrics["accuracy"] == pytest.approx(doc["overall"]["accuracy"], abs=1e-12)
+    # The server's run stopped where it was: its folder says so.
+    assert json.loads((folder.parent / server_run / "INCOMPLETE.json").read_text())["status"] == "FAILED"
