@@ -32,7 +32,7 @@ from pipeline.core.errors import (
     UserError,
     on_signal,
 )
-from pipeline.scale.executor import ShardFailed, WorkerDied
+from pipeline.scale.executor import ClusterLost, ShardFailed, WorkerDied
 
 _BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
 
@@ -110,7 +110,7 @@ def _guarded(call) -> tuple[object, int | None]:
     except ModelFailed as err:  # the audited model's own code raised: one line, its first error line
         click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
         return {"error": str(err)}, EXIT_UNEXPECTED
-    except (ShardFailed, WorkerDied) as err:  # not a bug here: a worker died (on every retry), or a task raised
+    except (ShardFailed, WorkerDied, ClusterLost) as err:  # not a bug here: a worker or the cluster died, or a task raised
         click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
         return {"error": str(err)}, EXIT_UNEXPECTED
     except Exception as err:  # report, never swallow: traceback and a distinct exit code
