@@ -610,3 +610,44 @@ def test_a_ray_cluster_that_dies_mid_audit_fails_the_run_in_one_line_with_exit_3
     assert json.loads(stdout.strip().splitlines()[-1])["exit_code"] == 3
     assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
     assert json.loads((tmp_path / "r" / run_id / "INCOMPLETE.json").read_text())["status"] == "FAILED"
+
+
+# --- 16: mitigation on small data and an intersection never loses the audit --------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rows", "sample_seed"), [(150, 3), (200, 1)], ids=["holdout-strata", "no-gated-group"])
+def test_mitigation_on_small_data_and_an_intersection_keeps_the_audit(tmp_path, rows, sample_seed):
+    """Item 16: German rows sampled down, every method mitigating 'sex & age_group'. 150 rows: a held-out stratum
+    of one row refused the whole audit (exit 2, naming split.stratify_by, which has nothing to do with it);
+    200 rows: a parity check with no gated group crashed the sweep after training (exit 3, run FAILED, audit
+    lost). Now the audit stands with every candidate built or listed as not built."""
+    import math
+
+    frame = pd.read_csv(GERMAN, skipinitialspace=True).sample(rows, random_state=sample_seed)
+    path = tmp_path / "small.csv"
+    frame.to_csv(path, index=False)
+    cfg = yaml.safe_load((ROOT / "configs/german-mitigation.yaml").read_text())
+    cfg["dataset"]["path"] = str(path)
+    cfg["training"].update(epochs=5, seeds=[0])
+    cfg["audit"]["min_group_size"] = 10
+    cfg["tracking"] = {"experiment": "small-mitigation"}
+    cfg["mitigation"].update(feature="sex & age_group", relaxed_tolerances=[0.5, 0.75, 1.0])
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    proc = run_cli("run", "--config", str(config_path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                   "--reports-dir", str(tmp_path / "r"), "--json")
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    audit_json = Path(json.loads(proc.stdout)["audit_json"])
+    doc = json.loads(audit_json.read_text())
+    m = doc["mitigation"]
+    # Every configured candidate is accounted for: threshold_optimizer and exponentiated_gradient per constraint
+    # (2 each), relaxed_thresholds per tolerance (3), fairness_penalty per constraint and strength (4), reweighing.
+    assert len(m["candidates"]) - 1 + len(m["not_built"]) == 2 + 3 + 2 + 4 + 1
+    assert m["candidates"][0]["accuracy"] == pytest.approx(doc["overall"]["accuracy"], abs=1e-12)
+    # The held-out rows: mitigation.validation_fraction of the non-test rows, none of them a test row.
+    test = np.load(audit_json.parent / "split" / "test_rows.npz")["rows"]
+    held = np.load(audit_json.parent / "split" / "holdout_rows.npz")["rows"]
+    non_test = rows - math.ceil(cfg["split"]["test_size"] * rows)
+    assert len(test) == rows - non_test and len(held) == math.ceil(cfg["mitigation"]["validation_fraction"] * non_test)
+    assert m["validation_rows"] == len(held) and not set(held) & set(test)

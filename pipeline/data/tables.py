@@ -640,19 +640,26 @@ def _holdout(train_idx: np.ndarray, y: np.ndarray, groups: pd.DataFrame, cfg: Co
     """``train_idx`` split into rows to train on and rows held out, both sorted.
 
     Stratified by label and sensitive intersection (a stratum of a single row falls back to its
-    label alone, and then to one common stratum), drawn with ``split.seed``.
+    label alone, and then to one common stratum, itself merged into the largest when it would hold a
+    single row), drawn with ``split.seed``. When the held-out rows are too few to take one row of
+    every stratum (small data, many cells), by label alone, and then not stratified: post-processing
+    is a what-if, and its rows must never refuse the audit itself.
     """
     labels = pd.Series(y[train_idx].astype(int).astype(str))
     cells = labels + "|" + groups.iloc[train_idx].astype(str).agg("|".join, axis=1).reset_index(drop=True)
     for coarser in (labels, pd.Series("*", index=labels.index)):
         cells = cells.where(cells.map(cells.value_counts()) >= 2, coarser)
-    strata = pd.factorize(cells)[0]
-    try:
-        kept, held = shuffle_split(len(train_idx), test_size=cfg.mitigation.validation_fraction,
-                                   seed=cfg.split.seed, strata=strata)
-    except ValueError as err:
-        raise DataError(MESSAGE_HOLDOUT.format(source=source, path=path, error=err)) from err
-    return np.sort(train_idx[kept]), np.sort(train_idx[held])
+    cells = cells.where(cells.map(cells.value_counts()) >= 2, cells.value_counts().idxmax())
+    error = None
+    for strata in (pd.factorize(cells)[0], pd.factorize(labels)[0], None):
+        try:
+            kept, held = shuffle_split(len(train_idx), test_size=cfg.mitigation.validation_fraction,
+                                       seed=cfg.split.seed, strata=strata)
+        except ValueError as err:
+            error = error or err
+            continue
+        return np.sort(train_idx[kept]), np.sort(train_idx[held])
+    raise DataError(MESSAGE_HOLDOUT.format(source=source, path=path, error=error))
 
 
 def shuffle_split(n: int, *, test_size: float, seed: int, strata: np.ndarray | None = None
