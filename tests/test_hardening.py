@@ -651,3 +651,70 @@ def test_mitigation_on_small_data_and_an_intersection_keeps_the_audit(tmp_path, 
     non_test = rows - math.ceil(cfg["split"]["test_size"] * rows)
     assert len(test) == rows - non_test and len(held) == math.ceil(cfg["mitigation"]["validation_fraction"] * non_test)
     assert m["validation_rows"] == len(held) and not set(held) & set(test)
+
+
+# --- 17: state dicts that are not state dicts, or that score NaN ---------------------------------------------
+
+def _state_dict_file(kind: str, path: Path) -> Path:
+    import torch
+    from fixtures import audit_models
+
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("these are not weights\n", encoding="utf-8")
+    elif kind == "list":
+        torch.save([torch.zeros(3)], path)
+    else:
+        torch.manual_seed(0)
+        state = audit_models.two_layer().state_dict()
+        if kind == "nan-weights":
+            state["block.0.weight"][0, :5] = float("nan")
+        else:  # finite weights whose hidden units overflow to inf, and inf - inf in the output: NaN scores
+            state["block.0.weight"].fill_(1e38)
+            state["head.weight"][0, :4], state["head.weight"][0, 4:] = 1e38, -1e38
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["empty", "text", "list", "nan-weights", "nan-scores"])
+def test_a_state_dict_that_cannot_score_is_one_line_and_exit_2(tmp_path, two_layer_model, kind):
+    """Item 17: before, EOFError, KeyError and TypeError tracebacks (exit 3), and NaN scores an IndexError in
+    calibration with a FAILED run."""
+    import torch
+    from fixtures import audit_models
+
+    from pipeline.nn import model, scoring
+
+    weights = _state_dict_file(kind, tmp_path / f"{kind}.pt")
+    args = list(two_layer_model)
+    args[args.index("--state-dict") + 1] = str(weights)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(small_config()), encoding="utf-8")
+    db = tmp_path / "m.db"
+    proc = run_cli("audit", "--config", str(config_path), *args, "--tracking-uri", f"sqlite:///{db}",
+                   "--reports-dir", str(tmp_path / "r"), env=MODULE_ENV)
+    line = _one_error_line(proc)
+    if kind == "empty":
+        assert line == model.MESSAGE_STATE_DICT_UNREADABLE.format(path=weights, problem="is empty (0 bytes)")
+    elif kind == "text":
+        with pytest.raises(Exception) as raised:  # noqa: PT011 - which error torch gives is what the line names
+            torch.load(weights, weights_only=True)
+        assert line == model.MESSAGE_STATE_DICT_UNREADABLE.format(
+            path=weights, problem=f"cannot be read by torch.load ({type(raised.value).__name__})")
+    elif kind == "list":
+        assert line == model.MESSAGE_STATE_DICT_TYPE.format(path=weights, found="a list")
+    elif kind == "nan-weights":
+        assert line == model.MESSAGE_STATE_DICT_NOT_FINITE.format(path=weights, name="block.0.weight", count=5)
+    else:  # the first rows scored before the run, by hand: the network on the encoded rows, then the sigmoid
+        encoder = data.read_encoder(args[args.index("--encoder") + 1])
+        x = encoder.transform(pd.read_csv(GERMAN, skipinitialspace=True).head(scoring.AUTO_ROWS))
+        net = audit_models.two_layer()
+        net.load_state_dict(torch.load(weights, weights_only=True))
+        with torch.no_grad():
+            bad = int((~torch.isfinite(torch.sigmoid(net(torch.from_numpy(x)).double()))).sum())
+        assert bad > 0
+        assert line == scoring.MESSAGE_NOT_FINITE.format(source="fixtures.audit_models:two_layer", count=bad,
+                                                         rows=scoring.AUTO_ROWS)
+    assert _statuses(db) == []  # refused before any run
