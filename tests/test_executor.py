@@ -225,7 +225,6 @@ def test_without_an_address_a_private_local_ray_runs_and_close_stops_it(tmp_path
             "with RayExecutor(None) as ex:\n"
             "    pids = ex.map(lambda _: os.getpid(), range(3))\n"
             "    assert os.getpid() not in pids\n"
-            "    assert os.environ['RAY_AUTH_MODE'] == 'token'\n"
             "print('ok')\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # not the shared /tmp/ray; short for Ray's sockets
@@ -245,4 +244,5 @@ def test_without_an_address_a_private_local_ray_runs_and_close_stops_it(tmp_path
     TIMINGS["local RayExecutor(None): start, map, close (s, incl. interpreter)"] = time.monotonic() - started
     assert child.returncode == 0 and out.strip() == "ok", err[-2000:]
     assert not left, f"Ray processes left after close(): {left}"
-    assert (tmp_path / ".ray" / "auth_token").exists()  # Ray created a token for its local cluster
+    # Ray turned token auth on (in the driver's process, RayExecutor's own) and created a token for its cluster.
+    assert (tmp_path / ".ray" / "auth_token").exists()

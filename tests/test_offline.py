@@ -54,3 +54,34 @@ def test_incomplete_or_missing_audits_are_not_pushed(tmp_path, store):
     assert proc.returncode == 2 and "incomplete audit" in proc.stderr
     proc = run_cli("push", str(tmp_path), "--tracking-uri", store)
     assert proc.returncode == 2 and "has no audit.json" in proc.stderr
+
+
+def test_a_tampered_audit_is_refused_before_anything_is_logged(write_config, store, tmp_path):
+    """Issue 25 item 6: push validates the document (schema, types, value sets) with the typed reader
+    before it logs anything; each defect is one line naming the field."""
+    import shutil
+
+    config = write_config(small_config(**{"training.seeds": [0]}))
+    proc = run_cli("run", "--config", str(config), "--tracking-uri", f"http://127.0.0.1:{_closed_port()}",
+                   "--reports-dir", str(tmp_path / "reports"), "--json")
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    folder = tmp_path / "reports" / json.loads(proc.stdout)["run_id"]
+    audit = json.loads((folder / "audit.json").read_text())
+    client = MlflowClient(store)
+    before = {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    cases = {
+        "verdict": ("<script>alert(1)</script>", "verdict is '<script>alert(1)</script>'; expected one of pass"),
+        "findings": ("x", "findings is 'x'; expected a list"),
+        "groups": ([], "groups is list; expected an object"),
+        "overall": ("x", "overall is 'x'; expected an object"),
+    }
+    for field, (value, message) in cases.items():
+        tampered = tmp_path / f"tampered-{field}"
+        shutil.copytree(folder, tampered)
+        (tampered / "audit.json").write_text(json.dumps({**audit, field: value}))
+        proc = run_cli("push", str(tampered), "--tracking-uri", store)
+        assert proc.returncode == 2, (field, proc.stderr[-2000:])
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (field, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    after = {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    assert after == before  # nothing logged, no FAILED run left behind

@@ -268,3 +268,52 @@ def test_auto_workers_fork_only_for_trainings_large_enough_to_pay_for_it():
     assert seeds.workers_for(german, 600, seeds.trainings(german)) == 0
     explicit = config.from_dict({**small_config(), "execution": {"workers": 3}})
     assert seeds.workers_for(explicit, 700, seeds.trainings(explicit)) == 3
+
+
+def _utime(pid: int) -> int:
+    """CPU ticks the process has spent in user mode (/proc/<pid>/stat field 14)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["waiting", "rendering"])
+def test_a_report_process_killed_fails_the_run_in_one_line(write_config, store, tmp_path, when):
+    """Issue 25 item 12: the report process ``executor.beside`` forks is SIGKILLed while it waits for its work or
+    while it renders: the command ends (never waits for ever) with exit 3, one line naming the process, the run
+    FAILED, no worker left."""
+    cfg = small_config(**{"training.epochs": 30, "training.batch_size": 16, "training.seeds": [0, 1]})
+    cfg["execution"] = {"workers": 2}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
+                             "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not _children(proc.pid):  # the report process is forked first, before torch is imported
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        (reporter,) = _children(proc.pid)
+        if when == "rendering":  # idle once warmed up (matplotlib imported); busy again once it renders
+            last, still = _utime(reporter), 0
+            while still < 20:  # 0.2 s without CPU: warmed up, waiting
+                time.sleep(0.01)
+                now = _utime(reporter)
+                still, last = (still + 1, last) if now == last else (0, now)
+            while _utime(reporter) == last:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.005)
+        os.kill(reporter, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: a worker process (pid {reporter}) died, killed by SIGKILL (often the out-of-memory "
+                      "killer; see dmesg); its work was not done; the MLflow run (if any) was ended as FAILED"]
+    assert json.loads(stdout.strip().splitlines()[-1])["error"].startswith(f"a worker process (pid {reporter}) died")
+    run_id = next(line.split("mlflow: run ")[1].split()[0] for line in stderr.splitlines() if "mlflow: run " in line)
+    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"

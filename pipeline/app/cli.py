@@ -32,8 +32,9 @@ from pipeline.core.errors import (
     Interrupted,
     ModelFailed,
     UserError,
+    on_signal,
 )
-from pipeline.scale.executor import ShardFailed, WorkerDied
+from pipeline.scale.executor import ClusterLost, ShardFailed, WorkerDied
 
 _BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
 QUIET_SECONDS = 20.0  # this long without a line on the console, a line says the command is still working
@@ -100,10 +101,6 @@ def _heartbeat(every: float = QUIET_SECONDS):
         logging.getLogger().removeHandler(seen)
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(f"received signal {signum}")
-
-
 def _setup_logging() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -154,7 +151,7 @@ def _guarded(call) -> tuple[object, int | None]:
     except ModelFailed as err:  # the audited model's own code raised: one line, its first error line
         click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
         return {"error": str(err)}, EXIT_UNEXPECTED
-    except (ShardFailed, WorkerDied) as err:  # not a bug here: a worker died (on every retry), or a task raised
+    except (ShardFailed, WorkerDied, ClusterLost) as err:  # not a bug here: a worker or the cluster died, or a task raised
         click.echo(f"error: {err}; the MLflow run (if any) was ended as FAILED", err=True)
         return {"error": str(err)}, EXIT_UNEXPECTED
     except Exception as err:  # report, never swallow: traceback and a distinct exit code
@@ -230,7 +227,9 @@ def _execute(call, as_json: bool, then=None) -> None:
     """
     _setup_logging()
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # on a server, MLflow prints run URLs to stdout
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Both noted as well as raised: an interrupt whose exception a library loses still ends the run KILLED.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     def audit():
         from pipeline.app import runner

@@ -201,6 +201,30 @@ def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTim
                  extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
                  after: Callable[[AuditDocument], str | None] | None = None,
                  reporter: LocalExecutor | None = None) -> RunResult:
+    """:func:`_audited_run_at` the session's store; if its tracking server stops answering during the run, the
+    audit is done again in the local store (trainings are not repeated), as when it is down at the start:
+    exit 4, the audit in ``reports/<run_id>/``, ``push`` later. The server's run stays RUNNING until a later
+    command finds its owner gone."""
+    from pipeline.record import tracking
+    from pipeline.scale import executor
+
+    try:
+        return _audited_run_at(s, audited, timer, extra_tags=extra_tags, mitigated=mitigated, after=after,
+                               reporter=reporter)
+    except tracking.TRACKING_ERRORS:
+        lost = tracking.lost_server(s.uri)
+        if lost is None:
+            raise
+    local = dataclasses.replace(s, uri=tracking.local_store(s.reports_dir, reason=lost), not_logged=lost)
+    # The report renders here: forking from this process, which now has threads, is not safe.
+    return _audited_run_at(local, audited, timer, extra_tags=extra_tags, mitigated=mitigated,
+                           reporter=executor.LocalExecutor())
+
+
+def _audited_run_at(s: _Session, audited: Callable[[str], Audited], timer: StageTimer, *,
+                    extra_tags: dict[str, str] | None = None, mitigated: Callable | None = None,
+                    after: Callable[[AuditDocument], str | None] | None = None,
+                    reporter: LocalExecutor | None = None) -> RunResult:
     """The shared tail: in one MLflow run, audit, judge, build the document, write it and log it.
 
     ``after``: what the registry records once the audit is logged (in the run: a failure ends it FAILED);

@@ -161,6 +161,9 @@ class NetScorer(Scorer):
         out = torch.cat(outs)
         if self.output == "logit":
             proba = scoring.positive_probability(out, source=self.source).numpy()
+            bad = int((~np.isfinite(proba)).sum())  # a NaN score has no calibration bin, no rank, no decision
+            if bad:
+                raise UserError(scoring.MESSAGE_NOT_FINITE.format(source=self.source, count=bad, rows=len(frame)))
         else:
             proba = scoring.probabilities(scoring.as_scores(out, len(frame), source=self.source), "probability",
                                           source=self.source)
@@ -189,6 +192,7 @@ class NetScorer(Scorer):
             scoring.probabilities(values, self.output, source=self.source)  # scores it cannot read: now, not in the run
         else:
             self.output, self.output_basis = "logit", "the pipeline's network returns one logit per row"
+            self.score(frame.head(scoring.AUTO_ROWS), np.arange(min(len(frame), scoring.AUTO_ROWS)))  # NaN: now
 
 
 @dataclass

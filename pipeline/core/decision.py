@@ -257,10 +257,11 @@ def parity_interval(check: str, groups: Sequence[dict], *, level: float, n_boot:
     approximation at ``level``). The counts are resampled by the audit's count bootstrap and
     judged by the gate's interval. Returns
     ``(best bound, p)`` for the bound that comes nearest to passing, or ``None`` for a check that
-    is not a demographic-parity check. When that bound still fails the threshold, no candidate
-    with any decisions can pass this check on these rows.
+    is not a demographic-parity check, or that compares fewer than two groups (on small data, no
+    group of an intersection may be large enough to gate). When that bound still fails the
+    threshold, no candidate with any decisions can pass this check on these rows.
     """
-    if not check.startswith(("demographic_parity_difference", "demographic_parity_ratio")):
+    if not check.startswith(("demographic_parity_difference", "demographic_parity_ratio")) or len(groups) < 2:
         return None
     name = check.split(":", 1)[0]
     slack = 1.0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,62 @@ SCHEMA_VERSION = 2  # 2: three-valued verdict and its reasons, per-rate eligibil
 _MSG_SCHEMA = ("{source}: schema_version {found!r}; expected {expected} (an audit.json written by this version "
                "of the pipeline; docs/audit-json.md: schema_version)")
 _MSG_NOT_AN_AUDIT = "{source}: not an audit document: {why}"
+_MSG_FIELD = "{source}: not an audit document: {field} is {found}; expected {expected}"
+
+# What each top-level field of audit.json holds (checked before it is read: a pushed or edited document is
+# validated before anything is logged or rendered). "number" is an int or float that is not a bool.
+_TEXT, _NUMBER, _INT, _OBJECT, _LIST = "a string", "a number", "an integer", "an object", "a list"
+_FIELDS = {
+    "run_id": (_TEXT,), "run_name": (_TEXT,), "created": (_TEXT,), "mode": (_TEXT,), "verdict": (_TEXT,),
+    "findings": (_LIST,), "verdict_reasons": (_LIST,), "overall": (_OBJECT,), "ci_level": (_NUMBER, None),
+    "n_boot": (_INT,), "groups": (_OBJECT,), "empty_groups": (_OBJECT,), "disparities": (_OBJECT,),
+    "calibration": (_OBJECT,), "capacity": (_OBJECT,), "training": (_OBJECT, None), "seeds": (_OBJECT,),
+    "dataset": (_OBJECT,), "model": (_OBJECT,), "config": (_OBJECT,), "tracking_uri": (_TEXT,),
+    "versions": (_OBJECT,), "review": (_OBJECT, None), "baseline": (_OBJECT, None), "metric_names": (_OBJECT,),
+    "mitigation": (_OBJECT, None),
+}
+
+
+def _is(value: object, kind: str | None) -> bool:
+    if kind is None:
+        return value is None
+    return {_TEXT: isinstance(value, str), _OBJECT: isinstance(value, dict), _LIST: isinstance(value, list),
+            _INT: type(value) is int,
+            _NUMBER: isinstance(value, (int, float)) and not isinstance(value, bool)}[kind]
+
+
+def _check_fields(raw: dict, source: str) -> None:
+    """The document's shape, types and value sets, each problem one line naming the field."""
+    def refuse(field: str, found: object, expected: str) -> UserError:
+        shown = repr(found) if isinstance(found, (str, int, float, bool)) or found is None else type(found).__name__
+        return UserError(_MSG_FIELD.format(source=source, field=field, found=shown[:80], expected=expected))
+
+    for name, kinds in _FIELDS.items():
+        if name not in raw:
+            raise UserError(_MSG_NOT_AN_AUDIT.format(source=source, why=f"field '{name}' is missing"))
+        if not any(_is(raw[name], k) for k in kinds):
+            raise refuse(name, raw[name], " or ".join("null" if k is None else k for k in kinds))
+    for name, allowed in (("verdict", typing.get_args(vocab.Verdict)), ("mode", typing.get_args(vocab.Mode))):
+        if raw[name] not in allowed:
+            raise refuse(name, raw[name], "one of " + ", ".join(allowed))
+    for i, finding in enumerate(raw["findings"]):
+        if not isinstance(finding, dict) or finding.get("status") not in vocab.FINDING_STATUSES:
+            raise refuse(f"findings[{i}].status", finding.get("status") if isinstance(finding, dict) else finding,
+                         "one of " + ", ".join(vocab.FINDING_STATUSES))
+    for key, value in raw["overall"].items():
+        if value is not None and not _is(value, _NUMBER):
+            raise refuse(f"overall.{key}", value, "a number or null")
+    for view, rows in raw["groups"].items():
+        if not isinstance(rows, list):
+            raise refuse(f"groups.{view}", rows, _LIST)
+        for i, row in enumerate(rows):
+            status = row.get("status") if isinstance(row, dict) else row
+            if status not in typing.get_args(vocab.GroupStatus):
+                raise refuse(f"groups.{view}[{i}].status", status,
+                             "one of " + ", ".join(typing.get_args(vocab.GroupStatus)))
+    for i, reason in enumerate(raw["verdict_reasons"]):
+        if not isinstance(reason, str):
+            raise refuse(f"verdict_reasons[{i}]", reason, _TEXT)
 
 
 def _num(value) -> Any:
@@ -769,6 +826,7 @@ class AuditDocument:
         found = raw.get("schema_version")
         if type(found) is not int or found != SCHEMA_VERSION:  # neither true nor 2.0 is version 2
             raise UserError(_MSG_SCHEMA.format(source=source, found=found, expected=SCHEMA_VERSION))
+        _check_fields(raw, source)
         try:
             config = from_dict(raw["config"], source=f"{source}: config")
             return cls(
@@ -789,7 +847,7 @@ class AuditDocument:
                 baseline=BaselineSummary.from_json(raw["baseline"]), metric_names=raw["metric_names"],
                 mitigation=MitigationSection.from_json(raw["mitigation"]),
             )
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a nested part of another shape
             raise UserError(_MSG_NOT_AN_AUDIT.format(source=source, why=f"{type(err).__name__}: {err}")) from err
 
     def metrics(self) -> dict[str, float]:

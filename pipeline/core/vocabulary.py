@@ -82,9 +82,16 @@ def regression_id(finding: str) -> str:
 # --- MLflow metric keys --------------------------------------------------------------------------
 
 
+# A key part from data (a column name, a group label, an intersection of labels) is cut to this length:
+# 'group/<view>/<group>/<metric>' then stays within MLflow's 250 characters (two parts, 6 + 3 separators
+# and a metric name of at most 40 characters).
+KEY_PART_LIMIT = 100
+
+
 def metric_key(*parts: str) -> str:
-    """An MLflow-safe metric key: each part reduced to letters, digits, '_', '-' and '.'."""
-    return "/".join(_sanitize(p) for p in parts)
+    """An MLflow-safe metric key: each part reduced to letters, digits, '_', '-' and '.' (a part longer than
+    ``KEY_PART_LIMIT`` is cut, and ends with its text's :func:`_digest` so that it stays unique)."""
+    return "/".join(_part(p) for p in parts)
 
 
 def _sanitize(part: str) -> str:
@@ -92,17 +99,31 @@ def _sanitize(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", part).strip("_") or "_"
 
 
+def _digest(text: str) -> str:
+    """The first 8 hex digits of the text's SHA-256: a stable suffix that tells apart texts cut or sanitized alike."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def _part(text: str, *, suffixed: bool = False) -> str:
+    """``text`` as a key part of at most ``KEY_PART_LIMIT`` characters; ``suffixed``: with its digest."""
+    part = _sanitize(text)
+    if suffixed:
+        return part[:KEY_PART_LIMIT - 9] + "-" + _digest(text)
+    return part if len(part) <= KEY_PART_LIMIT else _part(text, suffixed=True)
+
+
 def key_parts(labels: typing.Iterable[str]) -> dict[str, str]:
     """Each label as an MLflow key part, unique among ``labels``.
 
     Labels that sanitize alike ('A/B' and 'A_B') would overwrite each other's metrics; each of them
     gets a stable suffix, the first 8 hex digits of the label's SHA-256: 'A_B-3f2a9c1d'. Labels that
-    do not collide keep their plain part. The original label stays in ``audit.json``.
+    do not collide keep their plain part (cut to ``KEY_PART_LIMIT``, with the suffix, when longer). The
+    original label stays in ``audit.json``.
     """
     by_part: dict[str, list[str]] = {}
     for label in dict.fromkeys(labels):
-        by_part.setdefault(_sanitize(label), []).append(label)
-    return {label: part + ("-" + hashlib.sha256(label.encode("utf-8")).hexdigest()[:8] if len(same) > 1 else "")
+        by_part.setdefault(_part(label), []).append(label)
+    return {label: _part(label, suffixed=True) if len(same) > 1 else part
             for part, same in by_part.items() for label in same}
 
 
@@ -111,7 +132,7 @@ def group_metric_keys(view: str, pairs: typing.Iterable[tuple[str, str]]) -> dic
     'group/sex/A_B-3f2a9c1d/selection_rate'."""
     pairs = list(pairs)
     parts = key_parts(group for group, _ in pairs)
-    return {(group, name): "/".join(("group", _sanitize(view), parts[group], _sanitize(name))) for group, name in pairs}
+    return {(group, name): "/".join(("group", _part(view), parts[group], _part(name))) for group, name in pairs}
 
 
 def disparity_metric(name: str, view: str) -> str:

@@ -43,8 +43,9 @@ PARQUET_SUFFIXES = (".parquet", ".pq")  # what a directory is searched for (recu
 ROWS_PER_SHARD = 1_000_000  # a shard is one file, or row groups of one file adding up to about this many rows
 BATCH_SIZE = 65_536  # rows per pandas batch: ~10-20 MB for an Adult-shaped table
 
-# What a column must hold (values of the ``columns`` mapping of check_schema).
-NUMERIC, CATEGORICAL, ANY = "numeric", "categorical", "any"
+# What a column must hold (values of the ``columns`` mapping of check_schema); BINNED: a sensitive column
+# audited by dataset.bins, numeric (refused with the data stage's message, as for a table read whole).
+NUMERIC, CATEGORICAL, ANY, BINNED = "numeric", "categorical", "any", "binned"
 EXPECTED = {
     NUMERIC: "a numeric type (integer or floating point), as the model's encoder standardizes it",
     CATEGORICAL: "a string, dictionary (categorical) or boolean type, as the model's encoder one-hot encodes it",
@@ -173,7 +174,7 @@ def audit_columns(dataset: DatasetConfig, inputs: dict[str, str]) -> dict[str, s
     encoder recorded, ``Encoder.numeric`` or ``Encoder.categorical``).
     """
     needed = {dataset.target: ANY}
-    needed.update({c: NUMERIC if c in dataset.bins else ANY for c in dataset.sensitive_features})
+    needed.update({c: BINNED if c in dataset.bins else ANY for c in dataset.sensitive_features})
     needed.update(inputs)
     return needed
 
@@ -204,17 +205,23 @@ def check_schema(shard_or_file: Shard | str | os.PathLike, *, columns: dict[str,
     kinds = dict(columns) if isinstance(columns, dict) else dict.fromkeys(columns, ANY)
     schema = _parquet_file(file).schema_arrow
     for column, kind in kinds.items():
-        if kind not in (NUMERIC, CATEGORICAL, ANY):
-            raise ValueError(f"column '{column}': kind must be one of {NUMERIC}, {CATEGORICAL}, {ANY}; got {kind!r}")
+        if kind not in (NUMERIC, CATEGORICAL, ANY, BINNED):
+            raise ValueError(f"column '{column}': kind must be one of {NUMERIC}, {CATEGORICAL}, {ANY}, {BINNED}; "
+                             f"got {kind!r}")
         if column not in schema.names:
-            what = {NUMERIC: "a numeric column", CATEGORICAL: "a categorical column"}.get(kind, "the column")
+            what = {NUMERIC: "a numeric column", CATEGORICAL: "a categorical column",
+                    BINNED: "a numeric column"}.get(kind, "the column")
             raise DataError(MESSAGE_MISSING_COLUMN.format(source=source, column=column, file=file, what=what,
                                                           listing=", ".join(schema.names)))
         found = schema.field(column).type
         if kind == ANY or pa.types.is_null(found):
             continue
-        if kind == NUMERIC:
+        if kind in (NUMERIC, BINNED):
             ok = pa.types.is_integer(found) or pa.types.is_floating(found)
+            if not ok and kind == BINNED:
+                from pipeline.data.tables import MESSAGE_BINS_NOT_NUMERIC
+
+                raise DataError(MESSAGE_BINS_NOT_NUMERIC.format(source=source, column=column, path=file))
         else:
             ok = (pa.types.is_string(found) or pa.types.is_large_string(found) or _is_string_view(found)
                   or pa.types.is_dictionary(found) or pa.types.is_boolean(found))
@@ -254,9 +261,19 @@ def batches(shard: Shard, *, columns: Iterable[str], batch_size: int = BATCH_SIZ
     names = list(columns)
     markers = list(missing_values)
     start = shard.offset
+    import pyarrow as pa
+
     reader = _parquet_file(shard.path)
-    for batch in reader.iter_batches(batch_size=batch_size, row_groups=list(shard.row_groups), columns=names,
-                                     use_pandas_metadata=False):
+    found = reader.iter_batches(batch_size=batch_size, row_groups=list(shard.row_groups), columns=names,
+                                use_pandas_metadata=False)
+    while True:
+        try:  # a corrupt page ("Unexpected end of stream") is met only here, while the rows are read
+            batch = next(found, None)
+        except (pa.ArrowException, OSError) as err:
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(MESSAGE_UNREADABLE.format(file=shard.path, why=why)) from err
+        if batch is None:
+            return
         frame = batch.to_pandas()
         frame.index = pd.RangeIndex(start, start + len(frame))
         start += len(frame)
@@ -269,10 +286,17 @@ def head(found: Sequence[Shard], *, columns: dict[str, str], source: str, datase
          rows: int = 256) -> pd.DataFrame:
     """The first ``rows`` audited rows of the first shard (schemas of every file checked first): what a model
     is tried on before an audit's run starts."""
+    from pipeline.data import tables
+
     check_schemas(found, columns=columns, source=source)
     frame = next(batches(found[0], columns=list(columns), batch_size=rows, missing_values=dataset.missing_values))
     if dataset.missing == "drop_rows":
         frame = frame[frame.notna().all(axis=1).to_numpy()]
+    if tables.refusal(tables.profile(frame, dataset, file=found[0].path), dataset, source=source,
+                      path=found[0].path, complete=False):
+        # Refused already: say so now, before any run, with the count over every row (as check_table would).
+        tables.check_profile(profile_all(found, columns=list(columns), dataset=dataset), dataset, source=source,
+                             path=str(Path(dataset.path)))
     return frame
 
 
@@ -287,3 +311,16 @@ def open_data(dataset: DatasetConfig, *, source: str) -> tuple[Table, list[Shard
     table = tables.load(dataset, source=source)
     tables.check_table(table, dataset, source=source)
     return table, None
+
+
+def profile_all(found: Sequence[Shard], *, columns: Sequence[str], dataset: DatasetConfig):
+    """``data.tables.profile`` of every row of ``found``, in row order, read batch by batch (nothing scored)."""
+    from pipeline.data import tables
+
+    total = tables.Profile()
+    for shard in found:
+        for frame in batches(shard, columns=columns, missing_values=dataset.missing_values):
+            if dataset.missing == "drop_rows":
+                frame = frame[frame.notna().all(axis=1).to_numpy()]
+            total = total + tables.profile(frame, dataset, file=shard.path)
+    return total

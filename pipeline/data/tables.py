@@ -58,6 +58,9 @@ MESSAGE_HOLDOUT = ("{source}: mitigation.validation_fraction: cannot hold traini
                    "post-processing: {error}; lower mitigation.validation_fraction")
 MESSAGE_IDENTIFIER = ("{source}: dataset.drop: input column '{column}' has a distinct value in {count} of {rows} "
                       "rows, so it identifies rows; add it to dataset.drop (it would be stored in encoder.json)")
+MESSAGE_NO_POSITIVE = ("{source}: dataset.positive_label: '{positive}' does not occur in column '{target}' of {path}; "
+                       "values are: {found}")
+MESSAGE_MISSING_LABELS = "{path}: column '{target}' has {count} missing labels; expected every row to have one"
 MESSAGE_TOO_MANY_PARAMETERS = ("{source}: model.hidden_sizes: {sizes} on at most {inputs} encoded inputs gives up to "
                                "{parameters:,} parameters; expected at most model.max_parameters ({limit:,}); use "
                                "smaller layers or raise model.max_parameters")
@@ -194,18 +197,12 @@ def load(cfg: DatasetConfig, *, source: str) -> Table:
     frame.columns = [str(c) for c in frame.columns]
 
     _check_columns(cfg, frame, source, path)
-    labels = frame[cfg.target].astype("string")
-    if cfg.positive_label not in set(labels.dropna()):
-        found = ", ".join(sorted(map(str, labels.dropna().unique()))[:20])
-        raise DataError(
-            f"{source}: dataset.positive_label: '{cfg.positive_label}' does not occur in column "
-            f"'{cfg.target}' of {path}; values are: {found}"
-        )
+    labels = as_text(frame[cfg.target])
+    if not is_positive(labels.dropna(), cfg.positive_label).any():
+        raise DataError(MESSAGE_NO_POSITIVE.format(source=source, positive=cfg.positive_label, target=cfg.target,
+                                                   path=path, found=", ".join(sorted(labels.dropna().unique())[:20])))
     if labels.isna().any():
-        raise DataError(
-            f"{path}: column '{cfg.target}' has {int(labels.isna().sum())} missing labels; "
-            "expected every row to have one"
-        )
+        raise DataError(MESSAGE_MISSING_LABELS.format(path=path, target=cfg.target, count=int(labels.isna().sum())))
 
     used = [c for c in frame.columns if c not in cfg.drop]
     frame = frame[used]
@@ -261,60 +258,281 @@ def check_table(table: Table, cfg: DatasetConfig, *, source: str) -> None:
     target that is not binary, sensitive columns that are the label, continuous, or with labels too long
     for MLflow keys.
 
+    The checks read a :class:`Profile` of the rows, as a streamed audit adds one up shard by shard
+    (``pipeline.scale.streaming``): the same data is refused with the same message on both paths.
+
     Raises
     ------
     DataError
         Naming the file or the config key, the column, what was found and what is expected.
     """
-    frame, path = table.frame, table.path
-    if len(frame) < MIN_ROWS:
-        raise DataError(MESSAGE_TOO_FEW_ROWS.format(path=path, rows=len(frame), minimum=MIN_ROWS))
+    check_profile(profile(table.frame, cfg, file=table.path), cfg, source=source, path=table.path)
+
+
+# --- what the checks read: a profile of the rows, added up batch by batch --------------------------
+
+TRACKED_VALUES = 10_000  # distinct values a profile keeps per column; a target or a numeric sensitive column
+# with more is refused anyway (not binary, continuous), a text sensitive column with more is not checked further
+
+
+def as_text(series: pd.Series) -> pd.Series:
+    """A label or group column as text, by value: ``1``, ``1.0`` and ``np.int8(1)`` all read ``'1'``.
+
+    pandas writes a float column's 1.0 as '1.0' and an integer column's 1 as '1'; a column's dtype
+    depends on the rows read (an integer column with a missing value reads as float), so one group
+    would split in two between a file, a batch or a shard and the next. Integral numbers (up to
+    2**53, exact in float64) are written as integers; other values as pandas writes them.
+    """
+    text = series.astype("string")
+    if not pd.api.types.is_float_dtype(series):
+        return text
+    values = series.to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        integral = np.isfinite(values) & (np.abs(values) < 2.0**53) & (values == np.floor(values))
+    if integral.any():
+        text = text.copy()
+        text.iloc[np.flatnonzero(integral)] = pd.array(values[integral].astype(np.int64).astype(str), dtype="string")
+    return text
+
+
+def positive_text(positive_label: str) -> set[str]:
+    """The texts that mean the positive label: as configured, and as :func:`as_text` writes the number it
+    names (``'1.0'`` also matches the integer 1 a Parquet file holds)."""
+    try:
+        number = float(positive_label)
+    except ValueError:
+        return {positive_label}
+    if math.isfinite(number) and number == math.floor(number) and abs(number) < 2.0**53:
+        return {positive_label, str(int(number))}
+    return {positive_label}
+
+
+def is_positive(labels: pd.Series, positive_label: str) -> pd.Series:
+    """Whether each label (text from :func:`as_text`) is the positive label."""
+    return labels.isin(positive_text(positive_label)).fillna(False).astype(bool)
+
+
+def _numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def _shown(values, limit: int) -> str:
+    values = sorted(map(str, values))
+    return ", ".join(values[:limit]) + (", ..." if len(values) > limit else "")
+
+
+def _add_counts(a: dict, b: dict) -> tuple[dict, bool]:
+    """Counts added, at most TRACKED_VALUES keys (the first met, in row order); whether some were left out."""
+    out = dict(a)
+    full = False
+    for key, n in b.items():
+        if key in out:
+            out[key] += n
+        elif len(out) < TRACKED_VALUES:
+            out[key] = n
+        else:
+            full = True
+    return out, full
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What :func:`check_profile` reads about rows: counts whose size depends on classes, groups and columns,
+    never on rows. ``profile(a) + profile(b) == profile(a then b)`` (for up to ``TRACKED_VALUES`` distinct
+    values per column), so a streamed audit adds them up batch by batch and shard by shard, in row order.
+
+    ``first`` names, per problem, the file it was first seen in (``non_finite:COL``, ``long:COL``,
+    ``outside:COL``, ``missing_labels``).
+    """
+
+    rows: int = 0
+    missing_labels: int = 0
+    labels: dict[str, int] = field(default_factory=dict)  # target label -> rows
+    non_finite: dict[str, int] = field(default_factory=dict)  # numeric column -> inf/-inf values
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)  # sensitive column (not binned) -> label -> rows
+    pairs: dict[str, frozenset] = field(default_factory=dict)  # sensitive column -> {(group, target label)}
+    values: dict[str, dict[float, int]] = field(default_factory=dict)  # numeric sensitive column -> value -> rows
+    text: frozenset = frozenset()  # sensitive columns read as text (not numeric) in some rows
+    longest: dict[str, tuple[int, str]] = field(default_factory=dict)  # column -> (length, start) over the limit
+    outside: dict[str, tuple[int, float]] = field(default_factory=dict)  # binned column -> (count, first value)
+    first: dict[str, str] = field(default_factory=dict)
+    overflow: frozenset = frozenset()  # columns with more than TRACKED_VALUES distinct values (target: the target)
+
+    def __add__(self, other: Profile) -> Profile:
+        labels, full = _add_counts(self.labels, other.labels)
+        overflow = set(self.overflow | other.overflow) | ({"(target)"} if full else set())
+        groups, values = {}, {}
+        for col in {**self.groups, **other.groups}:
+            groups[col], full = _add_counts(self.groups.get(col, {}), other.groups.get(col, {}))
+            overflow |= {col} if full else set()
+        for col in {**self.values, **other.values}:
+            values[col], full = _add_counts(self.values.get(col, {}), other.values.get(col, {}))
+            overflow |= {col} if full else set()
+        longest = dict(self.longest)
+        for col, (length, start) in other.longest.items():
+            if length > longest.get(col, (0, ""))[0]:  # a tie keeps the first met, as max() does
+                longest[col] = (length, start)
+        outside = dict(self.outside)
+        for col, (count, example) in other.outside.items():
+            outside[col] = (outside[col][0] + count, outside[col][1]) if col in outside else (count, example)
+        return Profile(
+            rows=self.rows + other.rows, missing_labels=self.missing_labels + other.missing_labels, labels=labels,
+            non_finite={c: self.non_finite.get(c, 0) + other.non_finite.get(c, 0)
+                        for c in {**self.non_finite, **other.non_finite}},
+            groups=groups, pairs={c: self.pairs.get(c, frozenset()) | other.pairs.get(c, frozenset())
+                                  for c in {**self.pairs, **other.pairs}},
+            values=values, text=self.text | other.text, longest=longest, outside=outside,
+            first={**other.first, **self.first}, overflow=frozenset(overflow))
+
+    @property
+    def rows_refused(self) -> bool:
+        """Whether some row is refused whatever the other rows hold (a streamed audit stops scoring then)."""
+        return bool(self.missing_labels or any(self.non_finite.values()) or self.longest or self.outside)
+
+
+def profile(frame: pd.DataFrame, cfg: DatasetConfig, *, file: str) -> Profile:
+    """The profile of ``frame``'s rows (a whole table, or one batch of a shard of ``file``).
+
+    Numeric columns are checked for inf; the target and the sensitive columns it has are counted.
+    """
+    non_finite = {}
     for col in frame.columns:
-        series = frame[col]
-        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            count = int(np.isinf(series.astype("float64")).sum())
+        if _numeric(frame[col]):
+            count = int(np.isinf(frame[col].to_numpy(dtype="float64", na_value=np.nan)).sum())
             if count:
-                raise DataError(MESSAGE_NON_FINITE.format(path=path, column=col, count=count))
-    labels = frame[cfg.target].astype("string")
-    classes = sorted(labels.unique())
-    if len(classes) > 2:
-        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
-        raise DataError(MESSAGE_MULTICLASS.format(source=source, target=cfg.target, path=path, count=len(classes),
-                                                  classes=shown, positive=cfg.positive_label))
-    if len(classes) < 2:
-        raise DataError(MESSAGE_SINGLE_CLASS.format(source=source, path=path, label=classes[0],
-                                                    positive=cfg.positive_label, target=cfg.target))
+                non_finite[col] = count
+    first = {f"non_finite:{col}": file for col in non_finite}
+    labels = as_text(frame[cfg.target]) if cfg.target in frame.columns else pd.Series([], dtype="string")
+    missing_labels = int(labels.isna().sum())
+    if missing_labels:
+        first["missing_labels"] = file
+    label_counts, full = _add_counts({}, labels.value_counts(dropna=True).to_dict())
+    overflow = {"(target)"} if full else set()
+    groups, pairs, values, text, longest, outside = {}, {}, {}, set(), {}, {}
     for col in cfg.sensitive_features:
+        if col not in frame.columns or col == cfg.target:
+            continue
         series = frame[col]
-        if col == cfg.target:
-            raise DataError(MESSAGE_SENSITIVE_IS_TARGET.format(source=source, column=col, how="is",
-                                                               target=cfg.target))
-        numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        numeric = _numeric(series)
+        if not numeric and series.notna().any():  # a batch of nulls only says nothing of the type
+            text.add(col)
         if col in cfg.bins:
             if not numeric:
-                raise DataError(MESSAGE_BINS_NOT_NUMERIC.format(source=source, column=col, path=path))
+                continue
             edges = cfg.bins[col]
-            outside = series[(series < edges[0]) | (series > edges[-1])]
-            if len(outside):
-                raise DataError(MESSAGE_OUTSIDE_BINS.format(source=source, column=col, count=len(outside),
-                                                            low=edges[0], high=edges[-1],
-                                                            example=float(outside.iloc[0])))
+            number = series.to_numpy(dtype="float64", na_value=np.nan)
+            beyond = np.flatnonzero((number < edges[0]) | (number > edges[-1]))
+            if len(beyond):
+                outside[col] = (len(beyond), float(number[beyond[0]]))
+                first[f"outside:{col}"] = file
             continue
-        values = series.astype("string").fillna(MISSING_CATEGORY)
-        distinct = values.unique()
-        if numeric and len(distinct) > MAX_SENSITIVE_VALUES:
-            quartiles = series.quantile([0, 0.25, 0.5, 0.75, 1]).to_numpy()
+        names = as_text(series).fillna(MISSING_CATEGORY)
+        lengths = names.str.len().to_numpy()
+        over = lengths > MAX_LABEL_LENGTH
+        if over.any():
+            at = int(np.argmax(lengths))  # the first of the longest
+            longest[col] = (int(lengths[at]), str(names.iloc[at])[:40])
+            first[f"long:{col}"] = file
+            names = names[~over]  # a label refused for its length is never kept (one was 1 MB)
+        groups[col], full = _add_counts({}, names.value_counts().to_dict())
+        overflow |= {col} if full else set()
+        kept = pd.DataFrame({"g": names.to_numpy(), "y": labels[~over].to_numpy() if over.any() else labels.to_numpy()})
+        pairs[col] = frozenset(map(tuple, kept.dropna().drop_duplicates().itertuples(index=False)))
+        if numeric:
+            number = pd.Series(series.to_numpy(dtype="float64", na_value=np.nan)).dropna()
+            values[col], full = _add_counts({}, number.value_counts().to_dict())
+            overflow |= {col} if full else set()
+    return Profile(rows=len(frame), missing_labels=missing_labels, labels=label_counts, non_finite=non_finite,
+                   groups=groups, pairs=pairs, values=values, text=frozenset(text), longest=longest, outside=outside,
+                   first=first, overflow=frozenset(overflow))
+
+
+def _quantiles(counts: dict[float, int], qs: list[float]) -> np.ndarray:
+    """``Series.quantile(qs)`` (linear interpolation) of the values counted in ``counts``."""
+    values = np.array(sorted(counts), dtype="float64")
+    cumulative = np.cumsum([counts[v] for v in values])
+    n = int(cumulative[-1])
+
+    def nth(i: int) -> float:  # the i-th smallest value (0-based)
+        return float(values[np.searchsorted(cumulative, i, side="right")])
+
+    out = []
+    for q in qs:
+        h = (n - 1) * q
+        low = math.floor(h)
+        out.append(nth(low) + (h - low) * (nth(min(low + 1, n - 1)) - nth(low)))
+    return np.array(out)
+
+
+def check_profile(found: Profile, cfg: DatasetConfig, *, source: str, path: str) -> None:
+    """Refuse what :func:`check_table` refuses, from the profile of every row (``path``: the data as named).
+
+    Raises
+    ------
+    DataError
+        The first problem, in the order ``load`` and ``check_table`` meet them on a table read whole.
+    """
+    message = refusal(found, cfg, source=source, path=path)
+    if message:
+        raise DataError(message)
+
+
+def refusal(found: Profile, cfg: DatasetConfig, *, source: str, path: str, complete: bool = True) -> str | None:
+    """The message :func:`check_profile` raises, or None. ``complete=False``: only what more rows cannot undo
+    (a streamed shard stops scoring once its data is refused anyway)."""
+    def where(key: str) -> str:
+        return found.first.get(key, path)
+
+    more = "(target)" in found.overflow
+    if complete and found.labels and not set(found.labels) & positive_text(cfg.positive_label):
+        return MESSAGE_NO_POSITIVE.format(source=source, positive=cfg.positive_label, target=cfg.target, path=path,
+                                          found=", ".join(sorted(found.labels)[:20]))
+    if found.missing_labels:
+        return MESSAGE_MISSING_LABELS.format(path=where("missing_labels"), target=cfg.target,
+                                             count=found.missing_labels)
+    if complete and found.rows < MIN_ROWS:
+        return MESSAGE_TOO_FEW_ROWS.format(path=path, rows=found.rows, minimum=MIN_ROWS)
+    for col, count in found.non_finite.items():
+        if count:
+            return MESSAGE_NON_FINITE.format(path=where(f"non_finite:{col}"), column=col, count=count)
+    classes = sorted(found.labels)
+    if len(classes) > 2:
+        return MESSAGE_MULTICLASS.format(source=source, target=cfg.target, path=path,
+                                         count=f"more than {TRACKED_VALUES}" if more else len(classes),
+                                         classes=_shown(classes, 10), positive=cfg.positive_label)
+    if complete and len(classes) == 1:
+        return MESSAGE_SINGLE_CLASS.format(source=source, path=path, label=classes[0], positive=cfg.positive_label,
+                                           target=cfg.target)
+    for col in cfg.sensitive_features:
+        if col == cfg.target:
+            return MESSAGE_SENSITIVE_IS_TARGET.format(source=source, column=col, how="is", target=cfg.target)
+        if col in cfg.bins:
+            if col in found.text:
+                return MESSAGE_BINS_NOT_NUMERIC.format(source=source, column=col, path=path)
+            if col in found.outside:
+                count, example = found.outside[col]
+                edges = cfg.bins[col]
+                return MESSAGE_OUTSIDE_BINS.format(source=source, column=col, count=count, low=edges[0],
+                                                   high=edges[-1], example=example)
+            continue
+        distinct = found.groups.get(col, {})
+        if col not in found.text and len(distinct) > MAX_SENSITIVE_VALUES:
+            quartiles = _quantiles(found.values.get(col) or {math.nan: 1}, [0, 0.25, 0.5, 0.75, 1])
             edges = ", ".join(f"{v:g}" for v in dict.fromkeys(np.round(quartiles, 0)))
-            raise DataError(MESSAGE_CONTINUOUS.format(source=source, column=col, count=len(distinct),
-                                                      limit=MAX_SENSITIVE_VALUES, edges=edges))
-        longest = max(distinct, key=len)
-        if len(longest) > MAX_LABEL_LENGTH:
-            raise DataError(MESSAGE_LONG_LABEL.format(path=path, column=col, length=len(longest),
-                                                      start=longest[:40], limit=MAX_LABEL_LENGTH))
-        pairs = pd.crosstab(values, labels) > 0
-        if len(distinct) > 1 and (pairs.sum(axis=1) == 1).all() and (pairs.sum(axis=0) == 1).all():
-            raise DataError(MESSAGE_SENSITIVE_IS_TARGET.format(
-                source=source, column=col, how="has values that map one-to-one to", target=cfg.target))
+            count = f"more than {TRACKED_VALUES}" if col in found.overflow else len(distinct)
+            return MESSAGE_CONTINUOUS.format(source=source, column=col, count=count, limit=MAX_SENSITIVE_VALUES,
+                                             edges=edges)
+        if col in found.longest:
+            length, start = found.longest[col]
+            return MESSAGE_LONG_LABEL.format(path=where(f"long:{col}"), column=col, length=length, start=start,
+                                             limit=MAX_LABEL_LENGTH)
+        pairs = found.pairs.get(col, frozenset())
+        by_group = pd.Series([g for g, _ in pairs]).value_counts()
+        by_class = pd.Series([y for _, y in pairs]).value_counts()
+        if complete and len(distinct) > 1 and (by_group == 1).all() and (by_class == 1).all():
+            return MESSAGE_SENSITIVE_IS_TARGET.format(source=source, column=col,
+                                                      how="has values that map one-to-one to", target=cfg.target)
+    return None
 
 
 def check_trainable(table: Table, cfg: Config, *, source: str) -> None:
@@ -422,19 +640,26 @@ def _holdout(train_idx: np.ndarray, y: np.ndarray, groups: pd.DataFrame, cfg: Co
     """``train_idx`` split into rows to train on and rows held out, both sorted.
 
     Stratified by label and sensitive intersection (a stratum of a single row falls back to its
-    label alone, and then to one common stratum), drawn with ``split.seed``.
+    label alone, and then to one common stratum, itself merged into the largest when it would hold a
+    single row), drawn with ``split.seed``. When the held-out rows are too few to take one row of
+    every stratum (small data, many cells), by label alone, and then not stratified: post-processing
+    is a what-if, and its rows must never refuse the audit itself.
     """
     labels = pd.Series(y[train_idx].astype(int).astype(str))
     cells = labels + "|" + groups.iloc[train_idx].astype(str).agg("|".join, axis=1).reset_index(drop=True)
     for coarser in (labels, pd.Series("*", index=labels.index)):
         cells = cells.where(cells.map(cells.value_counts()) >= 2, coarser)
-    strata = pd.factorize(cells)[0]
-    try:
-        kept, held = shuffle_split(len(train_idx), test_size=cfg.mitigation.validation_fraction,
-                                   seed=cfg.split.seed, strata=strata)
-    except ValueError as err:
-        raise DataError(MESSAGE_HOLDOUT.format(source=source, path=path, error=err)) from err
-    return np.sort(train_idx[kept]), np.sort(train_idx[held])
+    cells = cells.where(cells.map(cells.value_counts()) >= 2, cells.value_counts().idxmax())
+    error = None
+    for strata in (pd.factorize(cells)[0], pd.factorize(labels)[0], None):
+        try:
+            kept, held = shuffle_split(len(train_idx), test_size=cfg.mitigation.validation_fraction,
+                                       seed=cfg.split.seed, strata=strata)
+        except ValueError as err:
+            error = error or err
+            continue
+        return np.sort(train_idx[kept]), np.sort(train_idx[held])
+    raise DataError(MESSAGE_HOLDOUT.format(source=source, path=path, error=error))
 
 
 def shuffle_split(n: int, *, test_size: float, seed: int, strata: np.ndarray | None = None
@@ -497,8 +722,8 @@ def roles(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[list[str], np.ndarray
     """Model input columns, 0/1 labels, and the sensitive columns (missing as its own group)."""
     excluded = {ds.target} | (set() if ds.sensitive_as_input else set(ds.sensitive_features))
     features = [c for c in frame.columns if c not in excluded]
-    y = (frame[ds.target].astype("string") == ds.positive_label).to_numpy(dtype=np.float32)
-    groups = pd.DataFrame({col: bin_labels(frame[col], ds.bins[col]) if col in ds.bins else frame[col].astype("string")
+    y = is_positive(as_text(frame[ds.target]), ds.positive_label).to_numpy(dtype=np.float32)
+    groups = pd.DataFrame({col: bin_labels(frame[col], ds.bins[col]) if col in ds.bins else as_text(frame[col])
                            for col in ds.sensitive_features}, index=frame.index).fillna(MISSING_CATEGORY)
     return features, y, groups
 

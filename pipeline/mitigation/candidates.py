@@ -74,6 +74,9 @@ MERGED = "(merged)"  # the group of cells too small to fit on
 _POSTPROCESSING_CONSTRAINTS = {"demographic_parity": "demographic_parity", "equalized_odds": "equalized_odds",
                                "equal_opportunity": "true_positive_rate_parity"}
 MEMBER_THRESHOLD = 0.5  # a mixture member's 0/1 prediction: its probability >= 0.5 (the weighted-error minimizer)
+# What building one candidate raises when the data refuse it (fairlearn's and scikit-learn's ValueErrors naming a
+# group, a solver that finds nothing, a cell too small to train on): it is listed as not built, the audit stands.
+CANNOT_BUILD = (ValueError, ArithmeticError, IndexError, UserError)
 
 _MSG_CHOICE = "mitigation: {key}: got {got!r}; expected any of: {choices}"
 _MSG_FEATURE = "mitigation: feature: got '{feature}'; the split's sensitive columns are: {columns}"
@@ -587,7 +590,7 @@ def build_candidates(split, cfg: Config, base_model: torch.nn.Module, *, feature
                                                  "init_state": _state_dict(base_model) if eg_warm else None})
             else:
                 built = _trained(split, g_train, method, constraint, strength, cfg, train_cfg, seed)
-        except ValueError as err:
+        except CANNOT_BUILD as err:  # the data refuse this candidate (a cell, a label, a solver): not_built
             if skipped is None:
                 raise
             return err
@@ -604,9 +607,9 @@ def build_candidates(split, cfg: Config, base_model: torch.nn.Module, *, feature
     candidates = []
     for (method, constraint, strength), outcome in zip(specs, outcomes):
         name = candidate_name(method, constraint, strength)
-        if isinstance(outcome, ValueError):
+        if isinstance(outcome, CANNOT_BUILD):
             logger.warning("mitigation candidate %s not built: %s", name, outcome)
-            skipped.append((name, str(outcome).splitlines()[0]))
+            skipped.append((name, str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__))
             continue
         (scores, decisions, networks, artifact), seconds = outcome
         artifact = {"name": name, "method": method, "constraint": constraint, "strength": strength,

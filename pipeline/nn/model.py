@@ -13,6 +13,7 @@ import importlib
 import io
 import pickle
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,16 +106,51 @@ def load_from_module(spec: str, state_dict_path) -> tuple[nn.Module, dict]:
     net = factory()
     if not isinstance(net, nn.Module):
         raise UserError(f"--model-module: '{spec}' returned {type(net).__name__}; expected a torch.nn.Module")
+    state = _read_state_dict(path)
     try:
-        state = torch.load(state_dict_path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
-    except FileNotFoundError as err:
-        raise UserError(f"--state-dict: file '{state_dict_path}' not found") from err
-    except (RuntimeError, pickle.UnpicklingError) as err:
-        raise UserError(f"--state-dict: {state_dict_path} does not fit {spec}: {str(err).splitlines()[0]}") from err
+    except RuntimeError as err:  # missing, unexpected or misshapen keys: torch says which on the next lines
+        why = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise UserError(f"--state-dict: {state_dict_path} does not fit {spec}: {why}") from err
     net.eval()
     return net, {"source": spec, "state_dict": str(state_dict_path),
                  "parameters": sum(p.numel() for p in net.parameters())}
+
+
+MESSAGE_STATE_DICT_UNREADABLE = ("--state-dict: {path} {problem}; expected a file saved with "
+                                 "torch.save(model.state_dict())")
+MESSAGE_STATE_DICT_TYPE = ("--state-dict: {path} holds {found}; expected a state_dict, the mapping of parameter names "
+                           "to tensors that torch.save(model.state_dict()) writes")
+MESSAGE_STATE_DICT_NOT_FINITE = ("--state-dict: {path}: parameter '{name}' holds {count} NaN or infinite value(s); "
+                                 "a network with them scores no row")
+
+
+def _read_state_dict(path: Path) -> dict:
+    """A state_dict read with ``weights_only=True``: a mapping of names to finite tensors, else one line saying why.
+
+    torch's own errors say little here (an empty file: ``EOFError`` with no text; a text file:
+    ``KeyError: '101'``; a list: ``TypeError`` once loaded into the network).
+    """
+    from pipeline.core.errors import UserError
+
+    if path.stat().st_size == 0:
+        raise UserError(MESSAGE_STATE_DICT_UNREADABLE.format(path=path, problem="is empty (0 bytes)"))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError, OSError, UnicodeDecodeError,
+            TypeError, AttributeError, IndexError) as err:  # what torch.load raises on a file it did not write
+        raise UserError(MESSAGE_STATE_DICT_UNREADABLE.format(
+            path=path, problem=f"cannot be read by torch.load ({type(err).__name__})")) from err
+    if not isinstance(state, Mapping):
+        raise UserError(MESSAGE_STATE_DICT_TYPE.format(path=path, found=f"a {type(state).__name__}"))
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(MESSAGE_STATE_DICT_TYPE.format(
+                path=path, found=f"a mapping whose '{name}' is a {type(value).__name__}, not a tensor"))
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(MESSAGE_STATE_DICT_NOT_FINITE.format(
+                path=path, name=name, count=int((~torch.isfinite(value)).sum())))
+    return dict(state)
 
 
 MESSAGE_WIDTH = ("{source}: the model expects {expected} inputs per row (its first Linear layer), but the encoder "

@@ -18,6 +18,7 @@ import platform
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -40,7 +41,7 @@ from pipeline.core import config as config_mod
 from pipeline.core import vocabulary as vocab
 from pipeline.core.config import to_dict as to_plain
 from pipeline.core.document import SCHEMA_VERSION, AuditDocument, ReviewEntry, SeedAudit
-from pipeline.core.errors import Interrupted, UserError
+from pipeline.core.errors import Interrupted, UserError, check_interrupt
 
 logger = logging.getLogger(__name__)
 _PACKAGE = Path(__file__).resolve().parents[1]  # the pipeline package: logged with a candidate model as its code
@@ -50,6 +51,13 @@ _PACKAGES = ("torch", "mlflow", "fairlearn", "scikit-learn", "numpy", "pandas")
 
 
 CONNECT_ATTEMPTS, CONNECT_TIMEOUT = 3, 5.0  # bounded retry: at most ~20 s before falling back
+# MLflow's own HTTP retries, unless set in the environment: its defaults (7 retries, backoff 2, 120 s timeout)
+# kept a run whose server died waiting for more than 6.5 minutes per call. 3 retries 1, 2 and 4 s apart
+# still ride out a server restart or a short rate limit, and a dead server is known in about 10 s.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# What a call to a tracking server that stopped answering raises (MLflow wraps requests' errors in its own).
+TRACKING_ERRORS = (MlflowException, OSError)
 
 
 @dataclass(frozen=True)
@@ -80,15 +88,36 @@ def reachable_or_local(uri: str, reports_dir: Path) -> tuple[str, str | None]:
     """
     if not uri.startswith(("http://", "https://")):
         return uri, None
+    bounded_http()
     answered, error = _answers(uri, attempts=CONNECT_ATTEMPTS)
     if answered:
         return uri, None
-    local = f"sqlite:///{(reports_dir / '.offline' / 'mlflow.db').resolve()}"
     reason = f"tracking server {uri} unreachable after {CONNECT_ATTEMPTS} attempts ({error})"
+    return local_store(reports_dir, reason=reason), reason
+
+
+def bounded_http() -> None:
+    """Bound MLflow's HTTP retries in this process (``HTTP_RETRIES``), unless the environment sets them."""
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
+def local_store(reports_dir: Path, *, reason: str) -> str:
+    """The local SQLite store an audit falls back to when its tracking server does not answer (``reason``)."""
+    local = f"sqlite:///{(reports_dir / '.offline' / 'mlflow.db').resolve()}"
     logger.warning("%s; logging to %s instead", reason, local)
     (reports_dir / ".offline").mkdir(parents=True, exist_ok=True)
     preload_store(local)
-    return local, reason
+    return local
+
+
+def lost_server(uri: str) -> str | None:
+    """Why the tracking server ``uri`` is gone (it no longer answers ``/health``), or None: not a server, or it
+    answers (a failed call was then about something else)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    answered, error = _answers(uri, attempts=1)
+    return None if answered else f"tracking server {uri} stopped answering during the run ({error})"
 
 
 def _answers(uri: str, *, attempts: int) -> tuple[bool, str]:
@@ -200,12 +229,13 @@ def _ended_run(**kwargs) -> Iterator[mlflow.ActiveRun]:
     status = "FAILED"
     try:
         yield active
+        check_interrupt()  # a SIGTERM whose exception a library lost is still an interrupt: KILLED, not FINISHED
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
         status = "KILLED"
         raise
     finally:
-        mlflow.end_run(status)
+        _end(lambda: mlflow.end_run(status), failing=status != "FINISHED")
 
 
 def experiment_id(uri: str, experiment: str) -> str:
@@ -290,13 +320,41 @@ def training_runs(trainings: list[tuple[int, str | None]]) -> Iterator[list[str]
             run_name = f"{run_name} · {parent.info.run_name}"
             ids.append(client.create_run(parent.info.experiment_id, run_name=run_name, tags=tags).info.run_id)
         yield ids
+        check_interrupt()
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
         status = "KILLED"
         raise
     finally:
         for run_id in ids:
-            client.set_terminated(run_id, status)
+            if not _end(lambda run_id=run_id: client.set_terminated(run_id, status), failing=status != "FINISHED"):
+                break  # the store is gone: each further call would only wait as long again
+
+
+def _end(call: Callable[[], object], *, failing: bool) -> bool:
+    """End a run; whether the store took it. While an error is on its way out (``failing``), a store that does
+    not answer is logged, not raised: the error that stopped the run is the one to report. A server known to
+    be gone is asked once, without MLflow's retries, which would only be waited out once more (the call is
+    still made: it also ends the run in this process, and MLflow has no other public way to)."""
+    gone = failing and isinstance(sys.exc_info()[1], TRACKING_ERRORS) and lost_server(mlflow.get_tracking_uri())
+    saved = {name: os.environ.get(name) for name in HTTP_RETRIES}
+    if gone:
+        os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                           "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(CONNECT_TIMEOUT))})
+    try:
+        call()
+    except TRACKING_ERRORS as err:
+        if not failing:
+            raise
+        logger.warning("mlflow: could not record the run's end: %s", str(err).splitlines()[0][:300])
+        return False
+    finally:
+        for name, value in saved.items() if gone else ():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return True
 
 
 def log_trainings(trainings, pending, timer) -> list[SeedAudit]:

@@ -25,11 +25,14 @@ Failures: an unreachable, wrong or unauthenticated Ray address is a :class:`User
 seconds at most). A task whose worker dies is retried by Ray up to ``max_retries`` times; an exception raised
 by ``fn`` is not retried. Either way ``map`` raises :class:`ShardFailed` naming the item's index, cancels the
 other tasks and returns nothing: there are no partial results. A :class:`UserError` raised by ``fn`` (bad
-data in a shard) reaches the caller as itself.
+data in a shard) reaches the caller as itself. A cluster that dies (its GCS, or the local raylet) is
+:class:`ClusterLost`, within seconds: Ray ends its driver's process when that happens, so the driver runs
+in a process of its own (:class:`RayExecutor`). A ``RAY_AUTH_TOKEN_PATH`` that names no readable token is a
+:class:`UserError` before Ray reads it (Ray's own check aborts the process).
 
 Token authentication (Ray 2.60): a client connecting by address needs ``RAY_AUTH_MODE=token`` and the
 cluster's token in ``RAY_AUTH_TOKEN``, in the file named by ``RAY_AUTH_TOKEN_PATH`` or in ``~/.ray/auth_token``
-(``ray get-auth-token`` on the head node prints it), all read when ``ray`` is first imported in this process.
+(``ray get-auth-token`` on the head node prints it), all read when ``ray`` is first imported in the driver.
 Ray does not switch a client to token mode by itself when an address is given. ``RayExecutor(None)`` starts a
 private local cluster; Ray turns token auth on for it and creates ``~/.ray/auth_token`` if no token exists.
 """
@@ -43,6 +46,7 @@ import os
 import pickle
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -62,6 +66,8 @@ MESSAGE_BAD_ADDRESS = "Ray address: got '{address}'; expected host:port of a Ray
 MESSAGE_AUTH = ("the Ray cluster at {address} refused this client: {why}; set RAY_AUTH_MODE=token and the "
                 "cluster's token in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token "
                 "(`ray get-auth-token` on the head node prints it)")
+MESSAGE_TOKEN_FILE = ("RAY_AUTH_TOKEN_PATH: '{path}' {problem}; expected a file holding the Ray cluster's token "
+                      "(`ray get-auth-token` on the head node prints it), or the token itself in RAY_AUTH_TOKEN")
 
 
 class ShardFailed(RuntimeError):
@@ -75,6 +81,13 @@ class ShardFailed(RuntimeError):
         self.reason = reason
         self.attempts = attempts
         super().__init__(f"shard {index} failed after {attempts} attempt{'s' if attempts != 1 else ''}: {reason}")
+
+    def __reduce__(self):  # it crosses from the Ray driver's process to the command's
+        return _shard_failed, (self.index, self.reason, self.attempts)
+
+
+def _shard_failed(index: int, reason: str, attempts: int) -> ShardFailed:
+    return ShardFailed(index, reason, attempts=attempts)
 
 
 class WorkerDied(RuntimeError):
@@ -182,7 +195,11 @@ class ForkExecutor(LocalExecutor):
         if self._warmed is not None:  # forked before fn existed: fn is pickled (a module-level function)
             process, conn = self._warmed
             self._warmed = None
-            conn.send_bytes(pickle.dumps((fn, items)))
+            try:
+                conn.send_bytes(pickle.dumps((fn, items)))
+            except OSError:  # BrokenPipeError: it died while it waited for its work (SIGKILL, say)
+                process.join()
+                raise WorkerDied(process.pid, process.exitcode) from None
             workers = [(process, conn, list(range(len(items))))]
         else:
             count = min(self.workers, len(items))
@@ -322,6 +339,31 @@ def _fork_start(warm: Callable[[], object] | None = None) -> None:
     model.one_thread()
 
 
+def check_token_file() -> None:
+    """With ``RAY_AUTH_MODE=token`` and no ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names must hold a
+    token: Ray reads it in C++ and aborts the whole process when it cannot (exit 1, 30 lines of native stack)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if not named:
+        return
+    path = os.path.expanduser(named)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            empty = not fh.read().strip()
+    except FileNotFoundError:
+        problem = "does not exist"
+    except IsADirectoryError:
+        problem = "is a directory"
+    except (OSError, UnicodeDecodeError) as err:
+        problem = f"cannot be read ({getattr(err, 'strerror', None) or type(err).__name__})"
+    else:
+        if not empty:
+            return
+        problem = "is empty"
+    raise UserError(MESSAGE_TOKEN_FILE.format(path=named, problem=problem))
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """'host:port' -> (host, port); anything else (a URL, ray://, no port) is a UserError."""
     host, sep, port = address.strip().rpartition(":")
@@ -367,7 +409,7 @@ def _gcs_probe(address: str, timeout: float) -> BaseException | None:
     return outcome[0] if outcome else TimeoutError(f"no answer within {timeout:g} s")
 
 
-def _in_worker(fn: Callable[[Any], Any], item: Any) -> Any:
+def _one_thread_call(fn: Callable[[Any], Any], item: Any) -> Any:
     """Runs in the Ray worker: torch on one thread (without importing torch), then ``fn(item)``."""
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
@@ -377,16 +419,31 @@ def _in_worker(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
+class ClusterLost(RuntimeError):
+    """The Ray cluster stopped answering while it had work (its GCS or the local raylet died): not a user error;
+    the caller's run ends FAILED. Ray ends its driver process when that happens (exit 1, or after 60 s without
+    the GCS), so the driver runs in a process of its own and this process reports it."""
+
+
+MESSAGE_CLUSTER_LOST = "the Ray cluster at {address} stopped answering ({why}); the work sent to it is lost"
+PROBE_SECONDS = 2.0  # while a map waits, how often the GCS port is checked
+PROBES_LOST = 3  # refused checks in a row that mean the cluster is gone (Ray's own driver waits 60 s)
+
+
 class RayExecutor:
     """Runs each item of ``map`` as a Ray task; connects on creation, disconnects on ``close``.
 
     ``address`` is ``host:port`` of a running cluster's head (its GCS port, ``ray start --port``); None starts
-    a private local Ray for this process (no dashboard), stopped again by ``close``. ``close`` never stops a
-    cluster this executor did not start. One RayExecutor per process at a time (Ray has one global
-    connection).
+    a private local Ray (no dashboard), stopped again by ``close``. ``close`` never stops a cluster this
+    executor did not start.
 
-    Close it only after the MLflow run has ended: Ray 2.60's driver segfaulted once in ``ray.shutdown()``
-    (a race in its io thread) in this project's tests, which would leave the run RUNNING.
+    The Ray driver (``ray.init``, task submission, ``ray.wait``) runs in a process of its own, started with
+    ``subprocess`` (a fresh interpreter: nothing is forked from this process, which has threads), that talks
+    to this one over a socket: Ray ends its driver's process outright when the cluster dies (at once with exit
+    1 when the local raylet dies; after 60 s when the GCS does), which would end the command with the exit
+    code of a failed verdict and leave its MLflow run RUNNING. Here that is :class:`ClusterLost` (also raised
+    when the GCS port refuses ``PROBES_LOST`` checks in a row while a map waits), and the caller's run ends
+    FAILED. ``fn`` and the items are pickled here with Ray's cloudpickle and unpickled only in the tasks.
 
     Network exposure: Ray 2.60 has no bind-address setting. Even a local Ray (and ``ray start --node-ip-address
     127.0.0.1``) registers the machine's routable IP and its GCS and raylet listen on all interfaces; token
@@ -402,19 +459,147 @@ class RayExecutor:
         self.max_retries = max_retries
         self.connect_seconds = 0.0
         self._connected = False
+        self._busy = False  # a map's results are still to be read from the driver
         started = time.monotonic()
+        check_token_file()  # Ray's own check aborts the process with a native stack trace and exit 1
+        self._host = self._port = None
+        if address is not None:
+            self._host, self._port = parse_address(address)
+            why = _tcp_probe(self._host, self._port, connect_timeout)
+            if why is not None:
+                raise UserError(MESSAGE_UNREACHABLE.format(address=address, why=why, host=self._host,
+                                                           port=self._port))
+        self._start_driver(connect_timeout)
+        self._connected = True
+        self.connect_seconds = time.monotonic() - started
+
+    def _start_driver(self, connect_timeout: float) -> None:
+        ours, theirs = socket.socketpair()
+        code = "from pipeline.scale.executor import _drive; _drive()"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fn's modules, also tests'
+        # Its stdout is this process's stderr: Ray prints notices there, and --json keeps stdout for the summary.
+        self._process = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                         stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=env)
+        theirs.close()
+        self._conn = _socket_connection(ours)
+        self._conn.send_bytes(pickle.dumps((self.address, connect_timeout)))
+        try:
+            self._receive(probe=False)
+        except BaseException:
+            self._stop_driver()
+            raise
+
+    def _receive(self, *, probe: bool = True) -> Any:
+        """The driver's next answer (raised if it is an exception); :class:`ClusterLost` if the driver ended, or
+        (``probe``) the GCS port refused ``PROBES_LOST`` checks in a row."""
+        from ray import cloudpickle
+
+        refused = 0
+        while True:
+            if wait([self._conn], timeout=PROBE_SECONDS):
+                try:
+                    kind, value = cloudpickle.loads(self._conn.recv_bytes())
+                except (EOFError, OSError):
+                    code = self._process.wait()
+                    how = (f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
+                           else f"exit code {code}")
+                    raise ClusterLost(MESSAGE_CLUSTER_LOST.format(
+                        address=self.address or "local", why=f"Ray ended the driver process, pid "
+                        f"{self._process.pid}, {how}")) from None
+                if kind == "error":
+                    raise value
+                return value
+            if probe and self._port is not None:
+                refused = refused + 1 if _tcp_probe(self._host, self._port, PROBE_SECONDS) else 0
+                if refused >= PROBES_LOST:
+                    self._stop_driver()
+                    raise ClusterLost(MESSAGE_CLUSTER_LOST.format(
+                        address=self.address, why=f"its GCS port refused {refused} connections in a row"))
+
+    def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]:
+        """Submit every item now; :meth:`Pending.results` gathers them in input order."""
+        from ray import cloudpickle
+
+        if not self._connected:
+            raise RuntimeError("RayExecutor is closed")
+        items = list(items)
+        if not items:
+            return Pending(list)
+        # Pickled here, where modules may be registered to pickle by value (tests), unpickled only in the tasks.
+        self._conn.send_bytes(pickle.dumps(("map", cloudpickle.dumps(fn), [cloudpickle.dumps(i) for i in items],
+                                            self.num_cpus_per_task, self.max_retries)))
+        self._busy = True
+
+        def results() -> list:
+            value = self._receive()
+            self._busy = False
+            return value
+
+        return Pending(results)
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        return self.submit(fn, items).results()
+
+    def close(self) -> None:
+        """Disconnect; stops Ray only if this executor started it (address None)."""
+        if self._connected:
+            self._connected = False
+            self._stop_driver()
+
+    def _stop_driver(self) -> None:
+        """Ask the driver to shut Ray down and end (a map still running is cancelled: SIGTERM), then wait."""
+        process = self._process
+        if process.poll() is None:
+            if self._busy:
+                process.terminate()  # it cancels its tasks, shuts Ray down and ends
+            else:
+                try:
+                    self._conn.send_bytes(pickle.dumps(("close",)))
+                except OSError:
+                    process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._conn.close()
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _socket_connection(sock: socket.socket):
+    """A ``multiprocessing`` connection (framed ``send_bytes``/``recv_bytes``) over a connected socket."""
+    from multiprocessing.connection import Connection
+
+    return Connection(sock.detach())
+
+
+def _drive() -> None:
+    """The Ray driver's process (see :class:`RayExecutor`): connect, then run each map it is sent, until told to
+    close or its parent is gone; Ray is shut down on the way out."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+
+    def stop(signum, frame):  # the parent stops a map in flight: cancel its tasks (in _gather) and end
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    conn = _socket_connection(socket.socket(fileno=int(sys.argv[1])))
+    address, timeout = pickle.loads(conn.recv_bytes())
+    import ray
+    from ray import cloudpickle
+
+    def answer(kind: str, value: Any) -> None:
+        conn.send_bytes(cloudpickle.dumps((kind, value)))
+
+    try:
         if address is not None:
             host, port = parse_address(address)
-            why = _tcp_probe(host, port, connect_timeout)
-            if why is not None:
-                raise UserError(MESSAGE_UNREACHABLE.format(address=address, why=why, host=host, port=port))
-
-        import ray
-
-        if address is not None:
-            self._check_gcs(address, host, port, connect_timeout)
-        if ray.is_initialized():
-            raise RuntimeError("Ray is already initialized in this process; close the other RayExecutor first")
+            _check_gcs(address, host, port, timeout)
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
         if address is None:
             kwargs["include_dashboard"] = False
@@ -427,105 +612,108 @@ class RayExecutor:
                 raise
             raise UserError(MESSAGE_UNREACHABLE.format(address=address, why=f" ({_first_line(exc)})",
                                                        host=host, port=port)) from None
-        self._connected = True
-        self.connect_seconds = time.monotonic() - started
-
-    @staticmethod
-    def _check_gcs(address: str, host: str, port: int, timeout: float) -> None:
-        import ray
-
-        problem = _gcs_probe(address, timeout)
-        if problem is None:
-            return
-        if isinstance(problem, ray.exceptions.AuthenticationError):
-            from ray._raylet import AuthenticationMode, get_authentication_mode
-
-            why = ("this client sends no token (RAY_AUTH_MODE is not 'token' here)"
-                   if get_authentication_mode() != AuthenticationMode.TOKEN else "this client's token is wrong")
-            raise UserError(MESSAGE_AUTH.format(address=address, why=why))
-        why = (f" (port open but no Ray GCS answered within {timeout:g} s)" if isinstance(problem, TimeoutError)
-               else f" ({type(problem).__name__}: {_first_line(problem)})")
-        raise UserError(MESSAGE_UNREACHABLE.format(address=address, why=why, host=host, port=port))
-
-    def submit(self, fn: Callable[[T], R], items: Iterable[T]) -> Pending[R]:
-        """Submit every item now; :meth:`Pending.results` gathers them in input order."""
-        import ray
-
-        if not self._connected:
-            raise RuntimeError("RayExecutor is closed")
-        items = list(items)
-        if not items:
-            return Pending(list)
-        task = ray.remote(_in_worker).options(num_cpus=self.num_cpus_per_task, max_retries=self.max_retries,
-                                              retry_exceptions=False)
-        fn_ref = ray.put(fn)  # pickled once, not once per item
-        refs = [task.remote(fn_ref, item) for item in items]
-        return Pending(lambda: self._gather(ray, refs))
-
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        return self.submit(fn, items).results()
-
-    def _gather(self, ray: Any, refs: list[Any]) -> list[Any]:
-        index = {ref: i for i, ref in enumerate(refs)}
-        results: list[Any] = [None] * len(refs)
-        unread = set(refs)
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    unread.discard(ref)
-                    results[index[ref]] = self._result(ray, ref, index[ref])
-        except BaseException:
-            self._abandon(ray, [ref for ref in refs if ref in unread])
-            raise
-        return results
-
-    @staticmethod
-    def _abandon(ray: Any, refs: list[Any], timeout: float = 5.0) -> None:
-        """After a failure: kill the other tasks and read what they left (no 'unhandled error' noise later)."""
-        for ref in refs:
+    except Exception as exc:  # noqa: BLE001 - sent to the parent, which raises it
+        answer("error", _picklable(exc))
+        return
+    answer("ok", None)
+    try:
+        while True:
             try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001, S110 - best effort: the error being raised is what matters
-                pass
-        if not refs:
-            return
+                message = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if message[0] == "close":
+                return
+            _, fn, items, num_cpus, max_retries = message
+            try:
+                answer("ok", _ray_map(ray, fn, items, num_cpus=num_cpus, max_retries=max_retries))
+            except Exception as exc:  # noqa: BLE001 - sent to the parent, which raises it
+                answer("error", _picklable(exc))
+    except KeyboardInterrupt:
+        return
+    finally:
+        ray.shutdown()
+
+
+def _in_worker(fn: bytes, item: bytes) -> Any:
+    """A Ray task (its workers' title: ``ray::_in_worker``): ``fn(item)``, both pickled by the command, on one
+    torch thread (:func:`_one_thread_call`)."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # before unpickling fn, which may import torch
+    os.environ["MKL_NUM_THREADS"] = "1"
+    from ray import cloudpickle
+
+    return _one_thread_call(cloudpickle.loads(fn), cloudpickle.loads(item))
+
+
+def _ray_map(ray: Any, fn: bytes, items: list[bytes], *, num_cpus: float, max_retries: int) -> list:
+    """In the driver: each item as a task, the results in input order (:class:`ShardFailed` names a failed one)."""
+    task = ray.remote(_in_worker).options(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)
+    fn_ref = ray.put(fn)  # sent once, not once per item
+    refs = [task.remote(fn_ref, item) for item in items]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    unread = set(refs)
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)  # timeout: SIGTERM is handled between
+            for ref in done:
+                unread.discard(ref)
+                results[index[ref]] = _ray_result(ray, ref, index[ref], max_retries)
+    except BaseException:
+        _abandon(ray, [ref for ref in refs if ref in unread])
+        raise
+    return results
+
+
+def _abandon(ray: Any, refs: list[Any], timeout: float = 5.0) -> None:
+    """After a failure: kill the other tasks and read what they left (no 'unhandled error' noise later)."""
+    for ref in refs:
         try:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-            for ref in ready:
-                try:
-                    ray.get(ref, timeout=0)
-                except Exception:  # noqa: BLE001, S110 - cancelled or failed too; the first failure is raised
-                    pass
-        except Exception:  # noqa: BLE001, S110
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001, S110 - best effort: the error being raised is what matters
             pass
+    if not refs:
+        return
+    try:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001, S110 - cancelled or failed too; the first failure is raised
+                pass
+    except Exception:  # noqa: BLE001, S110
+        pass
 
-    def _result(self, ray: Any, ref: Any, i: int) -> Any:
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:  # fn raised: not retried (retry_exceptions=False)
-            cause = exc.cause if exc.cause is not None else exc
-            if isinstance(cause, (UserError, ModelFailed)):  # bad data in a shard, or the audited model's own error
-                raise cause from None
-            raise ShardFailed(i, f"{type(cause).__name__}: {_first_line(cause)}", attempts=1) from exc
-        except ray.exceptions.RayError as exc:  # the worker or node died, an object was lost: Ray retried
-            raise ShardFailed(i, f"{type(exc).__name__}: {_first_line(exc)}",
-                              attempts=self.max_retries + 1) from exc
 
-    def close(self) -> None:
-        """Disconnect; stops Ray only if this executor started it (address None)."""
-        if self._connected:
-            import ray
+def _ray_result(ray: Any, ref: Any, i: int, max_retries: int) -> Any:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # fn raised: not retried (retry_exceptions=False)
+        cause = exc.cause if exc.cause is not None else exc
+        if isinstance(cause, (UserError, ModelFailed)):  # bad data in a shard, or the audited model's own error
+            raise cause from None
+        raise ShardFailed(i, f"{type(cause).__name__}: {_first_line(cause)}", attempts=1) from exc
+    except ray.exceptions.RayError as exc:  # the worker or node died, an object was lost: Ray retried
+        raise ShardFailed(i, f"{type(exc).__name__}: {_first_line(exc)}", attempts=max_retries + 1) from exc
 
-            self._connected = False
-            ray.shutdown()
 
-    def __enter__(self) -> RayExecutor:
-        return self
+def _check_gcs(address: str, host: str, port: int, timeout: float) -> None:
+    """In the driver, before ``ray.init``: the GCS answers this client (its token), else one line saying why."""
+    import ray
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    problem = _gcs_probe(address, timeout)
+    if problem is None:
+        return
+    if isinstance(problem, ray.exceptions.AuthenticationError):
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        why = ("this client sends no token (RAY_AUTH_MODE is not 'token' here)"
+               if get_authentication_mode() != AuthenticationMode.TOKEN else "this client's token is wrong")
+        raise UserError(MESSAGE_AUTH.format(address=address, why=why))
+    why = (f" (port open but no Ray GCS answered within {timeout:g} s)" if isinstance(problem, TimeoutError)
+           else f" ({type(problem).__name__}: {_first_line(problem)})")
+    raise UserError(MESSAGE_UNREACHABLE.format(address=address, why=why, host=host, port=port))
 
 
 def _first_line(exc: BaseException) -> str:

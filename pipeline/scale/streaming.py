@@ -58,8 +58,10 @@ import functools
 import itertools
 import logging
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -72,6 +74,7 @@ from pipeline.core.errors import DataError
 from pipeline.core.units import LayerHealth, layer_health
 from pipeline.core.vocabulary import INTERSECTION_JOIN
 from pipeline.data import shards as stream
+from pipeline.data import tables
 from pipeline.data.tables import MISSING_CATEGORY, roles
 from pipeline.nn.capacity.groups import LayerGroupCapacity, group_entry
 from pipeline.nn.model import net_state, network  # noqa: F401 - what the streamed audit's callers import
@@ -87,7 +90,7 @@ logger = logging.getLogger(__name__)
 LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(LOSS_CLIP) = 36.04): resolution 6e-8
 LOSS_CLIP = float(np.finfo(np.float64).eps)  # as fairness.log_loss clips float64 probabilities (scikit-learn's rule)
 MESSAGE_ROWS = "{file}: shard at row {offset} yielded {found} rows; its Parquet metadata says {expected}"
-MESSAGE_MISSING_LABELS = "{file}: column '{target}' has {count} missing labels; expected every row to have one"
+MESSAGE_MISSING_LABELS = tables.MESSAGE_MISSING_LABELS  # checked with the others (data.tables.check_profile)
 
 
 # --- map: one shard -------------------------------------------------------------------------------
@@ -115,6 +118,8 @@ class ShardResult:
     nesting: dict[str, dict[str, tuple[str, ...]]]
     log_loss: int
     grams: tuple[np.ndarray, ...] = ()  # per ReLU layer, HᵀH of the shard's outputs in float64 (effective ranks)
+    # What the table checks read about the shard's rows (data.tables.check_profile, as for a table read whole).
+    profile: tables.Profile = field(default_factory=tables.Profile)
 
 
 def audited_views(dataset: DatasetConfig) -> dict[str, list[str]]:
@@ -203,15 +208,21 @@ def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
     batch_size
         Rows read and scored at once.
 
+    Every batch is profiled (``data.tables.profile``) before it is scored: once the rows read are refused
+    whatever the others hold (a missing label, ``inf``, a label too long, a value outside ``dataset.bins``,
+    a third class), the rest is only profiled, never scored, and :func:`audit_shards` raises the message
+    the data stage raises for the same rows read whole.
+
     Raises
     ------
     DataError
-        A missing label, or the shard yielded another number of rows than its metadata says.
+        The shard yielded another number of rows than its metadata says.
     """
     ds = cfg.dataset
     views = audited_views(ds)
     tally = _Tally(views, scorer.layers, cfg.audit)
     rows = audited = 0
+    found = tables.Profile()
     columns = list(stream.audit_columns(ds, scorer.kinds()))
     for frame in stream.batches(shard, columns=columns, batch_size=batch_size, missing_values=ds.missing_values):
         slots = shard.offset + rows + np.arange(len(frame))  # the rows' numbers in the data (nn.scoring)
@@ -221,15 +232,15 @@ def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
             frame, slots = frame[kept], slots[kept]
             if frame.empty:
                 continue
-        missing_labels = int(frame[ds.target].isna().sum())
-        if missing_labels:
-            raise DataError(MESSAGE_MISSING_LABELS.format(file=shard.path, target=ds.target, count=missing_labels))
+        found = found + tables.profile(frame, ds, file=shard.path)
+        if tables.refusal(found, ds, source="", path=shard.path, complete=False):
+            continue  # refused anyway: never scored (a 1 MB label, an inf fed to the model)
         audited += len(frame)
         tally.add(audit_batch(frame, slots, scorer=scorer, cfg=cfg, views=views))
     if rows != shard.rows:
         raise DataError(MESSAGE_ROWS.format(file=shard.path, offset=shard.offset, found=rows, expected=shard.rows))
     return ShardResult(shard.path, shard.offset, shard.rows, rows, audited, tally.scores, tally.units, tally.unseen,
-                       tally.nesting, tally.loss, tuple(tally.grams or ()))
+                       tally.nesting, tally.loss, tuple(tally.grams or ()), found)
 
 
 # --- reduce -------------------------------------------------------------------------------------
@@ -513,7 +524,11 @@ def audit_shards(shards: Sequence[stream.Shard], *, scorer: Scorer, cfg: Config,
     shards = list(shards)
     stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, scorer.kinds()), source=source)
     task = functools.partial(audit_shard, scorer=scorer, cfg=cfg, batch_size=batch_size)
-    merged = reduce(executor.map(task, shards))
+    results = sorted(executor.map(task, shards), key=lambda r: (r.offset, r.path))
+    # The data stage's checks on every row, in row order (as check_table on the rows read whole).
+    tables.check_profile(functools.reduce(operator.add, [r.profile for r in results], tables.Profile()),
+                         cfg.dataset, source=source, path=str(Path(cfg.dataset.path)))
+    merged = reduce(results)
     views = audited_views(cfg.dataset)
     evaluation = evaluation_from(merged, audit=cfg.audit, views=views, bootstrap=bootstrap)
     units_bytes = merged.units.nbytes if merged.units is not None else 0
