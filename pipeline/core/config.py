@@ -154,6 +154,38 @@ class PolicyConfig:
     inconclusive_fails: bool = True
     multiple_comparisons: Literal["bonferroni", "none"] = "bonferroni"  # widen gate intervals for many checks
     baseline_tolerance: float = field(default=0.02, metadata=_check(ge=0, le=1))  # allowed worsening vs --baseline
+    # Largest ROC AUC at which a linear probe may recover a sensitive feature from any hidden ReLU layer
+    # (leakage.enabled); null: not judged. Judged like the others: on its interval with gate_on: interval.
+    max_leakage_auc: float | None = field(default=None, metadata=_check(ge=0.5, le=1))
+
+
+@dataclass(frozen=True)
+class LeakageConfig:
+    """Representation leakage: a linear probe for each sensitive feature on the inputs, each ReLU layer, the score."""
+
+    enabled: bool = True
+    # Stratified k-fold: every row scored by a probe fitted on the other folds. 3, not 5: the probes' cost grows as
+    # k - 1 (each fits (k - 1)/k of the rows k times), and two thirds of Adult's test rows fit 30-83 columns well.
+    folds: int = field(default=3, metadata=_check(ge=2, le=20))
+    c: float = field(default=1.0, metadata=_check(gt=0))  # the probe's inverse L2 strength (scikit-learn's C)
+    # Rows probed: every audited row up to this many, else a uniform sample of this many (a streamed audit keeps
+    # only this sample of inputs, activations, scores and groups in memory).
+    max_rows: int = field(default=20_000, metadata=_check(ge=100))
+    n_boot: int = field(default=200, metadata=_check(ge=10))  # bootstrap resamples of the out-of-fold scores
+    seed: int = 0  # folds, the permuted control and the bootstrap
+
+
+@dataclass(frozen=True)
+class SlicesConfig:
+    """Slice discovery: conjunctions of feature values where the model errs or selects unlike everyone else."""
+
+    enabled: bool = True
+    max_conditions: int = field(default=2, metadata=_check(ge=1, le=3))  # feature values per slice
+    min_size: int = field(default=50, metadata=_check(ge=10))  # rows in a slice, and per rate its denominator
+    min_effect: float = field(default=0.2, metadata=_check(ge=0))  # Cohen's h between the slice and the rest
+    fdr: float = field(default=0.05, metadata=_check(gt=0, lt=1))  # Benjamini-Hochberg level over every test
+    bins: int = field(default=4, metadata=_check(ge=2, le=20))  # quantile bins of a numeric column
+    top: int = field(default=10, metadata=_check(ge=1))  # slices listed (every discovery is counted)
 
 
 @dataclass(frozen=True)
@@ -216,6 +248,8 @@ class Config:
     tracking: TrackingConfig = TrackingConfig()
     mitigation: MitigationConfig = MitigationConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    leakage: LeakageConfig = LeakageConfig()
+    slices: SlicesConfig = SlicesConfig()
 
 
 def load(path: str | Path) -> tuple[Config, dict]:
