@@ -21,8 +21,13 @@ control task), for each sensitive feature:
   group's share of the rows (argmax of p_g / share_g, the Bayes rule for balanced accuracy; a 0.5 threshold
   would assign the majority to every row of an imbalanced attribute).
 - **intervals**: percentile intervals of ``leakage.n_boot`` resamples of the out-of-fold scores, rows drawn
-  within each group so that each keeps its size (``uncertainty.row_weights``). The probes are not refitted
-  per resample: the interval is the uncertainty of evaluating these probes on these rows.
+  within each group so that each keeps its size (``uncertainty.row_weights``), each resample's deviation from
+  the estimate scaled by sqrt(1 + k/(k - 1)) (:func:`widening`). The probes are not refitted per resample, and
+  the folds' probes share training rows, so their errors are correlated: cross-validation's variance
+  correction of Nadeau & Bengio (2003) for that overlap is that factor (1.58 for 3 folds). Measured: over 40
+  data sets with an attribute no column carries, the ROC AUC spread 1.57-1.59 times what the unscaled resamples
+  implied for 30 to 83 columns (1.31 for 4 columns, 1.12 for one), so the scaled intervals cover chance as
+  claimed for layers as wide as Adult's and err wide for narrow ones.
 - **within each label value**: the same out-of-fold scores ranked among the rows with that label only:
   leakage the label does not explain, which is what equalized odds is about.
 - **the control**: the attribute permuted once (seeded), the same probe fitted and scored the same way on the
@@ -62,7 +67,6 @@ MAX_ITER = 50  # Newton steps; Adult's probes took 2-6
 BLOCK = 128  # bootstrap resamples evaluated at once (memory: BLOCK x rows float64)
 LABELS = ((1, "positive"), (0, "negative"))  # by_label keys: the favourable label and the rest
 CLOSE = 0.05  # a layer within this much ROC AUC of the inputs encodes the feature "almost as well"
-CHANCE = 0.02  # a control within this much of 0.5 sits at chance (see at_chance)
 MESSAGE_FEW_GROUPS = "fewer than two groups have {floor} rows or more"
 
 
@@ -182,13 +186,22 @@ def _probe_feature(feature: str, reps: list[Representation], codes: np.ndarray, 
     weights = np.vstack([np.ones((1, len(codes)), dtype=np.float32),
                          uncertainty.row_weights(codes, n_boot=cfg.n_boot, rng=rng)])
     by_label = {name: y == value for value, name in LABELS if (y == value).any()}
+    factor = widening(cfg.folds)
+
+    def replicates(values: np.ndarray) -> np.ndarray:
+        return np.concatenate([values[:1], values[0] + factor * (values[1:] - values[0])])
+
     base: dict[str, np.ndarray] | None = None
     out = []
+    widest: tuple[str, np.ndarray] | None = None
     for rep in reps:
         x = _columns_used(rep.values)
+        if widest is None or x.shape[1] > widest[1].shape[1]:
+            widest = (rep.name, x)
         proba = out_of_fold(x, codes, folds, c=cfg.c)
-        auc = roc_auc_replicates(codes, proba, weights, folds)
-        within = {name: roc_auc_replicates(codes, proba, weights, folds, rows=sel) for name, sel in by_label.items()}
+        auc = replicates(roc_auc_replicates(codes, proba, weights, folds))
+        within = {name: replicates(roc_auc_replicates(codes, proba, weights, folds, rows=sel))
+                  for name, sel in by_label.items()}
         if rep.kind == "inputs":
             base = {"all": auc, **within}
         delta = None if base is None or rep.kind == "inputs" else auc - base["all"]
@@ -199,18 +212,18 @@ def _probe_feature(feature: str, reps: list[Representation], codes: np.ndarray, 
         row = LeakageRow(
             feature=feature, representation=rep.name, kind=rep.kind, layer=rep.layer, index=rep.index,
             columns=x.shape[1], excluded=rep.values.shape[1] - x.shape[1], **_estimate(auc, ci_level, "roc_auc"),
-            **_estimate(balanced_accuracy_replicates(codes, proba, weights), ci_level, "balanced_accuracy"),
+            **_estimate(replicates(balanced_accuracy_replicates(codes, proba, weights)), ci_level,
+                        "balanced_accuracy"),
             **_estimate(delta, ci_level, "delta_roc_auc", prefix="delta"), by_label=labelled)
         out.append((row, auc))
     # The control, once per feature: a linear probe scored out of fold cannot beat chance on a permuted attribute
-    # whatever it reads, so one run on the widest representation checks the protocol (Hewitt & Liang's control
+    # whatever it reads, so one run on the widest representation (most live columns) checks the protocol (Hewitt & Liang's control
     # tasks, which a probe could memorise, differ by representation; a permuted attribute does not).
-    widest = max(reps, key=lambda r: r.values.shape[1])
     permuted = rng.permutation(codes)
     control_folds = fold_indices(permuted, cfg.folds, seed=cfg.seed)
-    control = roc_auc_replicates(permuted, out_of_fold(_columns_used(widest.values), permuted, control_folds,
-                                                       c=cfg.c), weights, control_folds)
-    return out, {"control_representation": widest.name,
+    control = replicates(roc_auc_replicates(permuted, out_of_fold(widest[1], permuted, control_folds, c=cfg.c),
+                                            weights, control_folds))
+    return out, {"control_representation": widest[0],
                  **_estimate(control, ci_level, "control_roc_auc", prefix="control")}
 
 
@@ -226,6 +239,12 @@ def _columns_used(values: np.ndarray) -> np.ndarray:
         _, vectors = np.linalg.eigh(z.T @ z)  # ascending eigenvalues
         x = z @ vectors[:, ::-1][:, :MAX_COLUMNS]
     return x
+
+
+def widening(folds: int) -> float:
+    """sqrt(1 + k/(k - 1)): Nadeau & Bengio's (2003) correction of a k-fold estimate's variance for the training
+    rows its folds share, applied to the resamples' spread (see the module docstring for what it was measured)."""
+    return math.sqrt(1 + folds / (folds - 1))
 
 
 def fold_indices(codes: np.ndarray, folds: int, *, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -421,14 +440,9 @@ def summary(rows: Sequence[LeakageRow], features: Sequence[LeakageFeature]) -> l
 
 
 def at_chance(feature: LeakageFeature) -> bool:
-    """The control sits at chance: its interval holds 0.5, or it lies within :data:`CHANCE` of it.
-
-    The tolerance because the interval is the evaluation's alone: on Adult, 20 permutations of sex gave
-    controls of 0.498 with a spread (standard deviation) of 0.008-0.009, where the interval implies 0.006; the
-    probes' own randomness is not in it.
-    """
-    low, high, value = feature.control_ci_low, feature.control_ci_high, feature.control_roc_auc
-    return value is not None and ((low is not None and low <= 0.5 <= high) or abs(value - 0.5) <= CHANCE)
+    """The control sits at chance: its interval holds 0.5."""
+    low, high = feature.control_ci_low, feature.control_ci_high
+    return low is not None and high is not None and low <= 0.5 <= high
 
 
 def _auc_text(r: LeakageRow) -> str:

@@ -110,7 +110,10 @@ class Encoder:
         (a category the encoder never saw, all zeros: ``(unseen)``)."""
         out: dict[str, np.ndarray] = {}
         for i, (col, (_, mean, std)) in enumerate(self.numeric.items()):
-            out[col] = x[:, i].astype(np.float64) * std + mean
+            z = x[:, i].astype(np.float64)
+            # The float32 inputs carry 7 digits: round away what their rounding left (0 decodes to -3.6e-05).
+            scale = 10.0 ** np.floor(-np.log10(np.maximum(np.abs(z), 1.0) * std * 2.0**-23 * 10))
+            out[col] = np.round((z * std + mean) * scale) / scale
         at = len(self.numeric)
         for col, cats in self.categorical.items():
             block = x[:, at:at + len(cats)]
