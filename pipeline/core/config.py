@@ -286,6 +286,11 @@ def from_dict(raw: object, *, source: str = "<config>") -> Config:
     if feature is not None and feature not in views:
         raise ConfigError(f"{source}: mitigation.feature: got '{feature}'; expected a sensitive feature or their "
                           f"intersection: {', '.join(views)}")
+    if cfg.slices.min_size < cfg.audit.suppress_below:
+        raise ConfigError(
+            f"{source}: slices.min_size: got {cfg.slices.min_size}; expected at least audit.suppress_below "
+            f"({cfg.audit.suppress_below}), so no published slice is smaller than a suppressed group"
+        )
     if cfg.audit.suppress_below > cfg.audit.min_group_size:
         raise ConfigError(
             f"{source}: audit.suppress_below: got {cfg.audit.suppress_below}; expected at most "
