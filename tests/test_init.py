@@ -92,7 +92,8 @@ def test_german_proposal(german):
     assert "personal_status" in result.table and "encodes sex" in result.table
     _loads(out)
     raw = yaml.safe_load(out.read_text())
-    assert set(raw) == {"dataset", "split", "model", "training", "audit", "policy", "tracking", "mitigation", "execution"}
+    assert set(raw) == {"dataset", "split", "model", "training", "audit", "policy", "tracking", "mitigation", "execution",
+                        "leakage", "slices"}
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])

@@ -18,6 +18,9 @@ Where each number comes from, in one hop from its type:
 ``capacity.timeline/units``  ``training.train`` (measured after every epoch)
 ``capacity.remedies``        the runner's what-if retraining, summarized by :class:`Remedy`
 ``seeds``                    :func:`seed_summary` over :meth:`SeedAudit.metrics`
+``leakage``                  ``analysis.leakage.probe_leakage`` (``nn.evaluation.analyse`` in ``run``,
+                             ``scale.sampled.analyse`` in ``audit``)
+``slices``                   ``analysis.slices.find_slices`` (the same two callers)
 ==========================  =============================================================
 
 This module imports nothing heavy (the builder's inputs are typed for readers only),
