@@ -342,7 +342,7 @@ PEAK = textwrap.dedent("""
         from pipeline.scale.executor import LocalExecutor
         found = stream.shards(path, source="test")
         from pipeline.audited.scorers import NetScorer
-        ev, cap, counted, _ = streaming.audit_shards(found, scorer=NetScorer.of(streaming.network(state), encoder=encoder),
+        ev, cap, counted = streaming.audit_shards(found, scorer=NetScorer.of(streaming.network(state), encoder=encoder),
                                                   cfg=cfg,
                                                   executor=LocalExecutor(), bootstrap=False)
         rows = counted["rows"]

@@ -60,7 +60,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -498,14 +498,21 @@ def capacity_from(units: partials.UnitPartial, grams: Sequence[np.ndarray], *, a
 # --- the whole audit ----------------------------------------------------------------------------
 
 
-class Streamed(NamedTuple):
+@dataclass(frozen=True)
+class Streamed:
     """What an audit of an existing model returns: the evaluation, the capacity (None when the model has no
-    torch network to measure) and what was counted."""
+    torch network to measure), what was counted, and the leakage probes and slices of its row sample.
+
+    Unpacks as ``evaluation, capacity, counts``, as it did when it held those three only.
+    """
 
     evaluation: fairness.Evaluation
     capacity: Capacity | None  # group capacity for the groups each view publishes
     counts: dict[str, Any]  # shards, rows, rows_audited, unseen_categories {column: rows}, partial_bytes
-    analysed: tuple = (None, None)  # leakage probes and slices of the sampled rows (scale.sampled.analyse)
+    analysed: tuple = (None, None)  # (LeakageSection, SliceSection) of the sampled rows (scale.sampled.analyse)
+
+    def __iter__(self):
+        return iter((self.evaluation, self.capacity, self.counts))
 
     def seed(self, run_id: str) -> SeedAudit:
         """The audited model's :class:`SeedAudit`."""
