@@ -101,9 +101,10 @@ def print_tables(doc: dict) -> None:
             print(f"{r['feature']:<12}{name:<16}{r['columns']:>5}{r['excluded']:>5}{auc:>22}{delta:>13}"
                   f"{r['balanced_accuracy']:>10.3f}{label.get('positive', '-'):>9}{label.get('negative', '-'):>9}")
         for f in leakage["features"]:
-            print(f"  control ({f['feature']} permuted, on {f['control_representation']}): {f['control_roc_auc']:.3f} "
-                  f"[{f['control_ci_low']:.3f}, {f['control_ci_high']:.3f}]"
-                  + (f"; left out: {f['left_out']}" if f["left_out"] else ""))
+            control = (f"control ({f['feature']} permuted, on {f['control_representation']}): "
+                       f"{f['control_roc_auc']:.3f} [{f['control_ci_low']:.3f}, {f['control_ci_high']:.3f}]"
+                       if f["control_roc_auc"] is not None else f"{f['feature']}: not probed ({f['note']})")
+            print(f"  {control}" + (f"; left out: {f['left_out']}" if f["left_out"] else ""))
     if slices:
         print(f"\nslices: {slices['slices_tested']} slices, {slices['tests']} tests, {slices['discoveries']} "
               f"discoveries at FDR {slices['fdr']} ({slices['method']}), {slices['rows_searched']} rows")

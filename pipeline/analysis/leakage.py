@@ -276,10 +276,11 @@ def out_of_fold(x: np.ndarray, codes: np.ndarray, folds: list[tuple[np.ndarray, 
         mean, std = x[train].mean(axis=0), x[train].std(axis=0)
         std[std == 0] = 1.0  # constant within this fold (not on all rows): centred, left unscaled
         fit, scored = (x[train] - mean) / std, (x[test] - mean) / std
+        fit32 = fit.astype(np.float32)
         for g, target in enumerate(targets):
             # Started from the previous fold's solution: the folds share most rows, so Newton needs fewer
             # steps; the optimum is unique (the objective is strictly convex), so the start does not change it.
-            starts[g] = fit_logistic(fit, target[train], c=c, start=starts[g])
+            starts[g] = fit_logistic(fit, target[train], c=c, start=starts[g], x32=fit32)
             p = _sigmoid(scored @ starts[g][:-1] + starts[g][-1])
             if groups == 2:
                 proba[test, 0], proba[test, 1] = 1 - p, p
@@ -289,21 +290,26 @@ def out_of_fold(x: np.ndarray, codes: np.ndarray, folds: list[tuple[np.ndarray, 
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, *, c: float, start: np.ndarray | None = None,
-                 max_iter: int = MAX_ITER) -> np.ndarray:
+                 x32: np.ndarray | None = None, max_iter: int = MAX_ITER) -> np.ndarray:
     """Weights and intercept (last) of the L2-regularised logistic regression scikit-learn's
     ``LogisticRegression(C=c)`` fits: minimise sum of log losses + |w|² / (2c), the intercept unpenalised.
 
     Newton's method with backtracking, until the Newton decrement puts the objective within 1e-10 per row of its
     minimum. Written out rather than imported: scikit-learn's import alone took 0.75 s of CPU, a sixth of the
     whole default run (docs/benchmarks.md), and its solver the same Newton steps with more overhead per fit.
-    ``tests/test_leakage.py`` checks the probes against scikit-learn's on the same folds.
+    ``tests/test_leakage.py`` checks the probes against scikit-learn's on the same folds. ``x32``: ``x`` as
+    float32, when the caller has it (probes of several groups share their rows).
     """
     n, d = x.shape
     y = y.astype(np.float64)
-    w = np.zeros(d + 1) if start is None else start.copy()
+    if start is None:
+        w = np.zeros(d + 1)
+        w[-1] = math.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6))  # the intercept of a probe that reads nothing
+    else:
+        w = start.copy()
     penalty = np.full(d + 1, 1.0 / c)
     penalty[-1] = 0.0
-    x32 = x.astype(np.float32)  # the Hessian only steers the steps: float32 products halve their cost
+    x32 = x.astype(np.float32) if x32 is None else x32  # the Hessian only steers the steps: float32 halves its cost
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
         z = x @ w[:-1] + w[-1]
@@ -313,11 +319,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, c: float, start: np.ndarray | 
     for _ in range(max_iter):
         p = _sigmoid(z)
         r = p - y
-        grad = np.append(x.T @ r, r.sum()) + penalty * w
         s = p * (1 - p)
+        sums = x.T @ np.column_stack((r, s))
+        grad = np.append(sums[:, 0], r.sum()) + penalty * w
         hessian = np.empty((d + 1, d + 1))
         hessian[:d, :d] = (x32 * s[:, None].astype(np.float32)).T @ x32
-        hessian[:d, d] = hessian[d, :d] = x.T @ s
+        hessian[:d, d] = hessian[d, :d] = sums[:, 1]
         hessian[d, d] = s.sum()
         hessian[np.diag_indices(d + 1)] += penalty
         step = np.linalg.solve(hessian, grad)

@@ -135,14 +135,15 @@ def find_slices(features: pd.DataFrame, y: np.ndarray, decisions: np.ndarray, *,
     found_mask = (q <= cfg.fdr) & (np.abs(tests["h"]) >= cfg.min_effect)
     z_level = NormalDist().inv_cdf((1 + ci_level) / 2)
     rows, by_metric = [], {}
-    listed = _not_redundant(np.flatnonzero(found_mask), tests, found["slices"], margin=cfg.min_effect)
+    redundant = _redundancy(np.flatnonzero(found_mask), tests, found["slices"], margin=cfg.min_effect)
     for metric in METRICS:
         mine = tests["metric"] == metric
-        by_metric[metric] = {"tests": int(mine.sum()), "discoveries": int((mine & found_mask).sum())}
-        hits = np.flatnonzero(mine & listed)
+        hits = np.flatnonzero(mine & found_mask)
+        by_metric[metric] = {"tests": int(mine.sum()), "discoveries": int(len(hits))}
         worse = tests["diff"][hits] > 0 if metric in ERRORS else np.ones(len(hits), dtype=bool)
         order = hits[np.lexsort((-counts["rows"][tests["slice"][hits]], -np.abs(tests["z"][hits]), ~worse))]
-        for t in order[:cfg.top]:
+        listed = itertools.islice((t for t in order if not redundant(t)), cfg.top)
+        for t in listed:
             s = tests["slice"][t]
             conditions = [(columns[c].name, columns[c].conditions[v]) for c, v in found["slices"][s]]
             rate, n = tests["rate"][t], int(tests["n"][t])
@@ -197,21 +198,22 @@ def _count(columns: Sequence[_Column], per_row: dict[str, np.ndarray], *, min_si
     return {"counts": counts, "slices": slices}
 
 
-def _not_redundant(hits: np.ndarray, tests: dict[str, np.ndarray], slices: list, *, margin: float) -> np.ndarray:
-    """Which discoveries to list (a mask over the tests): a slice is listed only when it is further from the rest
-    (Cohen's h by more than ``margin``) than each discovered slice of fewer conditions that contains it, for the
-    same rate and in the same direction. 'capital_gain ≤ 0 & marital_status = Married-civ-spouse' says nothing
-    that 'marital_status = Married-civ-spouse' has not said. Presentation only: every discovery is counted."""
+def _redundancy(hits: np.ndarray, tests: dict[str, np.ndarray], slices: list, *, margin: float):
+    """``redundant(test)``: whether a discovery goes unlisted. A slice is listed only when it is further from the
+    rest (Cohen's h by more than ``margin``) than each discovered slice of fewer conditions that contains it, for
+    the same rate and in the same direction: 'capital_gain ≤ 0 & marital_status = Married-civ-spouse' says
+    nothing that 'marital_status = Married-civ-spouse' has not said. Presentation only: every discovery is
+    counted. Asked only of the strongest discoveries, until each rate has its rows."""
     effect = {(frozenset(slices[tests["slice"][t]]), tests["metric"][t]): tests["h"][t] for t in hits}
-    listed = np.zeros(len(tests["p"]), dtype=bool)
-    for t in hits:
+
+    def redundant(t: int) -> bool:
         conditions, metric, h = slices[tests["slice"][t]], tests["metric"][t], tests["h"][t]
-        listed[t] = not any(
-            np.sign(parent) == np.sign(h) and abs(h) - abs(parent) <= margin
-            for k in range(1, len(conditions))
-            for subset in itertools.combinations(conditions, k)
-            if (parent := effect.get((frozenset(subset), metric))) is not None)
-    return listed
+        return any(np.sign(parent) == np.sign(h) and abs(h) - abs(parent) <= margin
+                   for k in range(1, len(conditions))
+                   for subset in itertools.combinations(conditions, k)
+                   if (parent := effect.get((frozenset(subset), metric))) is not None)
+
+    return redundant
 
 
 def _tests(counts: dict[str, np.ndarray], totals: dict[str, int], *, min_size: int) -> dict[str, np.ndarray]:

@@ -171,7 +171,7 @@ class LeakageConfig:
     # Rows probed: every audited row up to this many, else a uniform sample of this many (a streamed audit keeps
     # only this sample of inputs, activations, scores and groups in memory).
     max_rows: int = field(default=20_000, metadata=_check(ge=100))
-    n_boot: int = field(default=200, metadata=_check(ge=10))  # bootstrap resamples of the out-of-fold scores
+    n_boot: int = field(default=100, metadata=_check(ge=10))  # bootstrap resamples of the out-of-fold scores
     seed: int = 0  # folds, the permuted control and the bootstrap
 
 
