@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.20
 
 
-def run(config: Path, store: Path) -> tuple[float, dict]:
-    """Wall seconds of one ``pipeline run`` and its audit.json."""
+def run(config: Path, store: Path) -> tuple[float, dict, dict]:
+    """Wall seconds of one ``pipeline run``, its audit.json and the command's seconds by stage."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--json",
@@ -40,7 +40,7 @@ def run(config: Path, store: Path) -> tuple[float, dict]:
     if done.returncode not in (0, 1):  # 1: the audit ran and a policy check failed
         sys.exit(f"run failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     summary = json.loads(done.stdout)
-    return wall, json.loads(Path(summary["audit_json"]).read_text(encoding="utf-8"))
+    return wall, json.loads(Path(summary["audit_json"]).read_text(encoding="utf-8")), summary["seconds"]
 
 
 def switched_off(config: str, into: Path) -> Path:
@@ -65,12 +65,14 @@ def main() -> None:
         configs = {"on": ROOT / args.config, "off": switched_off(args.config, Path(tmp))}
         for name in ("off", "on"):  # untimed: each store's tables, experiment and registered model
             run(configs[name], stores[name])
-        rows = []
+        rows, stages = [], {"off": [], "on": []}
         for _ in range(args.pairs):
-            off, _ = run(configs["off"], stores["off"])
-            on, doc = run(configs["on"], stores["on"])
+            off, _, off_stages = run(configs["off"], stores["off"])
+            on, doc, on_stages = run(configs["on"], stores["on"])
             rows.append((off, on, doc["leakage"]["seconds"] if doc["leakage"] else 0.0,
                          doc["slices"]["seconds"] if doc["slices"] else 0.0))
+            stages["off"].append(off_stages)
+            stages["on"].append(on_stages)
     print(f"pipeline run --config {args.config}: leakage and slices off, then on, alternately ({args.pairs} pairs)")
     print(f"{'pair':<6}{'off s':>8}{'on s':>8}{'share':>8}{'leakage s':>11}{'slices s':>10}")
     shares = []
@@ -82,6 +84,11 @@ def main() -> None:
           f"{'met' if share <= TARGET else 'NOT met'}")
     print(f"median seconds where they ran (the audited seed's worker): leakage "
           f"{statistics.median(r[2] for r in rows):.2f}, slices {statistics.median(r[3] for r in rows):.2f}")
+    names = sorted({k for runs in stages.values() for r in runs for k in r})
+    print("the command's own stages, median seconds (training: its wait for the workers):")
+    for name in names:
+        off_s, on_s = (statistics.median(r.get(name, 0.0) for r in stages[k]) for k in ("off", "on"))
+        print(f"  {name:<16}off {off_s:6.2f}   on {on_s:6.2f}")
     print_tables(doc)
 
 

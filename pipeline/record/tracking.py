@@ -367,9 +367,8 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     for view, rows in doc.groups.items():
         mlflow.log_table(pd.DataFrame([r.to_json() for r in rows]),
                          artifact_file=f"fairness/groups_{vocab.artifact_key(view)}.json")
-    for name, section in (("leakage/by_layer.json", doc.leakage), ("slices/top.json", doc.slices)):
-        if section is not None and section.rows:  # leakage per feature and representation; slices found per rate
-            mlflow.log_table(pd.DataFrame([r.to_json() for r in section.rows]), artifact_file=name)
+    if doc.slices is not None and doc.slices.rows:  # the slices listed per rate (leakage: metrics and audit.json)
+        mlflow.log_table(pd.DataFrame([r.to_json() for r in doc.slices.rows]), artifact_file="slices/top.json")
     # The dataset by reference: name, absolute source path, digest, schema and row count; never its rows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hints on source resolution and int columns
