@@ -271,7 +271,7 @@ DEFAULTS = {
     "mitigation.epochs": None, "mitigation.allow_group_aware_decisions": False,
     "execution.executor": "local", "execution.workers": 0, "execution.ray_address": None,
     "policy.max_leakage_auc": None,
-    "leakage.enabled": True, "leakage.folds": 3, "leakage.c": 1.0, "leakage.max_rows": 20_000, "leakage.n_boot": 100,
+    "leakage.enabled": True, "leakage.folds": 2, "leakage.c": 1.0, "leakage.max_rows": 20_000, "leakage.n_boot": 100,
     "leakage.seed": 0,
     "slices.enabled": True, "slices.max_conditions": 2, "slices.min_size": 50, "slices.min_effect": 0.2,
     "slices.fdr": 0.05, "slices.bins": 4, "slices.top": 10,
