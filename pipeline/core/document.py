@@ -460,6 +460,7 @@ class LeakageFeature(_Record):
     control_roc_auc: float | None = None  # sits at chance (0.5) unless the protocol itself leaks
     control_ci_low: float | None = None
     control_ci_high: float | None = None
+    control_at_chance: bool | None = None  # 0.5 within the range of its resamples (see analysis.leakage.at_chance)
 
 
 @dataclass(frozen=True)
