@@ -60,7 +60,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -498,21 +498,18 @@ def capacity_from(units: partials.UnitPartial, grams: Sequence[np.ndarray], *, a
 # --- the whole audit ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Streamed:
-    """What an audit of an existing model returns: the evaluation, the capacity (None when the model has no
-    torch network to measure), what was counted, and the leakage probes and slices of its row sample.
-
-    Unpacks as ``evaluation, capacity, counts``, as it did when it held those three only.
-    """
-
+class _Counted(NamedTuple):
     evaluation: fairness.Evaluation
     capacity: Capacity | None  # group capacity for the groups each view publishes
     counts: dict[str, Any]  # shards, rows, rows_audited, unseen_categories {column: rows}, partial_bytes
-    analysed: tuple = (None, None)  # (LeakageSection, SliceSection) of the sampled rows (scale.sampled.analyse)
 
-    def __iter__(self):
-        return iter((self.evaluation, self.capacity, self.counts))
+
+class Streamed(_Counted):
+    """What an audit of an existing model returns: the evaluation, the capacity (None when the model has no
+    torch network to measure) and what was counted, as a tuple; and, as the attribute ``analysed``, the leakage
+    probes and slices of its row sample (``scale.sampled.analyse``), which :meth:`seed` puts in the audit."""
+
+    analysed: tuple = (None, None)  # (LeakageSection, SliceSection); set per audit by _streamed
 
     def seed(self, run_id: str) -> SeedAudit:
         """The audited model's :class:`SeedAudit`."""
@@ -520,6 +517,13 @@ class Streamed:
         return SeedAudit(seed=None, run_id=run_id, evaluation=self.evaluation,
                          capacity={"test": cap.health} if cap else {}, ranks=cap.ranks if cap else [],
                          group_capacity=cap.groups if cap else {}, leakage=self.analysed[0], slices=self.analysed[1])
+
+
+def _streamed(evaluation: fairness.Evaluation, capacity: Capacity | None, counts: dict[str, Any],
+              analysed: tuple) -> Streamed:
+    found = Streamed(evaluation, capacity, counts)
+    found.analysed = analysed
+    return found
 
 
 def _shown(evaluation: fairness.Evaluation) -> dict[str, list[str]]:
@@ -548,7 +552,7 @@ def audit_shards(shards: Sequence[stream.Shard], *, scorer: Scorer, cfg: Config,
     capacity = None if merged.units is None else capacity_from(merged.units, merged.grams, audit=cfg.audit,
                                                                shown=_shown(evaluation))
     analysed = sampled.analyse(merged.sample, scorer=scorer, cfg=cfg, rows_available=merged.rows_audited)
-    return Streamed(evaluation, capacity, counted, analysed)
+    return _streamed(evaluation, capacity, counted, analysed)
 
 
 def audit_table(table: Table, *, scorer: Scorer, cfg: Config, batch_size: int = stream.BATCH_SIZE,
@@ -578,7 +582,7 @@ def audit_table(table: Table, *, scorer: Scorer, cfg: Config, batch_size: int = 
     counted = {"shards": 1, "rows": table.rows_read, "rows_audited": len(y),
                "unseen_categories": dict(sorted(tally.unseen.items()))}
     analysed = sampled.analyse(tally.sample, scorer=scorer, cfg=cfg, rows_available=len(y))
-    return Streamed(evaluation, capacity, counted, analysed)
+    return _streamed(evaluation, capacity, counted, analysed)
 
 
 def audit_model(table: Table, shards: Sequence[stream.Shard] | None, *, scorer: Scorer, cfg: Config,
