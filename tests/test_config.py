@@ -39,8 +39,8 @@ BAD_VALUES = [
         None,
         "trainng",
         {},
-        "trainng: unknown key; valid keys are: audit, dataset, execution, mitigation, model, model_card, policy, split, "
-        "tracking, training",
+        "trainng: unknown key; valid keys are: audit, dataset, execution, leakage, mitigation, model, model_card, "
+        "policy, slices, split, tracking, training",
     ),
     ("model", "activation", "gelu", "model.activation: got 'gelu' (str); expected one of: relu, leaky_relu"),
     ("mitigation", "feature", "gender",
@@ -113,6 +113,15 @@ BAD_VALUES = [
         "policy.max_dead_fraction: got -0.01; expected a value at least 0 and at most 1",
     ),
     ("split", "test_size", float("nan"), "split.test_size: got nan; expected a value greater than 0 and less than 1"),
+    # leakage probes and slices
+    ("leakage", "folds", 1, "leakage.folds: got 1; expected a value at least 2 and at most 20"),
+    ("leakage", "c", 0, "leakage.c: got 0.0; expected a value greater than 0"),
+    ("leakage", "max_rows", 50, "leakage.max_rows: got 50; expected a value at least 100"),
+    ("policy", "max_leakage_auc", 0.4, "policy.max_leakage_auc: got 0.4; expected a value at least 0.5 and at most 1"),
+    ("slices", "max_conditions", 4, "slices.max_conditions: got 4; expected a value at least 1 and at most 3"),
+    ("slices", "fdr", 1, "slices.fdr: got 1.0; expected a value greater than 0 and less than 1"),
+    ("slices", "bins", 1, "slices.bins: got 1; expected a value at least 2 and at most 20"),
+    ("slices", "min_size", 5, "slices.min_size: got 5; expected a value at least 10"),
 ]
 
 
@@ -263,6 +272,11 @@ DEFAULTS = {
     "execution.executor": "local", "execution.workers": 0, "execution.ray_address": None,
     "model_card.owner": None, "model_card.contact": None, "model_card.licence": None, "model_card.citation": None,
     "model_card.intended_use": None, "model_card.out_of_scope_uses": (),
+    "policy.max_leakage_auc": None,
+    "leakage.enabled": True, "leakage.folds": 2, "leakage.c": 1.0, "leakage.max_rows": 20_000, "leakage.n_boot": 100,
+    "leakage.seed": 0,
+    "slices.enabled": True, "slices.max_conditions": 2, "slices.min_size": 50, "slices.min_effect": 0.2,
+    "slices.fdr": 0.05, "slices.bins": 4, "slices.top": 10,
 }
 # fmt: on
 
@@ -282,9 +296,9 @@ def test_flatten_gives_dotted_text_params(tmp_path):
     cfg, _ = config.load(_write(tmp_path, raw))
     flat = config.flatten(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
-    # One param per field of every section: 12 + 3 + 8 + 10 + 12 + 11 + 3 + 13 (mitigation) + 3 (execution)
-    # + 6 (model_card).
-    assert len(flat) == 81
+    # One param per field of every section: 12 + 3 + 8 + 10 + 12 + 12 + 3 + 13 (mitigation) + 3 (execution)
+    # + 6 (model_card) + 6 (leakage) + 7 (slices).
+    assert len(flat) == 95
     assert set(flat) == {
         "dataset.path",
         "dataset.target",
@@ -339,3 +353,13 @@ def test_adult_config_values():
     assert cfg.split.stratify_by == ("income", "sex")
     assert cfg.training.seeds == (0, 1, 2)
     assert cfg.training.device == "auto"  # not in the file: the default
+
+
+def test_slices_smaller_than_a_suppressed_group_are_refused(tmp_path):
+    raw = _with("audit", "suppress_below", 60)  # slices.min_size stays 50
+    raw["audit"]["min_group_size"] = 100
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{path}: slices.min_size: got 50; expected at least audit.suppress_below (60), so no published slice "
+            "is smaller than a suppressed group")):
+        config.load(path)

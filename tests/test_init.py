@@ -108,7 +108,7 @@ def test_german_proposal(german):
     _loads(out)
     raw = yaml.safe_load(out.read_text())
     assert set(raw) == {"dataset", "split", "model", "training", "audit", "policy", "tracking", "mitigation", "execution",
-                        "model_card"}
+                        "model_card", "leakage", "slices"}
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])

@@ -27,7 +27,7 @@ def document_of(got: document.Audited, *, cfg: Config, table: Table, run_id: str
                             seed_ranges={k: st.range for k, st in summary.metrics.items() if summary.spread(k)},
                             group_capacity=primary.group_capacity, baseline=baseline,
                             measured_on="the training data" if got.trained is not None else "the audited rows",
-                            no_capacity=got.model_info.get("no_capacity"))
+                            no_capacity=got.model_info.get("no_capacity"), leakage=primary.leakage)
     verdict, reasons = policy.decide(findings, features=cfg.dataset.sensitive_features)
     mitigation = mitigated(got.seeds, findings, verdict) if mitigated else None
     streamed = judged.streaming

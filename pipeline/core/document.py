@@ -18,6 +18,9 @@ Where each number comes from, in one hop from its type:
 ``capacity.timeline/units``  ``training.train`` (measured after every epoch)
 ``capacity.remedies``        the runner's what-if retraining, summarized by :class:`Remedy`
 ``seeds``                    :func:`seed_summary` over :meth:`SeedAudit.metrics`
+``leakage``                  ``analysis.leakage.probe_leakage`` (``nn.evaluation.analyse`` in ``run``,
+                             ``scale.sampled.analyse`` in ``audit``)
+``slices``                   ``analysis.slices.find_slices`` (the same two callers)
 ==========================  =============================================================
 
 This module imports nothing heavy (the builder's inputs are typed for readers only),
@@ -475,6 +478,146 @@ class CapacitySection:
                    remedies=tuple(Remedy.from_json(r) for r in raw["remedies"]), measured_on=raw["measured_on"])
 
 
+# --- representation leakage and slices (pipeline.analysis) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class LeakageRow(_Record):
+    """One probe: how well a linear probe recovers one sensitive feature from one representation.
+
+    ``representation`` is 'inputs' (the baseline), 'layer<i>' (a post-ReLU layer, dead units left out)
+    or 'score'. Intervals are percentile intervals of the bootstrap of the out-of-fold scores (the
+    probes are not refitted); ``delta_*`` is this ROC AUC minus the inputs' on the same resamples.
+    ``by_label``: label value ('positive', 'negative') -> the same ROC AUC and delta, ranked among
+    the rows with that label only.
+    """
+
+    feature: str
+    representation: str
+    kind: str  # inputs, layer, score
+    layer: str | None  # the ReLU's name in the model
+    index: int | None  # hidden layer number, from 1
+    columns: int  # probe inputs used
+    excluded: int  # left out: dead units of a layer (never > 0 on the probed rows), constant input columns
+    roc_auc: float | None
+    roc_auc_ci_low: float | None
+    roc_auc_ci_high: float | None
+    balanced_accuracy: float | None
+    balanced_accuracy_ci_low: float | None
+    balanced_accuracy_ci_high: float | None
+    delta_roc_auc: float | None  # None for the inputs themselves, or without an inputs baseline
+    delta_ci_low: float | None
+    delta_ci_high: float | None
+    by_label: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeakageFeature(_Record):
+    """Which groups of one sensitive feature were probed, which were too small to be, and the control: the same
+    probe on the feature permuted at random, on the widest representation (the most room to overfit)."""
+
+    feature: str
+    groups: list[str]
+    rows: int
+    left_out: dict[str, int]  # group -> rows, when fewer than audit.min_group_size (or than the folds)
+    note: str | None = None  # why the feature was not probed
+    control_representation: str | None = None
+    control_roc_auc: float | None = None  # sits at chance (0.5) unless the protocol itself leaks
+    control_ci_low: float | None = None
+    control_ci_high: float | None = None
+    control_at_chance: bool | None = None  # 0.5 within the range of its resamples (see analysis.leakage.at_chance)
+
+
+@dataclass(frozen=True)
+class LeakageSection:
+    """Representation leakage of every sensitive feature (``pipeline.analysis.leakage``)."""
+
+    rows: tuple[LeakageRow, ...]
+    features: tuple[LeakageFeature, ...]
+    rows_probed: int
+    rows_available: int  # audited rows; more than rows_probed when a uniform sample was probed
+    folds: int
+    c: float
+    n_boot: int
+    ci_level: float
+    seed: int
+    baseline: str  # what the 'inputs' representation is
+    summary: tuple[str, ...]  # plain sentences
+    seconds: float
+    # In memory only (the policy's interval): (feature, representation) -> bootstrap replicates of the ROC AUC.
+    samples: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {"rows": [r.to_json() for r in self.rows], "features": [f.to_json() for f in self.features],
+                **{k: _clean(getattr(self, k)) for k in ("rows_probed", "rows_available", "folds", "c", "n_boot",
+                                                         "ci_level", "seed", "baseline", "summary", "seconds")}}
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> LeakageSection | None:
+        if raw is None:
+            return None
+        return cls(**{**raw, "rows": tuple(LeakageRow.from_json(r) for r in raw["rows"]),
+                      "features": tuple(LeakageFeature.from_json(f) for f in raw["features"]),
+                      "summary": tuple(raw["summary"])})
+
+    def layer_rows(self, feature: str) -> list[LeakageRow]:
+        return [r for r in self.rows if r.feature == feature and r.kind == "layer"]
+
+
+@dataclass(frozen=True)
+class SliceRow(_Record):
+    """One discovered slice and one of its rates that differs from the rest (``pipeline.analysis.slices``)."""
+
+    slice: str  # 'age ≤ 28 & sex = Female'
+    conditions: list[list[str]]  # [column, condition] pairs
+    metric: str  # error_rate, false_positive_rate, false_negative_rate or selection_rate
+    size: int  # rows in the slice
+    denominator: int  # rows its rate is a share of (negatives for FPR, positives for FNR)
+    rate: float
+    ci_low: float  # Wilson score interval at ci_level
+    ci_high: float
+    rest_rate: float  # the same rate on every other row
+    difference: float  # rate minus rest_rate
+    effect: float  # Cohen's h, 2 asin sqrt(rate) - 2 asin sqrt(rest_rate)
+    p_value: float  # two-sided two-proportion z test, slice against the rest
+    q_value: float  # Benjamini-Hochberg adjusted over every test
+
+
+@dataclass(frozen=True)
+class SliceSection:
+    """Slices of the audited rows where a rate differs from the rest, the false discovery rate controlled."""
+
+    rows: tuple[SliceRow, ...]  # per metric, the strongest discoveries (at most ``top`` each)
+    rows_searched: int
+    rows_available: int
+    slices_tested: int  # slices with at least min_size rows
+    tests: int  # (slice, rate) hypotheses tested; the FDR is controlled over all of them
+    discoveries: int  # tests with q <= fdr and |effect| >= min_effect
+    slices_found: int  # distinct slices among them
+    by_metric: dict[str, dict[str, int]]  # metric -> tests, discoveries
+    method: str  # benjamini-hochberg
+    fdr: float
+    min_size: int
+    min_effect: float
+    max_conditions: int
+    bins: dict[str, list[float]]  # numeric column -> its quantile cut points
+    quantile_bins: int  # slices.bins: equal-count bins asked of each numeric column (coinciding cuts merge)
+    ci_level: float
+    summary: tuple[str, ...]
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"rows": [r.to_json() for r in self.rows],
+                **{f.name: _clean(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "rows"}}
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> SliceSection | None:
+        if raw is None:
+            return None
+        return cls(**{**raw, "rows": tuple(SliceRow.from_json(r) for r in raw["rows"]),
+                      "summary": tuple(raw["summary"])})
+
+
 # --- training, seeds, review, baseline ---------------------------------------------------------
 
 
@@ -790,6 +933,8 @@ class AuditDocument:
     baseline: BaselineSummary | None = None
     metric_names: dict[str, str] = field(default_factory=lambda: dict(vocab.METRIC_NAMES))
     mitigation: MitigationSection | None = None  # with mitigation.enabled
+    leakage: LeakageSection | None = None  # with leakage.enabled and a model whose representations were probed
+    slices: SliceSection | None = None  # with slices.enabled
 
     def counts(self) -> dict[vocab.FindingStatus, int]:
         """How many findings have each status."""
@@ -816,6 +961,8 @@ class AuditDocument:
             "config": to_dict(self.config), "tracking_uri": self.tracking_uri, "versions": dict(self.versions),
             "metric_names": dict(self.metric_names),
             "mitigation": None if self.mitigation is None else self.mitigation.to_json(),
+            "leakage": None if self.leakage is None else self.leakage.to_json(),
+            "slices": None if self.slices is None else self.slices.to_json(),
         }
 
     @classmethod
@@ -846,6 +993,8 @@ class AuditDocument:
                 tracking_uri=raw["tracking_uri"], versions=raw["versions"], review=Review.from_json(raw["review"]),
                 baseline=BaselineSummary.from_json(raw["baseline"]), metric_names=raw["metric_names"],
                 mitigation=MitigationSection.from_json(raw["mitigation"]),
+                # Absent from documents written before leakage and slices were measured.
+                leakage=LeakageSection.from_json(raw.get("leakage")), slices=SliceSection.from_json(raw.get("slices")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a nested part of another shape
             raise UserError(_MSG_NOT_AN_AUDIT.format(source=source, why=f"{type(err).__name__}: {err}")) from err
@@ -878,6 +1027,7 @@ class AuditDocument:
         columns = vocab.key_parts(self.dataset.unseen_categories)
         for column, n in self.dataset.unseen_categories.items():
             metrics[vocab.metric_key("unseen_categories", columns[column])] = n
+        metrics.update(_analysis_metrics(self.leakage, self.slices))
         return {k: float(v) for k, v in metrics.items()
                 if v is not None and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))}
 
@@ -926,6 +1076,28 @@ class AuditDocument:
 _BOUNDS = ("_ci_low", "_ci_high")
 
 
+def _analysis_metrics(leakage: LeakageSection | None, slices: SliceSection | None) -> dict[str, float | None]:
+    """MLflow metrics of the leakage probes (per feature and representation) and the slice search (counts)."""
+    metrics: dict[str, float | None] = {}
+    for row in leakage.rows if leakage else ():
+        for name in ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "balanced_accuracy", "delta_roc_auc",
+                     "delta_ci_low", "delta_ci_high"):
+            metrics[vocab.leakage_metric(row.feature, row.representation, name)] = getattr(row, name)
+        for label, values in row.by_label.items():
+            for name in ("roc_auc", "delta_roc_auc"):
+                metrics[vocab.leakage_metric(row.feature, row.representation, f"{name}_{label}")] = values.get(name)
+    for feature in leakage.features if leakage else ():
+        layers = [r.roc_auc for r in leakage.layer_rows(feature.feature) if r.roc_auc is not None]
+        if layers:
+            metrics[vocab.leakage_metric(feature.feature, vocab.LAYERS_MAX, "roc_auc")] = max(layers)
+        if feature.control_roc_auc is not None:
+            metrics[vocab.leakage_metric(feature.feature, "control", "roc_auc")] = feature.control_roc_auc
+    if slices is not None:
+        metrics.update({"slices/tests": slices.tests, "slices/discoveries": slices.discoveries,
+                        "slices/slices_tested": slices.slices_tested, "slices/slices_found": slices.slices_found})
+    return metrics
+
+
 # --- per-seed results and the builder -------------------------------------------------------------
 
 
@@ -969,6 +1141,8 @@ class SeedAudit:
     ranks: list[LayerRank] = field(default_factory=list)
     group_capacity: dict[str, list[LayerGroupCapacity]] = field(default_factory=dict)
     train: TrainResult | None = None
+    leakage: LeakageSection | None = None  # the audited model only (pipeline.analysis)
+    slices: SliceSection | None = None
 
     @property
     def gated_capacity(self) -> list[LayerHealth]:
@@ -1081,5 +1255,5 @@ def build(seeds: list[SeedAudit], findings: list[Finding], verdict: vocab.Verdic
             measured_on="training and test splits" if train else "the audit data"),
         training=_training(train) if train else None,
         seeds=summary, dataset=dataset, model=model, config=cfg, tracking_uri=tracking_uri, versions=versions,
-        baseline=baseline, mitigation=mitigation,
+        baseline=baseline, mitigation=mitigation, leakage=primary.leakage, slices=primary.slices,
     )

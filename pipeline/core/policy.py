@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pipeline.core import fairness, uncertainty
 from pipeline.core import vocabulary as vocab
 from pipeline.core.config import PolicyConfig
@@ -48,7 +50,7 @@ from pipeline.core.fairness import Evaluation
 from pipeline.core.units import LayerHealth  # numpy only: judging needs no torch
 
 if TYPE_CHECKING:
-    from pipeline.core.document import AuditDocument
+    from pipeline.core.document import AuditDocument, LeakageSection
 
 Status = vocab.FindingStatus  # the status of a finding; one sentence per status in each _Check
 
@@ -66,6 +68,7 @@ class _Check:
     metric: str | None = None  # the MLflow key of the value (and of its spread across seeds)
     regression: bool = False  # the change since a baseline audit, not the value itself
     sizes: dict[str, int] | None = None  # rows of the groups (or of everyone) the value is measured on
+    resampled: bool = False  # bounds are quantiles of resamples (their Monte-Carlo error is not 0), not closed-form
 
     @property
     def id(self) -> str:
@@ -93,7 +96,7 @@ def _status(value: float, low: float, high: float, threshold: float, comparison:
 def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth], *,
           seed_ranges: dict[str, float] | None = None, group_capacity: dict | None = None,
           baseline: AuditDocument | None = None, measured_on: str = "the training data",
-          no_capacity: str | None = None) -> list[Finding]:
+          no_capacity: str | None = None, leakage: LeakageSection | None = None) -> list[Finding]:
     """All findings: accuracy, per audited feature the disparities, per layer dead and dormant
     units, and per audited feature the gap in capacity share between groups.
 
@@ -102,13 +105,15 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth
     ``baseline`` is an earlier audit: worsening beyond ``baseline_tolerance`` is a finding;
     ``measured_on`` says where ``layers`` were counted, for the sentences;
     ``no_capacity``: why the model's units could not be measured (no torch network in it): each configured
-    capacity check is then not evaluated, with that reason.
+    capacity check is then not evaluated, with that reason;
+    ``leakage``: the leakage probes of the audited model, judged when ``max_leakage_auc`` is set.
     """
     capacity = (_capacity_checks(policy, layers, measured_on)
                 + _group_capacity_checks(policy, evaluation, group_capacity or {})) if no_capacity is None \
         else _unmeasured_capacity(policy, no_capacity)
     checks = (_fairness_checks(policy, evaluation) + capacity
               + (_baseline_checks(policy, evaluation, layers, baseline) if baseline else []))
+    checks += _leakage_checks(policy, leakage)
     on_interval = policy.gate_on == "interval" and not math.isnan(evaluation.ci_level)
     alpha = 1 - evaluation.ci_level  # one-sided error of a pass bound (and of a fail bound before correction)
     judged = sum(c.bounds is not None and not math.isnan(c.value) for c in checks)  # undefined ones are not judged
@@ -142,7 +147,7 @@ def judge(policy: PolicyConfig, evaluation: Evaluation, layers: list[LayerHealth
             message=message, judged_on="interval" if interval else "point",
             ci_low=_clean(float(low)) if interval else None, ci_high=_clean(float(high)) if interval else None,
             ci_level=pass_level if interval else None, fail_level=fail_level if interval else None,
-            mc_error=0.0 if interval else None, seed_range=_clean(spread) if spread is not None else None,
+            mc_error=(None if c.resampled else 0.0) if interval else None, seed_range=_clean(spread) if spread is not None else None,
             seed_sensitive=sensitive, metric=None if c.regression else c.metric,
             regression_of=c.ref.id if c.regression else None, check=c.ref.check, view=c.ref.view,
             layer=c.ref.layer, rows_to_decide=needed,
@@ -359,6 +364,58 @@ def _group_capacity_checks(policy: PolicyConfig, evaluation: Evaluation, group_c
             "not_evaluated": f"Fewer than two groups of '{view}' have enough rows to compare capacity shares "
                              f"({_group_sizes(evaluation, view)}).",
         }))
+    return checks
+
+
+def _resample_bounds(samples: np.ndarray, point: float) -> Callable[[float], tuple[float, float]]:
+    """One-sided bounds at error alpha from resamples: the two-sided interval at level 1 - 2 alpha
+    (``uncertainty.interval`` with the estimate, so that a max's upward bias is reflected)."""
+    def bounds(alpha: float) -> tuple[float, float]:
+        low, high = uncertainty.interval(samples, 1 - 2 * alpha, point=point)
+        return float(low), float(high)
+    return bounds
+
+
+def _leakage_checks(policy: PolicyConfig, leakage: LeakageSection | None) -> list[_Check]:
+    """Per probed sensitive feature: the largest ROC AUC at which a linear probe recovers it from any hidden ReLU
+    layer (``pipeline.analysis.leakage``), against ``max_leakage_auc``.
+
+    Its replicates are the per-resample maximum over the layers (the layers share their resamples), so the
+    interval is the maximum's. Not evaluated when the model's layers were not probed.
+    """
+    t = policy.max_leakage_auc
+    if t is None:
+        return []
+    if leakage is None:
+        return [_Check(vocab.CheckRef("leakage_auc"), math.nan, t, "<=", dict.fromkeys(
+            ("pass", "fail", "inconclusive", "not_evaluated"),
+            "Leakage into the hidden layers is not evaluated: the model's layers were not probed (leakage.enabled "
+            "false, or no torch network to measure)."))]
+    checks = []
+    for feature in leakage.features:
+        layers = [r for r in leakage.layer_rows(feature.feature) if r.roc_auc is not None]
+        ref = vocab.CheckRef("leakage_auc", view=feature.feature)
+        if not layers:
+            checks.append(_Check(ref, math.nan, t, "<=", dict.fromkeys(
+                ("pass", "fail", "inconclusive", "not_evaluated"),
+                f"Leakage of {feature.feature} into the hidden layers is not evaluated: "
+                f"{feature.note or 'no hidden layer was probed'}.")))
+            continue
+        worst = max(layers, key=lambda r: r.roc_auc)
+        samples = np.max([leakage.samples[feature.feature, r.representation] for r in layers], axis=0) \
+            if all((feature.feature, r.representation) in leakage.samples for r in layers) else None
+        where = f"hidden layer {worst.index} ({worst.layer})"
+        inputs = next((r for r in leakage.rows if r.feature == feature.feature and r.kind == "inputs"), None)
+        against = f"; the inputs give {inputs.roc_auc:.2f}" if inputs is not None and inputs.roc_auc is not None else ""
+        said = f"A linear probe recovers {feature.feature} from {where} at ROC AUC {worst.roc_auc:.2f}{against}"
+        checks.append(_Check(ref, worst.roc_auc, t, "<=", {
+            "pass": f"{said}: no hidden layer encodes it beyond the allowed {t:.2f}.",
+            "fail": f"{said}, above the allowed {t:.2f}: the network encodes {feature.feature} although it is not "
+                    "asked to.",
+            "inconclusive": f"{said}; the data cannot tell whether that is within the allowed {t:.2f}.",
+            "not_evaluated": f"Leakage of {feature.feature} could not be measured.",
+        }, None if samples is None else _resample_bounds(samples, worst.roc_auc), resampled=True,
+            metric=vocab.leakage_metric(feature.feature, vocab.LAYERS_MAX, "roc_auc")))
     return checks
 
 

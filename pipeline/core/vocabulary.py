@@ -23,7 +23,8 @@ Comparison = Literal["<=", ">="]
 CapacitySplit = Literal["train", "test"]  # in audit mode, "test" holds the audited rows
 UnitKind = Literal["dead", "dormant", "rare"]
 Check = Literal["accuracy", "demographic_parity_difference", "demographic_parity_ratio",
-                "equalized_odds_difference", "dead_fraction", "dormant_fraction", "capacity_share_gap"]
+                "equalized_odds_difference", "dead_fraction", "dormant_fraction", "capacity_share_gap",
+                "leakage_auc"]
 FAIRNESS_CHECKS: tuple[Check, ...] = ("demographic_parity_difference", "demographic_parity_ratio",
                                       "equalized_odds_difference")
 
@@ -158,6 +159,14 @@ def epoch_metric(kind: UnitKind, index: int) -> str:
 def capacity_share_metric(view: str, group_part: str, index: int) -> str:
     """'capacity_share/sex/Female/layer1'; ``group_part`` from :func:`key_parts` of the view's groups."""
     return metric_key("capacity_share", view, group_part) + f"/{layer_name(index)}"
+
+
+LAYERS_MAX = "max_layer"  # the largest leakage over a model's ReLU layers (what policy.max_leakage_auc judges)
+
+
+def leakage_metric(feature: str, representation: str, name: str) -> str:
+    """'leakage/sex/layer1/roc_auc': a leakage probe's number for one sensitive feature and representation."""
+    return metric_key("leakage", feature, representation, name)
 
 
 def seed_metric(key: str, statistic: Literal["mean", "std"]) -> str:

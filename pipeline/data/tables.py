@@ -21,6 +21,7 @@ from pipeline.core.config import Config, DatasetConfig
 from pipeline.core.errors import DataError
 
 MISSING_CATEGORY = "(missing)"
+UNSEEN_CATEGORY = "(unseen)"  # decoded from a one-hot row with no column set
 READERS = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 # What is refused before training (docs/configuration.md: "What is refused before training"). Each message names
@@ -105,6 +106,24 @@ class Encoder:
         if not parts:
             return np.zeros((len(frame), 0), dtype=np.float32)
         return np.hstack(parts).astype(np.float32)
+
+    def decode(self, x: np.ndarray) -> pd.DataFrame:
+        """The columns' values back from encoded rows (slices are described in them): numbers unstandardised (a
+        missing number reads as the training median it was filled with), categories from their one-hot columns
+        (a category the encoder never saw, all zeros: ``(unseen)``)."""
+        out: dict[str, np.ndarray] = {}
+        for i, (col, (_, mean, std)) in enumerate(self.numeric.items()):
+            z = x[:, i].astype(np.float64)
+            # The float32 inputs carry 7 digits: round away what their rounding left (0 decodes to -3.6e-05).
+            scale = 10.0 ** np.floor(-np.log10(np.maximum(np.abs(z), 1.0) * std * 2.0**-23 * 10))
+            out[col] = np.round((z * std + mean) * scale) / scale
+        at = len(self.numeric)
+        for col, cats in self.categorical.items():
+            block = x[:, at:at + len(cats)]
+            names = np.asarray((*cats, UNSEEN_CATEGORY), dtype=object)
+            out[col] = names[np.where(block.any(axis=1), block.argmax(axis=1), len(cats))]
+            at += len(cats)
+        return pd.DataFrame(out)
 
     def to_dict(self) -> dict:
         return {"numeric": {k: list(v) for k, v in self.numeric.items()},

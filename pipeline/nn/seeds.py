@@ -61,9 +61,20 @@ def train_and_evaluate(job: Training, split: Split, progress: Progress | None) -
                             audit_cfg=job.cfg.audit, seed=job.seed,
                             on_epoch=progress(job.name or f"seed {job.seed}") if progress else None)
     timer.lap("training")
+    audited = job.full and job.name is None  # the audited seed: its layers probed and its slices searched
+    features = analysed_features(split) if audited and (job.cfg.leakage.enabled or job.cfg.slices.enabled) else None
     outcome = evaluate_model(result.model, job.cfg, split.x_test, split.y_test, split.s_test, timer,
-                             x_train=split.x_train, full=job.full, seed=job.seed, run_id="", train=result)
+                             x_train=split.x_train, full=job.full, seed=job.seed, run_id="", train=result,
+                             features=features)
     return outcome, timer.seconds
+
+
+def analysed_features(split: Split):
+    """The test rows' values for slice discovery: the model's input columns decoded from their encoding, and the
+    sensitive columns (also when they are not inputs)."""
+    decoded = split.encoder.decode(split.x_test)
+    sensitive = split.s_test.reset_index(drop=True)
+    return decoded.assign(**{c: sensitive[c].to_numpy() for c in sensitive.columns if c not in decoded})
 
 
 def audited(cfg: config_mod.Config, outcomes: list[SeedAudit]) -> tuple[list[SeedAudit], tuple[Remedy, ...]]:

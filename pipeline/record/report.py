@@ -167,6 +167,7 @@ def plots(audit: AuditDocument) -> dict[str, bytes]:
         ax.set_title("Training")
         ax.legend(fontsize=8)
         images["training.png"] = _png(fig)
+    images.update(leakage_plots(audit))
     return images
 
 
@@ -618,3 +619,38 @@ def model_card(audit: AuditDocument) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def leakage_plots(audit: AuditDocument) -> dict[str, bytes]:
+    """``leakage.png``: the probe's ROC AUC by layer, one line per sensitive feature (with intervals), each
+    feature's input baseline drawn as a dashed line of its colour, chance at 0.5. Nothing without leakage probes."""
+    leakage = audit.leakage
+    if leakage is None or not leakage.rows:
+        return {}
+    steps = [r.representation for r in leakage.rows if r.kind != "inputs"]
+    steps = list(dict.fromkeys(steps))  # hidden layers in order, then the score
+    fig, ax = _axes(7, 3.4)
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
+    for feature in dict.fromkeys(r.feature for r in leakage.rows):
+        rows = {r.representation: r for r in leakage.rows if r.feature == feature}
+        shown = [(i, rows[s]) for i, s in enumerate(steps) if s in rows and rows[s].roc_auc is not None]
+        if not shown:
+            continue
+        xs, values = [i for i, _ in shown], [r.roc_auc for _, r in shown]
+        errors = None
+        if all(r.roc_auc_ci_low is not None for _, r in shown):
+            errors = [[max(r.roc_auc - r.roc_auc_ci_low, 0) for _, r in shown],
+                      [max(r.roc_auc_ci_high - r.roc_auc, 0) for _, r in shown]]
+        line = ax.errorbar(xs, values, yerr=errors, marker="o", capsize=3, label=_short(feature, 24))[0]
+        base = rows.get("inputs")
+        if base is not None and base.roc_auc is not None:
+            ax.axhline(base.roc_auc, color=line.get_color(), linestyle="--", linewidth=1,
+                       label=f"{_short(feature, 24)}: inputs")
+    names = {r.representation: r.layer for r in leakage.rows if r.layer}
+    ax.set_xticks(range(len(steps)), [f"{s}\n({_short(names[s], 16)})" if s in names else s for s in steps],
+                  fontsize=8)
+    ax.set_ylim(0.45, 1.0)
+    ax.set_ylabel("probe ROC AUC")
+    ax.set_title(f"What a linear probe recovers from each layer ({leakage.folds}-fold, {leakage.rows_probed:,} rows)")
+    ax.legend(fontsize=7, loc="upper right")
+    return {"leakage.png": _png(fig)}

@@ -514,12 +514,14 @@ def _code(text) -> str:
 
 
 def _log_tables(doc: AuditDocument) -> None:
-    """Per-group numbers, every interval and the candidates compared, as tables (the UI shows them as tables)."""
+    """Per-group numbers, every interval, the slices found and the candidates compared, as tables (the UI shows them as tables)."""
     import pandas as pd
 
     tables = doc.tables()
     if doc.mitigation is not None:
         tables["mitigation/candidates.json"] = candidate_table(doc)
+    if doc.slices is not None and doc.slices.rows:  # the slices listed per rate (leakage: metrics and audit.json)
+        tables["slices/top.json"] = [r.to_json() for r in doc.slices.rows]
     for name, rows in tables.items():
         mlflow.log_table(pd.DataFrame(rows), artifact_file=name)
 

@@ -78,7 +78,7 @@ from pipeline.data import tables
 from pipeline.data.tables import MISSING_CATEGORY, roles
 from pipeline.nn.capacity.groups import LayerGroupCapacity, group_entry
 from pipeline.nn.model import net_state, network  # noqa: F401 - what the streamed audit's callers import
-from pipeline.scale import partials
+from pipeline.scale import partials, sampled
 
 if TYPE_CHECKING:
     from pipeline.audited.scorers import Scorer
@@ -120,6 +120,7 @@ class ShardResult:
     grams: tuple[np.ndarray, ...] = ()  # per ReLU layer, HᵀH of the shard's outputs in float64 (effective ranks)
     # What the table checks read about the shard's rows (data.tables.check_profile, as for a table read whole).
     profile: tables.Profile = field(default_factory=tables.Profile)
+    sample: sampled.RowSample | None = None  # the shard's rows for leakage probes and slices (bounded)
 
 
 def audited_views(dataset: DatasetConfig) -> dict[str, list[str]]:
@@ -137,6 +138,8 @@ class Batch:
     proba: np.ndarray  # float64
     activations: list | None  # per ReLU layer, (rows x units) tensors; None without a network
     unseen: dict[str, int]  # column -> rows whose category the model's encoder has not seen
+    slots: np.ndarray | None = None  # the rows' numbers in the data
+    frame: pd.DataFrame | None = None  # the raw rows (what the row sample keeps of them: scale.sampled)
 
 
 def audit_batch(frame: pd.DataFrame, slots: np.ndarray, *, scorer: Scorer, cfg: Config,
@@ -155,14 +158,15 @@ def audit_batch(frame: pd.DataFrame, slots: np.ndarray, *, scorer: Scorer, cfg: 
         if count:
             unseen[col] = count
     scored = scorer.score(frame, slots)
-    return Batch(y.astype(np.int64), groups, labels, scored.proba, scored.activations, unseen)
+    return Batch(y.astype(np.int64), groups, labels, scored.proba, scored.activations, unseen, slots, frame)
 
 
 class _Tally:
     """Batches added up into mergeable partials (the map's accumulator)."""
 
-    def __init__(self, views: Mapping[str, list[str]], layers: Sequence[str] | None, audit: AuditConfig):
-        self.views, self.layers, self.audit = views, layers, audit
+    def __init__(self, views: Mapping[str, list[str]], layers: Sequence[str] | None, audit: AuditConfig,
+                 sample: sampled.RowSample | None = None):
+        self.views, self.layers, self.audit, self.sample = views, layers, audit, sample
         self.scores = self.units = self.grams = None
         self.unseen: dict[str, int] = {}
         self.nesting: dict[str, dict[str, tuple[str, ...]]] = {v: {} for v, cols in views.items() if len(cols) > 1}
@@ -187,13 +191,15 @@ class _Tally:
             h = [a.detach().to("cpu", torch.float64) for a in batch.activations]
             grams = [(p.T @ p).numpy() for p in h]
             self.grams = grams if self.grams is None else [g + q for g, q in zip(self.grams, grams)]
+        if self.sample is not None:
+            self.sample.add(batch.slots, batch.frame, batch.groups, batch.y, batch.proba, batch.activations)
         clipped = np.clip(batch.proba, LOSS_CLIP, 1 - LOSS_CLIP)
         row_loss = -np.where(batch.y == 1, np.log(clipped), np.log1p(-clipped))
         self.loss += int(np.rint(row_loss * LOSS_SCALE).astype(np.int64).sum())
 
 
 def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
-                batch_size: int = stream.BATCH_SIZE) -> ShardResult:
+                batch_size: int = stream.BATCH_SIZE, rows_total: int | None = None) -> ShardResult:
     """Score one shard batch by batch and return its partials (usable as a Ray task: plain data in and out).
 
     Parameters
@@ -207,6 +213,8 @@ def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
         ``audit`` the decision threshold and calibration bins.
     batch_size
         Rows read and scored at once.
+    rows_total
+        Rows of every shard of the audit (default: this shard's), which sets how many rows its sample keeps.
 
     Every batch is profiled (``data.tables.profile``) before it is scored: once the rows read are refused
     whatever the others hold (a missing label, ``inf``, a label too long, a value outside ``dataset.bins``,
@@ -220,7 +228,7 @@ def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
     """
     ds = cfg.dataset
     views = audited_views(ds)
-    tally = _Tally(views, scorer.layers, cfg.audit)
+    tally = _Tally(views, scorer.layers, cfg.audit, sampled.new_sample(cfg, scorer, rows=rows_total or shard.rows))
     rows = audited = 0
     found = tables.Profile()
     columns = list(stream.audit_columns(ds, scorer.kinds()))
@@ -240,7 +248,7 @@ def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
     if rows != shard.rows:
         raise DataError(MESSAGE_ROWS.format(file=shard.path, offset=shard.offset, found=rows, expected=shard.rows))
     return ShardResult(shard.path, shard.offset, shard.rows, rows, audited, tally.scores, tally.units, tally.unseen,
-                       tally.nesting, tally.loss, tuple(tally.grams or ()), found)
+                       tally.nesting, tally.loss, tuple(tally.grams or ()), found, tally.sample)
 
 
 # --- reduce -------------------------------------------------------------------------------------
@@ -260,6 +268,7 @@ class MergedAudit:
     shards: tuple[tuple[str, int, int], ...] = field(default=())  # (path, offset, rows) of each shard merged
     # Per layer, HᵀH summed in row order (float64, so the order is fixed: see reduce).
     grams: tuple[np.ndarray, ...] = ()
+    sample: sampled.RowSample | None = None  # the rows kept for leakage probes and slices (scale.sampled)
 
 
 def reduce(results: Iterable[ShardResult]) -> MergedAudit:
@@ -295,7 +304,13 @@ def reduce(results: Iterable[ShardResult]) -> MergedAudit:
                        dict(sorted(unseen.items())), {v: dict(sorted(p.items())) for v, p in nesting.items()},
                        sum(r.log_loss for r in results), tuple(ids),
                        tuple(np.sum([r.grams[i] for r in measured], axis=0)
-                             for i in range(len(measured[0].grams) if measured else 0)))
+                             for i in range(len(measured[0].grams) if measured else 0)),
+                       _merged_sample([r.sample for r in scored if r.sample is not None]))
+
+
+def _merged_sample(samples: list[sampled.RowSample]) -> sampled.RowSample | None:
+    """The shards' row samples as one (in row order, as the other sums: any order gives the same rows)."""
+    return functools.reduce(sampled.RowSample.merge, samples) if samples else None
 
 
 # --- the evaluation from merged partials ----------------------------------------------------------
@@ -493,20 +508,32 @@ def capacity_from(units: partials.UnitPartial, grams: Sequence[np.ndarray], *, a
 # --- the whole audit ----------------------------------------------------------------------------
 
 
-class Streamed(NamedTuple):
-    """What an audit of an existing model returns: the evaluation, the capacity (None when the model has no
-    torch network to measure) and what was counted."""
-
+class _Counted(NamedTuple):
     evaluation: fairness.Evaluation
     capacity: Capacity | None  # group capacity for the groups each view publishes
     counts: dict[str, Any]  # shards, rows, rows_audited, unseen_categories {column: rows}, partial_bytes
+
+
+class Streamed(_Counted):
+    """What an audit of an existing model returns: the evaluation, the capacity (None when the model has no
+    torch network to measure) and what was counted, as a tuple; and, as the attribute ``analysed``, the leakage
+    probes and slices of its row sample (``scale.sampled.analyse``), which :meth:`seed` puts in the audit."""
+
+    analysed: tuple = (None, None)  # (LeakageSection, SliceSection); set per audit by _streamed
 
     def seed(self, run_id: str) -> SeedAudit:
         """The audited model's :class:`SeedAudit`."""
         cap = self.capacity
         return SeedAudit(seed=None, run_id=run_id, evaluation=self.evaluation,
                          capacity={"test": cap.health} if cap else {}, ranks=cap.ranks if cap else [],
-                         group_capacity=cap.groups if cap else {})
+                         group_capacity=cap.groups if cap else {}, leakage=self.analysed[0], slices=self.analysed[1])
+
+
+def _streamed(evaluation: fairness.Evaluation, capacity: Capacity | None, counts: dict[str, Any],
+              analysed: tuple) -> Streamed:
+    found = Streamed(evaluation, capacity, counts)
+    found.analysed = analysed
+    return found
 
 
 def _shown(evaluation: fairness.Evaluation) -> dict[str, list[str]]:
@@ -523,7 +550,8 @@ def audit_shards(shards: Sequence[stream.Shard], *, scorer: Scorer, cfg: Config,
     """
     shards = list(shards)
     stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, scorer.kinds()), source=source)
-    task = functools.partial(audit_shard, scorer=scorer, cfg=cfg, batch_size=batch_size)
+    task = functools.partial(audit_shard, scorer=scorer, cfg=cfg, batch_size=batch_size,
+                             rows_total=sum(s.rows for s in shards))
     results = sorted(executor.map(task, shards), key=lambda r: (r.offset, r.path))
     # The data stage's checks on every row, in row order (as check_table on the rows read whole).
     tables.check_profile(functools.reduce(operator.add, [r.profile for r in results], tables.Profile()),
@@ -537,7 +565,8 @@ def audit_shards(shards: Sequence[stream.Shard], *, scorer: Scorer, cfg: Config,
                "partial_bytes": merged.scores.nbytes + units_bytes + sum(g.nbytes for g in merged.grams)}
     capacity = None if merged.units is None else capacity_from(merged.units, merged.grams, audit=cfg.audit,
                                                                shown=_shown(evaluation))
-    return Streamed(evaluation, capacity, counted)
+    analysed = sampled.analyse(merged.sample, scorer=scorer, cfg=cfg, rows_available=merged.rows_audited)
+    return _streamed(evaluation, capacity, counted, analysed)
 
 
 def audit_table(table: Table, *, scorer: Scorer, cfg: Config, batch_size: int = stream.BATCH_SIZE,
@@ -550,7 +579,7 @@ def audit_table(table: Table, *, scorer: Scorer, cfg: Config, batch_size: int = 
     """
     ds = cfg.dataset
     views = audited_views(ds)
-    tally = _Tally(views, scorer.layers, cfg.audit)
+    tally = _Tally(views, scorer.layers, cfg.audit, sampled.new_sample(cfg, scorer, rows=len(table.frame)))
     frame, numbers = table.frame, table.row_numbers
     ys, probas, groups = [], [], []
     for start in range(0, len(frame), batch_size):
@@ -566,7 +595,8 @@ def audit_table(table: Table, *, scorer: Scorer, cfg: Config, batch_size: int = 
                                                               shown=_shown(evaluation))
     counted = {"shards": 1, "rows": table.rows_read, "rows_audited": len(y),
                "unseen_categories": dict(sorted(tally.unseen.items()))}
-    return Streamed(evaluation, capacity, counted)
+    analysed = sampled.analyse(tally.sample, scorer=scorer, cfg=cfg, rows_available=len(y))
+    return _streamed(evaluation, capacity, counted, analysed)
 
 
 def audit_model(table: Table, shards: Sequence[stream.Shard] | None, *, scorer: Scorer, cfg: Config,
