@@ -72,7 +72,7 @@ from pipeline.core.errors import DataError
 from pipeline.core.units import LayerHealth, layer_health
 from pipeline.core.vocabulary import INTERSECTION_JOIN
 from pipeline.data import shards as stream
-from pipeline.data.tables import MISSING_CATEGORY, roles
+from pipeline.data.tables import roles
 from pipeline.nn.capacity.groups import LayerGroupCapacity, group_entry
 from pipeline.nn.model import net_state, network  # noqa: F401 - what the streamed audit's callers import
 from pipeline.scale import partials
@@ -122,13 +122,42 @@ def audited_views(dataset: DatasetConfig) -> dict[str, list[str]]:
     return vocabulary.audited_views(dataset.sensitive_features, intersections=dataset.intersections)
 
 
+def view_groupings(groups: pd.DataFrame, views: Mapping[str, list[str]]) -> dict[str, partials.Grouping]:
+    """Per audited view, its groups in text order and each row's group: ``fairness.view_labels`` of the view's
+    columns, as indices.
+
+    Each column's values are numbered once (``pandas.factorize``) and written as text as
+    ``view_labels`` writes them (``astype(str)``); an intersection's rows are numbered by the tuple of
+    their columns' numbers, so no label is built for each row.
+    """
+    coded = {}
+    for col in dict.fromkeys(c for cols in views.values() for c in cols):
+        codes, uniques = pd.factorize(groups[col])
+        names = pd.Series(uniques, dtype=object).astype(str).tolist() if len(uniques) else []
+        if (codes < 0).any() or len(set(names)) < len(names):  # missing or same text twice: the labels' own path
+            return {view: partials.grouping(fairness.view_labels(groups[cols])) for view, cols in views.items()}
+        coded[col] = (codes.astype(np.int64), names)
+    out = {}
+    for view, cols in views.items():
+        columns = [partials.Grouping(tuple(coded[c][1]), coded[c][0]) for c in cols]
+        cell, _, members = partials.finest_cells(columns, len(groups))
+        parts = [tuple(coded[c][1][i] for c, i in zip(cols, combo)) for combo in zip(*members)]
+        labels = [INTERSECTION_JOIN.join(p) for p in parts]
+        order = sorted(range(len(labels)), key=labels.__getitem__)
+        rank = np.empty(len(labels), dtype=np.int64)
+        rank[order] = np.arange(len(labels))
+        out[view] = partials.Grouping(tuple(labels[i] for i in order), rank[cell],
+                                      tuple(parts[i] for i in order) if len(cols) > 1 else None)
+    return out
+
+
 @dataclass(frozen=True)
 class Batch:
     """One batch of rows, audited: labels, groups, the scorer's probabilities and activations."""
 
     y: np.ndarray  # 0/1 labels (int64)
     groups: pd.DataFrame  # the sensitive columns (binned; missing as its own group)
-    labels: dict[str, np.ndarray]  # per audited view, each row's group label
+    labels: dict[str, partials.Grouping]  # per audited view, each row's group (fairness.view_labels, as indices)
     proba: np.ndarray  # float64
     activations: list | None  # per ReLU layer, (rows x units) tensors; None without a network
     unseen: dict[str, int]  # column -> rows whose category the model's encoder has not seen
@@ -142,15 +171,9 @@ def audit_batch(frame: pd.DataFrame, slots: np.ndarray, *, scorer: Scorer, cfg: 
     (checked by the caller); ``data.roles`` reads them as the in-memory data stage does.
     """
     _, y, groups = roles(frame, cfg.dataset)
-    labels = {v: fairness.view_labels(groups[cols]) for v, cols in views.items()}
-    unseen: dict[str, int] = {}
-    encoder = getattr(scorer, "encoder", None)
-    for col, cats in (encoder.categorical.items() if encoder is not None else ()):
-        count = int((~frame[col].astype("string").fillna(MISSING_CATEGORY).isin(cats)).sum())
-        if count:
-            unseen[col] = count
+    labels = view_groupings(groups, views)
     scored = scorer.score(frame, slots)
-    return Batch(y.astype(np.int64), groups, labels, scored.proba, scored.activations, unseen)
+    return Batch(y.astype(np.int64), groups, labels, scored.proba, scored.activations, scored.unseen)
 
 
 class _Tally:
@@ -167,6 +190,10 @@ class _Tally:
         import torch
 
         for v in self.nesting:
+            found = batch.labels[v]
+            if found.parts is not None:
+                self.nesting[v].update(zip(found.groups, found.parts))
+                continue
             pairs = batch.groups[self.views[v]].drop_duplicates()
             for fine, parts in zip(fairness.view_labels(pairs), pairs.astype(str).itertuples(index=False)):
                 self.nesting[v][str(fine)] = tuple(parts)
