@@ -1,7 +1,8 @@
 """Where trainings and data shards run: in this process, in processes forked from it, or as Ray tasks.
 
-Three executors with two methods: ``submit(fn, items) -> Pending`` (its ``results()`` in input
-order) and ``map(fn, items) -> list`` (submit and wait):
+Three executors with three methods: ``submit(fn, items) -> Pending`` (its ``results()`` in input
+order), ``map(fn, items) -> list`` (submit and wait) and ``map_reduce(fn, items, combine) -> list`` (map, then
+``combine`` the results where they lie: on each Ray node, so the driver receives one result per node):
 
 - :class:`LocalExecutor` calls ``fn`` on each item here, in order. It never imports Ray.
 - :class:`ForkExecutor` runs the items in processes forked from this one (:func:`local` picks one per
@@ -93,6 +94,8 @@ class Executor(Protocol):
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]: ...
 
+    def map_reduce(self, fn: Callable[[T], R], items: Iterable[T], combine: Callable[[list[R]], R]) -> list[R]: ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Executor: ...
@@ -124,6 +127,12 @@ class LocalExecutor:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return self.submit(fn, items).results()
+
+    def map_reduce(self, fn: Callable[[T], R], items: Iterable[T], combine: Callable[[list[R]], R]) -> list[R]:
+        """``fn`` on each item, the results combined where they are: here, all of them at once (one result, or
+        none without items). A :class:`RayExecutor` combines them on each node."""
+        results = self.map(fn, items)
+        return [combine(results)] if results else []
 
     def close(self) -> None:
         pass
@@ -367,6 +376,19 @@ def _gcs_probe(address: str, timeout: float) -> BaseException | None:
     return outcome[0] if outcome else TimeoutError(f"no answer within {timeout:g} s")
 
 
+def _on_node(fn: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
+    """A Ray task of ``map_reduce``: the node it ran on (a small return the driver reads), and ``fn(item)``
+    (a return that stays in that node's object store until it is combined there)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), _in_worker(fn, item)
+
+
+def _combine(combine: Callable[[list[Any]], Any], *results: Any) -> Any:
+    """A Ray task of ``map_reduce``: one node's results (Ray resolves them from its object store), combined."""
+    return combine(list(results))
+
+
 def _in_worker(fn: Callable[[Any], Any], item: Any) -> Any:
     """Runs in the Ray worker: torch on one thread (without importing torch), then ``fn(item)``."""
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -464,6 +486,36 @@ class RayExecutor:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return self.submit(fn, items).results()
+
+    def map_reduce(self, fn: Callable[[T], R], items: Iterable[T], combine: Callable[[list[R]], R]) -> list[R]:
+        """``fn`` on each item as a Ray task, then on each node that ran some, one task that ``combine`` s that
+        node's results (pinned there, where its results are): the driver receives one result per node.
+
+        Each item's task returns its node's id apart from its result, so the driver learns where
+        every result lies without fetching it. Failures are those of :meth:`map` (the item's index).
+        """
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if not self._connected:
+            raise RuntimeError("RayExecutor is closed")
+        items = list(items)
+        if not items:
+            return []
+        task = ray.remote(_on_node).options(num_cpus=self.num_cpus_per_task, max_retries=self.max_retries,
+                                            retry_exceptions=False, num_returns=2)
+        fn_ref = ray.put(fn)
+        pairs = [task.remote(fn_ref, item) for item in items]
+        nodes = self._gather(ray, [node for node, _ in pairs])
+        by_node: dict[str, list[Any]] = {}
+        for node, (_, result) in zip(nodes, pairs):
+            by_node.setdefault(node, []).append(result)
+        # soft: if the node is gone, Ray rebuilds its results elsewhere (lineage) and combines them there
+        combined = [ray.remote(_combine).options(
+            num_cpus=self.num_cpus_per_task, max_retries=self.max_retries, retry_exceptions=False,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote(combine, *results)
+            for node, results in by_node.items()]
+        return self._gather(ray, combined)
 
     def _gather(self, ray: Any, refs: list[Any]) -> list[Any]:
         index = {ref: i for i, ref in enumerate(refs)}

@@ -264,9 +264,9 @@ def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
 
 @dataclass(frozen=True)
 class MergedAudit:
-    """The sum of shard results (:func:`reduce`)."""
+    """The sum of shard results (:func:`reduce`), or of one node's shard results (:func:`combine`)."""
 
-    scores: partials.ScorePartial
+    scores: partials.ScorePartial | None  # None only in a node's sum of shards that audited no row
     units: partials.UnitPartial | None  # None when the model has no network to measure
     rows: int
     rows_audited: int
@@ -276,30 +276,30 @@ class MergedAudit:
     shards: tuple[tuple[str, int, int], ...] = field(default=())  # (path, offset, rows) of each shard merged
     # Per layer, HᵀH summed in row order (float64, so the order is fixed: see reduce).
     grams: tuple[np.ndarray, ...] = ()
+    # combine's sums only: each shard's HᵀH, not yet added ((offset, path), per layer), for reduce to add in row order.
+    shard_grams: tuple[tuple[tuple[int, str], tuple[np.ndarray, ...]], ...] = ()
 
 
-def reduce(results: Iterable[ShardResult]) -> MergedAudit:
-    """Add shard results, taken in row order: any order of ``results`` gives the same numbers.
+def _shard_grams(r: ShardResult | MergedAudit) -> tuple[tuple[tuple[int, str], tuple[np.ndarray, ...]], ...]:
+    if isinstance(r, MergedAudit):
+        return r.shard_grams
+    return (((r.offset, r.path), r.grams),) if r.units is not None else ()
 
-    Raises
-    ------
-    ValueError
-        No results, the same shard twice, or no row audited in any shard.
-    """
-    # In row order (offsets are row numbers of the whole dataset): the HᵀH sums are float64, whose
-    # rounding depends on the order of the additions; every other sum is an integer.
-    results = sorted(results, key=lambda r: (r.offset, r.path))
+
+def _add(results: Sequence[ShardResult | MergedAudit], *, final: bool) -> MergedAudit:
+    """Shard results and sums of them, added: every integer in any order; HᵀH (float64) added in row order only when
+    ``final``, else kept per shard, so that sums of sums equal the sum of the shards."""
     if not results:
         raise ValueError("reduce: expected at least one shard result")
-    ids = [(r.path, r.offset, r.rows_expected) for r in results]
+    ids = [i for r in results for i in (r.shards if isinstance(r, MergedAudit) else [(r.path, r.offset, r.rows_expected)])]
     if len(set(ids)) != len(ids):
         raise ValueError("reduce: a shard appears twice among the results")
     scored = [r for r in results if r.scores is not None]
-    if not scored:
+    if not scored and final:
         raise ValueError("reduce: no shard has an audited row")
-    scores = functools.reduce(partials.merge, [r.scores for r in scored])
-    measured = [r for r in scored if r.units is not None]  # none when the model has no network to measure
-    units = functools.reduce(partials.merge, [r.units for r in measured]) if measured else None
+    scores = functools.reduce(partials.merge, [r.scores for r in scored]) if scored else None
+    measured = [r.units for r in scored if r.units is not None]  # none when the model has no network to measure
+    units = functools.reduce(partials.merge, measured) if measured else None
     unseen: dict[str, int] = {}
     nesting: dict[str, dict[str, tuple[str, ...]]] = {}
     for r in results:
@@ -307,11 +307,32 @@ def reduce(results: Iterable[ShardResult]) -> MergedAudit:
             unseen[col] = unseen.get(col, 0) + n
         for v, pairs in r.nesting.items():
             nesting.setdefault(v, {}).update(pairs)
+    # In row order (offsets are row numbers of the whole dataset): the HᵀH sums are float64, whose
+    # rounding depends on the order of the additions; every other sum is an integer.
+    shard_grams = tuple(sorted((g for r in scored for g in _shard_grams(r)), key=lambda g: g[0]))
+    grams = tuple(np.sum([g[1][i] for g in shard_grams], axis=0)
+                  for i in range(len(shard_grams[0][1]) if shard_grams else 0)) if final else ()
     return MergedAudit(scores, units, sum(r.rows for r in results), sum(r.rows_audited for r in results),
                        dict(sorted(unseen.items())), {v: dict(sorted(p.items())) for v, p in nesting.items()},
-                       sum(r.log_loss for r in results), tuple(ids),
-                       tuple(np.sum([r.grams[i] for r in measured], axis=0)
-                             for i in range(len(measured[0].grams) if measured else 0)))
+                       sum(r.log_loss for r in results), tuple(sorted(ids, key=lambda i: (i[1], i[0]))), grams,
+                       () if final else shard_grams)
+
+
+def combine(results: list[ShardResult | MergedAudit]) -> MergedAudit:
+    """Some shards' results added where they were computed (on one Ray node: ``Executor.map_reduce``), so that
+    the driver receives one partial per node; :func:`reduce` of such sums gives what it gives for the shards."""
+    return _add(results, final=False)
+
+
+def reduce(results: Iterable[ShardResult | MergedAudit]) -> MergedAudit:
+    """Add shard results (or :func:`combine` sums of them): any order and any grouping gives the same numbers.
+
+    Raises
+    ------
+    ValueError
+        No results, the same shard twice, or no row audited in any shard.
+    """
+    return _add(list(results), final=True)
 
 
 # --- the evaluation from merged partials ----------------------------------------------------------
@@ -540,7 +561,7 @@ def audit_shards(shards: Sequence[stream.Shard], *, scorer: Scorer, cfg: Config,
     shards = list(shards)
     stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, scorer.kinds()), source=source)
     task = functools.partial(audit_shard, scorer=scorer, cfg=cfg, batch_size=batch_size)
-    merged = reduce(executor.map(task, shards))
+    merged = reduce(executor.map_reduce(task, shards, combine))  # on Ray, one partial per node reaches this process
     views = audited_views(cfg.dataset)
     evaluation = evaluation_from(merged, audit=cfg.audit, views=views, bootstrap=bootstrap)
     units_bytes = merged.units.nbytes if merged.units is not None else 0
