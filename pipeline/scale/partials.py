@@ -43,8 +43,11 @@ ignore spread within one fine bin (width 1/B) - the only approximation besides f
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,6 +58,9 @@ FINE_BINS = 5040  # = 7!: a multiple of every calibration_bins from 2 to 10 (and
 P_SCALE = 2**32  # fixed point of p and p²: resolution 2.3e-10; a cell overflows after 2**31 rows
 ABS_SCALE = 2**24  # fixed point of |activation|: resolution 6e-8; a unit's sum must stay below 2**39 (5.5e11)
 _INT64_MAX = np.iinfo(np.int64).max
+# Replicates evaluated at once in the bootstrap: (8, 2, 5040) arrays stay in a core's cache. Each replicate's
+# sums run along its own row, so any number gives the same numbers.
+EVALUATED_AT_ONCE = 8
 
 
 def _checked_sum(a: np.ndarray, b: np.ndarray, quantity: str) -> np.ndarray:
@@ -338,35 +344,98 @@ def bootstrap_scores(view: ViewScores, *, calibration_bins: int, n_boot: int, rn
         ``overall_brier``: (n_boot,), all rows of each replicate (so stratified by this view's
         groups); ``counts``: (n_boot, groups, 4) from :func:`uncertainty.bootstrap_counts`.
     """
-    groups, bins, k = len(view.groups), view.hist.shape[-1], calibration_bins
+    groups, k = len(view.groups), calibration_bins
     out = {key: np.full((n_boot, groups), np.nan) for key in ("roc_auc", "ece", "brier")}
     overall = {key: np.full(n_boot, np.nan) for key in ("roc_auc", "ece", "brier")}
     mean_p, mean_p2 = (s / np.maximum(view.hist, 1) for s in (view.sum_p, view.sum_p2))  # empty cells: 0
+    totals: dict[int, list[np.ndarray]] = {}
+
+    def add_overall(start: int) -> None:
+        found = score_metrics(*totals.pop(start), calibration_bins=k)
+        for key in overall:
+            overall[key][start:start + len(found[key])] = found[key]
+
+    # The draws are made in another thread while this one evaluates the previous ones: the same draws in the
+    # same order (only that thread uses rng), so the same numbers, in the time of the draws alone.
+    for start, g, draw in _ahead(_multinomial_draws(view, n_boot=n_boot, chunk=chunk, rng=rng)):
+        if start not in totals:
+            for done in list(totals):
+                add_overall(done)
+            totals[start] = [np.zeros(draw.shape, dtype=np.int64), np.zeros(draw.shape), np.zeros(draw.shape)]
+        total, total_p, total_p2 = totals[start]
+        for a in range(0, len(draw), EVALUATED_AT_ONCE):
+            part = draw[a:a + EVALUATED_AT_ONCE]
+            draw_p, draw_p2 = part * mean_p[g], part * mean_p2[g]
+            found = score_metrics(part, draw_p, draw_p2, calibration_bins=k)
+            for key in out:
+                out[key][start + a:start + a + len(part), g] = found[key]
+            total[a:a + len(part)] += part
+            total_p[a:a + len(part)] += draw_p
+            total_p2[a:a + len(part)] += draw_p2
+    for done in list(totals):
+        add_overall(done)
+    out.update({f"overall_{key}": v for key, v in overall.items()})
+    out["counts"] = bootstrap_counts(view.counts.counts, n_boot=n_boot, rng=rng)
+    return out
+
+
+def _multinomial_draws(view: ViewScores, *, n_boot: int, chunk: int, rng: np.random.Generator):
+    """``(start, group, draws)``: each group's multinomial resamples of replicates ``start:start + chunk``, in the
+    order they take numbers from ``rng`` (chunk by chunk, group by group)."""
+    bins = view.hist.shape[-1]
     for start in range(0, n_boot, chunk):
         r = min(chunk, n_boot - start)
-        total = np.zeros((r, 2, bins), dtype=np.int64)
-        total_p, total_p2 = np.zeros((r, 2, bins)), np.zeros((r, 2, bins))
-        for g in range(groups):
+        for g in range(len(view.groups)):
             n = int(view.hist[g].sum())
             if n == 0:
                 continue
             cells = np.flatnonzero(view.hist[g])  # empty cells never draw a row: leave them out (faster)
             draw = np.zeros((r, 2 * bins), dtype=np.int64)
             draw[:, cells] = rng.multinomial(n, view.hist[g].ravel()[cells] / n, size=r)
-            draw = draw.reshape(r, 2, bins)
-            draw_p, draw_p2 = draw * mean_p[g], draw * mean_p2[g]
-            found = score_metrics(draw, draw_p, draw_p2, calibration_bins=k)
-            for key in out:
-                out[key][start:start + r, g] = found[key]
-            total += draw
-            total_p += draw_p
-            total_p2 += draw_p2
-        found = score_metrics(total, total_p, total_p2, calibration_bins=k)
-        for key in overall:
-            overall[key][start:start + r] = found[key]
-    out.update({f"overall_{key}": v for key, v in overall.items()})
-    out["counts"] = bootstrap_counts(view.counts.counts, n_boot=n_boot, rng=rng)
-    return out
+            yield start, g, draw.reshape(r, 2, bins)
+
+
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+def _ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """The items of ``items``, produced in another thread at most ``depth`` ahead of their use.
+
+    numpy's random draws and array loops release the GIL, so producing and using overlap on two
+    cores. An exception in the producer is raised here; leaving the loop early stops the producer.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as error:  # noqa: BLE001 - raised again in the consuming thread
+            put(_Failed(error))
+
+    thread = threading.Thread(target=produce, name="bootstrap-draws", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 # --- units ---------------------------------------------------------------------------------------
