@@ -58,6 +58,7 @@ import functools
 import itertools
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -561,9 +562,14 @@ def audit_shards(shards: Sequence[stream.Shard], *, scorer: Scorer, cfg: Config,
     shards = list(shards)
     stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, scorer.kinds()), source=source)
     task = functools.partial(audit_shard, scorer=scorer, cfg=cfg, batch_size=batch_size)
-    merged = reduce(executor.map_reduce(task, shards, combine))  # on Ray, one partial per node reaches this process
+    started = time.perf_counter()
+    parts = executor.map_reduce(task, shards, combine)  # on Ray, one partial per node reaches this process
+    merged = reduce(parts)
+    mapped = time.perf_counter()
     views = audited_views(cfg.dataset)
     evaluation = evaluation_from(merged, audit=cfg.audit, views=views, bootstrap=bootstrap)
+    logger.info("streamed: %d shards, %d rows: map-reduce %.2f s (%d partial(s) reached the driver), evaluation %.2f s",
+                len(shards), merged.rows, mapped - started, len(parts), time.perf_counter() - mapped)
     units_bytes = merged.units.nbytes if merged.units is not None else 0
     counted = {"shards": len(shards), "rows": merged.rows, "rows_audited": merged.rows_audited,
                "unseen_categories": merged.unseen_categories,
