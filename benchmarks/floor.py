@@ -15,8 +15,8 @@ nothing from ``pipeline``. One process, torch on one thread, so the rate printed
   ``data/model.pt2``): one forward pass per batch, the sigmoid of its logit;
 - count rows and selections (probability >= ``--threshold``) per value of ``--sensitive``.
 
-Prints the rows, the seconds, rows/s (per core) and the selection rate of each group, as one JSON line with
-``--json``.
+Prints the rows, the seconds, rows/s (per core) and the selection rate of each group (one JSON line with
+``--json``, which also holds the CPU seconds of this process: the rate without the machine's other load).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def floor(data: Path, model: Path, encoder: dict, *, sensitive: str, missing_val
     """Read, encode, score and count every row of the Parquet files under ``data``; return rows, seconds, counts."""
     torch.set_num_threads(1)
     net = torch.export.load(str(model)).module()  # a fixed cost (torch.export's imports), not timed
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     numeric, categorical = encoder["numeric"], encoder["categorical"]
     width = len(numeric) + sum(len(cats) for cats in categorical.values())
     # Per categorical column: the values looked up (its categories, then the missing-value markers) and the
@@ -82,7 +82,8 @@ def floor(data: Path, model: Path, encoder: dict, *, sensitive: str, missing_val
                 selected[name] = selected.get(name, 0) + int(pick)
             rows += n
     seconds = time.perf_counter() - started
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "files": len(files),
+    return {"rows": rows, "seconds": seconds, "cpu_seconds": time.process_time() - cpu, "rows_per_s": rows / seconds,
+            "files": len(files),
             "selection_rate": {str(g): selected[g] / counts[g] for g in sorted(counts, key=str)}}
 
 

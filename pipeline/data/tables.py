@@ -107,9 +107,15 @@ class Encoder:
             x[:, j] = (values - mean) / std
         offset, unseen = len(self.numeric), {}
         for col, cats in self.categorical.items():
-            codes, uniques = pd.factorize(frame[col].astype("string").fillna(MISSING_CATEGORY))
+            series = frame[col]
+            if isinstance(series.dtype, pd.StringDtype):  # text already: numbered as it is, missing as code -1
+                codes, uniques = pd.factorize(series)
+                values = [*uniques, MISSING_CATEGORY]  # code -1 takes the last: (missing)
+            else:
+                codes, uniques = pd.factorize(series.astype("string").fillna(MISSING_CATEGORY))
+                values = list(uniques)
             position = {cat: i for i, cat in enumerate(cats)}
-            index = np.array([position.get(value, -1) for value in uniques], dtype=np.int64)[codes]
+            index = np.array([position.get(value, -1) for value in values], dtype=np.int64)[codes]
             seen = np.flatnonzero(index >= 0)
             x[seen, offset + index[seen]] = 1.0
             if len(seen) < len(index):
