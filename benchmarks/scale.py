@@ -19,7 +19,9 @@
    - the steps of the audit's work timed in one process (benchmarks/scale_stages.py, on up to 2 M rows).
 
    Prints each audit's wall, its evaluation stage, **its rows/s per core** (rows / evaluation seconds / 2
-   cores) **and its ratio to the floor**, the driver's peak RSS (sampled every 50 ms from /proc), the Ray
+   cores) **and its ratio to the floor** (rows / the floor's wall); the same by CPU: rows / CPU seconds of the
+   whole command (its forked workers, and for Ray the cluster's processes, included: what a shared machine's
+   other load and the workers' niceness do not change) against the floor's rows / CPU second; the driver's peak RSS (sampled every 50 ms from /proc), the Ray
    cluster's peak summed PSS, whether both executors' audit.json numbers are equal, and the **stage shares**
    of each audit's wall: the steps of the shard work (their CPU seconds per row from scale_stages, times the
    rows, over 2 cores), merge and bootstrap (CPU seconds in scale_stages), imports and logging (the run's own
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -57,10 +60,26 @@ STEPS = ("read", "groups", "encode", "score", "activations", "partials")  # the 
 STAGE_ROWS = 2_000_000  # rows of the one-process step timing
 
 
+def group_cpu(pgids: tuple[int, ...]) -> float:
+    """CPU seconds of the live processes of these process groups and of their children they have reaped."""
+    from raycluster import group_pids
+
+    ticks = 0
+    for pid in (p for pgid in pgids for p in group_pids(pgid)):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def driver_run(args: list[str], env: dict[str, str], cluster_pgids: tuple[int, ...] = ()) -> dict:
-    """``python -m pipeline ARGS``: wall, the driver's peak RSS, the cluster's peak summed PSS, its JSON."""
+    """``python -m pipeline ARGS``: wall, CPU seconds (the command, its forked workers and, given the cluster's
+    process groups, the cluster's processes), the driver's peak RSS, the cluster's peak summed PSS, its JSON."""
     from stages import tree_pss_kib
 
+    before, cluster_before = resource.getrusage(resource.RUSAGE_CHILDREN), group_cpu(cluster_pgids)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -86,8 +105,11 @@ def driver_run(args: list[str], env: dict[str, str], cluster_pgids: tuple[int, .
     sampler.join()
     if proc.returncode not in (0, 1):
         sys.exit(f"pipeline {' '.join(args[:1])} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and the workers it reaped
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+           + group_cpu(cluster_pgids) - cluster_before)
     summary = json.loads(stdout)
-    return {"wall": wall, "driver_mib": peaks["driver"] / 1024, "cluster_mib": peaks["cluster"] / 1024,
+    return {"wall": wall, "cpu": cpu, "driver_mib": peaks["driver"] / 1024, "cluster_mib": peaks["cluster"] / 1024,
             "summary": summary, "doc": json.loads(Path(summary["audit_json"]).read_text())}
 
 
@@ -172,16 +194,22 @@ def main() -> None:
             print(f"  {rows:,} rows: floor {floor['rows_per_s']:,.0f} rows/s; "
                   + "; ".join(f"{e} {r['wall']:.1f} s" for e, r in runs.items()), flush=True)
 
+        print("\nrows/s per core: by the clock, rows / evaluation stage / 2 cores, against the floor's rows / its wall;"
+              "\nby CPU, rows / CPU seconds of the whole command (workers and Ray nodes included), against the floor's"
+              " rows / its CPU seconds")
         print(f"\n{'rows':>12} {'executor':<9}{'wall s':>8}{'eval s':>8}{'rows/s/core':>13}{'floor':>11}"
-              f"{'ratio':>7}{'driver MiB':>12}{'cluster MiB':>13}{'shards':>8}  same numbers")
+              f"{'ratio':>7}{'CPU s':>8}{'rows/CPU-s':>12}{'floor':>11}{'ratio':>7}{'driver MiB':>12}"
+              f"{'cluster MiB':>13}{'shards':>8}  same numbers")
         for rows, floor, runs, _, same in table:
+            floor_cpu = floor["rows"] / floor["cpu_seconds"]
             for executor, r in runs.items():
                 evaluation = r["summary"]["seconds"].get("evaluation", r["wall"])
-                rate = rows / evaluation / CORES
+                rate, per_cpu = rows / evaluation / CORES, rows / r["cpu"]
                 streaming = r["doc"]["dataset"].get("streaming") or {}
                 cluster_mib = f"{r['cluster_mib']:.0f}" if executor == "ray" else "-"
                 print(f"{rows:>12,} {executor:<9}{r['wall']:>8.1f}{evaluation:>8.1f}{rate:>13,.0f}"
-                      f"{floor['rows_per_s']:>11,.0f}{rate / floor['rows_per_s']:>7.2f}{r['driver_mib']:>12.0f}"
+                      f"{floor['rows_per_s']:>11,.0f}{rate / floor['rows_per_s']:>7.2f}{r['cpu']:>8.1f}{per_cpu:>12,.0f}"
+                      f"{floor_cpu:>11,.0f}{per_cpu / floor_cpu:>7.2f}{r['driver_mib']:>12.0f}"
                       f"{cluster_mib:>13}{streaming.get('shards', 0):>8}  {'yes' if same else 'NO'}")
         print("\nthe shard work in one process (CPU, scale_stages.py) against the floor's CPU, per row:")
         for rows, floor, _, steps, _ in table:
