@@ -60,26 +60,35 @@ STEPS = ("read", "groups", "encode", "score", "activations", "partials")  # the 
 STAGE_ROWS = 2_000_000  # rows of the one-process step timing
 
 
-def group_cpu(pgids: tuple[int, ...]) -> float:
-    """CPU seconds of the live processes of these process groups and of their children they have reaped."""
-    from raycluster import group_pids
+def tree_cpu(roots: tuple[int, ...]) -> dict[int, int]:
+    """Clock ticks of CPU of ``roots`` and each of their live descendants (with the children each has reaped), by pid.
 
-    ticks = 0
-    for pid in (p for pgid in pgids for p in group_pids(pgid)):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    A Ray node's workers run under its raylet, which lets the kernel reap them (their CPU is then
+    nobody's): a run's cluster CPU is the growth of what is sampled while it runs (see ``driver_run``).
+    """
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+    tree, grew = set(roots), True
+    while grew:
+        found = {pid for pid, fields in stats.items() if int(fields[1]) in tree} - tree
+        grew = bool(found)
+        tree |= found
+    return {pid: sum(int(f) for f in stats[pid][11:15]) for pid in tree if pid in stats}  # utime stime cutime cstime
 
 
 def driver_run(args: list[str], env: dict[str, str], cluster_pgids: tuple[int, ...] = ()) -> dict:
-    """``python -m pipeline ARGS``: wall, CPU seconds (the command, its forked workers and, given the cluster's
-    process groups, the cluster's processes), the driver's peak RSS, the cluster's peak summed PSS, its JSON."""
+    """``python -m pipeline ARGS``: wall, CPU seconds (the command, its forked workers and, given the Ray nodes'
+    ``ray start`` processes, the nodes' processes), the driver's peak RSS, the cluster's peak summed PSS, its JSON."""
     from stages import tree_pss_kib
 
-    before, cluster_before = resource.getrusage(resource.RUSAGE_CHILDREN), group_cpu(cluster_pgids)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cluster_before = tree_cpu(cluster_pgids) if cluster_pgids else {}
+    cluster_seen = dict(cluster_before)  # pid -> the largest CPU ticks seen
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -95,6 +104,8 @@ def driver_run(args: list[str], env: dict[str, str], cluster_pgids: tuple[int, .
                 pass
             if cluster_pgids:
                 peaks["cluster"] = max(peaks["cluster"], sum(tree_pss_kib(pid) for pid in cluster_pgids))
+                for pid, ticks in tree_cpu(cluster_pgids).items():
+                    cluster_seen[pid] = max(cluster_seen.get(pid, 0), ticks)
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample)
@@ -106,8 +117,8 @@ def driver_run(args: list[str], env: dict[str, str], cluster_pgids: tuple[int, .
     if proc.returncode not in (0, 1):
         sys.exit(f"pipeline {' '.join(args[:1])} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and the workers it reaped
-    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-           + group_cpu(cluster_pgids) - cluster_before)
+    cluster = sum(t - cluster_before.get(pid, 0) for pid, t in cluster_seen.items()) / os.sysconf("SC_CLK_TCK")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime + cluster
     summary = json.loads(stdout)
     return {"wall": wall, "cpu": cpu, "driver_mib": peaks["driver"] / 1024, "cluster_mib": peaks["cluster"] / 1024,
             "summary": summary, "doc": json.loads(Path(summary["audit_json"]).read_text())}
