@@ -21,7 +21,7 @@ SLOW_MODULES = {
     "test_coverage", "test_executor", "test_hardening", "test_hostile", "test_init", "test_mitigation", "test_mitigation_methods",
     "test_mitigation_multi", "test_offline", "test_orphans", "test_recompute", "test_report", "test_report_browser",
     "test_review", "test_robustness", "test_runner", "test_scale", "test_server", "test_stream", "test_streaming",
-    "test_streaming_reduce", "test_team_leakage", "test_team_models", "test_ui", "test_verdict", "test_workers",
+    "test_streaming_reduce", "test_streaming_scale", "test_team_leakage", "test_team_models", "test_ui", "test_verdict", "test_workers",
 }
 BROWSER_MODULES = {"test_browser", "test_report_browser"}
 

@@ -2,7 +2,8 @@
 
 ``ray_cluster()`` runs ``ray start --head --block`` on 127.0.0.1 and a free port in a new session (its own
 process group), with a fresh short ``--temp-dir`` and a fresh token, waits until the cluster answers and yields a
-:class:`RayCluster`. On exit it sends SIGTERM to the whole group, SIGKILL after a timeout, and fails if any process
+:class:`RayCluster`. ``ray_cluster(workers=1)`` also joins a worker node (``ray start --address``, its own
+process group): two raylets, so two nodes to Ray, on one machine. On exit it sends SIGTERM to the whole group, SIGKILL after a timeout, and fails if any process
 of the group is left. Nothing is shared with other Ray clusters on the machine: no ``ray stop``, no ``~/.ray``.
 
 Ray 2.60 turns token authentication on by default only for ``ray.init()``'s own local cluster; ``ray start``
@@ -53,6 +54,7 @@ class RayCluster:
     token_path: Path
     client_env: dict[str, str] = field(default_factory=dict)  # RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH=...
     startup_seconds: float = 0.0  # from spawning `ray start` to the cluster answering
+    worker_pids: tuple[int, ...] = ()  # each worker node's `ray start --block` process, also its process group
 
 
 def free_port() -> int:
@@ -143,9 +145,23 @@ def stop_group(pgid: int, *, grace: float = 15.0) -> None:
         raise RuntimeError(f"Ray test cluster: processes {left} of group {pgid} survived SIGKILL")
 
 
+def _nodes_alive(address: str, env: dict[str, str], count: int, timeout: float) -> bool:
+    """True once the cluster at ``address`` lists ``count`` live nodes (a client connects and asks)."""
+    code = ("import logging, sys, ray; ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False); "
+            "n = sum(1 for node in ray.nodes() if node['Alive']); ray.shutdown(); "
+            "sys.exit(0 if n >= int(sys.argv[2]) else 1)")
+    try:
+        return subprocess.run([sys.executable, "-c", code, address, str(count)], env=env, timeout=timeout,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 @contextlib.contextmanager
-def ray_cluster(*, num_cpus: int = 2, start_timeout: float = 90.0) -> Iterator[RayCluster]:
-    """Start a private head node on 127.0.0.1 with token auth; yield it; stop its whole process group."""
+def ray_cluster(*, num_cpus: int = 2, workers: int = 0, worker_cpus: int = 1,
+                start_timeout: float = 90.0) -> Iterator[RayCluster]:
+    """Start a private head node on 127.0.0.1 with token auth (and ``workers`` worker nodes of ``worker_cpus``
+    CPUs each, every node in its own process group); yield it; stop every node's whole process group."""
     temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must stay < 107 chars
     token_path = temp_dir / "auth_token"
     token_path.write_text(secrets.token_hex(32))
@@ -163,6 +179,7 @@ def ray_cluster(*, num_cpus: int = 2, start_timeout: float = 90.0) -> Iterator[R
          "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(temp_dir), "--block"],
         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
+    nodes: list[subprocess.Popen] = []
     try:
         address = f"{HOST}:{port}"
         deadline = started + start_timeout
@@ -177,10 +194,27 @@ def ray_cluster(*, num_cpus: int = 2, start_timeout: float = 90.0) -> Iterator[R
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Ray test cluster did not answer at {address} within {start_timeout:.0f} s")
             time.sleep(0.3)
+        for number in range(workers):  # a second raylet on this machine: a node of its own to Ray
+            node_log = (temp_dir / f"ray-worker-{number}.log").open("wb")
+            nodes.append(subprocess.Popen(
+                [str(RAY), "start", "--address", address, "--node-ip-address", HOST, "--num-cpus", str(worker_cpus),
+                 "--disable-usage-stats", "--block"],
+                env=env, stdin=subprocess.DEVNULL, stdout=node_log, stderr=subprocess.STDOUT, start_new_session=True))
+            node_log.close()
+        while workers and not _nodes_alive(address, env, workers + 1, timeout=10):
+            if any(node.poll() is not None for node in nodes) or time.monotonic() > deadline:
+                raise RuntimeError(f"Ray test cluster: {workers} worker node(s) did not join {address} within "
+                                   f"{start_timeout:.0f} s")
+            time.sleep(0.3)
         yield RayCluster(address=address, port=port, pid=proc.pid, temp_dir=temp_dir, token_path=token_path,
-                         client_env=client_env, startup_seconds=time.monotonic() - started)
+                         client_env=client_env, startup_seconds=time.monotonic() - started,
+                         worker_pids=tuple(node.pid for node in nodes))
     finally:
         try:
+            for node in nodes:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    stop_group(node.pid)
+                    node.wait(timeout=5)
             stop_group(proc.pid)
         finally:
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -161,3 +161,94 @@ def test_overall_roc_auc_interval_agrees_with_a_row_bootstrap(sharded, streamed)
     assert overall["roc_auc_ci_low"] < overall["roc_auc"] < overall["roc_auc_ci_high"]
     assert overall["roc_auc_ci_low"] == pytest.approx(low, abs=0.01)
     assert overall["roc_auc_ci_high"] == pytest.approx(high, abs=0.01)
+
+
+# --- the per-node tree reduce on Ray --------------------------------------------------------------
+
+TREE_CLIENT = """
+import pickle, sys
+from pipeline.scale import streaming
+from pipeline.scale.executor import RayExecutor
+task, found = pickle.load(open(sys.argv[2], "rb"))
+with RayExecutor(sys.argv[1]) as executor:
+    per_node = executor.map_reduce(task, found, streaming.combine)
+pickle.dump(per_node, open(sys.argv[3], "wb"))
+"""
+
+
+def _same_merged(a: streaming.MergedAudit, b: streaming.MergedAudit) -> None:
+    """Every array and count of two merged audits equal, bit for bit (HᵀH too: both added in row order)."""
+    assert (a.rows, a.rows_audited, a.unseen_categories, a.nesting, a.log_loss, a.shards) == \
+        (b.rows, b.rows_audited, b.unseen_categories, b.nesting, b.log_loss, b.shards)
+    for view, x in a.scores.views.items():
+        y = b.scores.views[view]
+        assert x.groups == y.groups and x.counts.groups == y.counts.groups
+        assert all(np.array_equal(p, q) for p, q in zip((x.hist, x.sum_p, x.sum_p2, x.counts.counts),
+                                                        (y.hist, y.sum_p, y.sum_p2, y.counts.counts)))
+    assert a.units.rows == b.units.rows
+    assert all(np.array_equal(p, q) for p, q in zip(a.units.fired + a.units.abs_sum, b.units.fired + b.units.abs_sum))
+    for view, x in a.units.views.items():
+        y = b.units.views[view]
+        assert x.groups == y.groups and np.array_equal(x.rows, y.rows)
+        assert all(np.array_equal(p, q) for p, q in zip(x.fired + x.abs_sum, y.fired + y.abs_sum))
+    assert len(a.grams) == len(b.grams) and all(np.array_equal(p, q) for p, q in zip(a.grams, b.grams))
+
+
+def test_partials_summed_per_node_then_at_the_driver_equal_the_flat_reduce(sharded):
+    """Any grouping of shard results into sums (as nodes would) gives the flat reduce's arrays exactly."""
+    import functools
+
+    found = shards(sharded.folder, source="test", rows_per_shard=400)  # 9 shards, several per file
+    task = functools.partial(streaming.audit_shard, scorer=NetScorer.of(sharded.net, encoder=sharded.encoder),
+                             cfg=sharded.cfg, batch_size=250)
+    results = [task(s) for s in found]
+    flat = streaming.reduce(results)
+    assert flat.rows == ROWS and flat.rows_audited == AUDITED and len(flat.shards) == len(found)
+    rng = np.random.default_rng(3)
+    for _ in range(4):  # results scattered over 3 "nodes" at random, each node's in a random order
+        node = rng.integers(0, 3, len(results))
+        sums = [streaming.combine([results[i] for i in rng.permutation(np.flatnonzero(node == n))])
+                for n in range(3) if (node == n).any()]
+        _same_merged(streaming.reduce(sums[::-1]), flat)
+    # A sum of sums is still a partial: node sums can be combined again before the driver.
+    _same_merged(streaming.reduce([streaming.combine([streaming.combine(results[:4]), results[4]]),
+                                   streaming.combine(results[5:])]), flat)
+    with pytest.raises(ValueError, match="a shard appears twice"):
+        streaming.reduce([streaming.combine(results[:3]), results[2]])
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A real Ray cluster of two nodes on this machine (head and one worker node, one CPU each, token auth)."""
+    from raycluster import ray_cluster
+
+    with ray_cluster(num_cpus=1, workers=1) as cluster:
+        yield cluster
+
+
+def test_ray_sums_the_partials_on_each_node_and_the_driver_gets_one_per_node(sharded, two_nodes, tmp_path):
+    import functools
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    found = shards(sharded.folder, source="test", rows_per_shard=250)  # 12 shards over 2 nodes
+    task = functools.partial(streaming.audit_shard, scorer=NetScorer.of(sharded.net, encoder=sharded.encoder),
+                             cfg=sharded.cfg, batch_size=250)
+    flat = streaming.reduce([task(s) for s in found])  # the shards audited here, one by one
+    inputs, output = tmp_path / "inputs.pkl", tmp_path / "per_node.pkl"
+    inputs.write_bytes(pickle.dumps((task, found)))
+    env = {**os.environ, **two_nodes.client_env}
+    env.pop("RAY_AUTH_TOKEN", None)
+    done = subprocess.run([sys.executable, "-c", TREE_CLIENT, two_nodes.address, str(inputs), str(output)],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_node = pickle.loads(output.read_bytes())
+    # One partial per node that ran shards (both did: 12 one-CPU tasks on two one-CPU nodes), each a sum of
+    # whole shards; together every shard once.
+    assert len(per_node) == 2 and all(isinstance(p, streaming.MergedAudit) for p in per_node)
+    assert sorted(i for p in per_node for i in p.shards) == sorted((s.path, s.offset, s.rows) for s in found)
+    assert all(0 < len(p.shards) < len(found) and p.grams == () and len(p.shard_grams) == len(p.shards)
+               for p in per_node)
+    _same_merged(streaming.reduce(per_node), flat)

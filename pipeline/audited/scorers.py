@@ -39,6 +39,7 @@ class Scored:
 
     proba: np.ndarray  # float64, one per row
     activations: list[torch.Tensor] | None = None  # per layer, (rows x units), post-ReLU
+    unseen: dict[str, int] = field(default_factory=dict)  # column -> rows whose category the encoder has not seen
 
 
 @dataclass
@@ -145,7 +146,11 @@ class NetScorer(Scorer):
         from pipeline.nn import scoring
 
         net, probe = self._net_and_probe()
-        x = torch.from_numpy(self.x(frame))
+        if self.encoder is not None:
+            encoded, unseen = self.encoder.encode(frame)
+        else:
+            encoded, unseen = self.x(frame), {}
+        x = torch.from_numpy(encoded)
         acts: list[list[torch.Tensor]] = []
         outs: list[torch.Tensor] = []
 
@@ -167,7 +172,7 @@ class NetScorer(Scorer):
         else:
             proba = scoring.probabilities(scoring.as_scores(out, len(frame), source=self.source), "probability",
                                           source=self.source)
-        return Scored(proba, [torch.cat(layer) for layer in zip(*acts)])
+        return Scored(proba, [torch.cat(layer) for layer in zip(*acts)], unseen)
 
     def check(self, frame: pd.DataFrame, *, data: str, output: str = "auto") -> None:
         if self.encoder is not None:

@@ -96,16 +96,36 @@ class Encoder:
         return names
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        parts = []
-        for col, (median, mean, std) in self.numeric.items():
+        return self.encode(frame)[0]
+
+    def encode(self, frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
+        """The rows as model inputs (float32: standardized numbers, then one-hot categories), and per text
+        column the rows whose category was not seen in training (all-zero one-hot), where there are any.
+
+        A text column's values are numbered once (``pandas.factorize``) and each distinct value looked
+        up among the categories, so the work per row does not grow with the categories.
+        """
+        x = np.zeros((len(frame), len(self.numeric) + sum(map(len, self.categorical.values()))), dtype=np.float32)
+        for j, (col, (median, mean, std)) in enumerate(self.numeric.items()):
             values = frame[col].astype("float64").fillna(median).to_numpy()
-            parts.append(((values - mean) / std)[:, None])
+            x[:, j] = (values - mean) / std
+        offset, unseen = len(self.numeric), {}
         for col, cats in self.categorical.items():
-            values = frame[col].astype("string").fillna(MISSING_CATEGORY).to_numpy()
-            parts.append(values[:, None] == np.asarray(cats, dtype=object)[None, :])
-        if not parts:
-            return np.zeros((len(frame), 0), dtype=np.float32)
-        return np.hstack(parts).astype(np.float32)
+            series = frame[col]
+            if isinstance(series.dtype, pd.StringDtype):  # text already: numbered as it is, missing as code -1
+                codes, uniques = pd.factorize(series)
+                values = [*uniques, MISSING_CATEGORY]  # code -1 takes the last: (missing)
+            else:
+                codes, uniques = pd.factorize(series.astype("string").fillna(MISSING_CATEGORY))
+                values = list(uniques)
+            position = {cat: i for i, cat in enumerate(cats)}
+            index = np.array([position.get(value, -1) for value in values], dtype=np.int64)[codes]
+            seen = np.flatnonzero(index >= 0)
+            x[seen, offset + index[seen]] = 1.0
+            if len(seen) < len(index):
+                unseen[col] = len(index) - len(seen)
+            offset += len(cats)
+        return x, unseen
 
     def decode(self, x: np.ndarray) -> pd.DataFrame:
         """The columns' values back from encoded rows (slices are described in them): numbers unstandardised (a

@@ -1,7 +1,8 @@
 """Where trainings and data shards run: in this process, in processes forked from it, or as Ray tasks.
 
-Three executors with two methods: ``submit(fn, items) -> Pending`` (its ``results()`` in input
-order) and ``map(fn, items) -> list`` (submit and wait):
+Three executors with three methods: ``submit(fn, items) -> Pending`` (its ``results()`` in input
+order), ``map(fn, items) -> list`` (submit and wait) and ``map_reduce(fn, items, combine) -> list`` (map, then
+``combine`` the results where they lie: on each Ray node, so the driver receives one result per node):
 
 - :class:`LocalExecutor` calls ``fn`` on each item here, in order. It never imports Ray.
 - :class:`ForkExecutor` runs the items in processes forked from this one (:func:`local` picks one per
@@ -106,6 +107,8 @@ class Executor(Protocol):
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]: ...
 
+    def map_reduce(self, fn: Callable[[T], R], items: Iterable[T], combine: Callable[[list[R]], R]) -> list[R]: ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Executor: ...
@@ -137,6 +140,12 @@ class LocalExecutor:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return self.submit(fn, items).results()
+
+    def map_reduce(self, fn: Callable[[T], R], items: Iterable[T], combine: Callable[[list[R]], R]) -> list[R]:
+        """``fn`` on each item, the results combined where they are: here, all of them at once (one result, or
+        none without items). A :class:`RayExecutor` combines them on each node."""
+        results = self.map(fn, items)
+        return [combine(results)] if results else []
 
     def close(self) -> None:
         pass
@@ -540,6 +549,27 @@ class RayExecutor:
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return self.submit(fn, items).results()
 
+    def map_reduce(self, fn: Callable[[T], R], items: Iterable[T], combine: Callable[[list[R]], R]) -> list[R]:
+        """``fn`` on each item as a Ray task, then on each node that ran some, one task that ``combine`` s that
+        node's results (pinned there, where its results are): this process receives one result per node.
+
+        Each item's task returns its node's id apart from its result, so the driver learns where
+        every result lies without fetching it (:func:`_ray_map_reduce`). Failures are those of :meth:`map`.
+        """
+        from ray import cloudpickle
+
+        if not self._connected:
+            raise RuntimeError("RayExecutor is closed")
+        items = list(items)
+        if not items:
+            return []
+        self._conn.send_bytes(pickle.dumps(("map_reduce", cloudpickle.dumps(fn), [cloudpickle.dumps(i) for i in items],
+                                            self.num_cpus_per_task, self.max_retries, cloudpickle.dumps(combine))))
+        self._busy = True
+        value = self._receive()
+        self._busy = False
+        return value
+
     def close(self) -> None:
         """Disconnect; stops Ray only if this executor started it (address None)."""
         if self._connected:
@@ -624,9 +654,10 @@ def _drive() -> None:
                 return
             if message[0] == "close":
                 return
-            _, fn, items, num_cpus, max_retries = message
+            kind, fn, items, num_cpus, max_retries, *combine = message
             try:
-                answer("ok", _ray_map(ray, fn, items, num_cpus=num_cpus, max_retries=max_retries))
+                answer("ok", _ray_map(ray, fn, items, num_cpus=num_cpus, max_retries=max_retries) if kind == "map"
+                       else _ray_map_reduce(ray, fn, items, combine[0], num_cpus=num_cpus, max_retries=max_retries))
             except Exception as exc:  # noqa: BLE001 - sent to the parent, which raises it
                 answer("error", _picklable(exc))
     except KeyboardInterrupt:
@@ -645,11 +676,51 @@ def _in_worker(fn: bytes, item: bytes) -> Any:
     return _one_thread_call(cloudpickle.loads(fn), cloudpickle.loads(item))
 
 
+def _on_node(fn: bytes, item: bytes) -> tuple[str, Any]:
+    """A Ray task of ``map_reduce``: the node it ran on (a small return the driver reads), and ``fn(item)``
+    (a return that stays in that node's object store until it is combined there)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), _in_worker(fn, item)
+
+
+def _combine(combine: bytes, *results: Any) -> Any:
+    """A Ray task of ``map_reduce``: one node's results (Ray resolves them from its object store), combined."""
+    from ray import cloudpickle
+
+    return cloudpickle.loads(combine)(list(results))
+
+
 def _ray_map(ray: Any, fn: bytes, items: list[bytes], *, num_cpus: float, max_retries: int) -> list:
     """In the driver: each item as a task, the results in input order (:class:`ShardFailed` names a failed one)."""
     task = ray.remote(_in_worker).options(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)
     fn_ref = ray.put(fn)  # sent once, not once per item
-    refs = [task.remote(fn_ref, item) for item in items]
+    return _ray_gather(ray, [task.remote(fn_ref, item) for item in items], max_retries)
+
+
+def _ray_map_reduce(ray: Any, fn: bytes, items: list[bytes], combine: bytes, *, num_cpus: float,
+                    max_retries: int) -> list:
+    """In the driver: :meth:`RayExecutor.map_reduce`'s tasks, one combined result per node that ran some."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(_on_node).options(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False,
+                                        num_returns=2)
+    fn_ref = ray.put(fn)
+    pairs = [task.remote(fn_ref, item) for item in items]
+    nodes = _ray_gather(ray, [node for node, _ in pairs], max_retries)
+    by_node: dict[str, list[Any]] = {}
+    for node, (_, result) in zip(nodes, pairs):
+        by_node.setdefault(node, []).append(result)
+    # soft: if the node is gone, Ray rebuilds its results elsewhere (lineage) and combines them there
+    combined = [ray.remote(_combine).options(
+        num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote(combine, *results)
+        for node, results in by_node.items()]
+    return _ray_gather(ray, combined, max_retries)
+
+
+def _ray_gather(ray: Any, refs: list[Any], max_retries: int) -> list:
+    """The tasks' results in input order; on a failure the others are cancelled (:func:`_abandon`)."""
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     unread = set(refs)

@@ -42,8 +42,12 @@ ignore spread within one fine bin (width 1/B) - the only approximation besides f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,6 +58,9 @@ FINE_BINS = 5040  # = 7!: a multiple of every calibration_bins from 2 to 10 (and
 P_SCALE = 2**32  # fixed point of p and p²: resolution 2.3e-10; a cell overflows after 2**31 rows
 ABS_SCALE = 2**24  # fixed point of |activation|: resolution 6e-8; a unit's sum must stay below 2**39 (5.5e11)
 _INT64_MAX = np.iinfo(np.int64).max
+# Replicates evaluated at once in the bootstrap: (8, 2, 5040) arrays stay in a core's cache. Each replicate's
+# sums run along its own row, so any number gives the same numbers.
+EVALUATED_AT_ONCE = 8
 
 
 def _checked_sum(a: np.ndarray, b: np.ndarray, quantity: str) -> np.ndarray:
@@ -81,6 +88,78 @@ def _group_codes(labels) -> tuple[tuple[str, ...], np.ndarray]:
     """Group labels as text, sorted (as CountTable does), and each row's group index."""
     names, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
     return tuple(str(n) for n in names), codes.ravel()
+
+
+@dataclass(frozen=True, eq=False)
+class Grouping:
+    """One audited view over some rows: its group labels in text order, and each row's index into them.
+
+    What a partial needs of a view's per-row labels (``fairness.view_labels``) without a string per row:
+    :func:`grouping` makes one from labels, ``streaming.view_groupings`` from the sensitive columns.
+    ``parts``: for an intersection, each group's label in each of its columns (for disclosure control).
+    """
+
+    groups: tuple[str, ...]
+    codes: np.ndarray  # int64, one per row: an index into ``groups``
+    parts: tuple[tuple[str, ...], ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def grouping(labels) -> Grouping:
+    """``labels`` (per-row group labels, or already a :class:`Grouping`) as a :class:`Grouping`."""
+    if isinstance(labels, Grouping):
+        return labels
+    return Grouping(*_group_codes(labels))
+
+
+def finest_cells(views: Sequence[Grouping], rows: int) -> tuple[np.ndarray, int, list[np.ndarray]]:
+    """The finest partition of the rows of which every view's groups are unions (for Adult: sex x race).
+
+    Returns each row's cell, the number of cells and, per view, the group of each cell. Every per-row
+    sum is taken once per cell; a view's sums are its cells' sums added, in integers, so exactly the
+    sums per group of that view.
+    """
+    if not views:
+        return np.zeros(rows, dtype=np.int64), 1 if rows else 0, []
+    sizes = [max(len(v.groups), 1) for v in views]
+    if math.prod(sizes) < 2**62:  # one mixed-radix integer per row
+        key = np.zeros(rows, dtype=np.int64)
+        for v, size in zip(views, sizes):
+            key = key * size + v.codes
+        if math.prod(sizes) <= 4 * rows + 1024:  # small: present keys by counting, no sort
+            present = np.flatnonzero(np.bincount(key, minlength=math.prod(sizes)))
+            index = np.zeros(math.prod(sizes), dtype=np.int64)
+            index[present] = np.arange(len(present))
+            cell = index[key]
+        else:
+            present, cell = np.unique(key, return_inverse=True)
+        members, rest = [], present
+        for size in reversed(sizes):
+            members.append(rest % size)
+            rest = rest // size
+        return cell.ravel(), len(present), members[::-1]
+    stacked = np.stack([v.codes for v in views], axis=1)
+    present, cell = np.unique(stacked, axis=0, return_inverse=True)
+    return cell.ravel(), len(present), [present[:, i] for i in range(len(views))]
+
+
+def _by_group(per_cell: np.ndarray, members: np.ndarray, groups: int) -> np.ndarray:
+    """Integer sums per cell (cells first) added up per group of one view (groups first)."""
+    out = np.zeros((groups,) + per_cell.shape[1:], dtype=np.int64)
+    np.add.at(out, members, per_cell)
+    return out
+
+
+def _exact_bincount(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Sums of non-negative int64 ``values`` per ``index``, exactly: float64 sums of integers are exact while
+    every partial sum stays below 2**53 (then in any order); beyond that, int64 sums."""
+    if not len(values) or int(values.max()) * len(values) < 2**53:
+        return np.bincount(index, weights=values.astype(np.float64), minlength=size).astype(np.int64)
+    out = np.zeros(size, dtype=np.int64)
+    np.add.at(out, index, values)
+    return out
 
 
 def _to_numpy(a) -> np.ndarray:
@@ -149,7 +228,7 @@ class ScorePartial:
         return {k: float(x) for k, x in found.items()}
 
 
-def score_partial(y_true, proba, decisions, labels_by_view: Mapping[str, np.ndarray], *,
+def score_partial(y_true, proba, decisions, labels_by_view: Mapping[str, np.ndarray | Grouping], *,
                   bins: int = FINE_BINS, calibration_bins: int = 10) -> ScorePartial:
     """The score partial of one shard.
 
@@ -159,7 +238,8 @@ def score_partial(y_true, proba, decisions, labels_by_view: Mapping[str, np.ndar
         Per row: true label 0/1, predicted probability in [0, 1], decision 0/1 (as made, e.g.
         by a post-processor; not recomputed from ``proba``).
     labels_by_view
-        Audited view name -> per-row group labels (``fairness.view_labels``); at least one view.
+        Audited view name -> per-row group labels (``fairness.view_labels``), or a :class:`Grouping`
+        of them; at least one view.
     bins
         Fine bins B on [0, 1]; a multiple of ``calibration_bins``.
     calibration_bins
@@ -177,7 +257,8 @@ def score_partial(y_true, proba, decisions, labels_by_view: Mapping[str, np.ndar
     y = np.asarray(y_true).astype(np.int64)
     p = np.asarray(proba)
     p = p if np.issubdtype(p.dtype, np.floating) else p.astype(np.float64)
-    if not (len(y) == len(p) == len(decisions) and all(len(v) == len(p) for v in labels_by_view.values())):
+    views = {view: grouping(labels) for view, labels in labels_by_view.items()}
+    if not (len(y) == len(p) == len(decisions) and all(len(v) == len(p) for v in views.values())):
         raise ValueError("y_true, proba, decisions and every view's labels must have one entry per row")
     if not np.all((p >= 0) & (p <= 1)):  # also catches NaN
         raise ValueError("proba: every predicted probability must lie in [0, 1]")
@@ -188,19 +269,23 @@ def score_partial(y_true, proba, decisions, labels_by_view: Mapping[str, np.ndar
     fixed_p, fixed_p2 = np.rint(p64 * P_SCALE).astype(np.int64), np.rint(p64 * p64 * P_SCALE).astype(np.int64)
     if len(p) >= 2**31:  # each row adds at most P_SCALE = 2**32 to a cell's sum
         raise ValueError("sum of p: 2**31 rows or more in one partial could overflow int64 fixed point")
-    views = {}
-    for view, labels in labels_by_view.items():
-        groups, codes = _group_codes(labels)
-        cell = (codes * 2 + y) * bins + fine
-        size = len(groups) * 2 * bins
-        hist, sum_p, sum_p2 = (np.zeros(size, dtype=np.int64) for _ in range(3))
-        np.add.at(hist, cell, 1)
-        np.add.at(sum_p, cell, fixed_p)
-        np.add.at(sum_p2, cell, fixed_p2)
-        counts = CountTable.from_predictions(y, np.asarray(decisions, dtype=np.int64), labels)
-        shape = (len(groups), 2, bins)
-        views[view] = ViewScores(groups, hist.reshape(shape), sum_p.reshape(shape), sum_p2.reshape(shape), counts)
-    return ScorePartial(bins, calibration_bins, views)
+    # Each row counted once, in its cell (the finest partition, e.g. sex x race), then each view's groups
+    # summed from their cells: integers, so the same arrays as counting each view's rows.
+    cell, cells, members = finest_cells(list(views.values()), len(p))
+    index = (cell * 2 + y) * bins + fine
+    size = cells * 2 * bins
+    hist = np.bincount(index, minlength=size).astype(np.int64).reshape(cells, 2, bins)
+    sum_p = _exact_bincount(index, fixed_p, size).reshape(cells, 2, bins)
+    sum_p2 = _exact_bincount(index, fixed_p2, size).reshape(cells, 2, bins)
+    # (y, decision) cells 0/0, 0/1, 1/0, 1/1 in the order tn, fp, fn, tp; CountTable's is tp, fp, tn, fn.
+    confusion = np.bincount(cell * 4 + y * 2 + np.asarray(decisions, dtype=np.int64),
+                            minlength=cells * 4).reshape(cells, 4)[:, [3, 1, 0, 2]].astype(np.int64)
+    out = {}
+    for (view, g), member in zip(views.items(), members):
+        n = len(g.groups)
+        out[view] = ViewScores(g.groups, _by_group(hist, member, n), _by_group(sum_p, member, n),
+                               _by_group(sum_p2, member, n), CountTable(g.groups, _by_group(confusion, member, n)))
+    return ScorePartial(bins, calibration_bins, out)
 
 
 def _auc(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,35 +344,98 @@ def bootstrap_scores(view: ViewScores, *, calibration_bins: int, n_boot: int, rn
         ``overall_brier``: (n_boot,), all rows of each replicate (so stratified by this view's
         groups); ``counts``: (n_boot, groups, 4) from :func:`uncertainty.bootstrap_counts`.
     """
-    groups, bins, k = len(view.groups), view.hist.shape[-1], calibration_bins
+    groups, k = len(view.groups), calibration_bins
     out = {key: np.full((n_boot, groups), np.nan) for key in ("roc_auc", "ece", "brier")}
     overall = {key: np.full(n_boot, np.nan) for key in ("roc_auc", "ece", "brier")}
     mean_p, mean_p2 = (s / np.maximum(view.hist, 1) for s in (view.sum_p, view.sum_p2))  # empty cells: 0
+    totals: dict[int, list[np.ndarray]] = {}
+
+    def add_overall(start: int) -> None:
+        found = score_metrics(*totals.pop(start), calibration_bins=k)
+        for key in overall:
+            overall[key][start:start + len(found[key])] = found[key]
+
+    # The draws are made in another thread while this one evaluates the previous ones: the same draws in the
+    # same order (only that thread uses rng), so the same numbers, in the time of the draws alone.
+    for start, g, draw in _ahead(_multinomial_draws(view, n_boot=n_boot, chunk=chunk, rng=rng)):
+        if start not in totals:
+            for done in list(totals):
+                add_overall(done)
+            totals[start] = [np.zeros(draw.shape, dtype=np.int64), np.zeros(draw.shape), np.zeros(draw.shape)]
+        total, total_p, total_p2 = totals[start]
+        for a in range(0, len(draw), EVALUATED_AT_ONCE):
+            part = draw[a:a + EVALUATED_AT_ONCE]
+            draw_p, draw_p2 = part * mean_p[g], part * mean_p2[g]
+            found = score_metrics(part, draw_p, draw_p2, calibration_bins=k)
+            for key in out:
+                out[key][start + a:start + a + len(part), g] = found[key]
+            total[a:a + len(part)] += part
+            total_p[a:a + len(part)] += draw_p
+            total_p2[a:a + len(part)] += draw_p2
+    for done in list(totals):
+        add_overall(done)
+    out.update({f"overall_{key}": v for key, v in overall.items()})
+    out["counts"] = bootstrap_counts(view.counts.counts, n_boot=n_boot, rng=rng)
+    return out
+
+
+def _multinomial_draws(view: ViewScores, *, n_boot: int, chunk: int, rng: np.random.Generator):
+    """``(start, group, draws)``: each group's multinomial resamples of replicates ``start:start + chunk``, in the
+    order they take numbers from ``rng`` (chunk by chunk, group by group)."""
+    bins = view.hist.shape[-1]
     for start in range(0, n_boot, chunk):
         r = min(chunk, n_boot - start)
-        total = np.zeros((r, 2, bins), dtype=np.int64)
-        total_p, total_p2 = np.zeros((r, 2, bins)), np.zeros((r, 2, bins))
-        for g in range(groups):
+        for g in range(len(view.groups)):
             n = int(view.hist[g].sum())
             if n == 0:
                 continue
             cells = np.flatnonzero(view.hist[g])  # empty cells never draw a row: leave them out (faster)
             draw = np.zeros((r, 2 * bins), dtype=np.int64)
             draw[:, cells] = rng.multinomial(n, view.hist[g].ravel()[cells] / n, size=r)
-            draw = draw.reshape(r, 2, bins)
-            draw_p, draw_p2 = draw * mean_p[g], draw * mean_p2[g]
-            found = score_metrics(draw, draw_p, draw_p2, calibration_bins=k)
-            for key in out:
-                out[key][start:start + r, g] = found[key]
-            total += draw
-            total_p += draw_p
-            total_p2 += draw_p2
-        found = score_metrics(total, total_p, total_p2, calibration_bins=k)
-        for key in overall:
-            overall[key][start:start + r] = found[key]
-    out.update({f"overall_{key}": v for key, v in overall.items()})
-    out["counts"] = bootstrap_counts(view.counts.counts, n_boot=n_boot, rng=rng)
-    return out
+            yield start, g, draw.reshape(r, 2, bins)
+
+
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+def _ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """The items of ``items``, produced in another thread at most ``depth`` ahead of their use.
+
+    numpy's random draws and array loops release the GIL, so producing and using overlap on two
+    cores. An exception in the producer is raised here; leaving the loop early stops the producer.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as error:  # noqa: BLE001 - raised again in the consuming thread
+            put(_Failed(error))
+
+    thread = threading.Thread(target=produce, name="bootstrap-draws", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 # --- units ---------------------------------------------------------------------------------------
@@ -359,42 +507,55 @@ class UnitPartial:
         return out
 
 
-def _unit_values(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row and unit: fired (0/1) and |h| in fixed point (integers), both as float64, for exact sums."""
-    scaled = np.rint(np.abs(h.astype(np.float64)) * ABS_SCALE)
-    if scaled.size and scaled.sum(0).max() >= 2**62:  # margin: the float sum is approximate
-        raise ValueError(f"sum of |activation|: over 2**62 / ABS_SCALE = {2**62 / ABS_SCALE:.3g} for one unit "
-                         "in one partial would overflow int64 fixed point; use smaller shards")
-    return (h > 0).astype(np.float64), scaled
+MESSAGE_NOT_FINITE = "activations: expected finite (rows x units) arrays with the same rows per layer"
+MESSAGE_ABS_OVERFLOW = (f"sum of |activation|: over 2**62 / ABS_SCALE = {2**62 / ABS_SCALE:.3g} for one unit "
+                        "in one partial would overflow int64 fixed point; use smaller shards")
 
 
-def _unit_sums(values: tuple[np.ndarray, np.ndarray], codes: np.ndarray | None,
-               groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Firing counts and fixed-point |h| sums, (units,) or per group (groups, units), as int64.
+def _fixed_abs(h: np.ndarray) -> np.ndarray:
+    """``round(|h| * ABS_SCALE)`` per row and unit, as floats holding integers.
 
-    Sums of integers held in float64 are exact while they stay below 2**53, whatever the order
-    of the additions, so a matrix product (one-hot groups x rows) gives them exactly and fast;
-    beyond that, int64 sums over the rows sorted by group.
+    In float32 for float32 outputs: a power-of-two scale is exact in either width, and every
+    integer below 2**24 is a float32 (at or above it, a float32 already is an integer), so
+    rounding in float32 gives the very integers float64 would, in half the memory.
     """
-    fired, scaled = values
-    exact = not scaled.size or scaled.sum(0).max() < 2**53
-    if codes is None:
-        if exact:
-            return fired.sum(0).astype(np.int64), scaled.sum(0).astype(np.int64)
-        return fired.sum(0).astype(np.int64), scaled.astype(np.int64).sum(0)
-    if groups == 0:  # a shard without rows
-        return np.zeros((0, fired.shape[1]), np.int64), np.zeros((0, fired.shape[1]), np.int64)
-    if exact:
-        onehot = np.zeros((groups, len(codes)))
-        onehot[codes, np.arange(len(codes))] = 1.0
-        return (onehot @ fired).astype(np.int64), (onehot @ scaled).astype(np.int64)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(groups))  # every group has a row in this shard
-    return (np.add.reduceat(fired[order], starts, axis=0).astype(np.int64),
-            np.add.reduceat(scaled[order].astype(np.int64), starts, axis=0))
+    if h.dtype not in (np.float32, np.float64):
+        h = h.astype(np.float64)
+    scaled = np.abs(h)
+    scaled *= scaled.dtype.type(ABS_SCALE)
+    return np.rint(scaled, out=scaled)
 
 
-def unit_partial(activations: Sequence, labels_by_view: Mapping[str, np.ndarray] | None = None, *,
+def _cell_unit_sums(h: np.ndarray, order: np.ndarray | None, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell (rows ``bounds[c]:bounds[c + 1]`` of ``h[order]``): rows with output > 0 and fixed-point |h| sums,
+    (cells, units) int64 each.
+
+    A float64 sum of integers is exact while it stays below 2**53, whatever the order of the
+    additions; a unit whose sum reaches that is summed again in int64 (at 2**62 it is an error).
+    """
+    rows = h[order] if order is not None else h  # the rows of each cell together (a copy: one pass)
+    cells, units = len(bounds) - 1, h.shape[1]
+    fired, sums = np.zeros((cells, units), dtype=np.int64), np.zeros((cells, units), dtype=np.int64)
+    for c in range(cells):
+        part = rows[bounds[c]:bounds[c + 1]]
+        fired[c] = np.count_nonzero(part > 0, axis=0)
+        scaled = _fixed_abs(part)
+        total = scaled.sum(0, dtype=np.float64)
+        if not np.isfinite(total).all():  # NaN or infinity among the outputs, or |h| * ABS_SCALE overflowed
+            raise ValueError(MESSAGE_NOT_FINITE if not np.isfinite(part).all() else MESSAGE_ABS_OVERFLOW)
+        big = total >= 2**53
+        if big.any():
+            if total.max() >= 2**62:
+                raise ValueError(MESSAGE_ABS_OVERFLOW)
+            total[big] = 0
+            sums[c] = total.astype(np.int64)
+            sums[c, big] = scaled[:, big].astype(np.int64).sum(0)
+        else:
+            sums[c] = total.astype(np.int64)
+    return fired, sums
+
+
+def unit_partial(activations: Sequence, labels_by_view: Mapping[str, np.ndarray | Grouping] | None = None, *,
                  layers: Sequence[str] | None = None) -> UnitPartial:
     """The unit partial of one shard from per-layer (rows x units) post-ReLU outputs.
 
@@ -404,7 +565,7 @@ def unit_partial(activations: Sequence, labels_by_view: Mapping[str, np.ndarray]
         One array or tensor per layer, rows first, as ``ReluProbe.scan`` passes its consumer
         (channels already reduced to units).
     labels_by_view
-        Audited view name -> per-row group labels, for group-conditional capacity.
+        Audited view name -> per-row group labels (or a :class:`Grouping`), for group-conditional capacity.
     layers
         Layer names (``ReluProbe.layers``); default ``layer0``, ``layer1``, ...
 
@@ -415,20 +576,31 @@ def unit_partial(activations: Sequence, labels_by_view: Mapping[str, np.ndarray]
     """
     arrays = [_to_numpy(a) for a in activations]
     rows = len(arrays[0]) if arrays else 0
-    if any(a.ndim != 2 or len(a) != rows for a in arrays) or not all(np.isfinite(a).all() for a in arrays):
-        raise ValueError("activations: expected finite (rows x units) arrays with the same rows per layer")
+    if any(a.ndim != 2 or len(a) != rows for a in arrays):
+        raise ValueError(MESSAGE_NOT_FINITE)
     names = tuple(layers) if layers is not None else tuple(f"layer{i}" for i in range(len(arrays)))
-    values = [_unit_values(a) for a in arrays]
-    totals = [_unit_sums(v, None, 0) for v in values]
-    views = {}
-    for view, labels in (labels_by_view or {}).items():
-        groups, codes = _group_codes(labels)
-        if len(codes) != rows:
+    views = {view: grouping(labels) for view, labels in (labels_by_view or {}).items()}
+    for view, g in views.items():
+        if len(g) != rows:
             raise ValueError(f"labels of view '{view}' must have one entry per row ({rows})")
-        sums = [_unit_sums(v, codes, len(groups)) for v in values]
-        views[view] = UnitGroups(groups, np.bincount(codes, minlength=len(groups)).astype(np.int64),
-                                 tuple(s[0] for s in sums), tuple(s[1] for s in sums))
-    return UnitPartial(names, rows, tuple(t[0] for t in totals), tuple(t[1] for t in totals), views)
+    # Each row is summed once, in its cell (the finest partition of the views' groups); totals and each
+    # view's groups are sums of cells, in integers: the same arrays as summing each group's rows.
+    cell, cells, members = finest_cells(list(views.values()), rows)
+    sizes = np.bincount(cell, minlength=cells)
+    order = np.argsort(cell, kind="stable") if cells > 1 else None
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    per_cell = [_cell_unit_sums(a, order, bounds) for a in arrays]
+    if any(a.size and a.sum(0, dtype=np.float64).max() >= 2**62 for _, a in per_cell):  # before int64 sums
+        raise ValueError(MESSAGE_ABS_OVERFLOW)
+    out = {}
+    for (view, g), member in zip(views.items(), members):
+        n = len(g.groups)
+        out[view] = UnitGroups(g.groups, _by_group(sizes.astype(np.int64), member, n),
+                               tuple(_by_group(f, member, n) for f, _ in per_cell),
+                               tuple(_by_group(a, member, n) for _, a in per_cell))
+    fired = tuple(f.sum(0) for f, _ in per_cell)
+    abs_sum = tuple(a.sum(0) for _, a in per_cell)
+    return UnitPartial(names, rows, fired, abs_sum, out)
 
 
 def probe_unit_partial(probe, x, labels_by_view: Mapping[str, np.ndarray] | None = None, *,

@@ -59,6 +59,7 @@ import itertools
 import logging
 import math
 import operator
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ from pipeline.core.units import LayerHealth, layer_health
 from pipeline.core.vocabulary import INTERSECTION_JOIN
 from pipeline.data import shards as stream
 from pipeline.data import tables
-from pipeline.data.tables import MISSING_CATEGORY, roles
+from pipeline.data.tables import roles
 from pipeline.nn.capacity.groups import LayerGroupCapacity, group_entry
 from pipeline.nn.model import net_state, network  # noqa: F401 - what the streamed audit's callers import
 from pipeline.scale import partials, sampled
@@ -128,13 +129,42 @@ def audited_views(dataset: DatasetConfig) -> dict[str, list[str]]:
     return vocabulary.audited_views(dataset.sensitive_features, intersections=dataset.intersections)
 
 
+def view_groupings(groups: pd.DataFrame, views: Mapping[str, list[str]]) -> dict[str, partials.Grouping]:
+    """Per audited view, its groups in text order and each row's group: ``fairness.view_labels`` of the view's
+    columns, as indices.
+
+    Each column's values are numbered once (``pandas.factorize``) and written as text as
+    ``view_labels`` writes them (``astype(str)``); an intersection's rows are numbered by the tuple of
+    their columns' numbers, so no label is built for each row.
+    """
+    coded = {}
+    for col in dict.fromkeys(c for cols in views.values() for c in cols):
+        codes, uniques = pd.factorize(groups[col])
+        names = pd.Series(uniques, dtype=object).astype(str).tolist() if len(uniques) else []
+        if (codes < 0).any() or len(set(names)) < len(names):  # missing or same text twice: the labels' own path
+            return {view: partials.grouping(fairness.view_labels(groups[cols])) for view, cols in views.items()}
+        coded[col] = (codes.astype(np.int64), names)
+    out = {}
+    for view, cols in views.items():
+        columns = [partials.Grouping(tuple(coded[c][1]), coded[c][0]) for c in cols]
+        cell, _, members = partials.finest_cells(columns, len(groups))
+        parts = [tuple(coded[c][1][i] for c, i in zip(cols, combo)) for combo in zip(*members)]
+        labels = [INTERSECTION_JOIN.join(p) for p in parts]
+        order = sorted(range(len(labels)), key=labels.__getitem__)
+        rank = np.empty(len(labels), dtype=np.int64)
+        rank[order] = np.arange(len(labels))
+        out[view] = partials.Grouping(tuple(labels[i] for i in order), rank[cell],
+                                      tuple(parts[i] for i in order) if len(cols) > 1 else None)
+    return out
+
+
 @dataclass(frozen=True)
 class Batch:
     """One batch of rows, audited: labels, groups, the scorer's probabilities and activations."""
 
     y: np.ndarray  # 0/1 labels (int64)
     groups: pd.DataFrame  # the sensitive columns (binned; missing as its own group)
-    labels: dict[str, np.ndarray]  # per audited view, each row's group label
+    labels: dict[str, partials.Grouping]  # per audited view, each row's group (fairness.view_labels, as indices)
     proba: np.ndarray  # float64
     activations: list | None  # per ReLU layer, (rows x units) tensors; None without a network
     unseen: dict[str, int]  # column -> rows whose category the model's encoder has not seen
@@ -150,15 +180,9 @@ def audit_batch(frame: pd.DataFrame, slots: np.ndarray, *, scorer: Scorer, cfg: 
     (checked by the caller); ``data.roles`` reads them as the in-memory data stage does.
     """
     _, y, groups = roles(frame, cfg.dataset)
-    labels = {v: fairness.view_labels(groups[cols]) for v, cols in views.items()}
-    unseen: dict[str, int] = {}
-    encoder = getattr(scorer, "encoder", None)
-    for col, cats in (encoder.categorical.items() if encoder is not None else ()):
-        count = int((~frame[col].astype("string").fillna(MISSING_CATEGORY).isin(cats)).sum())
-        if count:
-            unseen[col] = count
+    labels = view_groupings(groups, views)
     scored = scorer.score(frame, slots)
-    return Batch(y.astype(np.int64), groups, labels, scored.proba, scored.activations, unseen, slots, frame)
+    return Batch(y.astype(np.int64), groups, labels, scored.proba, scored.activations, scored.unseen, slots, frame)
 
 
 class _Tally:
@@ -176,6 +200,10 @@ class _Tally:
         import torch
 
         for v in self.nesting:
+            found = batch.labels[v]
+            if found.parts is not None:
+                self.nesting[v].update(zip(found.groups, found.parts))
+                continue
             pairs = batch.groups[self.views[v]].drop_duplicates()
             for fine, parts in zip(fairness.view_labels(pairs), pairs.astype(str).itertuples(index=False)):
                 self.nesting[v][str(fine)] = tuple(parts)
@@ -188,7 +216,8 @@ class _Tally:
         if batch.activations is not None:
             unit = partials.unit_partial(batch.activations, batch.labels, layers=self.layers)
             self.units = unit if self.units is None else self.units + unit
-            h = [a.detach().to("cpu", torch.float64) for a in batch.activations]
+            # numpy's cast is faster than torch's; torch multiplies, as it always has (the same HᵀH, bit for bit)
+            h = [torch.from_numpy(a.detach().cpu().numpy().astype(np.float64)) for a in batch.activations]
             grams = [(p.T @ p).numpy() for p in h]
             self.grams = grams if self.grams is None else [g + q for g, q in zip(self.grams, grams)]
         if self.sample is not None:
@@ -256,9 +285,9 @@ def audit_shard(shard: stream.Shard, *, scorer: Scorer, cfg: Config,
 
 @dataclass(frozen=True)
 class MergedAudit:
-    """The sum of shard results (:func:`reduce`)."""
+    """The sum of shard results (:func:`reduce`), or of one node's shard results (:func:`combine`)."""
 
-    scores: partials.ScorePartial
+    scores: partials.ScorePartial | None  # None only in a node's sum of shards that audited no row
     units: partials.UnitPartial | None  # None when the model has no network to measure
     rows: int
     rows_audited: int
@@ -269,30 +298,33 @@ class MergedAudit:
     # Per layer, HᵀH summed in row order (float64, so the order is fixed: see reduce).
     grams: tuple[np.ndarray, ...] = ()
     sample: sampled.RowSample | None = None  # the rows kept for leakage probes and slices (scale.sampled)
+    # combine's sums only: each shard's HᵀH, not yet added ((offset, path), per layer), for reduce to add in row order.
+    shard_grams: tuple[tuple[tuple[int, str], tuple[np.ndarray, ...]], ...] = ()
+    # Each shard's table profile ((offset, path), profile), kept apart: profiles add in row order (the first
+    # offending row's example), so :func:`profile` adds them in row order whatever grouping combined them.
+    shard_profiles: tuple[tuple[tuple[int, str], tables.Profile], ...] = ()
 
 
-def reduce(results: Iterable[ShardResult]) -> MergedAudit:
-    """Add shard results, taken in row order: any order of ``results`` gives the same numbers.
+def _shard_grams(r: ShardResult | MergedAudit) -> tuple[tuple[tuple[int, str], tuple[np.ndarray, ...]], ...]:
+    if isinstance(r, MergedAudit):
+        return r.shard_grams
+    return (((r.offset, r.path), r.grams),) if r.units is not None else ()
 
-    Raises
-    ------
-    ValueError
-        No results, the same shard twice, or no row audited in any shard.
-    """
-    # In row order (offsets are row numbers of the whole dataset): the HᵀH sums are float64, whose
-    # rounding depends on the order of the additions; every other sum is an integer.
-    results = sorted(results, key=lambda r: (r.offset, r.path))
+
+def _add(results: Sequence[ShardResult | MergedAudit], *, final: bool) -> MergedAudit:
+    """Shard results and sums of them, added: every integer in any order; HᵀH (float64) added in row order only when
+    ``final``, else kept per shard, so that sums of sums equal the sum of the shards."""
     if not results:
         raise ValueError("reduce: expected at least one shard result")
-    ids = [(r.path, r.offset, r.rows_expected) for r in results]
+    ids = [i for r in results for i in (r.shards if isinstance(r, MergedAudit) else [(r.path, r.offset, r.rows_expected)])]
     if len(set(ids)) != len(ids):
         raise ValueError("reduce: a shard appears twice among the results")
     scored = [r for r in results if r.scores is not None]
-    if not scored:
+    if not scored and final:
         raise ValueError("reduce: no shard has an audited row")
-    scores = functools.reduce(partials.merge, [r.scores for r in scored])
-    measured = [r for r in scored if r.units is not None]  # none when the model has no network to measure
-    units = functools.reduce(partials.merge, [r.units for r in measured]) if measured else None
+    scores = functools.reduce(partials.merge, [r.scores for r in scored]) if scored else None
+    measured = [r.units for r in scored if r.units is not None]  # none when the model has no network to measure
+    units = functools.reduce(partials.merge, measured) if measured else None
     unseen: dict[str, int] = {}
     nesting: dict[str, dict[str, tuple[str, ...]]] = {}
     for r in results:
@@ -300,17 +332,49 @@ def reduce(results: Iterable[ShardResult]) -> MergedAudit:
             unseen[col] = unseen.get(col, 0) + n
         for v, pairs in r.nesting.items():
             nesting.setdefault(v, {}).update(pairs)
+    # In row order (offsets are row numbers of the whole dataset): the HᵀH sums are float64, whose
+    # rounding depends on the order of the additions; every other sum is an integer.
+    shard_grams = tuple(sorted((g for r in scored for g in _shard_grams(r)), key=lambda g: g[0]))
+    grams = tuple(np.sum([g[1][i] for g in shard_grams], axis=0)
+                  for i in range(len(shard_grams[0][1]) if shard_grams else 0)) if final else ()
     return MergedAudit(scores, units, sum(r.rows for r in results), sum(r.rows_audited for r in results),
                        dict(sorted(unseen.items())), {v: dict(sorted(p.items())) for v, p in nesting.items()},
-                       sum(r.log_loss for r in results), tuple(ids),
-                       tuple(np.sum([r.grams[i] for r in measured], axis=0)
-                             for i in range(len(measured[0].grams) if measured else 0)),
-                       _merged_sample([r.sample for r in scored if r.sample is not None]))
+                       sum(r.log_loss for r in results), tuple(sorted(ids, key=lambda i: (i[1], i[0]))), grams,
+                       _merged_sample([r.sample for r in scored if r.sample is not None]),
+                       () if final else shard_grams, tuple(p for r in results for p in _shard_profiles(r)))
 
 
 def _merged_sample(samples: list[sampled.RowSample]) -> sampled.RowSample | None:
     """The shards' row samples as one (in row order, as the other sums: any order gives the same rows)."""
     return functools.reduce(sampled.RowSample.merge, samples) if samples else None
+
+
+def _shard_profiles(r: ShardResult | MergedAudit) -> tuple[tuple[tuple[int, str], tables.Profile], ...]:
+    return r.shard_profiles if isinstance(r, MergedAudit) else (((r.offset, r.path), r.profile),)
+
+
+def profile(results: Iterable[ShardResult | MergedAudit]) -> tables.Profile:
+    """The table profile of every row of ``results`` (shards or sums of them), added in row order: what
+    ``data.tables.profile`` gives for the rows read whole."""
+    found = sorted((p for r in results for p in _shard_profiles(r)), key=lambda p: p[0])
+    return functools.reduce(operator.add, [p for _, p in found], tables.Profile())
+
+
+def combine(results: list[ShardResult | MergedAudit]) -> MergedAudit:
+    """Some shards' results added where they were computed (on one Ray node: ``Executor.map_reduce``), so that
+    the driver receives one partial per node; :func:`reduce` of such sums gives what it gives for the shards."""
+    return _add(results, final=False)
+
+
+def reduce(results: Iterable[ShardResult | MergedAudit]) -> MergedAudit:
+    """Add shard results (or :func:`combine` sums of them): any order and any grouping gives the same numbers.
+
+    Raises
+    ------
+    ValueError
+        No results, the same shard twice, or no row audited in any shard.
+    """
+    return _add(list(results), final=True)
 
 
 # --- the evaluation from merged partials ----------------------------------------------------------
@@ -552,13 +616,16 @@ def audit_shards(shards: Sequence[stream.Shard], *, scorer: Scorer, cfg: Config,
     stream.check_schemas(shards, columns=stream.audit_columns(cfg.dataset, scorer.kinds()), source=source)
     task = functools.partial(audit_shard, scorer=scorer, cfg=cfg, batch_size=batch_size,
                              rows_total=sum(s.rows for s in shards))
-    results = sorted(executor.map(task, shards), key=lambda r: (r.offset, r.path))
+    started = time.perf_counter()
+    parts = executor.map_reduce(task, shards, combine)  # on Ray, one partial per node reaches this process
     # The data stage's checks on every row, in row order (as check_table on the rows read whole).
-    tables.check_profile(functools.reduce(operator.add, [r.profile for r in results], tables.Profile()),
-                         cfg.dataset, source=source, path=str(Path(cfg.dataset.path)))
-    merged = reduce(results)
+    tables.check_profile(profile(parts), cfg.dataset, source=source, path=str(Path(cfg.dataset.path)))
+    merged = reduce(parts)
+    mapped = time.perf_counter()
     views = audited_views(cfg.dataset)
     evaluation = evaluation_from(merged, audit=cfg.audit, views=views, bootstrap=bootstrap)
+    logger.info("streamed: %d shards, %d rows: map-reduce %.2f s (%d partial(s) reached the driver), evaluation %.2f s",
+                len(shards), merged.rows, mapped - started, len(parts), time.perf_counter() - mapped)
     units_bytes = merged.units.nbytes if merged.units is not None else 0
     counted = {"shards": len(shards), "rows": merged.rows, "rows_audited": merged.rows_audited,
                "unseen_categories": merged.unseen_categories,
