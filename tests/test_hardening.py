@@ -312,17 +312,12 @@ def test_unseen_categories_are_warned_about_in_a_streamed_audit_as_in_memory(tmp
 
 # --- 11: every key and artifact name built from data is unique (and fits MLflow) ------------------
 
-def _sha8(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-
-
 @pytest.mark.slow
 def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
-    """Item 11: groups 'A/B' and 'A_B' each get their own group and capacity-share keys (suffix: the label's
-    SHA-256), holding the numbers audit.json gives each; a 200-character sensitive column name gives keys
-    MLflow takes (at most 250 characters) and an artifact per view."""
+    """Item 11: groups 'A/B' and 'A_B' keep their own rows in the run's per-group tables (group numbers are
+    tables since the 30-second review, not one metric each), holding the numbers audit.json gives each; a
+    200-character sensitive column name gives keys MLflow takes (at most 250 characters) and a table per view."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     frame = pd.read_csv(GERMAN, skipinitialspace=True)
@@ -341,24 +336,27 @@ def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     doc = json.loads(Path(summary["audit_json"]).read_text())
-    run = MlflowClient(store).get_run(summary["run_id"])
-    metrics = run.data.metrics
+    run_id = summary["run_id"]
+    metrics = MlflowClient(store).get_run(run_id).data.metrics
     assert max(map(len, metrics)) <= 250
+    mlflow.set_tracking_uri(store)
+    groups = mlflow.load_table("fairness/groups_sex.json", run_ids=[run_id])
+    shares = mlflow.load_table("capacity/groups.json", run_ids=[run_id])
     test_rows = np.load(Path(summary["audit_json"]).parent / "split" / "test_rows.npz")["rows"]
-    index = {layer["layer"]: layer["index"] for layer in doc["capacity"]["layers"]}
     for label in ("A/B", "A_B"):
-        part = f"A_B-{_sha8(label)}"
         (row,) = [g for g in doc["groups"]["sex"] if g["group"] == label]
-        assert metrics[f"group/sex/{part}/count"] == row["count"] == int((frame["sex"].iloc[test_rows] == label).sum())
-        shares = [g for g in doc["capacity"]["groups"]["sex"] if g["group"] == label]
-        assert len(shares) == len(index)
-        for share in shares:
-            key = f"capacity_share/sex/{part}/layer{index[share['layer']]}"
-            assert metrics[key] == pytest.approx(share["capacity_share"], abs=1e-12), key
-    # The long view: its groups' counts under one key each, and one fairness artifact per view.
-    view_keys = {k.split("/")[1] for k in metrics if k.startswith("group/") and k.endswith("/count")}
-    assert len(view_keys) == 3  # sex, the long column, and their intersection
-    artifacts = [a.path for a in MlflowClient(store).list_artifacts(summary["run_id"], "fairness")]
+        (logged,) = groups.loc[groups["group"] == label, "count"].to_numpy()
+        assert logged == row["count"] == int((frame["sex"].iloc[test_rows] == label).sum())
+        mine = [g for g in doc["capacity"]["groups"]["sex"] if g["group"] == label]
+        assert len(mine) == len(doc["capacity"]["layers"])
+        for share in mine:
+            (got,) = shares.loc[(shares["view"] == "sex") & (shares["group"] == label)
+                                & (shares["name"] == share["layer"]), "capacity_share"].to_numpy()
+            assert got == pytest.approx(share["capacity_share"], abs=1e-12), (label, share["layer"])
+    # The long view: its disparities under keys of their own, and one per-group table per view.
+    views = {k.split("/")[1] for k in metrics if k.startswith("demographic_parity_difference/")}
+    assert len(views) == 3  # sex, the long column, and their intersection
+    artifacts = [a.path for a in MlflowClient(store).list_artifacts(run_id, "fairness")]
     assert len([a for a in artifacts if a.startswith("fairness/groups_")]) == 3
 
 
