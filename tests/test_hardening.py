@@ -317,7 +317,6 @@ def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
     """Item 11: groups 'A/B' and 'A_B' keep their own rows in the run's per-group tables (group numbers are
     tables since the 30-second review, not one metric each), holding the numbers audit.json gives each; a
     200-character sensitive column name gives keys MLflow takes (at most 250 characters) and a table per view."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     frame = pd.read_csv(GERMAN, skipinitialspace=True)
@@ -337,11 +336,15 @@ def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
     summary = json.loads(proc.stdout)
     doc = json.loads(Path(summary["audit_json"]).read_text())
     run_id = summary["run_id"]
-    metrics = MlflowClient(store).get_run(run_id).data.metrics
+    client = MlflowClient(store)
+    metrics = client.get_run(run_id).data.metrics
     assert max(map(len, metrics)) <= 250
-    mlflow.set_tracking_uri(store)
-    groups = mlflow.load_table("fairness/groups_sex.json", run_ids=[run_id])
-    shares = mlflow.load_table("capacity/groups.json", run_ids=[run_id])
+
+    def table(name: str) -> pd.DataFrame:  # as mlflow.log_table stored it: pandas' "split" orient
+        logged = json.loads(Path(client.download_artifacts(run_id, name, str(tmp_path))).read_text())
+        return pd.DataFrame(logged["data"], columns=logged["columns"])
+
+    groups, shares = table("fairness/groups_sex.json"), table("capacity/groups.json")
     test_rows = np.load(Path(summary["audit_json"]).parent / "split" / "test_rows.npz")["rows"]
     for label in ("A/B", "A_B"):
         (row,) = [g for g in doc["groups"]["sex"] if g["group"] == label]

@@ -212,10 +212,11 @@ def _audited_run(s: _Session, audited: Callable[[str], Audited], timer: StageTim
         return _audited_run_at(s, audited, timer, extra_tags=extra_tags, mitigated=mitigated, after=after,
                                reporter=reporter)
     except tracking.TRACKING_ERRORS:
-        lost = tracking.lost_server(s.uri)
+        lost = tracking.lost_server(s.store.uri)
         if lost is None:
             raise
-    local = dataclasses.replace(s, uri=tracking.local_store(s.reports_dir, reason=lost), not_logged=lost)
+    local = dataclasses.replace(s, store=dataclasses.replace(
+        s.store, uri=tracking.local_store(s.reports_dir, reason=lost), not_logged=lost))
     # The report renders here: forking from this process, which now has threads, is not safe.
     return _audited_run_at(local, audited, timer, extra_tags=extra_tags, mitigated=mitigated,
                            reporter=executor.LocalExecutor())
