@@ -36,6 +36,10 @@ from pipeline.core.errors import (
 )
 from pipeline.scale.executor import ClusterLost, ShardFailed, WorkerDied
 
+REVIEW_BOTH = "review: --approve and --reject were both given; give one of them"
+REVIEW_NEITHER = "review: give --approve or --reject"
+RUNS_NO_STALE = "runs: give --stale (runs whose process is gone)"
+
 _BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
 QUIET_SECONDS = 20.0  # this long without a line on the console, a line says the command is still working
 _LAST_LINE = [time.monotonic(), ""]  # when the console last got a line (log or progress), and that line
@@ -157,6 +161,12 @@ def _guarded(call) -> tuple[object, int | None]:
     except Exception as err:  # report, never swallow: traceback and a distinct exit code
         traceback.print_exc()
         return {"error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
+
+
+def _refuse(message: str, as_json: bool) -> None:
+    """A usage mistake click cannot see (contradictory flags): one line, exit 2, nothing done."""
+    click.echo(f"error: {message}", err=True)
+    _finish({"error": message}, EXIT_USER_ERROR, as_json)
 
 
 def _finish(summary: dict, code: int, as_json: bool) -> None:
@@ -339,8 +349,10 @@ def push(folder, tracking_uri, force, as_json) -> None:
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--approve", "decision", flag_value="approved", help="Approve the audit.")
-@click.option("--reject", "decision", flag_value="rejected", help="Reject the audit.")
+# Two flags, not one option with two flag values: click keeps the last of those, so "--approve --reject"
+# would record a rejection without a word.
+@click.option("--approve", is_flag=True, help="Approve the audit (not with --reject).")
+@click.option("--reject", is_flag=True, help="Reject the audit (not with --approve).")
 @click.option("--by", required=True, help="Reviewer's name.")
 @click.option("--note", default=None,
               help="Why; shown in the report, the model card, the run description and on the model version. "
@@ -350,11 +362,12 @@ def push(folder, tracking_uri, force, as_json) -> None:
 @click.option("--reports-dir", default=None,
               help="Also update reports/<run_id>/ here. Default: where the run wrote it (on this host), else ./reports.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
-def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json) -> None:
+def review(run_id, approve, reject, by, note, force, tracking_uri, reports_dir, as_json) -> None:
     """Record a reviewer's sign-off (--approve or --reject) on an audit run."""
     _setup_logging()
-    if decision is None:
-        raise click.UsageError("give --approve or --reject")
+    if approve == reject:
+        _refuse(REVIEW_BOTH if approve else REVIEW_NEITHER, as_json)
+    decision = "approved" if approve else "rejected"
 
     def call():
         from pipeline.app.review import review
@@ -399,7 +412,7 @@ def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
     """List runs left behind: --stale shows those whose process died (SIGKILL, OOM) and ends them FAILED."""
     _setup_logging()
     if not stale:
-        raise click.UsageError("give --stale (runs whose process is gone)")
+        _refuse(RUNS_NO_STALE, as_json)
 
     def call():
         from pipeline.core import config
