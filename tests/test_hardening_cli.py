@@ -62,3 +62,85 @@ def test_approve_and_reject_together_are_refused(flags, audited):
     assert "RUNNING" not in _statuses(db)
     as_json = run_cli("review", run_id, *flags, "--by", "Ada", "--json", "--tracking-uri", store)
     assert as_json.returncode == 2 and json.loads(as_json.stdout)["error"] == REVIEW_BOTH
+
+
+# --- 8: a review that fails after its claim releases it; a claim nobody will record expires ----------
+
+def _fresh_audit(tmp_path: Path, store: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})))
+    return runner.run(path, tracking_uri=store, reports_dir=tmp_path / "reports").run_id
+
+
+def _log_entries(run_id: str, store: str) -> list[dict]:
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    return [json.loads(line) for line in mlflow.artifacts.load_text(f"runs:/{run_id}/review/log.jsonl").splitlines()]
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["next", "next-forced"])
+def test_a_review_failing_after_its_claim_releases_it(force, audited, tmp_path):
+    """The stored audit.json is made invalid, which the review finds only after taking claim 1: exit 2, one
+    line; the next review (--force or not: the failed one decided nothing) is recorded without waiting for
+    claim 1 (before, 120 s, then "going ahead") or saying it was never recorded."""
+    from pipeline.record import tracking
+
+    _, store, db = audited
+    run_id = _fresh_audit(tmp_path, store)
+    artifacts = Path(MlflowClient(store).get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    audit_json = artifacts / "audit.json"
+    original = audit_json.read_text(encoding="utf-8")
+    audit_json.write_text(json.dumps({**json.loads(original), "verdict": "<script>"}), encoding="utf-8")
+    failed = run_cli("review", run_id, "--approve", "--by", "Ada", "--note", "ok", "--tracking-uri", store)
+    assert "verdict" in _one_error_line(failed)
+    run = MlflowClient(store).get_run(run_id)
+    assert list(tracking.review_claims(run)) == [1]  # it did fail after its claim
+    assert "review.decision" not in run.data.tags and "RUNNING" not in _statuses(db)
+
+    audit_json.write_text(original, encoding="utf-8")
+    after = run_cli("review", run_id, "--reject", "--by", "Bob", *force, "--tracking-uri", store)
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert "going ahead" not in after.stderr and "Traceback" not in after.stderr
+    tags = MlflowClient(store).get_run(run_id).data.tags
+    assert (tags["review.decision"], tags["review.by"], tags[tracking.REVIEW_COUNT]) == ("rejected", "Bob", "2")
+    assert [(e["decision"], e["by"]) for e in _log_entries(run_id, store)] == [("rejected", "Bob")]
+
+
+def _dead_owner() -> dict:
+    """Owner tags of a process that has exited (a review killed by SIGKILL leaves such a claim)."""
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return {"pipeline.owner_pid": proc.stdout.strip(), "pipeline.owner_host": socket.gethostname(),
+            "pipeline.owner_start": "1"}
+
+
+@pytest.mark.parametrize("case", ["owner-gone", "expired"])
+def test_a_claim_nobody_will_record_does_not_hold_up_the_next_review(case, audited, tmp_path):
+    """Claim 1 written as a review writes it, by a process that died (SIGKILL) or long ago by a process on
+    another host: the next review (no --force) goes ahead, says it passed the claim over, and records."""
+    from datetime import datetime, timedelta, timezone
+
+    from pipeline.record import tracking
+
+    _, store, _ = audited
+    run_id = _fresh_audit(tmp_path, store)
+    now = datetime.now(timezone.utc)
+    if case == "owner-gone":
+        owner, when = _dead_owner(), now
+    else:  # expired: still alive as far as anyone here can tell, but far older than a review takes
+        owner = {"pipeline.owner_pid": "1", "pipeline.owner_host": "another-host", "pipeline.owner_start": "1"}
+        when = now - timedelta(seconds=tracking.REVIEW_CLAIM_EXPIRES + 60)
+    claim = {"decision": "approved", "by": "Ghost", "time": when.isoformat(timespec="seconds"), "claim": "0" * 12,
+             "owner": owner}
+    assert tracking.claim_review(run_id, store, 1, claim)
+    proc = run_cli("review", run_id, "--reject", "--by", "Bob", "--tracking-uri", store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "claim 1 of run" in proc.stderr and "never recorded; going ahead" in proc.stderr
+    tags = MlflowClient(store).get_run(run_id).data.tags
+    assert (tags["review.decision"], tags["review.by"], tags[tracking.REVIEW_COUNT]) == ("rejected", "Bob", "2")
+    assert [(e["decision"], e["by"]) for e in _log_entries(run_id, store)] == [("rejected", "Bob")]
