@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli, small_config
+from conftest import ROOT, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import runner
@@ -144,3 +144,34 @@ def test_a_claim_nobody_will_record_does_not_hold_up_the_next_review(case, audit
     tags = MlflowClient(store).get_run(run_id).data.tags
     assert (tags["review.decision"], tags["review.by"], tags[tracking.REVIEW_COUNT]) == ("rejected", "Bob", "2")
     assert [(e["decision"], e["by"]) for e in _log_entries(run_id, store)] == [("rejected", "Bob")]
+
+
+# --- 9: a command that only reads refuses a SQLite store that does not exist, creating nothing -------
+
+READ_ONLY = {
+    "review": ["review", "0" * 32, "--approve", "--by", "Ada"],
+    "runs": ["runs", "--stale"],
+    "register": ["register", "0" * 32],
+    "ui": ["ui", "--host", "256.0.0.1"],  # refused before it starts a server (which could not bind there)
+    "init --model-uri": ["init", "--data", str(ROOT / "data/german.csv.gz"), "--out", "c.yaml", "--favourable",
+                         "good", "--model-uri", f"runs:/{'0' * 32}/model"],
+}
+
+
+@pytest.mark.parametrize("where", ["missing-file", "missing-folders", "absolute", "environment"])
+@pytest.mark.parametrize("command", list(READ_ONLY))
+def test_read_only_commands_refuse_a_store_that_does_not_exist(command, where, tmp_path):
+    from pipeline.record.tracking import MESSAGE_NO_STORE
+
+    path = {"missing-folders": "nope/or/missing.db", "absolute": str(tmp_path / "gone.db")}.get(where, "missing.db")
+    uri = f"sqlite:///{path}"
+    args = [*READ_ONLY[command], *([] if where == "environment" else ["--tracking-uri", uri])]
+    proc = run_cli(*args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri} if where == "environment" else None)
+    assert _one_error_line(proc) == MESSAGE_NO_STORE.format(command=command, uri=uri, path=path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no folder, no config
+
+
+def test_runs_json_refusing_a_missing_store_is_one_json_object(tmp_path):
+    proc = run_cli("runs", "--stale", "--json", "--tracking-uri", "sqlite:///missing.db", cwd=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in json.loads(proc.stdout)["error"]
+    assert list(tmp_path.iterdir()) == []

@@ -398,6 +398,11 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
     uri = resolve(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise click.UsageError(f"--tracking-uri: {uri} is already a server; open it in a browser")
+    from pipeline.record.tracking import require_store
+
+    _, code = _guarded(lambda: require_store(uri, command="ui"))  # the UI would show a store it just created
+    if code is not None:
+        sys.exit(code)
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", err=True)
     os.execv(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
@@ -419,6 +424,7 @@ def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
         from pipeline.record import tracking
 
         uri = config.tracking_uri(tracking_uri)
+        tracking.require_store(uri, command="runs")
         return {"tracking_uri": uri, "stale": [
             {"run_id": r.info.run_id, "run_name": r.info.run_name, "experiment_id": r.info.experiment_id,
              "status": r.info.status, **{k.removeprefix("pipeline."): r.data.tags.get(k, "") for k in (

@@ -515,7 +515,12 @@ def init(data: str | Path, *, out: str | Path | None = None, force: bool = False
     if model_uri is not None:  # a team's model: the config audits it (`audit --model-uri`) instead of training
         from pipeline.audited.mlflow_models import read_signature
 
-        signature = read_signature(model_uri, tracking_uri=config_mod.tracking_uri(tracking_uri))
+        store = config_mod.tracking_uri(tracking_uri)
+        if model_uri.startswith(("runs:/", "models:/")):  # read from the store, which init must not create
+            from pipeline.record.tracking import require_store
+
+            require_store(store, command="init --model-uri")
+        signature = read_signature(model_uri, tracking_uri=store)
         proposal = dataclasses.replace(proposal, notes=(*proposal.notes, *model_notes(
             signature, proposal, list(frame.columns), uri=model_uri)))
     table = render_table(columns, proposal, rows=len(frame))

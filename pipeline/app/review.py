@@ -42,6 +42,7 @@ def review(run_id: str, *, decision: str, by: str, note: str | None = None, forc
         raise UserError("review: --by: expected the reviewer's name, got an empty string")
     note = note.strip() if note else None
     uri = config_mod.tracking_uri(tracking_uri)
+    tracking.require_store(uri, command="review")
     run = tracking.get_audit_run(run_id, uri)
     verdict = run.data.tags["verdict"]
     if decision == "approved" and verdict != "pass" and not note:

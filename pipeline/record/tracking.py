@@ -139,6 +139,20 @@ def _answers(uri: str, *, attempts: int) -> tuple[bool, str]:
     return False, error
 
 
+MESSAGE_NO_STORE = ("{command}: tracking store {uri} does not exist ({path}: no such file); expected the store "
+                    "the audit was logged to ({command} never creates one; run, audit and push do)")
+
+
+def require_store(uri: str, *, command: str) -> None:
+    """Refuse a SQLite store whose file does not exist (UserError): MLflow would create an empty ~1 MB store
+    (and its folders) for a command that only reads, and answer from it as if it had been asked."""
+    if not uri.startswith("sqlite:///") or uri.removeprefix("sqlite:///") in ("", ":memory:"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.is_file():
+        raise UserError(MESSAGE_NO_STORE.format(command=command, uri=uri, path=path))
+
+
 def preload_store(uri: str) -> None:
     """For a database store, load MLflow's SQLAlchemy store module (~1.4 s to import) here, with
     the other libraries, rather than inside the first logging call."""
