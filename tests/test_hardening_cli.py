@@ -175,3 +175,32 @@ def test_runs_json_refusing_a_missing_store_is_one_json_object(tmp_path):
     proc = run_cli("runs", "--stale", "--json", "--tracking-uri", "sqlite:///missing.db", cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in json.loads(proc.stdout)["error"]
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 10: on a tracking server, stdout of every --json command is exactly one JSON object --------------
+
+def test_json_commands_print_one_json_object_on_a_server(audited, mlflow_server, tmp_path):
+    """MLflow writes "🏃 View run … / 🧪 View experiment …" to stdout when a run on a server ends (push ends
+    its run; runs --stale ends an orphan; review ends the orphans it finds): the whole stdout must still
+    be one JSON object."""
+    run_id, store, _ = audited
+    folder = Path(MlflowClient(store).get_run(run_id).data.tags["pipeline.report_dir"])  # reports/<run_id>/
+    pushed = run_cli("push", str(folder), "--force", "--tracking-uri", mlflow_server, "--json", cwd=tmp_path)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    server_run = json.loads(pushed.stdout)["run_id"]  # the whole stdout
+    assert MlflowClient(mlflow_server).get_run(server_run).info.status == "FINISHED"
+
+    # A run on the server whose owner process is gone: the next command ends it FAILED.
+    client = MlflowClient(mlflow_server)
+    orphan = client.create_run(client.get_run(server_run).info.experiment_id, tags=_dead_owner()).info.run_id
+    stale = run_cli("runs", "--stale", "--json", "--tracking-uri", mlflow_server, cwd=tmp_path)
+    assert stale.returncode == 0, stale.stderr[-3000:]
+    assert orphan in [r["run_id"] for r in json.loads(stale.stdout)["stale"]]
+    assert client.get_run(orphan).info.status == "FAILED"
+
+    client.create_run(client.get_run(server_run).info.experiment_id, tags=_dead_owner())
+    reviewed = run_cli("review", server_run, "--reject", "--by", "Bob", "--json", "--tracking-uri", mlflow_server,
+                       cwd=tmp_path)
+    assert reviewed.returncode == 0, reviewed.stderr[-3000:]
+    assert json.loads(reviewed.stdout)["decision"] == "rejected"
+    assert "RUNNING" not in [r.info.status for r in client.search_runs([client.get_run(server_run).info.experiment_id])]

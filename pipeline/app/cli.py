@@ -115,6 +115,9 @@ def _setup_logging() -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Fairness audit pipeline for ReLU neural networks."""
+    # On a tracking server MLflow writes "View run … / View experiment …" to stdout whenever a run ends
+    # (push's run, an orphan marked FAILED); our own log lines say where runs are, and stdout is the summary's.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def _tracking_option(help_text: str = "MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."):
@@ -139,9 +142,16 @@ def _audit_outputs(command):
     return command
 
 
-def _guarded(call) -> tuple[object, int | None]:
-    """Run ``call``; map our exceptions to a summary and an exit code (``None``: it returned)."""
+def _guarded(call, *, as_json: bool = False) -> tuple[object, int | None]:
+    """Run ``call``; map our exceptions to a summary and an exit code (``None``: it returned).
+
+    ``as_json``: stdout is for the one JSON object printed afterwards, so whatever a library prints there
+    meanwhile goes to stderr with the logs.
+    """
     try:
+        if as_json:
+            with contextlib.redirect_stdout(sys.stderr):
+                return call(), None
         return call(), None
     except Busy as err:
         click.echo(f"skipped: {err}", err=True)
@@ -221,7 +231,7 @@ def register_command(run_id: str, candidate: str | None, tracking_uri: str | Non
 
         return register(run_id, candidate=candidate, tracking_uri=tracking_uri)
 
-    outcome, code = _guarded(call)
+    outcome, code = _guarded(call, as_json=as_json)
     if code is not None:
         _finish({"run_id": run_id, **outcome}, code, as_json)
     if not as_json:
@@ -236,7 +246,6 @@ def _execute(call, as_json: bool, then=None) -> None:
     run's under ``"registered"`` and whose message is printed last.
     """
     _setup_logging()
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # on a server, MLflow prints run URLs to stdout
     # Both noted as well as raised: an interrupt whose exception a library loses still ends the run KILLED.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -255,7 +264,7 @@ def _execute(call, as_json: bool, then=None) -> None:
     result, code = _guarded(audit)
     if code is not None:
         _finish({"run_id": None, "verdict": None, **result}, code, as_json)
-    after, after_code = _guarded(lambda: then(result)) if then else ({}, None)
+    after, after_code = _guarded(lambda: then(result), as_json=as_json) if then else ({}, None)
     said = _summary(result.audit_json)
     if not as_json:
         click.echo(f"verdict: {result.verdict.upper()} (exit {result.exit_code})")
@@ -341,7 +350,7 @@ def push(folder, tracking_uri, force, as_json) -> None:
 
         return push(folder, tracking_uri=tracking_uri, force=force)
 
-    summary, code = _guarded(call)
+    summary, code = _guarded(call, as_json=as_json)
     if code is None and not as_json:
         click.echo(f"pushed: run {summary['run_id']} in {summary['tracking_uri']}")
     _finish(summary, code or 0, as_json)
@@ -375,7 +384,7 @@ def review(run_id, approve, reject, by, note, force, tracking_uri, reports_dir, 
         return review(run_id, decision=decision, by=by, note=note, force=force, tracking_uri=tracking_uri,
                       reports_dir=reports_dir)
 
-    entry, code = _guarded(call)
+    entry, code = _guarded(call, as_json=as_json)
     if code is None and not as_json:
         despite = f" despite its {entry['verdict'].upper()} verdict" if (
             decision == "approved" and entry["verdict"] != "pass") else ""
@@ -431,7 +440,7 @@ def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
                  tracking.OWNER_PID, tracking.OWNER_HOST, tracking.ORPHANED_FOUND, tracking.ORPHANED_REASON)}}
             for r in tracking.stale_runs(uri)]}
 
-    summary, code = _guarded(call)
+    summary, code = _guarded(call, as_json=as_json)
     if code is None and not as_json:
         for r in summary["stale"]:
             click.echo(f"{r['run_id']} {r['run_name']} {r['status']} since {r['orphaned_found']}: {r['orphaned_reason']}")
