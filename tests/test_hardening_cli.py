@@ -204,3 +204,47 @@ def test_json_commands_print_one_json_object_on_a_server(audited, mlflow_server,
     assert reviewed.returncode == 0, reviewed.stderr[-3000:]
     assert json.loads(reviewed.stdout)["decision"] == "rejected"
     assert "RUNNING" not in [r.info.status for r in client.search_runs([client.get_run(server_run).info.experiment_id])]
+
+
+# --- 18: init never shows the values of identifier or free-text columns ------------------------------
+
+def _people(rows: int = 200):
+    """A table about people: an SSN-like column, e-mail addresses (unique, and a repeated contact column that is
+    not named like one), phone numbers, free-text notes, a categorical purpose, sex and the outcome."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    i = np.arange(rows)
+    return pd.DataFrame({
+        "ssn": [f"{100 + k // 90:03d}-{10 + k % 90:02d}-{k:04d}" for k in i],
+        "email": [f"john.smith{k}@example.com" for k in i],
+        "contact": [f"jane.doe{k % 40}@example.org" for k in i],
+        "callback": [f"555-01{k % 30:02d}-{7000 + k % 30:04d}" for k in i],
+        "notes": [f"Visitnote{k % 25:02d} the customer asked about pricing and terms" for k in i],
+        "purpose": rng.choice(["furniture", "radio-tv", "education"], size=rows, p=[0.5, 0.3, 0.2]),
+        "amount": rng.integers(500, 5000, size=rows),
+        "sex": rng.choice(["female", "male"], size=rows),
+        "approved": rng.choice(["yes", "no"], size=rows),
+    })
+
+
+def test_init_never_shows_identifier_or_free_text_values(tmp_path):
+    frame = _people()
+    data_path = tmp_path / "people.csv"
+    frame.to_csv(data_path, index=False)
+    proc = run_cli("init", "--data", str(data_path), "--out", "people.yaml", "--favourable", "yes", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = (tmp_path / "people.yaml").read_text(encoding="utf-8")
+    private = ["ssn", "email", "contact", "callback", "notes"]
+    for column in private:
+        for value in frame[column].unique():
+            for where, text in (("stdout", proc.stdout), ("stderr", proc.stderr), ("config", written)):
+                assert value[:12] not in text, f"{column} value {value!r} in {where}"
+        row = next(line for line in proc.stderr.splitlines() if line.startswith(f"{column} "))
+        assert "not shown" in row and f"{frame[column].nunique()} distinct)" in row, row
+    counts = frame["purpose"].value_counts()
+    for value in counts.index[:2]:  # the categorical column's frequent values are still shown
+        assert value in proc.stderr and value in written
+    dropped = yaml.safe_load(written)["dataset"]["drop"]
+    assert {"ssn", "email", "contact", "callback"} <= set(dropped) and "purpose" not in dropped
