@@ -991,7 +991,6 @@ def wait_for_review_turn(run_id: str, tracking_uri: str, number: int):
     """The run once every review with a smaller number has been recorded, released or abandoned."""
     client = MlflowClient(tracking_uri)
     host = socket.gethostname()
-    warned: set[int] = set()
     while True:
         run = client.get_run(run_id)
         done = int(run.data.tags.get(REVIEW_COUNT, "0") or 0)
@@ -1000,10 +999,9 @@ def wait_for_review_turn(run_id: str, tracking_uri: str, number: int):
                    if n in claims and not _abandoned(run, n, claims[n], host=host, now=now)]
         if not pending:
             for n in range(done + 1, number):
-                if n in claims and f"{REVIEW_RELEASED}{n}" not in run.data.tags and n not in warned:
+                if n in claims and f"{REVIEW_RELEASED}{n}" not in run.data.tags:  # released: it said why itself
                     logger.warning("review: claim %d of run %s (%s by %s at %s) was never recorded; going ahead", n,
                                    run_id, claims[n].get("decision"), claims[n].get("by"), claims[n].get("time"))
-                    warned.add(n)
             return run
         time.sleep(0.2)
 
