@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # full data, stream shards, run the command in subprocesses or start servers; `pytest -m "not slow"` runs
 # the unit tests of the stages in about a minute. ray: needs the session's Ray cluster. browser: Chromium.
 SLOW_MODULES = {
-    "test_attacks", "test_analysis_run", "test_audit", "test_baseline", "test_browser", "test_capacity_pipeline", "test_cli",
-    "test_coverage", "test_executor", "test_hardening", "test_hostile", "test_init", "test_mitigation", "test_mitigation_methods",
-    "test_mitigation_multi", "test_offline", "test_orphans", "test_recompute", "test_report", "test_report_browser",
-    "test_review", "test_robustness", "test_runner", "test_scale", "test_server", "test_stream", "test_streaming",
-    "test_streaming_reduce", "test_streaming_scale", "test_team_leakage", "test_team_models", "test_ui", "test_verdict", "test_workers",
+    "test_analysis_run", "test_attacks", "test_audit", "test_baseline", "test_browser", "test_capacity_pipeline",
+    "test_cli", "test_coverage", "test_executor", "test_hardening", "test_hardening_cli", "test_hostile",
+    "test_init", "test_mitigation", "test_mitigation_methods", "test_mitigation_multi", "test_offline",
+    "test_orphans", "test_recompute", "test_report", "test_report_browser", "test_review", "test_robustness",
+    "test_runner", "test_scale", "test_server", "test_stream", "test_streaming", "test_streaming_reduce",
+    "test_streaming_scale", "test_team_leakage", "test_team_models", "test_ui", "test_verdict", "test_workers",
 }
 BROWSER_MODULES = {"test_browser", "test_report_browser"}
 

@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 from conftest import ROOT
+from mlflow.tracking import MlflowClient
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -31,6 +32,7 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path):
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(PYTHONPATH=str(ROOT), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # ui opens a store, never creates one
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--port", str(port),
                              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -36,6 +36,10 @@ from pipeline.core.errors import (
 )
 from pipeline.scale.executor import ClusterLost, ShardFailed, WorkerDied
 
+REVIEW_BOTH = "review: --approve and --reject were both given; give one of them"
+REVIEW_NEITHER = "review: give --approve or --reject"
+RUNS_NO_STALE = "runs: give --stale (runs whose process is gone)"
+
 _BAR_OPEN: list[bool] = []  # a progress bar is on screen without its final newline
 QUIET_SECONDS = 20.0  # this long without a line on the console, a line says the command is still working
 _LAST_LINE = [time.monotonic(), ""]  # when the console last got a line (log or progress), and that line
@@ -111,6 +115,9 @@ def _setup_logging() -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Fairness audit pipeline for ReLU neural networks."""
+    # On a tracking server MLflow writes "View run … / View experiment …" to stdout whenever a run ends
+    # (push's run, an orphan marked FAILED); our own log lines say where runs are, and stdout is the summary's.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def _tracking_option(help_text: str = "MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."):
@@ -135,9 +142,16 @@ def _audit_outputs(command):
     return command
 
 
-def _guarded(call) -> tuple[object, int | None]:
-    """Run ``call``; map our exceptions to a summary and an exit code (``None``: it returned)."""
+def _guarded(call, *, as_json: bool = False) -> tuple[object, int | None]:
+    """Run ``call``; map our exceptions to a summary and an exit code (``None``: it returned).
+
+    ``as_json``: stdout is for the one JSON object printed afterwards, so whatever a library prints there
+    meanwhile goes to stderr with the logs.
+    """
     try:
+        if as_json:
+            with contextlib.redirect_stdout(sys.stderr):
+                return call(), None
         return call(), None
     except Busy as err:
         click.echo(f"skipped: {err}", err=True)
@@ -157,6 +171,12 @@ def _guarded(call) -> tuple[object, int | None]:
     except Exception as err:  # report, never swallow: traceback and a distinct exit code
         traceback.print_exc()
         return {"error": f"unexpected {type(err).__name__}: {err}"}, EXIT_UNEXPECTED
+
+
+def _refuse(message: str, as_json: bool) -> None:
+    """A usage mistake click cannot see (contradictory flags): one line, exit 2, nothing done."""
+    click.echo(f"error: {message}", err=True)
+    _finish({"error": message}, EXIT_USER_ERROR, as_json)
 
 
 def _finish(summary: dict, code: int, as_json: bool) -> None:
@@ -211,7 +231,7 @@ def register_command(run_id: str, candidate: str | None, tracking_uri: str | Non
 
         return register(run_id, candidate=candidate, tracking_uri=tracking_uri)
 
-    outcome, code = _guarded(call)
+    outcome, code = _guarded(call, as_json=as_json)
     if code is not None:
         _finish({"run_id": run_id, **outcome}, code, as_json)
     if not as_json:
@@ -226,7 +246,6 @@ def _execute(call, as_json: bool, then=None) -> None:
     run's under ``"registered"`` and whose message is printed last.
     """
     _setup_logging()
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # on a server, MLflow prints run URLs to stdout
     # Both noted as well as raised: an interrupt whose exception a library loses still ends the run KILLED.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -245,7 +264,7 @@ def _execute(call, as_json: bool, then=None) -> None:
     result, code = _guarded(audit)
     if code is not None:
         _finish({"run_id": None, "verdict": None, **result}, code, as_json)
-    after, after_code = _guarded(lambda: then(result)) if then else ({}, None)
+    after, after_code = _guarded(lambda: then(result), as_json=as_json) if then else ({}, None)
     said = _summary(result.audit_json)
     if not as_json:
         click.echo(f"verdict: {result.verdict.upper()} (exit {result.exit_code})")
@@ -331,7 +350,7 @@ def push(folder, tracking_uri, force, as_json) -> None:
 
         return push(folder, tracking_uri=tracking_uri, force=force)
 
-    summary, code = _guarded(call)
+    summary, code = _guarded(call, as_json=as_json)
     if code is None and not as_json:
         click.echo(f"pushed: run {summary['run_id']} in {summary['tracking_uri']}")
     _finish(summary, code or 0, as_json)
@@ -339,8 +358,10 @@ def push(folder, tracking_uri, force, as_json) -> None:
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--approve", "decision", flag_value="approved", help="Approve the audit.")
-@click.option("--reject", "decision", flag_value="rejected", help="Reject the audit.")
+# Two flags, not one option with two flag values: click keeps the last of those, so "--approve --reject"
+# would record a rejection without a word.
+@click.option("--approve", is_flag=True, help="Approve the audit (not with --reject).")
+@click.option("--reject", is_flag=True, help="Reject the audit (not with --approve).")
 @click.option("--by", required=True, help="Reviewer's name.")
 @click.option("--note", default=None,
               help="Why; shown in the report, the model card, the run description and on the model version. "
@@ -350,11 +371,12 @@ def push(folder, tracking_uri, force, as_json) -> None:
 @click.option("--reports-dir", default=None,
               help="Also update reports/<run_id>/ here. Default: where the run wrote it (on this host), else ./reports.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
-def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json) -> None:
+def review(run_id, approve, reject, by, note, force, tracking_uri, reports_dir, as_json) -> None:
     """Record a reviewer's sign-off (--approve or --reject) on an audit run."""
     _setup_logging()
-    if decision is None:
-        raise click.UsageError("give --approve or --reject")
+    if approve == reject:
+        _refuse(REVIEW_BOTH if approve else REVIEW_NEITHER, as_json)
+    decision = "approved" if approve else "rejected"
 
     def call():
         from pipeline.app.review import review
@@ -362,7 +384,7 @@ def review(run_id, decision, by, note, force, tracking_uri, reports_dir, as_json
         return review(run_id, decision=decision, by=by, note=note, force=force, tracking_uri=tracking_uri,
                       reports_dir=reports_dir)
 
-    entry, code = _guarded(call)
+    entry, code = _guarded(call, as_json=as_json)
     if code is None and not as_json:
         despite = f" despite its {entry['verdict'].upper()} verdict" if (
             decision == "approved" and entry["verdict"] != "pass") else ""
@@ -385,6 +407,11 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
     uri = resolve(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise click.UsageError(f"--tracking-uri: {uri} is already a server; open it in a browser")
+    from pipeline.record.tracking import require_store
+
+    _, code = _guarded(lambda: require_store(uri, command="ui"))  # the UI would show a store it just created
+    if code is not None:
+        sys.exit(code)
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", err=True)
     os.execv(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
@@ -399,20 +426,21 @@ def runs(stale: bool, tracking_uri: str | None, as_json: bool) -> None:
     """List runs left behind: --stale shows those whose process died (SIGKILL, OOM) and ends them FAILED."""
     _setup_logging()
     if not stale:
-        raise click.UsageError("give --stale (runs whose process is gone)")
+        _refuse(RUNS_NO_STALE, as_json)
 
     def call():
         from pipeline.core import config
         from pipeline.record import tracking
 
         uri = config.tracking_uri(tracking_uri)
+        tracking.require_store(uri, command="runs")
         return {"tracking_uri": uri, "stale": [
             {"run_id": r.info.run_id, "run_name": r.info.run_name, "experiment_id": r.info.experiment_id,
              "status": r.info.status, **{k.removeprefix("pipeline."): r.data.tags.get(k, "") for k in (
                  tracking.OWNER_PID, tracking.OWNER_HOST, tracking.ORPHANED_FOUND, tracking.ORPHANED_REASON)}}
             for r in tracking.stale_runs(uri)]}
 
-    summary, code = _guarded(call)
+    summary, code = _guarded(call, as_json=as_json)
     if code is None and not as_json:
         for r in summary["stale"]:
             click.echo(f"{r['run_id']} {r['run_name']} {r['status']} since {r['orphaned_found']}: {r['orphaned_reason']}")

@@ -51,6 +51,16 @@ CONTEXT_SENSITIVE_NAMES = {"nationality": "nationality", "native": "national ori
 IDENTIFIER_NAMES = {"id", "uuid", "guid", "name", "firstname", "lastname", "surname", "email", "mail", "ssn",
                     "phone", "mobile", "address", "street", "passport", "iban"}
 WEIGHT_NAMES = {"fnlwgt", "wgt", "weight", "weights", "perwt", "sample_weight"}
+# Values that identify a person, recognised by their shape whatever the column's name: such a column's values
+# are never shown (table on stderr, comments in the config) and it is dropped. Each must match every value.
+PERSONAL_PATTERNS = {
+    "e-mail addresses": re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}"),
+    "SSN-like numbers": re.compile(r"\d{3}-\d{2}-\d{4}"),
+    # 9 to 15 digits with separators: not a date (8 digits), not a time (no colons)
+    "phone-number-like": re.compile(r"(?=(?:\D*\d){9,15}\D*$)\+?[\d ()./-]+"),
+}
+FREE_TEXT_WORDS = 4  # a text column whose values have this many words (median) and ...
+FREE_TEXT_DISTINCT = 20  # ... at least this many distinct values is free text: its values are never shown
 
 MSG_NOT_FOUND = "{path}: file not found; give --data a .csv, .csv.gz or .parquet file"
 MSG_SUFFIX = "{path}: cannot read this file type; give --data a .csv, .csv.gz or .parquet file"
@@ -74,8 +84,9 @@ class Column:
     kind: str  # "numeric" or "categorical", as the pipeline's encoder will treat it
     missing: int
     distinct: int
-    examples: tuple[str, ...]
+    examples: tuple[str, ...]  # frequent values; empty for a column whose values are private (``private``)
     integer: bool = False
+    private: str | None = None  # what kind of personal or free-text column it is: its values are never shown
 
 
 @dataclass(frozen=True)
@@ -159,11 +170,26 @@ def profile(frame: pd.DataFrame) -> list[Column]:
         series = frame[name]
         numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
         text = series.dropna().astype("string")
-        top = tuple(str(v) for v in text.value_counts().index[:3])
+        private = private_kind(name, text, numeric=numeric)
+        top = () if private else tuple(str(v) for v in text.value_counts().index[:3])
         integer = numeric and bool((series.dropna() % 1 == 0).all())
         columns.append(Column(name=name, kind="numeric" if numeric else "categorical", missing=int(series.isna().sum()),
-                              distinct=int(series.nunique(dropna=True)), examples=top, integer=integer))
+                              distinct=int(series.nunique(dropna=True)), examples=top, integer=integer,
+                              private=private))
     return columns
+
+
+def private_kind(name: str, text: pd.Series, *, numeric: bool) -> str | None:
+    """What makes a column's values private, or None: named like an identifier (email, ssn, name, ...), every value
+    shaped like an e-mail address, an SSN or a phone number, or free text (sentences, not categories)."""
+    if not numeric and not text.empty:
+        distinct = pd.Series(text.unique()).astype(str)
+        for kind, pattern in PERSONAL_PATTERNS.items():
+            if distinct.map(lambda v, pattern=pattern: bool(pattern.fullmatch(v.strip()))).all():
+                return kind
+        if len(distinct) >= FREE_TEXT_DISTINCT and distinct.str.split().str.len().median() >= FREE_TEXT_WORDS:
+            return "free text"
+    return "identifier (name)" if set(tokens(name)) & IDENTIFIER_NAMES else None
 
 
 def tokens(name: str) -> list[str]:
@@ -254,8 +280,11 @@ def propose(frame: pd.DataFrame, columns: list[Column], *, path: str, markers: t
             continue
         words = set(tokens(c.name))
         distinct_share = c.distinct / max(rows - c.missing, 1)
-        if rows >= 20 and (c.kind == "categorical" and distinct_share >= IDENTIFIER_SHARE
-                           or c.integer and distinct_share >= NUMERIC_IDENTIFIER_SHARE):
+        if c.private in PERSONAL_PATTERNS:  # e-mail addresses, SSNs, phone numbers: whatever the column's name
+            drop.append(c.name)
+            roles[c.name] = f"identifier ({c.private}): dropped"
+        elif rows >= 20 and (c.kind == "categorical" and distinct_share >= IDENTIFIER_SHARE
+                             or c.integer and distinct_share >= NUMERIC_IDENTIFIER_SHARE):
             drop.append(c.name)
             roles[c.name] = f"identifier ({c.distinct} distinct in {rows} rows): dropped"
         elif words & IDENTIFIER_NAMES and distinct_share > 0.5:
@@ -331,13 +360,22 @@ def _bin_note(name: str, edges: list[float]) -> str:
 def render_table(columns: list[Column], proposal: Proposal, *, rows: int) -> str:
     """The column table shown on stderr and written as comments."""
     head = ("column", "type", "missing", "distinct", "frequent values", "proposed role")
-    body = [(c.name, c.kind, str(c.missing), str(c.distinct), ", ".join(_short(v) for v in c.examples),
+    body = [(c.name, c.kind, str(c.missing), str(c.distinct), _frequent(c, proposal.roles.get(c.name, "")),
              proposal.roles.get(c.name, "feature")) for c in columns]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head) - 1)]
     lines = [f"{rows} rows sampled"]
     for r in [head, *body]:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _frequent(column: Column, role: str) -> str:
+    """The table's "frequent values" cell: never the values of an identifier or free-text column (they name or
+    describe a person), only what kind of column it is and how many distinct values it has."""
+    if column.private or role.startswith("identifier") or "categories: dropped" in role:
+        kind = column.private or ("identifier" if role.startswith("identifier") else "many categories")
+        return f"(not shown: {kind.removesuffix(' (name)')}, {column.distinct} distinct)"
+    return ", ".join(_short(v) for v in column.examples)
 
 
 def _short(value: str, width: int = 18) -> str:
@@ -515,7 +553,12 @@ def init(data: str | Path, *, out: str | Path | None = None, force: bool = False
     if model_uri is not None:  # a team's model: the config audits it (`audit --model-uri`) instead of training
         from pipeline.audited.mlflow_models import read_signature
 
-        signature = read_signature(model_uri, tracking_uri=config_mod.tracking_uri(tracking_uri))
+        store = config_mod.tracking_uri(tracking_uri)
+        if model_uri.startswith(("runs:/", "models:/")):  # read from the store, which init must not create
+            from pipeline.record.tracking import require_store
+
+            require_store(store, command="init --model-uri")
+        signature = read_signature(model_uri, tracking_uri=store)
         proposal = dataclasses.replace(proposal, notes=(*proposal.notes, *model_notes(
             signature, proposal, list(frame.columns), uri=model_uri)))
     table = render_table(columns, proposal, rows=len(frame))

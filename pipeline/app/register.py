@@ -54,6 +54,7 @@ def register(run_id: str, *, candidate: str | None = None, tracking_uri: str | N
 
     uri = config_mod.tracking_uri(tracking_uri)
     config_mod.check_tracking_uri(uri, source="--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
+    tracking.require_store(uri, command="register")
     doc = tracking.finished_audit(run_id, uri)
     if doc is None:
         raise UserError(_MSG_NO_AUDIT.format(run_id=run_id))

@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -136,6 +137,20 @@ def _answers(uri: str, *, attempts: int) -> tuple[bool, str]:
         if attempt < attempts - 1:
             time.sleep(2**attempt)
     return False, error
+
+
+MESSAGE_NO_STORE = ("{command}: tracking store {uri} does not exist ({path}: no such file); expected the store "
+                    "the audit was logged to ({command} never creates one; run, audit and push do)")
+
+
+def require_store(uri: str, *, command: str) -> None:
+    """Refuse a SQLite store whose file does not exist (UserError): MLflow would create an empty ~1 MB store
+    (and its folders) for a command that only reads, and answer from it as if it had been asked."""
+    if not uri.startswith("sqlite:///") or uri.removeprefix("sqlite:///") in ("", ":memory:"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.is_file():
+        raise UserError(MESSAGE_NO_STORE.format(command=command, uri=uri, path=path))
 
 
 def preload_store(uri: str) -> None:
@@ -913,15 +928,45 @@ def download_audit(run_id: str, tracking_uri: str, into: Path) -> Path:
 # Concurrent reviews of one run are put in order by numbered claims: the param ``review.claim.<n>``.
 # MLflow refuses to change a logged param, atomically (the store's primary key), so exactly one
 # reviewer gets each number; the holder of number n waits until ``review.count`` says n-1 is done.
-REVIEW_CLAIM, REVIEW_COUNT = "review.claim.", "review.count"
-REVIEW_TURN_TIMEOUT = 120.0  # seconds to wait for an earlier reviewer before going ahead without it
+# A claim that will never be recorded must not hold the next reviewer up: a review that fails after
+# its claim tags ``review.released.<n>``; a claim whose process is gone (on this host), or that is
+# neither recorded nor released REVIEW_CLAIM_EXPIRES seconds after its time, is passed over too.
+REVIEW_CLAIM, REVIEW_COUNT, REVIEW_RELEASED = "review.claim.", "review.count", "review.released."
+REVIEW_CLAIM_EXPIRES = 120.0  # seconds after its time that an unrecorded claim is passed over (a review takes ~5 s)
 
 
 def review_claims(run) -> dict[int, dict]:
-    """The run's numbered review claims: number -> {decision, by, time, claim}."""
+    """The run's numbered review claims: number -> {decision, by, time, claim, owner}."""
 
     return {int(k.removeprefix(REVIEW_CLAIM)): json.loads(v) for k, v in run.data.params.items()
             if k.startswith(REVIEW_CLAIM) and k.removeprefix(REVIEW_CLAIM).isdigit()}
+
+
+def review_claim(decision: str, by: str, time_: str) -> dict:
+    """A new claim's value: the decision, who, when, a nonce, and the process holding it (so that a claim
+    whose process died, SIGKILL or power cut, is passed over at once)."""
+    return {"decision": decision, "by": by, "time": time_, "claim": uuid.uuid4().hex[:12], "owner": owner_tags()}
+
+
+def _abandoned(run, number: int, claim: dict, *, host: str, now: datetime) -> bool:
+    """Whether claim ``number`` will never be recorded: released, its owner gone, or expired."""
+    if f"{REVIEW_RELEASED}{number}" in run.data.tags:
+        return True
+    if _owner_gone(claim.get("owner") or {}, host):
+        return True
+    try:
+        claimed = datetime.fromisoformat(claim["time"])
+    except (KeyError, TypeError, ValueError):
+        return True  # not a claim this code wrote: nothing will record it
+    return (now - claimed).total_seconds() > REVIEW_CLAIM_EXPIRES
+
+
+def live_review_claims(run) -> dict[int, dict]:
+    """The claims that are recorded or may still be (their review is under way): not released, not expired."""
+    done = int(run.data.tags.get(REVIEW_COUNT, "0") or 0)
+    host, now = socket.gethostname(), datetime.now(timezone.utc)
+    return {n: c for n, c in review_claims(run).items()
+            if n <= done or not _abandoned(run, n, c, host=host, now=now)}
 
 
 def claim_review(run_id: str, tracking_uri: str, number: int, claim: dict) -> bool:
@@ -939,18 +984,26 @@ def claim_review(run_id: str, tracking_uri: str, number: int, claim: dict) -> bo
     return True
 
 
+def release_review(run_id: str, tracking_uri: str, number: int, reason: str) -> None:
+    """Claim ``number`` will never be recorded (its review failed): later reviews go ahead without it."""
+    MlflowClient(tracking_uri).set_tag(run_id, f"{REVIEW_RELEASED}{number}", reason[:5000])
+
+
 def wait_for_review_turn(run_id: str, tracking_uri: str, number: int):
-    """The run once every review with a smaller number has been recorded (or after a timeout)."""
+    """The run once every review with a smaller number has been recorded, released or abandoned."""
     client = MlflowClient(tracking_uri)
-    deadline = time.monotonic() + REVIEW_TURN_TIMEOUT
+    host = socket.gethostname()
     while True:
         run = client.get_run(run_id)
         done = int(run.data.tags.get(REVIEW_COUNT, "0") or 0)
-        if done >= number - 1:
-            return run
-        if time.monotonic() > deadline:
-            logger.warning("review: claim %d of run %s was never completed within %.0f s; going ahead", done + 1,
-                           run_id, REVIEW_TURN_TIMEOUT)
+        claims, now = review_claims(run), datetime.now(timezone.utc)
+        pending = [n for n in range(done + 1, number)
+                   if n in claims and not _abandoned(run, n, claims[n], host=host, now=now)]
+        if not pending:
+            for n in range(done + 1, number):
+                if n in claims and f"{REVIEW_RELEASED}{n}" not in run.data.tags:  # released: it said why itself
+                    logger.warning("review: claim %d of run %s (%s by %s at %s) was never recorded; going ahead", n,
+                                   run_id, claims[n].get("decision"), claims[n].get("by"), claims[n].get("time"))
             return run
         time.sleep(0.2)
 
@@ -972,8 +1025,9 @@ def record_review(run_id: str, tracking_uri: str, entry: ReviewEntry, folder: Pa
     for path in files:
         client.log_artifact(run_id, str(path))
     versions = review_model_versions(client, run_id, entry)
-    if number is not None:
-        client.set_tag(run_id, REVIEW_COUNT, str(number))
+    if number is not None:  # never backwards: a claim passed over as expired may still finish late
+        done = int(client.get_run(run_id).data.tags.get(REVIEW_COUNT, "0") or 0)
+        client.set_tag(run_id, REVIEW_COUNT, str(max(done, number)))
     return versions
 
 
