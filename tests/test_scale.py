@@ -99,7 +99,7 @@ def _kill_workers(stop: threading.Event, killed: list[int], *, every: bool) -> N
                 title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if title.startswith("ray::_in_worker"):
+            if title.startswith(("ray::_on_node", "ray::_in_worker")):  # a shard task (map_reduce, map)
                 try:
                     os.kill(int(entry.name), signal.SIGKILL)
                 except ProcessLookupError:
