@@ -87,6 +87,16 @@ def store(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single line a refused command prints (checked: exit 2, no traceback, nothing else but log lines)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and " INFO " not in line
+             and " WARNING " not in line]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0].removeprefix("error: ")
+
+
 def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m pipeline ...` in a real subprocess."""
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

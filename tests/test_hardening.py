@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, run_cli, small_config
+from conftest import ROOT, one_error_line, run_cli, small_config
 
 from pipeline.data import shards as stream
 from pipeline.data import tables as data
@@ -34,16 +37,6 @@ def _statuses(db: Path) -> list[str]:
     with sqlite3.connect(db) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         return [row[0] for row in conn.execute("SELECT status FROM runs")] if "runs" in tables else []
-
-
-def _one_error_line(proc) -> str:
-    """The single line a refused command prints (checked: exit 2, no traceback, nothing else)."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and " INFO " not in line
-             and " WARNING " not in line]
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    return lines[0].removeprefix("error: ")
 
 
 # --- 1-4: streamed Parquet refuses what the CSV path refuses, with the same message -----------------
@@ -162,7 +155,7 @@ def test_streamed_parquet_refuses_what_csv_refuses_with_the_same_message(tmp_pat
         db = tmp_path / f"{name}.db"
         proc = run_cli("audit", "--config", str(config_path), "--predictions", str(given), "--score-column", "score",
                        "--tracking-uri", f"sqlite:///{db}", "--reports-dir", str(tmp_path / name))
-        found[name] = _one_error_line(proc)
+        found[name] = one_error_line(proc)
         assert found[name] == _expected(case, whole, path=str(given), late=str(late), source=str(config_path))
         assert "RUNNING" not in _statuses(db)
     assert found["csv"].replace(str(csv), "DATA") == found["parquet"].replace(str(folder / f"{part}.parquet"),
@@ -207,7 +200,7 @@ def test_a_corrupt_data_page_names_the_file(tmp_path):
     db = tmp_path / "m.db"
     proc = run_cli("audit", "--config", str(config_path), "--predictions", str(folder), "--score-column", "score",
                    "--tracking-uri", f"sqlite:///{db}", "--reports-dir", str(tmp_path / "r"))
-    assert _one_error_line(proc) == stream.MESSAGE_UNREADABLE.format(file=broken, why=why.splitlines()[0])
+    assert one_error_line(proc) == stream.MESSAGE_UNREADABLE.format(file=broken, why=why.splitlines()[0])
     assert "RUNNING" not in _statuses(db)
 
 
@@ -363,6 +356,31 @@ def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
     assert len([a for a in artifacts if a.startswith("fairness/groups_")]) == 3
 
 
+def _killed_mid_run(argv: list[str], env: dict, kill) -> tuple[subprocess.Popen, str, str, str]:
+    """Start the command, wait until its MLflow run exists (its 'mlflow: run ID' line), call ``kill``, then wait for
+    the command (killed on the way out if still running): the process, the run id, its stdout and its stderr."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "mlflow: run " in line:  # the run exists in the store
+                break
+        run_id = lines[-1].split("mlflow: run ")[1].split()[0]
+        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # the pipe never fills
+        kill()
+        at = time.monotonic()
+        proc.wait(timeout=300)  # before the fixes: minutes (a server killed) or exit 1 after 60 s (a cluster)
+        stdout = proc.stdout.read()
+        print(f"exit {proc.returncode} {time.monotonic() - at:.1f} s after the kill")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(0.2)
+    return proc, run_id, stdout, "".join(lines)
+
+
 # --- 13: a SIGTERM whose exception is lost inside a garbage-collection callback ------------------------
 
 # The real command, with one addition: at the first garbage collection once the MLflow run is active, the
@@ -392,7 +410,6 @@ cli.main()
 @pytest.mark.slow
 def test_a_sigterm_lost_inside_a_gc_callback_still_ends_the_run_killed_with_exit_130(tmp_path):
     import os
-    import subprocess
     import sys
 
     from mlflow.tracking import MlflowClient
@@ -424,9 +441,7 @@ def _mlflow_server(folder: Path):
     import os
     import signal
     import socket
-    import subprocess
     import sys
-    import time
     import urllib.request
 
     with socket.socket() as sock:
@@ -469,10 +484,7 @@ def test_a_tracking_server_killed_mid_run_leaves_a_complete_local_audit_and_exit
     store; before, urllib3 retried for minutes and no audit was kept."""
     import os
     import signal
-    import subprocess
     import sys
-    import threading
-    import time
 
     from mlflow.tracking import MlflowClient
 
@@ -481,28 +493,9 @@ def test_a_tracking_server_killed_mid_run_leaves_a_complete_local_audit_and_exit
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(ROOT)
     with _mlflow_server(tmp_path) as (url, pgid):
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config_path),
-                                 "--tracking-uri", url, "--reports-dir", str(tmp_path / "reports"), "--json"],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            lines = []
-            for line in proc.stderr:
-                lines.append(line)
-                if "mlflow: run " in line:  # the run exists on the server
-                    break
-            server_run = lines[-1].split("mlflow: run ")[1].split()[0]
-            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-            os.killpg(pgid, signal.SIGKILL)
-            killed = time.monotonic()
-            proc.wait(timeout=300)  # before: more than 6.5 minutes (8.7 measured)
-            stdout = proc.stdout.read()
-            print(f"exit {proc.returncode} {time.monotonic() - killed:.1f} s after the server was killed")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    time.sleep(0.2)
-    stderr = "".join(lines)
+        proc, server_run, stdout, stderr = _killed_mid_run(
+            [sys.executable, "-m", "pipeline", "run", "--config", str(config_path), "--tracking-uri", url,
+             "--reports-dir", str(tmp_path / "reports"), "--json"], env, lambda: os.killpg(pgid, signal.SIGKILL))
     assert proc.returncode == 4, stderr[-3000:]
     assert "Traceback" not in stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -547,7 +540,7 @@ def test_a_ray_token_file_that_does_not_exist_is_one_line_and_exit_2(tmp_path, r
                    "--score-column", "score", "--executor", "ray", "--ray-address", ray_head.address,
                    "--tracking-uri", f"sqlite:///{db}", "--reports-dir", str(tmp_path / "r"),
                    env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(missing)})
-    assert _one_error_line(proc) == executor.MESSAGE_TOKEN_FILE.format(path=missing, problem="does not exist")
+    assert one_error_line(proc) == executor.MESSAGE_TOKEN_FILE.format(path=missing, problem="does not exist")
     assert _statuses(db) == []
 
 
@@ -560,10 +553,7 @@ def test_a_ray_cluster_that_dies_mid_audit_fails_the_run_in_one_line_with_exit_3
     once, or 60 s after the GCS died) with exit 1, which means "verdict fail", no summary, the run RUNNING."""
     import os
     import signal
-    import subprocess
     import sys
-    import threading
-    import time
 
     from mlflow.tracking import MlflowClient
     from raycluster import group_pids, ray_cluster
@@ -575,35 +565,19 @@ def test_a_ray_cluster_that_dies_mid_audit_fails_the_run_in_one_line_with_exit_3
     with ray_cluster() as cluster:
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN")}
         env.update({"PYTHONPATH": str(ROOT), **cluster.client_env})
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "audit", "--config", str(config_path),
-                                 "--predictions", str(parts), "--score-column", "score", "--executor", "ray",
-                                 "--ray-address", cluster.address, "--tracking-uri", store, "--reports-dir",
-                                 str(tmp_path / "r"), "--json"],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            lines = []
-            for line in proc.stderr:
-                lines.append(line)
-                if "mlflow: run " in line:
-                    break
-            run_id = lines[-1].split("mlflow: run ")[1].split()[0]
-            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+
+        def kill() -> None:
             if killed == "cluster":
                 os.killpg(cluster.pid, signal.SIGKILL)
             else:
                 (gcs,) = [pid for pid in group_pids(cluster.pid)
                           if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"gcs_server")]
                 os.kill(gcs, signal.SIGKILL)
-            at = time.monotonic()
-            proc.wait(timeout=300)  # the --json summary alone is on stdout: it cannot fill the pipe meanwhile
-            stdout = proc.stdout.read()
-            print(f"exit {proc.returncode} {time.monotonic() - at:.1f} s after the {killed} was killed")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    time.sleep(0.2)
-    stderr = "".join(lines)
+
+        proc, run_id, stdout, stderr = _killed_mid_run(
+            [sys.executable, "-m", "pipeline", "audit", "--config", str(config_path), "--predictions", str(parts),
+             "--score-column", "score", "--executor", "ray", "--ray-address", cluster.address, "--tracking-uri",
+             store, "--reports-dir", str(tmp_path / "r"), "--json"], env, kill)
     assert proc.returncode == 3, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -696,7 +670,7 @@ def test_a_state_dict_that_cannot_score_is_one_line_and_exit_2(tmp_path, two_lay
     db = tmp_path / "m.db"
     proc = run_cli("audit", "--config", str(config_path), *args, "--tracking-uri", f"sqlite:///{db}",
                    "--reports-dir", str(tmp_path / "r"), env=MODULE_ENV)
-    line = _one_error_line(proc)
+    line = one_error_line(proc)
     if kind == "empty":
         assert line == model.MESSAGE_STATE_DICT_UNREADABLE.format(path=weights, problem="is empty (0 bytes)")
     elif kind == "text":

@@ -11,21 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli, small_config
+from conftest import ROOT, one_error_line, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import runner
 from pipeline.app.cli import REVIEW_BOTH
-
-
-def _one_error_line(proc) -> str:
-    """The single line a refused command prints (checked: exit 2, no traceback, nothing else)."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and " INFO " not in line
-             and " WARNING " not in line]
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    return lines[0].removeprefix("error: ")
 
 
 def _statuses(db: Path) -> list[str]:
@@ -57,7 +47,7 @@ def test_approve_and_reject_together_are_refused(flags, audited):
     run_id, store, db = audited
     before = _review_keys(run_id, store)
     proc = run_cli("review", run_id, *flags, "--by", "Ada", "--note", "ok", "--force", "--tracking-uri", store)
-    assert _one_error_line(proc) == REVIEW_BOTH
+    assert one_error_line(proc) == REVIEW_BOTH
     assert _review_keys(run_id, store) == before  # no decision, no claim
     assert "RUNNING" not in _statuses(db)
     as_json = run_cli("review", run_id, *flags, "--by", "Ada", "--json", "--tracking-uri", store)
@@ -93,7 +83,7 @@ def test_a_review_failing_after_its_claim_releases_it(force, audited, tmp_path):
     original = audit_json.read_text(encoding="utf-8")
     audit_json.write_text(json.dumps({**json.loads(original), "verdict": "<script>"}), encoding="utf-8")
     failed = run_cli("review", run_id, "--approve", "--by", "Ada", "--note", "ok", "--tracking-uri", store)
-    assert "verdict" in _one_error_line(failed)
+    assert "verdict" in one_error_line(failed)
     run = MlflowClient(store).get_run(run_id)
     assert list(tracking.review_claims(run)) == [1]  # it did fail after its claim
     assert "review.decision" not in run.data.tags and "RUNNING" not in _statuses(db)
@@ -167,7 +157,7 @@ def test_read_only_commands_refuse_a_store_that_does_not_exist(command, where, t
     uri = f"sqlite:///{path}"
     args = [*READ_ONLY[command], *([] if where == "environment" else ["--tracking-uri", uri])]
     proc = run_cli(*args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri} if where == "environment" else None)
-    assert _one_error_line(proc) == MESSAGE_NO_STORE.format(command=command, uri=uri, path=path)
+    assert one_error_line(proc) == MESSAGE_NO_STORE.format(command=command, uri=uri, path=path)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no folder, no config
 
 

@@ -59,6 +59,14 @@ def test_three_conditions_are_searched_only_when_asked():
     assert (two.slices_tested, three.slices_tested) == (8 + 24, 8 + 24 + 32)
 
 
+def _null_data(seed: int, rows: int = 2000) -> tuple[pd.DataFrame, np.ndarray, np.random.Generator]:
+    """Columns and labels drawn independently of each other: any slice found is a false discovery."""
+    rng = np.random.default_rng(1000 + seed)
+    frame = pd.DataFrame({"a": rng.choice(list("abcd"), rows), "b": rng.choice(list("xyz"), rows),
+                          "c": rng.normal(size=rows), "sex": rng.choice(["F", "M"], rows)})
+    return frame, rng.integers(0, 2, rows), rng
+
+
 def test_with_no_slice_the_reports_are_as_rare_as_the_fdr_level():
     """Errors independent of every column, 50 data sets: every discovery is false, so the false discovery rate is
     the chance of reporting anything at all; BH at 5% must keep it there. Without the correction (p < 0.05) some
@@ -66,11 +74,8 @@ def test_with_no_slice_the_reports_are_as_rare_as_the_fdr_level():
     reported = []
     cfg = SlicesConfig(min_effect=0.0, min_size=30)  # no effect-size floor: BH alone decides
     for seed in range(50):
-        rng = np.random.default_rng(1000 + seed)
-        rows = 2000
-        frame = pd.DataFrame({"a": rng.choice(list("abcd"), rows), "b": rng.choice(list("xyz"), rows),
-                              "c": rng.normal(size=rows), "sex": rng.choice(["F", "M"], rows)})
-        y = rng.integers(0, 2, rows)
+        frame, y, rng = _null_data(seed)
+        rows = len(y)
         found = slices.find_slices(frame, y, _decisions(y, np.full(rows, 0.2), rng), cfg=cfg, ci_level=0.95)
         reported.append(found.discoveries)
         counts = slices._count(slices.value_columns(frame, bins=cfg.bins),
@@ -88,11 +93,8 @@ def test_without_correction_the_null_data_would_report_slices():
     """The power of the test above: the same data, raw p-values below 0.05 in (nearly) every data set."""
     hits = 0
     for seed in range(10):
-        rng = np.random.default_rng(1000 + seed)
-        rows = 2000
-        frame = pd.DataFrame({"a": rng.choice(list("abcd"), rows), "b": rng.choice(list("xyz"), rows),
-                              "c": rng.normal(size=rows), "sex": rng.choice(["F", "M"], rows)})
-        y = rng.integers(0, 2, rows)
+        frame, y, rng = _null_data(seed)
+        rows = len(y)
         found = slices.find_slices(frame, y, _decisions(y, np.full(rows, 0.2), rng),
                                    cfg=SlicesConfig(min_effect=0.0, min_size=30, fdr=0.999999), ci_level=0.95)
         hits += any(r.p_value < 0.05 for r in found.rows)

@@ -145,18 +145,23 @@ def test_forked_and_in_process_trainings_give_the_same_audit(write_config, store
         assert all(c.data.metrics for c in children)
 
 
+def _start_run(write_config, store: str, tmp_path, *, epochs: int, batch_size: int) -> subprocess.Popen:
+    """``python -m pipeline run --json`` of two seeds on two forked workers, started (stdout and stderr piped)."""
+    cfg = small_config(**{"training.epochs": epochs, "training.batch_size": batch_size, "training.seeds": [0, 1]})
+    cfg["execution"] = {"workers": 2}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
+                             "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 @contextlib.contextmanager
 def _training_run(write_config, store: str, tmp_path):
     """``python -m pipeline run --json`` with two workers on long trainings, yielded once its run and both
     nested training runs exist: the process, the run id, a client of the store, and its stderr lines
     (read meanwhile, so the workers' epoch lines never fill the pipe). Killed on the way out if still running."""
-    cfg = small_config(**{"training.epochs": 5000, "training.batch_size": 8, "training.seeds": [0, 1]})
-    cfg["execution"] = {"workers": 2}
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
-                             "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_run(write_config, store, tmp_path, epochs=5000, batch_size=8)
     try:
         run_id, deadline = None, time.time() + 300
         for line in proc.stderr:  # wait until the run has started
@@ -281,13 +286,7 @@ def test_a_report_process_killed_fails_the_run_in_one_line(write_config, store, 
     """Issue 25 item 12: the report process ``executor.beside`` forks is SIGKILLed while it waits for its work or
     while it renders: the command ends (never waits for ever) with exit 3, one line naming the process, the run
     FAILED, no worker left."""
-    cfg = small_config(**{"training.epochs": 30, "training.batch_size": 16, "training.seeds": [0, 1]})
-    cfg["execution"] = {"workers": 2}
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
-                             "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_run(write_config, store, tmp_path, epochs=30, batch_size=16)
     try:
         deadline = time.time() + 120
         while not _children(proc.pid):  # the report process is forked first, before torch is imported
