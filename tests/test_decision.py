@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.core import decision
+from pipeline.core import decision, uncertainty
 from pipeline.core.decision import Option
 from pipeline.core.document import CandidateResult, DisparityEntry
 
@@ -109,22 +109,26 @@ def test_when_none_passes_it_says_what_group_awareness_would_buy_and_what_no_one
                              "(more test rows in the small groups), not a model problem.")
 
 
-def test_parity_interval_tells_a_small_group_from_a_large_one():
-    # Exact parity, two groups, accuracy floor 0.80 and base rate 0.24: selection rates 0.04 to 0.44 allowed.
-    # The accuracy check's gate interval at the floor is 2.807 * sqrt(.8 * .2 / 9769) = 0.011 wide on each side.
-    args = {"level": 0.995, "n_boot": 1000, "seed": 0, "base_rate": 0.24, "min_accuracy": 0.80, "rows": 9769}
-    small = decision.parity_interval("demographic_parity_ratio:x", [{"count": 102}, {"count": 5774}], **args)
+def test_parity_interval_tells_small_groups_from_large_ones():
+    # Exact parity, accuracy floor 0.80 and base rate 0.24: selection rates up to 0.24 + 0.20 - margin allowed,
+    # margin = 1.645 * sqrt(.8 * .2 / 9769) = 0.0067, the accuracy's one-sided 95% bound at the floor.
+    args = {"level": 0.95, "base_rate": 0.24, "min_accuracy": 0.80, "rows": 9769}
+    z = 1.6448536269514722
+    small = decision.parity_interval("demographic_parity_ratio:x", [{"count": 102}, {"count": 150}], **args)
     large = decision.parity_interval("demographic_parity_ratio:x", [{"count": 50000}, {"count": 50000}], **args)
-    # Normal approximation, independently: the ratio's relative standard error is about
-    # sqrt((1-p)/(n p)) for the small group; at the best rate (0.24 + 0.20 - 0.011 = 0.43), z = 2.807 for 99.5%.
-    p = 0.24 + 0.20 - 2.807 * np.sqrt(0.8 * 0.2 / 9769)
-    approx = 1 - 2.807 * np.sqrt((1 - p) / (102 * p))
+    # Normal approximation, independently: the log ratio's standard error is about sqrt(sum (1-p)/(n p)); at the
+    # best rate (the highest allowed: the least relative noise), the lower bound is about 1 - z * that.
+    p = 0.24 + 0.20 - z * np.sqrt(0.8 * 0.2 / 9769)
+    approx = 1 - z * np.sqrt((1 - p) / (102 * p) + (1 - p) / (150 * p))
     assert np.floor(p * 100) / 100 - 0.02 <= small[1] <= p  # near the highest rate allowed (the least noise)
-    assert small[0] == pytest.approx(approx, abs=0.06) and small[0] < 0.8
+    assert small[0] == pytest.approx(approx, abs=0.04) and small[0] < 0.8
     assert large[0] > 0.97
+    # The bound is the gate's own: the same pass bound policy computes from these counts.
+    n = np.array([102, 150])
+    assert small[0] == uncertainty.gap_bounds(np.round(n * small[1]), n, kind="ratio", alpha=0.05)[0]
     # Differences are best at the lowest rate (least variance), and not demographic parity: no answer.
     low = decision.parity_interval("demographic_parity_difference:x", [{"count": 102}, {"count": 5774}], **args)
-    assert low[1] == pytest.approx(np.ceil((0.24 - 0.20 + 2.807 * np.sqrt(0.8 * 0.2 / 9769)) * 100) / 100, abs=1e-9)
+    assert low[1] == pytest.approx(np.ceil((0.24 - 0.20 + z * np.sqrt(0.8 * 0.2 / 9769)) * 100) / 100, abs=1e-9)
     assert decision.parity_interval("equalized_odds_difference:x", [{"count": 10}, {"count": 10}], **args) is None
 
 

@@ -245,45 +245,35 @@ def _moves(o: Option, everywhere: frozenset[str] = frozenset()) -> str:
 # --- what no mitigation can reach on these test rows ---------------------------------------------------
 
 
-def parity_interval(check: str, groups: Sequence[dict], *, level: float, n_boot: int, seed: int,
-                    base_rate: float, min_accuracy: float | None, rows: int) -> tuple[float, float] | None:
-    """The best gate bound of a demographic-parity check at exact parity, over the rates the accuracy floor allows.
+def parity_interval(check: str, groups: Sequence[dict], *, level: float, base_rate: float,
+                    min_accuracy: float | None, rows: int) -> tuple[float, float] | None:
+    """The best pass bound of a demographic-parity check at exact parity, over the rates the accuracy floor allows.
 
     ``groups``: the view's groups the check compares, each ``{"count": n}`` (rows). Every group is
     given the same selection rate ``p`` (counts rounded), for each ``p`` on a grid of steps of 0.01
     within ``base_rate -/+ (1 - min_accuracy - margin)``: errors are at least ``|p - base_rate|``,
-    and the accuracy check passes only when its gate interval clears the floor, which takes at
-    least ``margin``, the interval's half-width at the floor on ``rows`` test rows (normal
-    approximation at ``level``). The counts are resampled by the audit's count bootstrap and
-    judged by the gate's interval. Returns
+    and the accuracy check passes only when its one-sided lower bound clears the floor, which takes at
+    least ``margin``, that bound's distance at the floor on ``rows`` test rows (normal approximation at
+    ``level``). Each ``p`` is judged by the gate's own pass bound at ``level`` (``uncertainty.gap_bounds``,
+    as ``policy`` judges the check: the difference's upper bound, the ratio's lower bound). Returns
     ``(best bound, p)`` for the bound that comes nearest to passing, or ``None`` for a check that
     is not a demographic-parity check, or that compares fewer than two groups (on small data, no
-    group of an intersection may be large enough to gate). When that bound still fails the
+    group of an intersection may be large enough to gate). When that bound still misses the
     threshold, no candidate with any decisions can pass this check on these rows.
     """
     if not check.startswith(("demographic_parity_difference", "demographic_parity_ratio")) or len(groups) < 2:
         return None
-    name = check.split(":", 1)[0]
+    kind = "difference" if check.startswith("demographic_parity_difference") else "ratio"
     slack = 1.0
     if min_accuracy is not None:
-        margin = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(min_accuracy * (1 - min_accuracy) / max(rows, 1))
+        margin = NormalDist().inv_cdf(level) * math.sqrt(min_accuracy * (1 - min_accuracy) / max(rows, 1))
         slack = 1.0 - min_accuracy - margin
     low, high = math.ceil(max(base_rate - slack, 0.01) * 100), math.floor(min(base_rate + slack, 0.99) * 100)
-    grid = np.arange(low, high + 1) / 100  # whole hundredths inside the band
     sizes = np.array([int(g["count"]) for g in groups])
-    rng = np.random.default_rng(seed)
     best = None
-    for p in grid:
-        selected = np.round(sizes * p).astype(np.int64)
-        counts = np.stack([selected, np.zeros_like(selected), sizes - selected, np.zeros_like(selected)], axis=1)
-        everyone = np.ones(len(sizes), dtype=bool)
-        masks = {"selection_rate": everyone, "true_positive_rate": everyone, "false_positive_rate": everyone}
-        point = uncertainty.disparities(uncertainty.rates(counts), masks)[name]
-        replicates = uncertainty.disparities(
-            uncertainty.rates(uncertainty.bootstrap_counts(counts, n_boot=n_boot, rng=rng)), masks)[name]
-        low, high = uncertainty.interval(replicates, level, point=point)
-        bound = float(high) if name == "demographic_parity_difference" else float(low)
-        better = best is None or (bound < best[0] if name == "demographic_parity_difference" else bound > best[0])
-        if better:
+    for p in np.arange(low, high + 1) / 100:  # whole hundredths inside the band
+        lower, upper, _ = uncertainty.gap_bounds(np.round(sizes * p), sizes, kind=kind, alpha=1 - level)
+        bound = float(upper) if kind == "difference" else float(lower)
+        if best is None or (bound < best[0] if kind == "difference" else bound > best[0]):
             best = (bound, float(p))
     return best

@@ -101,8 +101,7 @@ def data_problems(cfg: Config, primary: SeedAudit, findings: list[Finding], chec
             continue
         table = primary.evaluation.groups[f.view]
         compared = table[table["selection_rate_eligible"]]
-        best = decision.parity_interval(check, compared.to_dict("records"), level=f.ci_level, n_boot=cfg.audit.n_boot,
-                                        seed=cfg.audit.bootstrap_seed, base_rate=base_rate,
+        best = decision.parity_interval(check, compared.to_dict("records"), level=f.ci_level, base_rate=base_rate,
                                         min_accuracy=cfg.policy.min_accuracy, rows=len(split.y_test))
         if best is None:
             continue
@@ -110,7 +109,7 @@ def data_problems(cfg: Config, primary: SeedAudit, findings: list[Finding], chec
         misses = bound > f.threshold if f.comparison == "<=" else bound < f.threshold
         if misses:
             smallest = compared.loc[compared["count"].idxmin()]
-            out[check] = (f"at exact parity its gate interval ends at {bound:.3f} at best (selection rate {rate:.2f}),"
+            out[check] = (f"at exact parity its pass bound is {bound:.3f} at best (selection rate {rate:.2f}),"
                           f" short of {f.threshold:g}; its smallest group, '{smallest['group']}', has "
                           f"{int(smallest['count']):,} test rows")
     return out
