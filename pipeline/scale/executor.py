@@ -170,7 +170,9 @@ class ForkExecutor(LocalExecutor):
     starts in milliseconds, and ``fn`` may be any callable, a closure included: it is never
     pickled (items go to the workers by inheritance too; results come back pickled). ``submit``
     returns at once, so the caller works meanwhile (the runner loads MLflow while the seeds
-    train). Worker ``j`` of ``k`` takes items ``j, j + k, ...``. Each worker pins torch to one
+    train). Each worker takes the next item no worker has taken yet (a counter in shared memory), so a
+    worker whose items take longer (the audited seed, probed and searched after its training) is not
+    given more of them; each result is placed by its item's index. Each worker pins torch to one
     thread, as the runner does, so the numbers equal those of one process, and runs at niceness
     ``WORKER_NICENESS``. With ``warm``, one worker is forked at once (see :func:`beside`).
 
@@ -209,14 +211,10 @@ class ForkExecutor(LocalExecutor):
             except OSError:  # BrokenPipeError: it died while it waited for its work (SIGKILL, say)
                 process.join()
                 raise WorkerDied(process.pid, process.exitcode) from None
-            workers = [(process, conn, list(range(len(items))))]
+            workers = [(process, conn)]
         else:
-            count = min(self.workers, len(items))
-            workers = []
-            for j in range(count):
-                mine = list(range(j, len(items), count))
-                process, conn = self._fork(_work, fn, [items[i] for i in mine])
-                workers.append((process, conn, mine))
+            taken = multiprocessing.get_context("fork").Value("l", 0)  # the next item's index, shared
+            workers = [self._fork(_work, fn, items, taken) for _ in range(min(self.workers, len(items)))]
         return Pending(lambda: _gather(workers, len(items)))
 
     def close(self) -> None:
@@ -231,43 +229,41 @@ class ForkExecutor(LocalExecutor):
 
 
 def _gather(workers: list, count: int) -> list:
-    """Results in item order, as the workers send them; a worker that ends before sending all of its
-    own is :class:`WorkerDied`; an exception a worker sends is raised here."""
-
+    """Results in item order, as the workers send them (each with its item's index); a worker that ends
+    otherwise than by finding no item left (killed, or with items still undone and no other worker
+    alive) is :class:`WorkerDied`; an exception a worker sends is raised here."""
     results: list = [None] * count
-    owed = {id(conn): len(mine) for _, conn, mine in workers}
-    index = {id(conn): iter(mine) for _, conn, mine in workers}
-    live = {id(conn): (process, conn) for process, conn, _ in workers}
-    while live:
+    done = 0
+    live = {id(conn): (process, conn) for process, conn in workers}
+    while done < count:
         for ready in wait([conn for _, conn in live.values()]):
             process, conn = live[id(ready)]
             try:
-                ok, value = pickle.loads(conn.recv_bytes())
-            except EOFError:  # the worker ended without sending what it owes
+                i, ok, value = pickle.loads(conn.recv_bytes())
+            except EOFError:  # the worker ended: by itself once no item was left, or killed
                 del live[id(ready)]
                 process.join()
-                if owed[id(ready)]:
+                if process.exitcode != 0 or (not live and done < count):
                     raise WorkerDied(process.pid, process.exitcode) from None
                 continue
             if not ok:
                 raise value
-            results[next(index[id(ready)])] = value
-            owed[id(ready)] -= 1
-            if not owed[id(ready)]:
-                del live[id(ready)]
+            results[i] = value
+            done += 1
     return results
 
 
-def _send_each(conn, fn: Callable, items: list) -> None:
+def _send(conn, fn: Callable, i: int, item) -> bool:
+    """``fn(item)`` sent to the parent with ``i``; False when ``fn`` raised (the exception is sent instead)."""
     # Plain pickle, never multiprocessing's: torch registers reductions with that one which share a
     # tensor's memory through this process, and the process may be gone when the parent reads.
-    for item in items:
-        try:
-            message = pickle.dumps((True, fn(item)), protocol=pickle.HIGHEST_PROTOCOL)
-        except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
-            conn.send_bytes(pickle.dumps((False, _picklable(exc))))
-            return
-        conn.send_bytes(message)
+    try:
+        message = pickle.dumps((i, True, fn(item)), protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+        conn.send_bytes(pickle.dumps((i, False, _picklable(exc))))
+        return False
+    conn.send_bytes(message)
+    return True
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -278,10 +274,16 @@ def _picklable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _work(conn, fn: Callable, items: list) -> None:
-    """A forked worker: items inherited, results sent back one by one."""
+def _work(conn, fn: Callable, items: list, taken) -> None:
+    """A forked worker: items inherited; takes the next item not yet taken (``taken``, a shared counter) and
+    sends its result back, until none is left or ``fn`` raised."""
     _fork_start()
-    _send_each(conn, fn, items)
+    while True:
+        with taken.get_lock():
+            i = taken.value
+            taken.value = i + 1
+        if i >= len(items) or not _send(conn, fn, i, items[i]):
+            break
     conn.close()
 
 
@@ -292,7 +294,9 @@ def _serve_one(conn, warm: Callable[[], object]) -> None:
         fn, items = pickle.loads(conn.recv_bytes())
     except EOFError:  # closed without work
         return
-    _send_each(conn, fn, items)
+    for i, item in enumerate(items):
+        if not _send(conn, fn, i, item):
+            break
     conn.close()
 
 
