@@ -145,7 +145,9 @@ def test_contents_list_links_every_section(adult, browser, width):
     result, _ = adult
     _open(browser, result.report_html, width)
     links = browser.evaluate("[...document.querySelectorAll('nav.contents a')].map(a => a.getAttribute('href'))")
-    assert {"#findings", "#bias-audit", "#groups", "#capacity", "#review", "#data"} <= set(links)
+    assert {"#findings", "#bias-audit", "#groups", "#capacity", "#leakage", "#slices", "#review", "#data"} <= set(links)
+    sections = browser.evaluate("[...document.querySelectorAll('section[id] > h2')].map(h => '#' + h.parentElement.id)")
+    assert set(sections) <= set(links), set(sections) - set(links)  # every titled section is in the list
     for href in links:
         browser.evaluate(f"window.scrollTo(0, 0); document.querySelector('nav.contents a[href=\"{href}\"]').click(); 1")
         top = browser.wait_for(f"(() => {{ const t = document.querySelector('{href}').getBoundingClientRect().top;"
