@@ -7,6 +7,7 @@ import pty
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -248,8 +249,8 @@ def test_cli_without_an_answer_writes_an_unset_config_that_run_refuses(tmp_path,
                                           values="1 (220 rows), 0 (180 rows)")]
 
 
-def test_cli_asks_on_a_terminal(tmp_path):
-    """On a terminal (a pseudo-terminal here) init shows the values and counts and takes the answer."""
+def _on_a_terminal(tmp_path, answer: bytes) -> tuple[int, bytes, Path]:
+    """init run on a pseudo-terminal, given ``answer`` at its prompt: the exit code, what it showed, the config path."""
     path, _ = _recidivism(tmp_path)
     out = tmp_path / "recid.yaml"
     leader, follower = pty.openpty()
@@ -263,10 +264,33 @@ def test_cli_asks_on_a_terminal(tmp_path):
             chunk = os.read(leader, 4096)
             assert chunk, seen.decode(errors="replace")
             seen += chunk
-        os.write(leader, b"0\n")
-        assert proc.wait(timeout=120) == 0
+        os.write(leader, answer)
+        code = proc.wait(timeout=120)
+        while True:  # the rest of what it wrote
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
     finally:
         proc.kill() if proc.poll() is None else None
         os.close(leader)
+    return code, seen, out
+
+
+def test_cli_asks_on_a_terminal(tmp_path):
+    """On a terminal (a pseudo-terminal here) init shows the values and counts and takes the answer."""
+    code, seen, out = _on_a_terminal(tmp_path, b"0\n")
+    assert code == 0
     assert b"'two_year_recid' holds: 1 (220 rows), 0 (180 rows)" in seen
     assert yaml.safe_load(out.read_text())["dataset"]["positive_label"] == "0"
+
+
+def test_no_answer_at_the_prompt_is_one_line_and_writes_nothing(tmp_path):
+    """Ctrl-D at init's prompt (click's Abort) ends in one line and exit 130, not a traceback; no config is written."""
+    code, seen, out = _on_a_terminal(tmp_path, b"\x04")
+    assert code == 130, seen.decode(errors="replace")
+    assert b"Traceback" not in seen and seen.count(b"error: ") == 1 and b"error: interrupted" in seen
+    assert not out.exists()

@@ -290,8 +290,8 @@ def out_of_fold(x: np.ndarray, codes: np.ndarray, folds: list[tuple[np.ndarray, 
     return proba
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, *, c: float, start: np.ndarray | None = None,
-                 x32: np.ndarray | None = None, max_iter: int = MAX_ITER) -> np.ndarray:
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, c: float, x32: np.ndarray | None = None,
+                 max_iter: int = MAX_ITER) -> np.ndarray:
     """Weights and intercept (last) of the L2-regularised logistic regression scikit-learn's
     ``LogisticRegression(C=c)`` fits: minimise sum of log losses + |w|² / (2c), the intercept unpenalised.
 
@@ -303,11 +303,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, c: float, start: np.ndarray | 
     """
     n, d = x.shape
     y = y.astype(np.float64)
-    if start is None:
-        w = np.zeros(d + 1)
-        w[-1] = math.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6))  # the intercept of a probe that reads nothing
-    else:
-        w = start.copy()
+    w = np.zeros(d + 1)
+    w[-1] = math.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6))  # the intercept of a probe that reads nothing
     penalty = np.full(d + 1, 1.0 / c)
     penalty[-1] = 0.0
     x32 = x.astype(np.float32) if x32 is None else x32  # the Hessian only steers the steps: float32 halves its cost

@@ -34,19 +34,20 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
+from pipeline.core import uncertainty
 from pipeline.core.config import SlicesConfig
 from pipeline.core.document import SliceRow, SliceSection
+from pipeline.core.vocabulary import INTERSECTION_JOIN
 
 logger = logging.getLogger(__name__)
 
 METHOD = "benjamini-hochberg"
 MISSING = "(missing)"
-JOIN = " & "
+JOIN = INTERSECTION_JOIN  # the same as an intersection of groups
 # Rate -> (numerator, denominator) among the counts of a slice; the first three are errors (higher is worse).
 METRICS = {"error_rate": ("errors", "rows"), "false_positive_rate": ("false_positives", "negatives"),
            "false_negative_rate": ("false_negatives", "positives"), "selection_rate": ("selected", "rows")}
@@ -133,7 +134,6 @@ def find_slices(features: pd.DataFrame, y: np.ndarray, decisions: np.ndarray, *,
     tests = _tests(counts, totals, min_size=cfg.min_size)
     q = benjamini_hochberg(tests["p"])
     found_mask = (q <= cfg.fdr) & (np.abs(tests["h"]) >= cfg.min_effect)
-    z_level = NormalDist().inv_cdf((1 + ci_level) / 2)
     rows, by_metric = [], {}
     redundant = _redundancy(np.flatnonzero(found_mask), tests, found["slices"], margin=cfg.min_effect)
     for metric in METRICS:
@@ -147,7 +147,7 @@ def find_slices(features: pd.DataFrame, y: np.ndarray, decisions: np.ndarray, *,
             s = tests["slice"][t]
             conditions = [(columns[c].name, columns[c].conditions[v]) for c, v in found["slices"][s]]
             rate, n = tests["rate"][t], int(tests["n"][t])
-            low, high = wilson(rate, n, z_level)
+            low, high = (float(v) for v in uncertainty.wilson(round(rate * n), n, alpha=(1 - ci_level) / 2))
             rows.append(SliceRow(slice=JOIN.join(text for _, text in conditions),
                                  conditions=[list(c) for c in conditions], metric=metric,
                                  size=int(counts["rows"][s]), denominator=n, rate=float(rate), ci_low=low,
@@ -253,13 +253,6 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     q = np.empty(m)
     q[order] = np.minimum(adjusted, 1.0)
     return q
-
-
-def wilson(rate: float, n: int, z: float) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``rate`` of ``n`` rows (``z``: the normal quantile of the level)."""
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # --- plain words ---------------------------------------------------------------------------------

@@ -466,12 +466,16 @@ def init(data_path: str, out: str | None, force: bool, favourable: str | None, m
     """Write a starter config for a new data set (column table on stderr); check it, then run (or audit) it."""
 
     def ask(target: str, values: tuple[tuple[str, int], ...]) -> str | None:
-        click.echo(f"The target column '{target}' holds: "
-                   + ", ".join(f"{v} ({n:,} rows)" for v, n in values) + ".", err=True)
+        from pipeline.app.init import describe_values  # loaded already: init() is asking
+
+        click.echo(f"The target column '{target}' holds: {describe_values(values)}.", err=True)
         click.echo("Which value is the favourable outcome, the one a person wants (a loan granted, a job offered, "
                    "not re-offending)? Every fairness number depends on it.", err=True)
-        answer = click.prompt("favourable value (empty: decide later)", default="", show_default=False, err=True,
-                              type=click.Choice(["", *(v for v, _ in values)]), show_choices=True)
+        try:
+            answer = click.prompt("favourable value (empty: decide later)", default="", show_default=False, err=True,
+                                  type=click.Choice(["", *(v for v, _ in values)]), show_choices=True)
+        except click.Abort:  # Ctrl-C or Ctrl-D at the prompt: interrupted, nothing written, one line (exit 130)
+            raise Interrupted("init: no answer at the prompt; nothing written") from None
         return answer or None
 
     def call():

@@ -74,16 +74,7 @@ def open_model(uri: str, *, tracking_uri: str, cfg: Config, layers: list[str] | 
         The model cannot be loaded, its inputs are unknown (no signature and no ``model.inputs``),
         or it reads the target column.
     """
-    from mlflow.models import get_model_info
-
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        info = get_model_info(uri)
-        local = mlflow.artifacts.download_artifacts(uri)
-    except MlflowException as err:
-        raise UserError(MESSAGE_CANNOT_LOAD.format(uri=uri, store=tracking_uri, why=_first_line(err.message))) from err
-    except OSError as err:  # an artifact store that cannot be reached or read
-        raise UserError(MESSAGE_CANNOT_LOAD.format(uri=uri, store=tracking_uri, why=_first_line(str(err)))) from err
+    info, local = _model_info(uri, tracking_uri=tracking_uri, download=True)
     flavors = info.flavors or {}
     encoder = _pipeline_encoder(info.run_id) if "pytorch" in flavors else None
     inputs = info.signature.inputs if info.signature is not None else None
@@ -128,15 +119,24 @@ class Signature:
     kind: str  # "pipeline", "pytorch" or "pyfunc (...)"
 
 
-def read_signature(uri: str, *, tracking_uri: str) -> Signature:
-    """The input columns (or tensor width) an MLflow model's signature names, and its kind."""
+def _model_info(uri: str, *, tracking_uri: str, download: bool):
+    """The model's MLflow info and (``download``) its local copy; what the store or artifact store refuses is one
+    line naming the model and the store."""
     from mlflow.models import get_model_info
 
     mlflow.set_tracking_uri(tracking_uri)
     try:
         info = get_model_info(uri)
+        return info, mlflow.artifacts.download_artifacts(uri) if download else None
     except MlflowException as err:
         raise UserError(MESSAGE_CANNOT_LOAD.format(uri=uri, store=tracking_uri, why=_first_line(err.message))) from err
+    except OSError as err:  # an artifact store that cannot be reached or read
+        raise UserError(MESSAGE_CANNOT_LOAD.format(uri=uri, store=tracking_uri, why=_first_line(str(err)))) from err
+
+
+def read_signature(uri: str, *, tracking_uri: str) -> Signature:
+    """The input columns (or tensor width) an MLflow model's signature names, and its kind."""
+    info, _ = _model_info(uri, tracking_uri=tracking_uri, download=False)
     flavors = info.flavors or {}
     inputs = info.signature.inputs if info.signature is not None else None
     kind = ("pipeline" if "pytorch" in flavors and _pipeline_encoder(info.run_id) is not None

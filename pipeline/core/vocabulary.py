@@ -84,8 +84,8 @@ def regression_id(finding: str) -> str:
 
 
 # A key part from data (a column name, a group label, an intersection of labels) is cut to this length:
-# 'group/<view>/<group>/<metric>' then stays within MLflow's 250 characters (two parts, 6 + 3 separators
-# and a metric name of at most 40 characters).
+# a key with two such parts ('leakage/<feature>/<representation>/<metric>', 'unseen_categories/<column>')
+# then stays within MLflow's 250 characters.
 KEY_PART_LIMIT = 100
 
 
@@ -128,22 +128,9 @@ def key_parts(labels: typing.Iterable[str]) -> dict[str, str]:
             for part, same in by_part.items() for label in same}
 
 
-def group_metric_keys(view: str, pairs: typing.Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """:func:`group_metric` for every (group, metric name) of one view, each key unique (:func:`key_parts`):
-    'group/sex/A_B-3f2a9c1d/selection_rate'."""
-    pairs = list(pairs)
-    parts = key_parts(group for group, _ in pairs)
-    return {(group, name): "/".join(("group", _part(view), parts[group], _part(name))) for group, name in pairs}
-
-
 def disparity_metric(name: str, view: str) -> str:
     """'demographic_parity_difference/sex'."""
     return metric_key(name, view)
-
-
-def group_metric(view: str, group: str, name: str) -> str:
-    """'group/sex/Female/selection_rate'."""
-    return metric_key("group", view, group, name)
 
 
 def layer_metric(name: str, index: int, split: CapacitySplit | None = None) -> str:
@@ -154,11 +141,6 @@ def layer_metric(name: str, index: int, split: CapacitySplit | None = None) -> s
 def epoch_metric(kind: UnitKind, index: int) -> str:
     """A per-epoch step metric of the training timeline: 'epoch_dead_fraction/layer1'."""
     return f"epoch_{kind}_fraction/{layer_name(index)}"
-
-
-def capacity_share_metric(view: str, group_part: str, index: int) -> str:
-    """'capacity_share/sex/Female/layer1'; ``group_part`` from :func:`key_parts` of the view's groups."""
-    return metric_key("capacity_share", view, group_part) + f"/{layer_name(index)}"
 
 
 LAYERS_MAX = "max_layer"  # the largest leakage over a model's ReLU layers (what policy.max_leakage_auc judges)

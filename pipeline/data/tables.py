@@ -423,11 +423,6 @@ class Profile:
             values=values, text=self.text | other.text, longest=longest, outside=outside,
             first={**other.first, **self.first}, overflow=frozenset(overflow))
 
-    @property
-    def rows_refused(self) -> bool:
-        """Whether some row is refused whatever the other rows hold (a streamed audit stops scoring then)."""
-        return bool(self.missing_labels or any(self.non_finite.values()) or self.longest or self.outside)
-
 
 def profile(frame: pd.DataFrame, cfg: DatasetConfig, *, file: str) -> Profile:
     """The profile of ``frame``'s rows (a whole table, or one batch of a shard of ``file``).
@@ -828,11 +823,6 @@ def encode_all(table: Table, cfg: Config, encoder: Encoder, *, source: str) -> A
     _, y, groups = roles(frame, cfg.dataset)
     columns = [*encoder.numeric, *encoder.categorical]
     check_encodable(frame, encoder, source=source, path=table.path)
-    unseen = {}
-    for col, cats in encoder.categorical.items():
-        values = frame[col].astype("string").fillna(MISSING_CATEGORY)
-        count = int((~values.isin(cats)).sum())
-        if count:
-            unseen[col] = count
-    return AuditRows(x=encoder.transform(frame), y=y, s=groups.reset_index(drop=True), rows=table.row_numbers,
+    x, unseen = encoder.encode(frame)  # the inputs, and the rows of unseen categories counted in the same pass
+    return AuditRows(x=x, y=y, s=groups.reset_index(drop=True), rows=table.row_numbers,
                      encoder=encoder, unseen_categories=unseen, feature_columns=columns)

@@ -91,7 +91,6 @@ logger = logging.getLogger(__name__)
 LOSS_SCALE = 2**24  # fixed point of each row's log loss (at most -log(LOSS_CLIP) = 36.04): resolution 6e-8
 LOSS_CLIP = float(np.finfo(np.float64).eps)  # as fairness.log_loss clips float64 probabilities (scikit-learn's rule)
 MESSAGE_ROWS = "{file}: shard at row {offset} yielded {found} rows; its Parquet metadata says {expected}"
-MESSAGE_MISSING_LABELS = tables.MESSAGE_MISSING_LABELS  # checked with the others (data.tables.check_profile)
 
 
 # --- map: one shard -------------------------------------------------------------------------------
