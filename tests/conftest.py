@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         if {"ray_head", "ray_address"} & set(item.fixturenames) or module == "test_executor":
             item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.xdist_group("ray"))  # under `-n`: one worker starts the session's cluster
         if module in BROWSER_MODULES:
             item.add_marker(pytest.mark.browser)
 
