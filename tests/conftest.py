@@ -98,12 +98,81 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0].removeprefix("error: ")
 
 
-def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m pipeline ...` in a real subprocess."""
+def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, fresh: bool = False,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m pipeline ...` in a real process of its own: forked from the session's warm interpreter
+    (tests/zygote.py says what that keeps and what it changes), or with ``fresh`` a new interpreter."""
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=600)
+    if fresh:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+    return _ZYGOTE.run(list(args), cwd=Path(cwd), env=full_env, timeout=timeout)
+
+
+class _Zygote:
+    """The client of tests/zygote.py: started at the first run, stopped (by its PID) at the session's end."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+
+    def run(self, args: list[str], *, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        import tempfile
+
+        if self._proc is None or self._proc.poll() is not None:
+            zygote_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+            self._proc = subprocess.Popen([sys.executable, str(ROOT / "tests/zygote.py")], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, env=zygote_env, cwd=ROOT, bufsize=0)
+        command = [sys.executable, "-m", "pipeline", *args]
+        with tempfile.TemporaryDirectory(prefix="cli-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            out.touch()
+            err.touch()
+            request = {"argv": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
+            pid = self._answer(60)["pid"]
+            try:
+                code = self._answer(timeout)["returncode"]
+            except subprocess.TimeoutExpired:
+                os.kill(pid, 9)
+                self._answer(60)
+                raise subprocess.TimeoutExpired(command, timeout) from None
+            return subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
+
+    def _answer(self, timeout: float) -> dict:
+        """The zygote's next line, within ``timeout`` seconds."""
+        import select
+        import time
+
+        line, deadline = b"", time.monotonic() + timeout
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._proc.stdout], [], [], left)[0]:
+                raise subprocess.TimeoutExpired("tests/zygote.py", timeout)
+            chunk = self._proc.stdout.read(1)
+            if not chunk:
+                raise RuntimeError(f"tests/zygote.py ended (exit code {self._proc.wait()})")
+            line += chunk
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+_ZYGOTE = _Zygote()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_zygote():
+    yield
+    _ZYGOTE.close()
 
 
 @pytest.fixture(scope="session")

@@ -54,8 +54,12 @@ def test_baseline_from_another_experiment_is_a_user_error(write_config, store, t
     other = runner.run(_config(write_config, "o.yaml", **{"tracking.experiment": "tests-baseline-other"}),
                        tracking_uri=store, reports_dir=tmp_path)
     client = MlflowClient(store)
-    before = len(client.search_runs([client.get_experiment_by_name("tests-baseline").experiment_id]))
+
+    def runs() -> int:  # the experiment may not exist yet: this test does not depend on the others' order
+        experiment = client.get_experiment_by_name("tests-baseline")
+        return len(client.search_runs([experiment.experiment_id])) if experiment else 0
+
+    before = runs()
     with pytest.raises(UserError, match="not in this audit's experiment"):
         runner.run(_config(write_config, "x.yaml"), tracking_uri=store, reports_dir=tmp_path, baseline=other.run_id)
-    after = len(client.search_runs([client.get_experiment_by_name("tests-baseline").experiment_id]))
-    assert after == before  # checked before the run starts: nothing half-logged
+    assert runs() == before  # checked before the run starts: nothing half-logged
