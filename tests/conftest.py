@@ -111,49 +111,52 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, fresh: bool =
 
 
 class _Zygote:
-    """The client of tests/zygote.py: started at the first run, stopped (by its PID) at the session's end."""
+    """The client of tests/zygote.py: started at the first run, stopped (by its PID) at the session's end.
+    Each run is a connection of its own, so runs from several threads overlap as separate processes do."""
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen | None = None
+        import threading
 
-    def run(self, args: list[str], *, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        self._proc: subprocess.Popen | None = None
+        self._socket = ""
+        self._lock = threading.Lock()
+
+    def _start(self) -> str:
         import tempfile
 
-        if self._proc is None or self._proc.poll() is not None:
-            zygote_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
-            self._proc = subprocess.Popen([sys.executable, str(ROOT / "tests/zygote.py")], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, env=zygote_env, cwd=ROOT, bufsize=0)
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._socket = str(Path(tempfile.mkdtemp(prefix="zygote-")) / "socket")
+                env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+                self._proc = subprocess.Popen([sys.executable, str(ROOT / "tests/zygote.py"), self._socket],
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT)
+                ready = self._proc.stdout.readline()
+                assert ready == b"ready\n", f"tests/zygote.py did not start (exit code {self._proc.wait()})"
+            return self._socket
+
+    def run(self, args: list[str], *, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        import socket
+        import tempfile
+
         command = [sys.executable, "-m", "pipeline", *args]
-        with tempfile.TemporaryDirectory(prefix="cli-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="cli-") as tmp, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             out.touch()
             err.touch()
+            conn.connect(self._start())
             request = {"argv": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
-            self._proc.stdin.write((json.dumps(request) + "\n").encode())
-            pid = self._answer(60)["pid"]
-            try:
-                code = self._answer(timeout)["returncode"]
-            except subprocess.TimeoutExpired:
-                os.kill(pid, 9)
-                self._answer(60)
-                raise subprocess.TimeoutExpired(command, timeout) from None
+            conn.sendall((json.dumps(request) + "\n").encode())
+            with conn.makefile("r") as answers:
+                conn.settimeout(60)
+                pid = json.loads(answers.readline())["pid"]
+                conn.settimeout(timeout)
+                try:
+                    code = json.loads(answers.readline())["returncode"]
+                except TimeoutError:
+                    os.kill(pid, 9)
+                    raise subprocess.TimeoutExpired(command, timeout) from None
             return subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
-
-    def _answer(self, timeout: float) -> dict:
-        """The zygote's next line, within ``timeout`` seconds."""
-        import select
-        import time
-
-        line, deadline = b"", time.monotonic() + timeout
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._proc.stdout], [], [], left)[0]:
-                raise subprocess.TimeoutExpired("tests/zygote.py", timeout)
-            chunk = self._proc.stdout.read(1)
-            if not chunk:
-                raise RuntimeError(f"tests/zygote.py ended (exit code {self._proc.wait()})")
-            line += chunk
-        return json.loads(line)
 
     def close(self) -> None:
         if self._proc is not None:
@@ -163,6 +166,8 @@ class _Zygote:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            Path(self._socket).unlink(missing_ok=True)
+            Path(self._socket).parent.rmdir()
             self._proc = None
 
 

@@ -14,38 +14,67 @@ Runs whose subject is the interpreter itself (what ``--help`` imports, start-up 
 processes) or that a test signals while they run use a fresh interpreter: ``run_cli(..., fresh=True)`` or
 ``subprocess`` directly.
 
-Protocol: one JSON request per line on stdin (``argv``, ``cwd``, ``env``, ``stdout``, ``stderr``: file paths);
-this process answers ``{"pid": ...}`` once the child is forked and ``{"returncode": ...}`` once it ended.
+Protocol: the zygote listens on the Unix socket named by its first argument and says ``ready`` on stdout; it stops
+when its stdin closes. Each run is one connection: one JSON request line (``argv``, ``cwd``, ``env``, ``stdout``,
+``stderr``: file paths); for it the zygote forks a watcher, which forks the run and answers ``{"pid": ...}`` and,
+once the run ended, ``{"returncode": ...}``. Runs may overlap (tests start two at once).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import signal
+import socket
 import sys
 
 WARM = ("numpy", "pandas", "pyarrow", "pyarrow.parquet", "torch", "mlflow", "mlflow.tracking", "yaml", "click",
         "jinja2", "matplotlib")
 
 
-def _serve() -> dict | None:
-    """Answer requests until stdin closes (None: this is the zygote, it exits); in a forked child, the request."""
+def _serve(address: str) -> dict | None:
+    """Fork a watcher per connection until stdin closes (None: this is the zygote, it exits); in a run, its request."""
     import importlib
 
     for name in WARM:
         importlib.import_module(name)
     base_path = list(sys.path)  # started without PYTHONPATH: the interpreter's own path
-    reply = sys.stdout
-    while line := sys.stdin.readline():
-        request = json.loads(line)
-        reply.flush()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # watchers are reaped by the kernel
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(16)
+    print("ready", flush=True)
+    while True:
+        readable, _, _ = select.select([server, sys.stdin], [], [])
+        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1024):
+            return None
+        if server not in readable:
+            continue
+        conn, _ = server.accept()
+        if os.fork() == 0:  # the watcher: it forks the run, and only the run goes on past this point
+            server.close()
+            try:
+                request = _watch(conn, base_path)
+            except BaseException:  # noqa: BLE001 - the client sees the connection close without an answer
+                os._exit(1)
+            if request is None:
+                os._exit(0)
+            return request
+        conn.close()
+
+
+def _watch(conn: socket.socket, base_path: list[str]) -> dict | None:
+    """In the watcher: read the request, fork the run (which gets the request back), answer its pid and exit code."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # as in a fresh interpreter, for the run and for waitpid here
+    with conn, conn.makefile("r") as lines:
+        request = json.loads(lines.readline())
         pid = os.fork()
         if pid == 0:
-            request["base_path"] = base_path
-            return request
-        print(json.dumps({"pid": pid}), file=reply, flush=True)
+            return {**request, "base_path": base_path}
+        conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
         _, status = os.waitpid(pid, 0)
-        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), file=reply, flush=True)
+        conn.sendall((json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n").encode())
     return None
 
 
@@ -66,7 +95,7 @@ def _become(request: dict) -> None:
 
 if __name__ == "__main__":
     sys.path.pop(0)  # this script's folder (tests/) is not on a fresh interpreter's path
-    found = _serve()
+    found = _serve(sys.argv[1])
     if found is None:
         sys.exit(0)
     _become(found)
