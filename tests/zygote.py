@@ -1,11 +1,11 @@
 """A warm interpreter for the tests' ``python -m pipeline ...`` runs: the third-party imports made once, each run
 a forked child.
 
-Every run of the command imports torch, MLflow, pandas and pyarrow (about 3 s of CPU on this machine) before it
-does anything, and the suite runs the command a few hundred times. This script, started once per test session
-(:class:`Zygote`), imports those libraries and nothing of the project, then forks one child per request. The child
-is a real process running the real entry point: it takes the request's argument list, environment, working
-directory and standard streams, rebuilds ``sys.path`` as a fresh ``python -m pipeline`` would (the working
+Every run of the command imports torch, MLflow, pandas and pyarrow (about 3 s of CPU on this machine) before it does
+anything, and the suite runs the command a few hundred times. This script, started at the first such run of each
+test worker (``conftest._Zygote``), imports those libraries and nothing of the project, then forks one child per
+run. The child is a real process running the real entry point: it takes the request's argument list, environment,
+working directory and standard streams, rebuilds ``sys.path`` as a fresh ``python -m pipeline`` would (the working
 directory, then ``PYTHONPATH``, then the interpreter's own), and runs ``pipeline`` as ``__main__`` at the top level
 of this script, so it ends as any interpreter does (non-daemon threads joined, atexit handlers run, an uncaught
 exception printed with exit code 1). Only the imported third-party modules, and the hash seed, are inherited.
