@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -104,12 +110,18 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0].removeprefix("error: ")
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of the command under test: this one without MLFLOW_TRACKING_URI (each test names its
+    store), with this checkout on PYTHONPATH, and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
 def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, fresh: bool = False,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m pipeline ...` in a real process of its own: forked from the session's warm interpreter
     (tests/zygote.py says what that keeps and what it changes), or with ``fresh`` a new interpreter."""
-    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
+    full_env = cli_env(**(env or {}))
     if fresh:
         return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
@@ -121,15 +133,11 @@ class _Zygote:
     Each run is a connection of its own, so runs from several threads overlap as separate processes do."""
 
     def __init__(self) -> None:
-        import threading
-
         self._proc: subprocess.Popen | None = None
         self._socket = ""
         self._lock = threading.Lock()
 
     def _start(self) -> str:
-        import tempfile
-
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._socket = str(Path(tempfile.mkdtemp(prefix="zygote-")) / "socket")
@@ -141,9 +149,6 @@ class _Zygote:
             return self._socket
 
     def run(self, args: list[str], *, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
-        import socket
-        import tempfile
-
         command = [sys.executable, "-m", "pipeline", *args]
         with tempfile.TemporaryDirectory(prefix="cli-") as tmp, \
                 socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -160,7 +165,7 @@ class _Zygote:
                 try:
                     code = json.loads(answers.readline())["returncode"]
                 except TimeoutError:
-                    os.kill(pid, 9)
+                    os.kill(pid, signal.SIGKILL)
                     raise subprocess.TimeoutExpired(command, timeout) from None
             return subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
 
@@ -195,11 +200,6 @@ def mlflow_server(tmp_path_factory):
     The server runs in its own process group (it starts uvicorn as a child), so teardown
     stops the whole group and checks that no process of it is left.
     """
-    import signal
-    import socket
-    import time
-    import urllib.request
-
     tmp = tmp_path_factory.mktemp("mlflow-server")
     log_path = tmp / "server.log"
     with socket.socket() as sock:  # a free port; the server binds it a moment later

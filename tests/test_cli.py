@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import ROOT, run_cli, small_config
+from conftest import ROOT, cli_env, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 
@@ -158,10 +158,8 @@ def test_missing_config_file_exits_2():
 def test_sigterm_ends_run_killed(write_config, store, tmp_path):
     config = write_config(small_config(**{"training.epochs": 400, "training.batch_size": 8,
                                           "training.seeds": [0]}))
-    import os
 
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--tracking-uri", store,
                              "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
+import signal
+import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, one_error_line, run_cli, small_config
+from conftest import ROOT, cli_env, one_error_line, run_cli, small_config
 
 from pipeline.data import shards as stream
 from pipeline.data import tables as data
@@ -411,16 +417,13 @@ cli.main()
 
 @pytest.mark.slow
 def test_a_sigterm_lost_inside_a_gc_callback_still_ends_the_run_killed_with_exit_130(tmp_path):
-    import os
-    import sys
 
     from mlflow.tracking import MlflowClient
 
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})), encoding="utf-8")
     store = f"sqlite:///{tmp_path / 'm.db'}"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = cli_env()
     proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_GC, "run", "--config", str(config_path),
                            "--tracking-uri", store, "--reports-dir", str(tmp_path / "r"), "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -440,11 +443,6 @@ def test_a_sigterm_lost_inside_a_gc_callback_still_ends_the_run_killed_with_exit
 def _mlflow_server(folder: Path):
     """A real `mlflow server` on 127.0.0.1 in its own process group (as the session fixture ``mlflow_server``
     starts one), for a test that kills it: yields its URL and process group; whatever is left is killed after."""
-    import os
-    import signal
-    import socket
-    import sys
-    import urllib.request
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -484,16 +482,12 @@ def test_a_tracking_server_killed_mid_run_leaves_a_complete_local_audit_and_exit
     """Item 14: the server is killed (its whole process group) once the run exists on it: the command ends with
     exit 4, no traceback, the audit complete in reports/<run_id>/ with NOT_LOGGED.json, and logged in the local
     store; before, urllib3 retried for minutes and no audit was kept."""
-    import os
-    import signal
-    import sys
 
     from mlflow.tracking import MlflowClient
 
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = cli_env()
     with _mlflow_server(tmp_path) as (url, pgid):
         proc, server_run, stdout, stderr = _killed_mid_run(
             [sys.executable, "-m", "pipeline", "run", "--config", str(config_path), "--tracking-uri", url,
@@ -553,9 +547,6 @@ def test_a_ray_cluster_that_dies_mid_audit_fails_the_run_in_one_line_with_exit_3
     """Item 15: a cluster of its own, killed once the audit's run exists (its whole process group, or its GCS
     alone): exit 3, one line, the run FAILED with INCOMPLETE.json. Before, Ray ended the command's process (at
     once, or 60 s after the GCS died) with exit 1, which means "verdict fail", no summary, the run RUNNING."""
-    import os
-    import signal
-    import sys
 
     from mlflow.tracking import MlflowClient
     from raycluster import group_pids, ray_cluster
@@ -565,8 +556,8 @@ def test_a_ray_cluster_that_dies_mid_audit_fails_the_run_in_one_line_with_exit_3
     parts = _predictions_in_parts(tmp_path / "p", 40)
     store = f"sqlite:///{tmp_path / 'm.db'}"
     with ray_cluster() as cluster:
-        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN")}
-        env.update({"PYTHONPATH": str(ROOT), **cluster.client_env})
+        # The token comes from the cluster's file only: RAY_AUTH_TOKEN would take precedence over it.
+        env = {k: v for k, v in cli_env(**cluster.client_env).items() if k != "RAY_AUTH_TOKEN"}
 
         def kill() -> None:
             if killed == "cluster":
@@ -598,7 +589,6 @@ def test_mitigation_on_small_data_and_an_intersection_keeps_the_audit(tmp_path, 
     of one row refused the whole audit (exit 2, naming split.stratify_by, which has nothing to do with it);
     200 rows: a parity check with no gated group crashed the sweep after training (exit 3, run FAILED, audit
     lost). Now the audit stands with every candidate built or listed as not built."""
-    import math
 
     frame = pd.read_csv(GERMAN, skipinitialspace=True).sample(rows, random_state=sample_seed)
     path = tmp_path / "small.csv"

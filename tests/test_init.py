@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_env, run_cli
 
 from pipeline.app.init import (
     MSG_EXISTS,
@@ -254,7 +254,7 @@ def _on_a_terminal(tmp_path, answer: bytes) -> tuple[int, bytes, Path]:
     path, _ = _recidivism(tmp_path)
     out = tmp_path / "recid.yaml"
     leader, follower = pty.openpty()
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(ROOT)}
+    env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "init", "--data", str(path), "--out", str(out)],
                             stdin=follower, stdout=follower, stderr=follower, cwd=ROOT, env=env)
     os.close(follower)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, run_cli, small_config
+from conftest import ROOT, cli_env, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline.record import tracking
@@ -55,8 +55,7 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
     config = tmp_path / "slow.yaml"
     # Many epochs: the audit is still training its first seed when it is killed.
     config.write_text(yaml.safe_dump(small_config(**{"training.epochs": 400, "tracking.experiment": "orphans"})))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--tracking-uri", store,
                              "--reports-dir", str(tmp_path / "reports")], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

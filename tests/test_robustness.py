@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, run_cli, small_config
+from conftest import ROOT, cli_env, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 HOLD = """
@@ -47,8 +47,7 @@ def test_a_second_copy_of_the_same_job_is_skipped_with_exit_75(write_config, tmp
 
 def test_two_runs_at_once_on_a_new_local_store_both_complete(write_config, tmp_path):
     store = f"sqlite:///{tmp_path / 'new.db'}"  # a new store: both runs race to create it
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = cli_env()
     procs = []
     for name in ("a", "b"):
         config = write_config(small_config(**{"training.seeds": [0]}), f"{name}.yaml")

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from conftest import ROOT
+from conftest import cli_env
 from mlflow.tracking import MlflowClient
 
 
@@ -30,8 +30,7 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(PYTHONPATH=str(ROOT), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # ui opens a store, never creates one
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--port", str(port),
                              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, small_config
+from conftest import ROOT, cli_env, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import runner
@@ -149,8 +149,7 @@ def _start_run(write_config, store: str, tmp_path, *, epochs: int, batch_size: i
     """``python -m pipeline run --json`` of two seeds on two forked workers, started (stdout and stderr piped)."""
     cfg = small_config(**{"training.epochs": epochs, "training.batch_size": batch_size, "training.seeds": [0, 1]})
     cfg["execution"] = {"workers": 2}
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = cli_env()
     return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
                              "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

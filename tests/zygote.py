@@ -22,8 +22,10 @@ once the run ended, ``{"returncode": ...}``. Runs may overlap (tests start two a
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import runpy
 import select
 import signal
 import socket
@@ -35,8 +37,6 @@ WARM = ("numpy", "pandas", "pyarrow", "pyarrow.parquet", "torch", "mlflow", "mlf
 
 def _serve(address: str) -> dict | None:
     """Fork a watcher per connection until stdin closes (None: this is the zygote, it exits); in a run, its request."""
-    import importlib
-
     for name in WARM:
         importlib.import_module(name)
     base_path = list(sys.path)  # started without PYTHONPATH: the interpreter's own path
@@ -99,6 +99,4 @@ if __name__ == "__main__":
     if found is None:
         sys.exit(0)
     _become(found)
-    import runpy
-
     runpy.run_module("pipeline", run_name="__main__", alter_sys=True)

@@ -147,7 +147,7 @@ def find_slices(features: pd.DataFrame, y: np.ndarray, decisions: np.ndarray, *,
             s = tests["slice"][t]
             conditions = [(columns[c].name, columns[c].conditions[v]) for c, v in found["slices"][s]]
             rate, n = tests["rate"][t], int(tests["n"][t])
-            low, high = (float(v) for v in uncertainty.wilson(round(rate * n), n, alpha=(1 - ci_level) / 2))
+            low, high = (float(v) for v in uncertainty.wilson(tests["k"][t], n, alpha=(1 - ci_level) / 2))
             rows.append(SliceRow(slice=JOIN.join(text for _, text in conditions),
                                  conditions=[list(c) for c in conditions], metric=metric,
                                  size=int(counts["rows"][s]), denominator=n, rate=float(rate), ci_low=low,
@@ -218,7 +218,9 @@ def _redundancy(hits: np.ndarray, tests: dict[str, np.ndarray], slices: list, *,
 
 def _tests(counts: dict[str, np.ndarray], totals: dict[str, int], *, min_size: int) -> dict[str, np.ndarray]:
     """One two-proportion z test per (slice, rate) whose denominators reach ``min_size`` in the slice and the rest."""
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("slice", "metric", "n", "rate", "rest", "diff", "h", "z", "p")}
+    # k of n: the rate's numerator and denominator in the slice; rest: the rate in the other rows.
+    keys = ("slice", "metric", "k", "n", "rate", "rest", "diff", "h", "z", "p")
+    out: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for metric, (num, den) in METRICS.items():
         a, n = counts[num], counts[den]
         b, m = totals[num] - a, totals[den] - n
@@ -231,6 +233,7 @@ def _tests(counts: dict[str, np.ndarray], totals: dict[str, int], *, min_size: i
             z = np.where(se > 0, (p1 - p2) / np.where(se > 0, se, 1.0), 0.0)
         out["slice"].append(tested)
         out["metric"].append(np.full(len(tested), metric, dtype=object))
+        out["k"].append(a)
         out["n"].append(n)
         out["rate"].append(p1)
         out["rest"].append(p2)
