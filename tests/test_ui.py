@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from conftest import cli_env
 from mlflow.tracking import MlflowClient
+from raycluster import group_pids
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -30,7 +32,7 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = {k: v for k, v in cli_env().items() if k != "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"}
     MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # ui opens a store, never creates one
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--port", str(port),
                              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
@@ -48,6 +50,9 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path):
                 assert time.monotonic() < deadline, "the UI did not answer /health within 90 s"
                 time.sleep(0.5)
         assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only, in /proc/net/tcp's hex
+        # No GenAI job workers: the UI's process group holds the server and its uvicorn only.
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in group_pids(os.getpgid(proc.pid))]
+        assert commands and not [c for c in commands if b"huey" in c], commands
     finally:
         os.killpg(os.getpgid(proc.pid), signal.SIGTERM)
         try:

@@ -414,8 +414,11 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
         sys.exit(code)
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", err=True)
-    os.execv(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-                      "--workers", "1"])
+    # MLflow's GenAI job runner would start seven worker processes an audit store never uses (set it to true to
+    # have them); they slow the UI's start and stop.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    os.execve(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+                       "--workers", "1"], env)
 
 
 @cli.command()
