@@ -37,9 +37,6 @@ def pytest_collection_modifyitems(items):
     def needs_ray(item) -> bool:
         return bool({"ray_head", "ray_address"} & set(item.fixturenames)) or item.path.stem == "test_executor"
 
-    # Under `-n` (pyproject.toml's addopts) each module runs on one worker, so its module-scoped fixtures are
-    # built once; the modules with tests on the session's Ray cluster share one worker, which starts it once.
-    with_ray = {item.path.stem for item in items if needs_ray(item)}
     for item in items:
         module = item.path.stem
         if module in SLOW_MODULES or {"mlflow_server", "ray_head", "ray_address"} & set(item.fixturenames):
@@ -48,7 +45,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.ray)
         if module in BROWSER_MODULES:
             item.add_marker(pytest.mark.browser)
-        item.add_marker(pytest.mark.xdist_group("ray" if module in with_ray else module))
 
 
 def small_config(**overrides) -> dict:

@@ -442,6 +442,7 @@ def profile(frame: pd.DataFrame, cfg: DatasetConfig, *, file: str) -> Profile:
         first["missing_labels"] = file
     label_counts, full = _add_counts({}, labels.value_counts(dropna=True).to_dict())
     overflow = {"(target)"} if full else set()
+    label_codes, label_values = labels.factorize()  # a missing label: code -1
     groups, pairs, values, text, longest, outside = {}, {}, {}, set(), {}, {}
     for col in cfg.sensitive_features:
         if col not in frame.columns or col == cfg.target:
@@ -470,8 +471,7 @@ def profile(frame: pd.DataFrame, cfg: DatasetConfig, *, file: str) -> Profile:
             names = names[~over]  # a label refused for its length is never kept (one was 1 MB)
         groups[col], full = _add_counts({}, names.value_counts().to_dict())
         overflow |= {col} if full else set()
-        kept = pd.DataFrame({"g": names.to_numpy(), "y": labels[~over].to_numpy() if over.any() else labels.to_numpy()})
-        pairs[col] = frozenset(map(tuple, kept.dropna().drop_duplicates().itertuples(index=False)))
+        pairs[col] = _pairs(names, label_codes[~over] if over.any() else label_codes, label_values)
         if numeric:
             number = pd.Series(series.to_numpy(dtype="float64", na_value=np.nan)).dropna()
             values[col], full = _add_counts({}, number.value_counts().to_dict())
@@ -479,6 +479,14 @@ def profile(frame: pd.DataFrame, cfg: DatasetConfig, *, file: str) -> Profile:
     return Profile(rows=len(frame), missing_labels=missing_labels, labels=label_counts, non_finite=non_finite,
                    groups=groups, pairs=pairs, values=values, text=frozenset(text), longest=longest, outside=outside,
                    first=first, overflow=frozenset(overflow))
+
+
+def _pairs(names: pd.Series, label_codes: np.ndarray, label_values: pd.Index) -> frozenset:
+    """The distinct (group, label) pairs of rows with a label, from integer codes (no row-wise text)."""
+    group_codes, group_values = names.factorize()
+    known = (label_codes >= 0) & (group_codes >= 0)
+    found = np.unique(group_codes[known].astype(np.int64) * len(label_values) + label_codes[known])
+    return frozenset((group_values[k // len(label_values)], label_values[k % len(label_values)]) for k in found)
 
 
 def _quantiles(counts: dict[float, int], qs: list[float]) -> np.ndarray:
