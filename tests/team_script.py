@@ -10,7 +10,7 @@ loop, and logs it to its own MLflow store the usual ways, each registered:
   (their incoming weights zeroed and biases set to -1000, so they never fire);
 - ``team-lr``: a scikit-learn logistic regression, no torch network inside (``predict_proba``).
 
-Usage: python tests/team_script.py TRACKING_URI DATA_CSV OUT_DIR
+Usage: python tests/team_script.py TRACKING_URI DATA_CSV OUT_DIR [MODEL,...]  (default: every model above)
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class TeamScorer(mlflow.pyfunc.PythonModel):
             return torch.sigmoid(self.net(x)).numpy()[:, 0]
 
 
-def main(store: str, data: str, out: str) -> None:
+def main(store: str, data: str, out: str, only: str = "team-net,team-scorer,team-dead,team-lr") -> None:
     warnings.simplefilter("ignore")
     out_dir = Path(out)
     frame = pd.read_csv(data, skipinitialspace=True)
@@ -87,20 +87,27 @@ def main(store: str, data: str, out: str) -> None:
     mlflow.set_experiment("team-training")
     raw = frame[NUMERIC + CATEGORICAL]
     needs = ["torch", "scikit-learn", "pandas"]  # named, as many teams do: MLflow need not infer them
+    wanted = only.split(",")
     with mlflow.start_run():
-        mlflow.pytorch.log_model(net, name="net", input_example=x[:5], registered_model_name="team-net",
-                                pip_requirements=needs)
-        mlflow.pyfunc.log_model(name="scorer", python_model=TeamScorer(preprocess, net), input_example=raw.head(5),
-                                registered_model_name="team-scorer", pip_requirements=needs)
-        mlflow.pyfunc.log_model(name="dead", python_model=TeamScorer(preprocess, dead), input_example=raw.head(5),
-                                registered_model_name="team-dead", pip_requirements=needs)
-        lr = make_pipeline(preprocess, LogisticRegression(max_iter=1000)).fit(raw, y)
-        mlflow.sklearn.log_model(lr, name="lr", input_example=raw.head(5), pyfunc_predict_fn="predict_proba",
-                                 registered_model_name="team-lr", pip_requirements=needs)
+        if "team-net" in wanted:
+            mlflow.pytorch.log_model(net, name="net", input_example=x[:5], registered_model_name="team-net",
+                                    pip_requirements=needs)
+        if "team-scorer" in wanted:
+            mlflow.pyfunc.log_model(name="scorer", python_model=TeamScorer(preprocess, net),
+                                    input_example=raw.head(5), registered_model_name="team-scorer",
+                                    pip_requirements=needs)
+        if "team-dead" in wanted:
+            mlflow.pyfunc.log_model(name="dead", python_model=TeamScorer(preprocess, dead),
+                                    input_example=raw.head(5), registered_model_name="team-dead",
+                                    pip_requirements=needs)
+        if "team-lr" in wanted:
+            lr = make_pipeline(preprocess, LogisticRegression(max_iter=1000)).fit(raw, y)
+            mlflow.sklearn.log_model(lr, name="lr", input_example=raw.head(5), pyfunc_predict_fn="predict_proba",
+                                     registered_model_name="team-lr", pip_requirements=needs)
     (out_dir / "team.json").write_text(json.dumps({"inputs": list(encoded.columns[:x.shape[1]]),
                                                    "widths": [16, 8], "killed": {str(k): v for k, v in KILLED.items()},
                                                    "raw_columns": NUMERIC + CATEGORICAL}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -166,7 +166,7 @@ def test_the_alias_moves_on_a_pass_only_on_a_real_server(team, mlflow_server, tm
     """On a real `mlflow server`: the team logs there, the audit reads the model there, tags the version,
     and moves the alias only when the verdict is pass."""
     done = subprocess.run([sys.executable, str(ROOT / "tests/team_script.py"), mlflow_server, str(GERMAN),
-                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           str(tmp_path), "team-scorer"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(mlflow_server)
     version = client.get_latest_versions("team-scorer")[0].version
