@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 NUMBERS = ("overall", "groups", "disparities", "calibration", "findings", "verdict", "capacity")
 CORES = 2  # the local executor's forked workers; the Ray cluster's two one-CPU nodes
-STEPS = ("read", "groups", "encode", "score", "activations", "partials")  # the shard work, per row
+STEPS = ("read", "checks", "groups", "encode", "score", "activations", "partials")  # the shard work, per row
 STAGE_ROWS = 2_000_000  # rows of the one-process step timing
 
 

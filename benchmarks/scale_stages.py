@@ -10,6 +10,7 @@ bootstrap (``streaming.evaluation_from``), with a timer wrapped around each step
 ``time.process_time``: the machine's other load does not count):
 
 - read: ``shards.batches`` (Parquet record batches to pandas, missing-value markers);
+- checks: ``tables.profile``, what the data stage's checks read of each batch (inf, labels, groups);
 - groups: labels and groups of each row (``audit_batch`` less the scorer);
 - encode: the encoder (``Encoder.encode``, or ``Encoder.transform`` where there is no ``encode``);
 - score: the scorer less the encoder: the forward pass in fixed-shape blocks, with the ReLU activations;
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seconds: dict[str, float] = defaultdict(float)
     _timed_generator(stream, "batches", seconds, "read")
+    _timed(tables, "profile", seconds, "checks")
     _timed(streaming, "audit_batch", seconds, "audit_batch")
     _timed(type(scorer), "score", seconds, "scorer")
     encoder_method = "encode" if hasattr(tables.Encoder, "encode") else "transform"
