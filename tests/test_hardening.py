@@ -262,6 +262,12 @@ def test_a_profile_added_up_batch_by_batch_is_the_profile_of_the_rows_read_whole
     assert whole.outside == {"age": (len(outside), float(outside.iloc[0]))}
     codes = frame["age_code"].dropna().astype(int).astype(str).value_counts().to_dict()
     assert whole.groups["age_code"] == {**codes, data.MISSING_CATEGORY: int(frame["age_code"].isna().sum())}
+    # The (group, label) pairs the one-to-one check reads, against pandas (a label over the length limit is not kept).
+    labels = frame["credit_risk"].astype(str)
+    short = frame["sex"].str.len() <= data.MAX_LABEL_LENGTH
+    assert whole.pairs["sex"] == set(zip(frame["sex"][short], labels[short]))
+    age_text = frame["age_code"].map(lambda v: data.MISSING_CATEGORY if pd.isna(v) else str(int(v)))
+    assert whole.pairs["age_code"] == set(zip(age_text, labels)) and len(whole.pairs["age_code"]) > 2
 
 
 # --- 5: unseen categories are warned about on both paths ---------------------------------------------
