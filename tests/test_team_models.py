@@ -27,9 +27,10 @@ TEAM = {"name": "german-team", "path": str(GERMAN), "target": "credit_risk", "po
         "sensitive_features": ["sex", "age_group"], "drop": ["personal_status", "age"]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def team(tmp_path_factory):
-    """The team's models, logged and registered once by the team's own script, in a store of its own."""
+    """The team's models, logged and registered once by the team's own script, in a store of its own (once per
+    test worker: test_team_leakage uses them too)."""
     folder = tmp_path_factory.mktemp("team")
     store = f"sqlite:///{folder / 'team.db'}"
     done = subprocess.run([sys.executable, str(ROOT / "tests/team_script.py"), store, str(GERMAN), str(folder)],
