@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+GERMAN = ROOT / "data/german.csv.gz"
 
 # Markers (registered in pyproject.toml), given here in one place. slow: the modules whose tests train on
 # full data, stream shards, run the command in subprocesses or start servers; `pytest -m "not slow"` runs
@@ -34,14 +35,11 @@ BROWSER_MODULES = {"test_browser", "test_report_browser"}
 
 
 def pytest_collection_modifyitems(items):
-    def needs_ray(item) -> bool:
-        return bool({"ray_head", "ray_address"} & set(item.fixturenames)) or item.path.stem == "test_executor"
-
     for item in items:
         module = item.path.stem
         if module in SLOW_MODULES or {"mlflow_server", "ray_head", "ray_address"} & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-        if needs_ray(item):
+        if {"ray_head", "ray_address"} & set(item.fixturenames) or module == "test_executor":
             item.add_marker(pytest.mark.ray)
         if module in BROWSER_MODULES:
             item.add_marker(pytest.mark.browser)
@@ -50,7 +48,7 @@ def pytest_collection_modifyitems(items):
 def small_config(**overrides) -> dict:
     """German credit, two seeds, a few epochs: a real audit in a few seconds."""
     cfg = {
-        "dataset": {"name": "german", "path": str(ROOT / "data/german.csv.gz"), "target": "credit_risk",
+        "dataset": {"name": "german", "path": str(GERMAN), "target": "credit_risk",
                     "positive_label": "good", "sensitive_features": ["sex", "age_group"],
                     "drop": ["personal_status", "age"]},
         "split": {"test_size": 0.3, "seed": 0},
@@ -185,6 +183,18 @@ _ZYGOTE = _Zygote()
 def _stop_zygote():
     yield
     _ZYGOTE.close()
+
+
+@pytest.fixture(scope="session")
+def team(tmp_path_factory):
+    """A team's models, logged and registered once per test worker by the team's own script (tests/team_script.py),
+    in a store of their own; test_team_models and test_team_leakage audit them."""
+    folder = tmp_path_factory.mktemp("team")
+    store = f"sqlite:///{folder / 'team.db'}"
+    done = subprocess.run([sys.executable, str(ROOT / "tests/team_script.py"), store, str(GERMAN), str(folder)],
+                          capture_output=True, text=True, timeout=600, cwd=folder)  # not the repository: no pipeline
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"folder": folder, "store": store, **json.loads((folder / "team.json").read_text())}
 
 
 @pytest.fixture(scope="session")

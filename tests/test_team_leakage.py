@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_team_models import GERMAN, _audit, _config, team  # noqa: F401 - team is the shared fixture
+from test_team_models import GERMAN, _audit, _config
 
 pytestmark = pytest.mark.slow
 

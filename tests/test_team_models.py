@@ -19,25 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import GERMAN, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-GERMAN = ROOT / "data/german.csv.gz"
 TEAM = {"name": "german-team", "path": str(GERMAN), "target": "credit_risk", "positive_label": "good",
         "sensitive_features": ["sex", "age_group"], "drop": ["personal_status", "age"]}
-
-
-@pytest.fixture(scope="session")
-def team(tmp_path_factory):
-    """The team's models, logged and registered once by the team's own script, in a store of its own (once per
-    test worker: test_team_leakage uses them too)."""
-    folder = tmp_path_factory.mktemp("team")
-    store = f"sqlite:///{folder / 'team.db'}"
-    done = subprocess.run([sys.executable, str(ROOT / "tests/team_script.py"), store, str(GERMAN), str(folder)],
-                          capture_output=True, text=True, timeout=600, cwd=folder)  # not the repository: no pipeline
-    assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads((folder / "team.json").read_text())
-    return {"folder": folder, "store": store, **info}
 
 
 def _config(folder: Path, name: str, **overrides) -> Path:
