@@ -112,11 +112,38 @@ def _same_float(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-@pytest.mark.parametrize("audit_changes", [{}, {"suppress_below": 150, "min_group_size": 300}],
-                         ids=["default", "complementary-suppression"])
-def test_sharded_audit_equals_the_in_memory_audit(adult, audit_changes):
-    # 200 bootstrap replicates: the intervals are compared between shardings (same seed), not with a reference.
-    a, cfg = adult, _with_audit(adult.cfg, n_boot=200, **audit_changes)
+def _boot200(a: Adult) -> config.Config:
+    """200 bootstrap replicates: the intervals are compared between shardings and executors (same seed), not with
+    a reference."""
+    return _with_audit(a.cfg, n_boot=200)
+
+
+@pytest.fixture(scope="module")
+def seven(adult):
+    """The four files cut into 7,000-row shards (seven) and their audit with _boot200: the streamed result the
+    sharding and Ray comparisons share."""
+    return _stream(adult, _boot200(adult), adult.folder, 7_000)
+
+
+@pytest.fixture(scope="module")
+def partials(adult):
+    """Those seven shards' partials (the map step of audit_shards, here), in shard order, with _boot200."""
+    scorer = NetScorer.of(adult.net, encoder=adult.encoder)
+    return [streaming.audit_shard(s, scorer=scorer, cfg=_boot200(adult), batch_size=BATCH)
+            for s in shards(adult.folder, source="test", rows_per_shard=7_000)]
+
+
+# Every sharding is compared with the default audit settings; complementary suppression (which withholds more
+# than the small groups) on the most sharded cut only.
+SHARDINGS = (("single", 10**9, 1), ("single", 18_000, 2), ("folder", 7_000, 7))
+
+
+@pytest.mark.parametrize(("audit_changes", "cases"), [
+    ({}, SHARDINGS),
+    ({"suppress_below": 150, "min_group_size": 300}, SHARDINGS[-1:]),
+], ids=["default", "complementary-suppression"])
+def test_sharded_audit_equals_the_in_memory_audit(adult, audit_changes, cases, request):
+    a, cfg = adult, _with_audit(_boot200(adult), **audit_changes)
     # Scores: streaming and the in-memory audit score through one function (nn.scoring), each row at its
     # slot in fixed-shape blocks, so they agree by construction, on any CPU: the rows cut as streaming cuts
     # them (batches of 3,000, shards at other offsets) get the one-call scores.
@@ -132,13 +159,18 @@ def test_sharded_audit_equals_the_in_memory_audit(adult, audit_changes):
     health = capacity.measure_health(probe, torch.from_numpy(a.x), tau=cfg.audit.dormant_tau,
                                      rare_threshold=cfg.audit.rare_threshold)
     assert sum(layer.dead for layer in health) > 0  # the comparison covers dead units, not only live ones
-    merged = streaming_merged(a, cfg, a.folder, 7_000)
+    # The partials do not depend on the suppression settings: they are counts of every group.
+    merged = streaming.reduce(request.getfixturevalue("partials"))
     bounds = {view: streaming.group_scores(merged, view) for view in memory.views}
-    cases = [(a.single, 10**9, 1), (a.single, 18_000, 2), (a.folder, 7_000, 7)]
     results = []
-    for path, rows_per_shard, ways in cases:
+    for where, rows_per_shard, ways in cases:
+        path = a.single if where == "single" else a.folder
         started = time.perf_counter()
-        found, (ev, cap, counted) = _stream(a, cfg, path, rows_per_shard)
+        if (where, rows_per_shard) == ("folder", 7_000) and not audit_changes:
+            found, (ev, cap, counted) = request.getfixturevalue("seven")
+            counted = dict(counted)
+        else:
+            found, (ev, cap, counted) = _stream(a, cfg, path, rows_per_shard)
         TIMINGS[f"stream {ways} shard(s) (s)"] = time.perf_counter() - started
         partial_bytes = counted.pop("partial_bytes")
         assert len(found) == ways and counted == {"shards": ways, "rows": len(a.y), "rows_audited": len(a.y),
@@ -204,14 +236,6 @@ def test_sharded_audit_equals_the_in_memory_audit(adult, audit_changes):
         _assert_same_evaluation(ev, results[0])
 
 
-def streaming_merged(a: Adult, cfg: config.Config, path: Path, rows_per_shard: int) -> streaming.MergedAudit:
-    """The merged partials of an audit (the map and reduce steps of audit_shards, here)."""
-    found = shards(path, source="test", rows_per_shard=rows_per_shard)
-    scorer = NetScorer.of(a.net, encoder=a.encoder)
-    return streaming.reduce(streaming.audit_shard(s, scorer=scorer, cfg=cfg, batch_size=BATCH)
-                            for s in found)
-
-
 def _assert_same_evaluation(got: fairness.Evaluation, expected: fairness.Evaluation) -> None:
     assert got.overall.keys() == expected.overall.keys()
     assert all(_same_float(got.overall[k], v) for k, v in expected.overall.items())
@@ -226,26 +250,23 @@ def _assert_same_evaluation(got: fairness.Evaluation, expected: fairness.Evaluat
             np.testing.assert_array_equal(got.samples[key][name], v)
 
 
-def test_merge_order_does_not_change_anything(adult):
-    a = adult
-    found = shards(a.folder, source="test", rows_per_shard=7_000)
-    scorer = NetScorer.of(a.net, encoder=a.encoder)
-    results = [streaming.audit_shard(s, scorer=scorer, cfg=a.cfg, batch_size=BATCH)
-               for s in found]
+def test_merge_order_does_not_change_anything(adult, partials):
+    a, cfg = adult, _boot200(adult)
+    results = partials
     shuffled = results[:]
     random.Random(3).shuffle(shuffled)
     assert [r.offset for r in shuffled] != [r.offset for r in results]
-    views = streaming.audited_views(a.cfg.dataset)
+    views = streaming.audited_views(cfg.dataset)
     in_order, other = streaming.reduce(results), streaming.reduce(shuffled)
     for view in views:
         for name in ("hist", "sum_p", "sum_p2"):
             np.testing.assert_array_equal(getattr(other.scores.views[view], name),
                                           getattr(in_order.scores.views[view], name))
     assert other.log_loss == in_order.log_loss and other.nesting == in_order.nesting
-    _assert_same_evaluation(streaming.evaluation_from(other, audit=a.cfg.audit, views=views),
-                            streaming.evaluation_from(in_order, audit=a.cfg.audit, views=views))
-    assert streaming.capacity_from(other.units, other.grams, audit=a.cfg.audit) == \
-        streaming.capacity_from(in_order.units, in_order.grams, audit=a.cfg.audit)
+    _assert_same_evaluation(streaming.evaluation_from(other, audit=cfg.audit, views=views),
+                            streaming.evaluation_from(in_order, audit=cfg.audit, views=views))
+    assert streaming.capacity_from(other.units, other.grams, audit=cfg.audit) == \
+        streaming.capacity_from(in_order.units, in_order.grams, audit=cfg.audit)
     with pytest.raises(ValueError, match="twice"):
         streaming.reduce(results + results[:1])
 
@@ -311,11 +332,10 @@ def ray_address(ray_head):
     return ray_head
 
 
-def test_ray_executor_gives_the_local_numbers(adult, ray_address, tmp_path):
-    a = adult
-    found, local = _stream(a, a.cfg, a.folder, 7_000)
+def test_ray_executor_gives_the_local_numbers(adult, seven, ray_address, tmp_path):
+    a, (found, local) = adult, seven
     inputs, output = tmp_path / "inputs.pkl", tmp_path / "result.pkl"
-    inputs.write_bytes(pickle.dumps((found, streaming.net_state(a.net), a.cfg, a.encoder)))
+    inputs.write_bytes(pickle.dumps((found, streaming.net_state(a.net), _boot200(a), a.encoder)))
     env = {**__import__("os").environ, **ray_address.client_env}
     env.pop("RAY_AUTH_TOKEN", None)
     started = time.perf_counter()
