@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -113,13 +115,96 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, fresh: bool = False,
             timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m pipeline ...` in a real process of its own: forked from the session's warm interpreter
-    (tests/zygote.py says what that keeps and what it changes), or with ``fresh`` a new interpreter."""
+    """`python -m pipeline ...` in a real process of its own, run to its end: forked from the session's warm
+    interpreter (tests/zygote.py says what that keeps and what it changes), or with ``fresh`` a new interpreter."""
     full_env = cli_env(**(env or {}))
     if fresh:
         return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
-    return _ZYGOTE.run(list(args), cwd=Path(cwd), env=full_env, timeout=timeout)
+    proc = cli_popen(*args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def cli_popen(*args: str, cwd: Path = ROOT, env: dict | None = None, stdin=subprocess.DEVNULL, stdout=None,
+              stderr=None, text: bool = False, start_new_session: bool = False) -> ForkedRun:
+    """`python -m pipeline ...` started as ``subprocess.Popen`` starts it (``env`` whole, ``cli_env()`` if None;
+    streams as Popen takes them: PIPE, DEVNULL, a file descriptor, None for this process's), forked from the
+    session's warm interpreter. For tests that signal the run or read its output while it runs."""
+    return _ZYGOTE.popen(list(args), cwd=Path(cwd), env=cli_env() if env is None else env, streams=(stdin, stdout, stderr),
+                         text=text, new_session=start_new_session)
+
+
+class ForkedRun:
+    """What ``subprocess.Popen`` gives, for a run tests/zygote.py forked: its own PID (signal it, find its
+    children), pipes to its streams, and its exit code (negative: the signal that ended it), which the zygote's
+    watcher sends on the run's connection."""
+
+    def __init__(self, args: list[str], conn: socket.socket, streams: list, text: bool) -> None:
+        self.args, self._conn, self._buffer = args, conn, b""
+        self.stdin, self.stdout, self.stderr = (
+            None if end is None else open(end, ("w" if number == 0 else "r") + ("" if text else "b"),
+                                          encoding="utf-8" if text else None)
+            for number, end in enumerate(streams))
+        self.returncode: int | None = None
+        self.pid: int = self._answer(60)["pid"]
+
+    def _answer(self, timeout: float | None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self._conn], [], [], left)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            chunk = self._conn.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"tests/zygote.py closed the connection of {self.args} without an answer")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = self._answer(timeout)["returncode"]
+            self._conn.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def communicate(self, timeout: float | None = None) -> tuple:
+        """Both outputs read to their end (each piped one; None for the others), then the exit code."""
+        if self.stdin is not None:
+            self.stdin.close()
+        read: dict[str, object] = {}
+        readers = [threading.Thread(target=lambda name=name, f=f: read.__setitem__(name, f.read()), daemon=True)
+                   for name, f in (("stdout", self.stdout), ("stderr", self.stderr)) if f is not None]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return read.get("stdout"), read.get("stderr")
 
 
 class _Zygote:
@@ -142,26 +227,38 @@ class _Zygote:
                 assert ready == b"ready\n", f"tests/zygote.py did not start (exit code {self._proc.wait()})"
             return self._socket
 
-    def run(self, args: list[str], *, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "pipeline", *args]
-        with tempfile.TemporaryDirectory(prefix="cli-") as tmp, \
-                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            out.touch()
-            err.touch()
-            conn.connect(self._start())
-            request = {"argv": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
-            conn.sendall((json.dumps(request) + "\n").encode())
-            with conn.makefile("r") as answers:
-                conn.settimeout(60)
-                pid = json.loads(answers.readline())["pid"]
-                conn.settimeout(timeout)
-                try:
-                    code = json.loads(answers.readline())["returncode"]
-                except TimeoutError:
-                    os.kill(pid, signal.SIGKILL)
-                    raise subprocess.TimeoutExpired(command, timeout) from None
-            return subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
+    def popen(self, args: list[str], *, cwd: Path, env: dict, streams: tuple, text: bool,
+              new_session: bool) -> ForkedRun:
+        """Connect, pass the run's three streams with the request, and return it once the zygote named its PID."""
+        passed, ours = [], []  # the run's ends (closed here once sent); this process's ends of new pipes
+        with contextlib.ExitStack() as opened:
+            for number, how in enumerate(streams):
+                if how == subprocess.PIPE:
+                    read_end, write_end = os.pipe()
+                    run_end, our_end = (read_end, write_end) if number == 0 else (write_end, read_end)
+                    opened.callback(os.close, run_end)
+                    passed.append(run_end)
+                    ours.append(our_end)
+                    continue
+                if how == subprocess.DEVNULL:
+                    how = os.open(os.devnull, os.O_RDWR)
+                    opened.callback(os.close, how)
+                passed.append(number if how is None else how if isinstance(how, int) else how.fileno())
+                ours.append(None)
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(self._start())
+                request = json.dumps({"argv": args, "cwd": str(cwd), "env": env, "new_session": new_session})
+                line = (request + "\n").encode()
+                socket.send_fds(conn, [line[:1]], passed)
+                conn.sendall(line[1:])
+            except BaseException:
+                conn.close()
+                for end in ours:
+                    if end is not None:
+                        os.close(end)
+                raise
+        return ForkedRun([sys.executable, "-m", "pipeline", *args], conn, ours, text)
 
     def close(self) -> None:
         if self._proc is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import ROOT, cli_env, run_cli, small_config
+from conftest import ROOT, cli_env, cli_popen, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 
@@ -160,9 +160,8 @@ def test_sigterm_ends_run_killed(write_config, store, tmp_path):
                                           "training.seeds": [0]}))
 
     env = cli_env()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--tracking-uri", store,
-                             "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = cli_popen("run", "--config", str(config), "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json",
+                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         run_id = None
         deadline = time.time() + 300

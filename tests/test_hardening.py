@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, cli_env, one_error_line, run_cli, small_config
+from conftest import ROOT, ForkedRun, cli_env, cli_popen, one_error_line, run_cli, small_config
 
 from pipeline.data import shards as stream
 from pipeline.data import tables as data
@@ -370,10 +370,11 @@ def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
     assert len([a for a in artifacts if a.startswith("fairness/groups_")]) == 3
 
 
-def _killed_mid_run(argv: list[str], env: dict, kill) -> tuple[subprocess.Popen, str, str, str]:
-    """Start the command, wait until its MLflow run exists (its 'mlflow: run ID' line), call ``kill``, then wait for
-    the command (killed on the way out if still running): the process, the run id, its stdout and its stderr."""
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _killed_mid_run(args: list[str], env: dict, kill) -> tuple[ForkedRun, str, str, str]:
+    """Start ``python -m pipeline <args>``, wait until its MLflow run exists (its 'mlflow: run ID' line), call
+    ``kill``, then wait for the command (killed on the way out if still running): the process, the run id, its
+    stdout and its stderr."""
+    proc = cli_popen(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
         for line in proc.stderr:
@@ -496,7 +497,7 @@ def test_a_tracking_server_killed_mid_run_leaves_a_complete_local_audit_and_exit
     env = cli_env()
     with _mlflow_server(tmp_path) as (url, pgid):
         proc, server_run, stdout, stderr = _killed_mid_run(
-            [sys.executable, "-m", "pipeline", "run", "--config", str(config_path), "--tracking-uri", url,
+            ["run", "--config", str(config_path), "--tracking-uri", url,
              "--reports-dir", str(tmp_path / "reports"), "--json"], env, lambda: os.killpg(pgid, signal.SIGKILL))
     assert proc.returncode == 4, stderr[-3000:]
     assert "Traceback" not in stderr
@@ -574,7 +575,7 @@ def test_a_ray_cluster_that_dies_mid_audit_fails_the_run_in_one_line_with_exit_3
                 os.kill(gcs, signal.SIGKILL)
 
         proc, run_id, stdout, stderr = _killed_mid_run(
-            [sys.executable, "-m", "pipeline", "audit", "--config", str(config_path), "--predictions", str(parts),
+            ["audit", "--config", str(config_path), "--predictions", str(parts),
              "--score-column", "score", "--executor", "ray", "--ray-address", cluster.address, "--tracking-uri",
              store, "--reports-dir", str(tmp_path / "r"), "--json"], env, kill)
         # A raylet whose GCS is gone ignores SIGTERM for longer than ray_cluster's 15 s grace: end it now.

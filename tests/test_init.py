@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import pty
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, cli_popen, run_cli
 
 from pipeline.app.init import (
     MSG_EXISTS,
@@ -255,8 +253,8 @@ def _on_a_terminal(tmp_path, answer: bytes) -> tuple[int, bytes, Path]:
     out = tmp_path / "recid.yaml"
     leader, follower = pty.openpty()
     env = cli_env()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "init", "--data", str(path), "--out", str(out)],
-                            stdin=follower, stdout=follower, stderr=follower, cwd=ROOT, env=env)
+    proc = cli_popen("init", "--data", str(path), "--out", str(out), stdin=follower, stdout=follower, stderr=follower,
+                     env=env)
     os.close(follower)
     seen = b""
     try:

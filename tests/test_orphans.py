@@ -7,12 +7,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, cli_env, run_cli, small_config
+from conftest import cli_env, cli_popen, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline.record import tracking
@@ -56,10 +55,11 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
     # Many epochs: the audit is still training its first seed when it is killed.
     config.write_text(yaml.safe_dump(small_config(**{"training.epochs": 400, "tracking.experiment": "orphans"})))
     env = cli_env()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--tracking-uri", store,
-                             "--reports-dir", str(tmp_path / "reports")], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The store made first: this test's client would otherwise migrate a new SQLite file while the run does.
     client = MlflowClient(store)
+    client.search_experiments()
+    proc = cli_popen("run", "--config", str(config), "--tracking-uri", store, "--reports-dir", str(tmp_path / "reports"),
+                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         running = _wait_for_running(client, "orphans", proc)
         workers = _children(proc.pid)

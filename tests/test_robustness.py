@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, cli_env, run_cli, small_config
+from conftest import ROOT, cli_env, cli_popen, run_cli, small_config
 from mlflow.tracking import MlflowClient
 
 HOLD = """
@@ -51,10 +51,9 @@ def test_two_runs_at_once_on_a_new_local_store_both_complete(write_config, tmp_p
     procs = []
     for name in ("a", "b"):
         config = write_config(small_config(**{"training.seeds": [0]}), f"{name}.yaml")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--tracking-uri", store,
-             "--reports-dir", str(tmp_path / name), "--json"], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(cli_popen("run", "--config", str(config), "--tracking-uri", store,
+                               "--reports-dir", str(tmp_path / name), "--json", env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-2000:]

@@ -251,8 +251,7 @@ def _assert_same_evaluation(got: fairness.Evaluation, expected: fairness.Evaluat
 
 
 def test_merge_order_does_not_change_anything(adult, partials):
-    a, cfg = adult, _boot200(adult)
-    results = partials
+    cfg, results = _boot200(adult), partials
     shuffled = results[:]
     random.Random(3).shuffle(shuffled)
     assert [r.offset for r in shuffled] != [r.offset for r in results]

@@ -6,12 +6,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from conftest import cli_env
+from conftest import cli_env, cli_popen
 from mlflow.tracking import MlflowClient
 from raycluster import group_pids
 
@@ -34,10 +33,9 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path):
         port = sock.getsockname()[1]
     env = {k: v for k, v in cli_env().items() if k != "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"}
     MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # ui opens a store, never creates one
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--port", str(port),
-                             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = cli_popen("ui", "--port", str(port), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                     cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                     start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_env, small_config
+from conftest import ROOT, ForkedRun, cli_env, cli_popen, small_config
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import runner
@@ -145,14 +145,13 @@ def test_forked_and_in_process_trainings_give_the_same_audit(write_config, store
         assert all(c.data.metrics for c in children)
 
 
-def _start_run(write_config, store: str, tmp_path, *, epochs: int, batch_size: int) -> subprocess.Popen:
+def _start_run(write_config, store: str, tmp_path, *, epochs: int, batch_size: int) -> ForkedRun:
     """``python -m pipeline run --json`` of two seeds on two forked workers, started (stdout and stderr piped)."""
     cfg = small_config(**{"training.epochs": epochs, "training.batch_size": batch_size, "training.seeds": [0, 1]})
     cfg["execution"] = {"workers": 2}
     env = cli_env()
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(write_config(cfg)),
-                             "--tracking-uri", store, "--reports-dir", str(tmp_path), "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return cli_popen("run", "--config", str(write_config(cfg)), "--tracking-uri", store, "--reports-dir",
+                     str(tmp_path), "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @contextlib.contextmanager

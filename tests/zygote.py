@@ -10,14 +10,16 @@ directory, then ``PYTHONPATH``, then the interpreter's own), and runs ``pipeline
 of this script, so it ends as any interpreter does (non-daemon threads joined, atexit handlers run, an uncaught
 exception printed with exit code 1). Only the imported third-party modules, and the hash seed, are inherited.
 
-Runs whose subject is the interpreter itself (what ``--help`` imports, start-up time, determinism across fresh
-processes) or that a test signals while they run use a fresh interpreter: ``run_cli(..., fresh=True)`` or
-``subprocess`` directly.
+The run's PID is its own (tests signal it, find its children, read its tags) and its standard streams are the
+file descriptors the client passed (pipes, /dev/null, a pseudo-terminal), so ``conftest.cli_popen`` gives what
+``subprocess.Popen`` gives. Runs whose subject is the interpreter itself (what ``--help`` imports, start-up time,
+determinism across hash seeds) use a fresh interpreter: ``run_cli(..., fresh=True)`` or ``subprocess`` directly.
 
 Protocol: the zygote listens on the Unix socket named by its first argument and says ``ready`` on stdout; it stops
-when its stdin closes. Each run is one connection: one JSON request line (``argv``, ``cwd``, ``env``, ``stdout``,
-``stderr``: file paths); for it the zygote forks a watcher, which forks the run and answers ``{"pid": ...}`` and,
-once the run ended, ``{"returncode": ...}``. Runs may overlap (tests start two at once).
+when its stdin closes. Each run is one connection: one JSON request line (``argv``, ``cwd``, ``env``,
+``new_session``) whose first byte carries the run's stdin, stdout and stderr (SCM_RIGHTS); for it the zygote forks
+a watcher, which forks the run and answers ``{"pid": ...}`` and, once the run ended, ``{"returncode": ...}``.
+Runs may overlap (tests start two at once).
 """
 
 from __future__ import annotations
@@ -70,11 +72,19 @@ def _serve(address: str) -> dict | None:
 def _watch(conn: socket.socket, base_path: list[str]) -> dict | None:
     """In the watcher: read the request, fork the run (which gets the request back), answer its pid and exit code."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # as in a fresh interpreter, for the run and for waitpid here
-    with conn, conn.makefile("r") as lines:
-        request = json.loads(lines.readline())
+    with conn:
+        first, fds, _, _ = socket.recv_fds(conn, 1, 3)
+        line = first
+        while not line.endswith(b"\n"):
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the request ended before its newline")
+            line += chunk
         pid = os.fork()
         if pid == 0:
-            return {**request, "base_path": base_path}
+            return {**json.loads(line), "fds": fds, "base_path": base_path}
+        for fd in fds:
+            os.close(fd)
         conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
         _, status = os.waitpid(pid, 0)
         conn.sendall((json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n").encode())
@@ -82,12 +92,14 @@ def _watch(conn: socket.socket, base_path: list[str]) -> dict | None:
 
 
 def _become(request: dict) -> None:
-    """In the child: the streams, environment, directory, argv and sys.path of ``python -m pipeline <argv>``."""
-    for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
-                           (2, request["stderr"], os.O_WRONLY)):
-        target = os.open(path, mode)
-        os.dup2(target, fd)
-        os.close(target)
+    """In the child: the streams, session, environment, directory, argv and sys.path of ``python -m pipeline
+    <argv>``."""
+    for fd, passed in enumerate(request["fds"]):
+        os.dup2(passed, fd)
+    for passed in set(request["fds"]) - {0, 1, 2}:
+        os.close(passed)
+    if request["new_session"]:
+        os.setsid()
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
