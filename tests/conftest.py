@@ -34,6 +34,21 @@ SLOW_MODULES = {
     "test_streaming_scale", "test_team_leakage", "test_team_models", "test_ui", "test_verdict", "test_workers",
 }
 BROWSER_MODULES = {"test_browser", "test_report_browser"}
+# Modules that share a costly session fixture run on one test worker, as one unit (see pytest_xdist_make_scheduler).
+ONE_WORKER = {"test_team_leakage": "test_team_models"}  # the team's models (`team`): a script logging four models
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, with the modules of ONE_WORKER joined to their partner's unit."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            stem = Path(path).stem
+            return path.replace(stem, ONE_WORKER[stem]) if stem in ONE_WORKER else path
+
+    return Scheduling(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(items):
