@@ -35,15 +35,19 @@ import sys
 
 # What nearly every run imports, measured with `python -X importtime -m pipeline run`: besides the libraries
 # themselves, torch.export's tracer with torch._dynamo and sympy (2.7 s; logging and loading 'pt2' models) and
-# MLflow's SQLAlchemy store with alembic (1.0 s; every SQLite store).
+# MLflow's SQLAlchemy store with alembic (1.0 s; every SQLite store), GitPython (MLflow's source tags); then pyplot
+# on the file-only backend, as pipeline/record/report.py selects it (0.4 s; every report's plots).
 WARM = ("numpy", "pandas", "pyarrow", "pyarrow.parquet", "torch", "torch.export._trace", "mlflow", "mlflow.tracking",
-        "mlflow.store.tracking.sqlalchemy_store", "yaml", "click", "jinja2", "matplotlib")
+        "mlflow.store.tracking.sqlalchemy_store", "yaml", "click", "jinja2", "git")
 
 
 def _serve(address: str) -> dict | None:
     """Fork a watcher per connection until stdin closes (None: this is the zygote, it exits); in a run, its request."""
     for name in WARM:
         importlib.import_module(name)
+    matplotlib = importlib.import_module("matplotlib")
+    matplotlib.use("Agg")
+    importlib.import_module("matplotlib.pyplot")
     base_path = list(sys.path)  # started without PYTHONPATH: the interpreter's own path
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # watchers are reaped by the kernel
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
