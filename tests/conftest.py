@@ -292,6 +292,16 @@ _ZYGOTE = _Zygote()
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tests compute in this process on one thread, as every audit does (model.one_thread). Two test workers share
+    two cores: with torch's default of a thread per core, an in-process training waited on the other worker's
+    core (test_mitigation_methods' fixture: 8 s alone, 40 s beside another worker)."""
+    from pipeline.nn import model
+
+    model.one_thread()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _stop_zygote():
     yield
     _ZYGOTE.close()
