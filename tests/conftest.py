@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,6 +110,24 @@ def write_config(tmp_path):
 def store(tmp_path_factory) -> str:
     """One SQLite MLflow store for the whole session."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+_EMPTY_STORE: list[Path] = []  # this worker's empty store, made once
+
+
+def new_store(path: Path) -> str:
+    """An empty SQLite MLflow store at ``path`` (a copy of one this worker made), as a URI. MLflow builds a new
+    store's tables by running each of its migrations, about a second per file; tests about what a command does in a
+    store need not pay it each time. Tests about making a store (two runs racing to create one, commands that must
+    not create one) name a path that does not exist instead."""
+    if not _EMPTY_STORE:
+        from mlflow.tracking import MlflowClient
+
+        empty = Path(tempfile.mkdtemp(prefix="empty-store-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{empty}").search_experiments()
+        _EMPTY_STORE.append(empty)
+    shutil.copyfile(_EMPTY_STORE[0], path)
+    return f"sqlite:///{path}"
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

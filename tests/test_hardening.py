@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, ForkedRun, cli_env, cli_popen, one_error_line, run_cli, small_config
+from conftest import ROOT, ForkedRun, cli_env, cli_popen, new_store, one_error_line, run_cli, small_config
 
 from pipeline.data import shards as stream
 from pipeline.data import tables as data
@@ -160,7 +160,7 @@ def test_streamed_parquet_refuses_what_csv_refuses_with_the_same_message(tmp_pat
     for name, given, late in (("csv", csv, csv), ("parquet", folder, folder / f"{part}.parquet")):
         db = tmp_path / f"{name}.db"
         proc = run_cli("audit", "--config", str(config_path), "--predictions", str(given), "--score-column", "score",
-                       "--tracking-uri", f"sqlite:///{db}", "--reports-dir", str(tmp_path / name))
+                       "--tracking-uri", new_store(db), "--reports-dir", str(tmp_path / name))
         found[name] = one_error_line(proc)
         assert found[name] == _expected(case, whole, path=str(given), late=str(late), source=str(config_path))
         assert "RUNNING" not in _statuses(db)
@@ -205,7 +205,7 @@ def test_a_corrupt_data_page_names_the_file(tmp_path):
     config_path.write_text(yaml.safe_dump(small_config()), encoding="utf-8")
     db = tmp_path / "m.db"
     proc = run_cli("audit", "--config", str(config_path), "--predictions", str(folder), "--score-column", "score",
-                   "--tracking-uri", f"sqlite:///{db}", "--reports-dir", str(tmp_path / "r"))
+                   "--tracking-uri", new_store(db), "--reports-dir", str(tmp_path / "r"))
     assert one_error_line(proc) == stream.MESSAGE_UNREADABLE.format(file=broken, why=why.splitlines()[0])
     assert "RUNNING" not in _statuses(db)
 
@@ -230,9 +230,10 @@ def test_an_int_coded_group_with_nulls_after_the_first_batch_stays_one_group(tmp
     config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     expected = {"1": int((code == 1).sum()), "2": int((code == 2).sum()), data.MISSING_CATEGORY: int(code.isna().sum())}
     assert all(expected.values())
+    store = new_store(tmp_path / "m.db")
     for name, given in (("parquet", parquet), ("csv", csv)):
         proc = run_cli("audit", "--config", str(config_path), "--predictions", str(given), "--score-column", "score",
-                       "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--reports-dir", str(tmp_path / name),
+                       "--tracking-uri", store, "--reports-dir", str(tmp_path / name),
                        "--json")
         assert proc.returncode in (0, 1), proc.stderr[-3000:]
         doc = json.loads(Path(json.loads(proc.stdout)["audit_json"]).read_text())
@@ -306,9 +307,10 @@ def test_unseen_categories_are_warned_about_in_a_streamed_audit_as_in_memory(tmp
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config()), encoding="utf-8")
     unseen = int((frame["purpose"] == "space travel").sum())
+    store = new_store(tmp_path / "m.db")
     for given in (tmp_path / "whole.csv", folder):
         proc = run_cli("audit", "--config", str(config_path), *two_layer_model, "--data", str(given),
-                       "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--reports-dir", str(tmp_path / "r"),
+                       "--tracking-uri", store, "--reports-dir", str(tmp_path / "r"),
                        "--json", env=MODULE_ENV)
         assert proc.returncode in (0, 1), proc.stderr[-3000:]
         warnings = [line for line in proc.stderr.splitlines() if " WARNING " in line and "not seen" in line]
@@ -336,7 +338,7 @@ def test_groups_whose_keys_collide_keep_every_number_in_mlflow(tmp_path):
                           "dataset.drop": ["personal_status", "age", "age_group"], "training.seeds": [0]})
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    store = f"sqlite:///{tmp_path / 'm.db'}"
+    store = new_store(tmp_path / "m.db")
     proc = run_cli("run", "--config", str(config_path), "--tracking-uri", store, "--reports-dir", str(tmp_path / "r"),
                    "--json")
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
@@ -429,7 +431,7 @@ def test_a_sigterm_lost_inside_a_gc_callback_still_ends_the_run_killed_with_exit
 
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})), encoding="utf-8")
-    store = f"sqlite:///{tmp_path / 'm.db'}"
+    store = new_store(tmp_path / "m.db")
     env = cli_env()
     proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_GC, "run", "--config", str(config_path),
                            "--tracking-uri", store, "--reports-dir", str(tmp_path / "r"), "--json"],
@@ -561,7 +563,7 @@ def test_a_ray_cluster_that_dies_mid_audit_fails_the_run_in_one_line_with_exit_3
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config()), encoding="utf-8")
     parts = _predictions_in_parts(tmp_path / "p", 40)
-    store = f"sqlite:///{tmp_path / 'm.db'}"
+    store = new_store(tmp_path / "m.db")
     with ray_cluster() as cluster:
         # The token comes from the cluster's file only: RAY_AUTH_TOKEN would take precedence over it.
         env = {k: v for k, v in cli_env(**cluster.client_env).items() if k != "RAY_AUTH_TOKEN"}
@@ -611,7 +613,7 @@ def test_mitigation_on_small_data_and_an_intersection_keeps_the_audit(tmp_path, 
     cfg["mitigation"].update(feature="sex & age_group", relaxed_tolerances=[0.5, 0.75, 1.0])
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    proc = run_cli("run", "--config", str(config_path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+    proc = run_cli("run", "--config", str(config_path), "--tracking-uri", new_store(tmp_path / "m.db"),
                    "--reports-dir", str(tmp_path / "r"), "--json")
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -670,7 +672,7 @@ def test_a_state_dict_that_cannot_score_is_one_line_and_exit_2(tmp_path, two_lay
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config()), encoding="utf-8")
     db = tmp_path / "m.db"
-    proc = run_cli("audit", "--config", str(config_path), *args, "--tracking-uri", f"sqlite:///{db}",
+    proc = run_cli("audit", "--config", str(config_path), *args, "--tracking-uri", new_store(db),
                    "--reports-dir", str(tmp_path / "r"), env=MODULE_ENV)
     line = one_error_line(proc)
     if kind == "empty":
