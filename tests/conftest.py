@@ -37,10 +37,14 @@ SLOW_MODULES = {
 BROWSER_MODULES = {"test_browser", "test_report_browser"}
 # Modules that share a costly session fixture run on one test worker, as one unit (see pytest_xdist_make_scheduler).
 ONE_WORKER = {"test_team_leakage": "test_team_models"}  # the team's models (`team`): a script logging four models
+# The longest units (measured, 30-150 s each on two workers) are handed out first, so the last unit to finish is a
+# short one; the others follow in file order.
+LONGEST_FIRST = ("test_hardening", "test_team_leakage", "test_team_models", "test_scale", "test_streaming",
+                 "test_workers", "test_hardening_cli", "test_attacks", "test_streaming_reduce", "test_cli")
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadfile``, with the modules of ONE_WORKER joined to their partner's unit."""
+    """``--dist loadfile``, with the modules of ONE_WORKER joined to their partner's unit, in collection order."""
     from xdist.scheduler import LoadFileScheduling
 
     class Scheduling(LoadFileScheduling):
@@ -49,10 +53,15 @@ def pytest_xdist_make_scheduler(config, log):
             stem = Path(path).stem
             return path.replace(stem, ONE_WORKER[stem]) if stem in ONE_WORKER else path
 
-    return Scheduling(config, log) if config.getvalue("dist") == "loadfile" else None
+    if config.getvalue("dist") != "loadfile":
+        return None
+    config.option.loadscopereorder = False  # xdist would order the units by their number of tests
+    return Scheduling(config, log)
 
 
 def pytest_collection_modifyitems(items):
+    first = {module: rank for rank, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.stem, len(first)))  # stable: file order otherwise
     for item in items:
         module = item.path.stem
         if module in SLOW_MODULES or {"mlflow_server", "ray_head", "ray_address"} & set(item.fixturenames):
