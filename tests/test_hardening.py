@@ -610,7 +610,9 @@ def test_mitigation_on_small_data_and_an_intersection_keeps_the_audit(tmp_path, 
     cfg["training"].update(epochs=5, seeds=[0])
     cfg["audit"]["min_group_size"] = 10
     cfg["tracking"] = {"experiment": "small-mitigation"}
-    cfg["mitigation"].update(feature="sex & age_group", relaxed_tolerances=[0.5, 0.75, 1.0])
+    # Every method and constraint; exponentiated gradient with 3 iterations, one penalty strength (the cost).
+    cfg["mitigation"].update(feature="sex & age_group", relaxed_tolerances=[0.5, 0.75, 1.0], reductions_max_iter=3,
+                             penalty_strengths=[4.0])
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     proc = run_cli("run", "--config", str(config_path), "--tracking-uri", new_store(tmp_path / "m.db"),
@@ -621,8 +623,8 @@ def test_mitigation_on_small_data_and_an_intersection_keeps_the_audit(tmp_path, 
     doc = json.loads(audit_json.read_text())
     m = doc["mitigation"]
     # Every configured candidate is accounted for: threshold_optimizer and exponentiated_gradient per constraint
-    # (2 each), relaxed_thresholds per tolerance (3), fairness_penalty per constraint and strength (4), reweighing.
-    assert len(m["candidates"]) - 1 + len(m["not_built"]) == 2 + 3 + 2 + 4 + 1
+    # (2 each), relaxed_thresholds per tolerance (3), fairness_penalty per constraint and strength (2), reweighing.
+    assert len(m["candidates"]) - 1 + len(m["not_built"]) == 2 + 3 + 2 + 2 + 1
     assert m["candidates"][0]["accuracy"] == pytest.approx(doc["overall"]["accuracy"], abs=1e-12)
     # The held-out rows: mitigation.validation_fraction of the non-test rows, none of them a test row.
     test = np.load(audit_json.parent / "split" / "test_rows.npz")["rows"]
