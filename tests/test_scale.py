@@ -96,17 +96,23 @@ def test_ray_and_local_stream_give_the_same_numbers(local_doc, trained, store, r
         assert _numbers(ray_doc, key) == _numbers(local_doc, key), key
 
 
-def _kill_workers(stop: threading.Event, killed: list[int], *, every: bool) -> None:
-    """SIGKILL Ray workers running a task (Ray titles them 'ray::<function>'): the first one, or every one."""
+def _kill_workers(cluster_pid: int, stop: threading.Event, killed: list[int], *, every: bool) -> None:
+    """SIGKILL Ray workers of this cluster running a task (Ray titles them 'ray::<function>'): the first one, or
+    every one. A worker is this cluster's if its parent (the raylet) is in the cluster's process group: the other
+    test worker may be running Ray tasks of its own session cluster meanwhile."""
+    from raycluster import group_pids
+
     while not stop.is_set() and (every or not killed):
+        raylets = set(group_pids(cluster_pid))
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-            if title.startswith(("ray::_on_node", "ray::_in_worker")):  # a shard task (map_reduce, map)
+            if title.startswith(("ray::_on_node", "ray::_in_worker")) and parent in raylets:  # a shard task
                 try:
                     os.kill(int(entry.name), signal.SIGKILL)
                 except ProcessLookupError:
@@ -119,7 +125,7 @@ def _kill_workers(stop: threading.Event, killed: list[int], *, every: bool) -> N
 
 def _audit_while_killing(trained, store, ray_head, out: str, *, every: bool):
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_workers, args=(stop, killed), kwargs={"every": every})
+    killer = threading.Thread(target=_kill_workers, args=(ray_head.pid, stop, killed), kwargs={"every": every})
     killer.start()
     try:
         done = _audit(trained, store, out, "--executor", "ray", "--ray-address", ray_head.address,
