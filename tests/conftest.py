@@ -49,9 +49,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     class Scheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = super()._split_scope(nodeid)
-            stem = Path(path).stem
-            return path.replace(stem, ONE_WORKER[stem]) if stem in ONE_WORKER else path
+            path = Path(super()._split_scope(nodeid))
+            return str(path.with_stem(ONE_WORKER.get(path.stem, path.stem)))
 
     if config.getvalue("dist") != "loadfile":
         return None
@@ -247,6 +246,9 @@ class ForkedRun:
             if reader.is_alive():
                 raise subprocess.TimeoutExpired(self.args, timeout)
         self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for pipe in (self.stdout, self.stderr):
+            if pipe is not None:
+                pipe.close()
         return read.get("stdout"), read.get("stderr")
 
 
@@ -337,8 +339,8 @@ def _stop_zygote():
 
 @pytest.fixture(scope="session")
 def team(tmp_path_factory):
-    """A team's models, logged and registered once per test worker by the team's own script (tests/team_script.py),
-    in a store of their own; test_team_models and test_team_leakage audit them."""
+    """A team's models, logged and registered by the team's own script (tests/team_script.py) in a store of their
+    own; test_team_models and test_team_leakage audit them (one scheduling unit, ONE_WORKER: logged once)."""
     folder = tmp_path_factory.mktemp("team")
     store = f"sqlite:///{folder / 'team.db'}"
     done = subprocess.run([sys.executable, str(ROOT / "tests/team_script.py"), store, str(GERMAN), str(folder)],

@@ -66,19 +66,30 @@ def free_port() -> int:
 
 def group_pids(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``, read from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # Fields after "(comm)": state ppid pgrp ...; comm may contain spaces or parentheses.
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and (fields := _stat_fields(entry)) is not None and int(fields[2]) == pgid
+            and fields[0] != "Z"]
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after "(comm)" (state ppid pgrp ...), None once the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()  # comm may contain spaces or parentheses
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live or zombie processes whose parent is ``pid``, read from /proc."""
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and (fields := _stat_fields(entry)) is not None and int(fields[1]) == pid]
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def _answers(address: str, env: dict[str, str], timeout: float) -> bool:

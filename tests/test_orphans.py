@@ -8,11 +8,11 @@ import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import yaml
 from conftest import cli_env, cli_popen, run_cli, small_config
 from mlflow.tracking import MlflowClient
+from raycluster import alive, child_pids
 
 from pipeline.record import tracking
 
@@ -31,22 +31,6 @@ def _wait_for_running(client: MlflowClient, experiment: str, proc, timeout: floa
     raise AssertionError(f"no RUNNING parent and seed run within {timeout} s")
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
@@ -62,16 +46,16 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         running = _wait_for_running(client, "orphans", proc)
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
     finally:
         os.kill(proc.pid, signal.SIGKILL)  # by its own PID; nothing else is touched
         proc.wait(timeout=30)
     # Its forked workers (training, the report) die with it: none is left to run for nobody.
     assert workers
     deadline = time.monotonic() + 10
-    while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in workers if _alive(pid)]
+    assert not [pid for pid in workers if alive(pid)]
     host = socket.gethostname()
     for run in running:
         assert run.data.tags[tracking.OWNER_PID] == str(proc.pid)

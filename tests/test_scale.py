@@ -98,26 +98,22 @@ def test_ray_and_local_stream_give_the_same_numbers(local_doc, trained, store, r
 
 def _kill_workers(cluster_pid: int, stop: threading.Event, killed: list[int], *, every: bool) -> None:
     """SIGKILL Ray workers of this cluster running a task (Ray titles them 'ray::<function>'): the first one, or
-    every one. A worker is this cluster's if its parent (the raylet) is in the cluster's process group: the other
-    test worker may be running Ray tasks of its own session cluster meanwhile."""
-    from raycluster import group_pids
+    every one. Ray's workers start sessions of their own, so they are found as children of the cluster's raylet
+    (in its process group), never by title alone: the other test worker may run tasks on its own cluster."""
+    from raycluster import child_pids, group_pids
 
     while not stop.is_set() and (every or not killed):
-        raylets = set(group_pids(cluster_pid))
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        for pid in [child for node in group_pids(cluster_pid) for child in child_pids(node)]:
             try:
-                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if title.startswith(("ray::_on_node", "ray::_in_worker")) and parent in raylets:  # a shard task
+            if title.startswith(("ray::_on_node", "ray::_in_worker")):  # a shard task (map_reduce, map)
                 try:
-                    os.kill(int(entry.name), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     continue
-                killed.append(int(entry.name))
+                killed.append(pid)
                 if not every:
                     return
         time.sleep(0.01)

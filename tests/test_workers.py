@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, ForkedRun, cli_env, cli_popen, small_config
 from mlflow.tracking import MlflowClient
+from raycluster import alive, child_pids
 
 from pipeline.app import runner
 from pipeline.scale import executor
@@ -46,14 +47,14 @@ def test_an_error_in_a_worker_is_raised_here():
 
 
 def test_leaving_the_block_stops_workers_still_running():
-    others = set(_children(os.getpid()))  # e.g. the session's Ray cluster or MLflow server
+    others = set(child_pids(os.getpid()))  # e.g. the session's Ray cluster or MLflow server
     with executor.ForkExecutor(2) as pool:
         pending = pool.submit(lambda seconds: (os.getpid(), time.sleep(seconds)), [0.0, 0.0, 60.0, 60.0])
         time.sleep(1.0)
-        children = sorted(set(_children(os.getpid())) - others)
+        children = sorted(set(child_pids(os.getpid())) - others)
         assert len(children) == 2
     time.sleep(0.2)
-    assert not [pid for pid in children if _alive(pid)]
+    assert not [pid for pid in children if alive(pid)]
     assert pending is not None
 
 
@@ -90,16 +91,16 @@ def _warmed_pid(_) -> tuple[int | None, int, int]:
 
 
 def test_a_process_beside_is_forked_at_once_warms_up_and_then_takes_pickled_work():
-    others = set(_children(os.getpid()))
+    others = set(child_pids(os.getpid()))
     with executor.beside(warm=_warm_up) as aside:
         time.sleep(0.5)
-        forked = sorted(set(_children(os.getpid())) - others)
+        forked = sorted(set(child_pids(os.getpid())) - others)
         assert len(forked) == 1  # forked before any work was submitted
         [(warmed, pid, niceness)] = aside.submit(_warmed_pid, [None]).results()
     assert warmed == pid == forked[0] != os.getpid()  # the warm-up ran in that process, before the task
     assert niceness == os.nice(0)  # not a training worker: it keeps the command's priority
     time.sleep(0.2)
-    assert not _alive(forked[0])
+    assert not alive(forked[0])
 
 
 def test_a_process_beside_forked_before_torch_stays_without_it():
@@ -182,7 +183,7 @@ def _training_run(write_config, store: str, tmp_path):
 
 def test_sigterm_while_workers_train_ends_every_run_killed_and_leaves_no_worker(write_config, store, tmp_path):
     with _training_run(write_config, store, tmp_path) as (proc, run_id, client, _):
-        pool = _children(proc.pid)
+        pool = child_pids(proc.pid)
         assert len(pool) == 3  # two training workers, and the report process (forked before torch is imported)
         proc.send_signal(signal.SIGTERM)
         stdout = proc.stdout.read()
@@ -193,12 +194,12 @@ def test_sigterm_while_workers_train_ends_every_run_killed_and_leaves_no_worker(
     assert run.info.status == "KILLED"
     children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
-    assert not [pid for pid in pool if _alive(pid)]
+    assert not [pid for pid in pool if alive(pid)]
 
 
 def test_a_worker_killed_while_training_fails_the_run_in_one_line(write_config, store, tmp_path):
     with _training_run(write_config, store, tmp_path) as (proc, run_id, client, lines):
-        children = _children(proc.pid)
+        children = child_pids(proc.pid)
         trainers = [pid for pid in children if _niceness(pid) > _niceness(proc.pid)]  # not the report process
         assert len(trainers) == 2
         os.kill(trainers[0], signal.SIGKILL)  # as the out-of-memory killer would
@@ -212,33 +213,13 @@ def test_a_worker_killed_while_training_fails_the_run_in_one_line(write_config, 
     assert not [line for line in lines if line.startswith("Traceback")]
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
-    assert not [pid for pid in children if _alive(pid)]
+    assert not [pid for pid in children if alive(pid)]
 
 
 def _niceness(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_ray_and_local_executors_give_the_same_audit_of_the_shipped_config(ray_head, store, tmp_path):
@@ -287,10 +268,10 @@ def test_a_report_process_killed_fails_the_run_in_one_line(write_config, store, 
     proc = _start_run(write_config, store, tmp_path, epochs=30, batch_size=16)
     try:
         deadline = time.time() + 120
-        while not _children(proc.pid):  # the report process is forked first, before torch is imported
+        while not child_pids(proc.pid):  # the report process is forked first, before torch is imported
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.01)
-        (reporter,) = _children(proc.pid)
+        (reporter,) = child_pids(proc.pid)
         if when == "rendering":  # idle once warmed up (matplotlib imported); busy again once it renders
             last, still = _utime(reporter), 0
             while still < 20:  # 0.2 s without CPU: warmed up, waiting
