@@ -86,7 +86,7 @@ def child_pids(pid: int) -> list[int]:
             if entry.isdigit() and (fields := _stat_fields(entry)) is not None and int(fields[1]) == pid]
 
 
-def alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """``pid`` exists and is not a zombie."""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] != "Z"

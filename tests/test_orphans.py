@@ -12,7 +12,7 @@ import time
 import yaml
 from conftest import cli_env, cli_popen, run_cli, small_config
 from mlflow.tracking import MlflowClient
-from raycluster import alive, child_pids
+from raycluster import child_pids, pid_alive
 
 from pipeline.record import tracking
 
@@ -53,9 +53,9 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
     # Its forked workers (training, the report) die with it: none is left to run for nobody.
     assert workers
     deadline = time.monotonic() + 10
-    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+    while [pid for pid in workers if pid_alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in workers if alive(pid)]
+    assert not [pid for pid in workers if pid_alive(pid)]
     host = socket.gethostname()
     for run in running:
         assert run.data.tags[tracking.OWNER_PID] == str(proc.pid)

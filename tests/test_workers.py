@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, ForkedRun, cli_env, cli_popen, small_config
 from mlflow.tracking import MlflowClient
-from raycluster import alive, child_pids
+from raycluster import child_pids, pid_alive
 
 from pipeline.app import runner
 from pipeline.scale import executor
@@ -54,7 +54,7 @@ def test_leaving_the_block_stops_workers_still_running():
         children = sorted(set(child_pids(os.getpid())) - others)
         assert len(children) == 2
     time.sleep(0.2)
-    assert not [pid for pid in children if alive(pid)]
+    assert not [pid for pid in children if pid_alive(pid)]
     assert pending is not None
 
 
@@ -100,7 +100,7 @@ def test_a_process_beside_is_forked_at_once_warms_up_and_then_takes_pickled_work
     assert warmed == pid == forked[0] != os.getpid()  # the warm-up ran in that process, before the task
     assert niceness == os.nice(0)  # not a training worker: it keeps the command's priority
     time.sleep(0.2)
-    assert not alive(forked[0])
+    assert not pid_alive(forked[0])
 
 
 def test_a_process_beside_forked_before_torch_stays_without_it():
@@ -194,7 +194,7 @@ def test_sigterm_while_workers_train_ends_every_run_killed_and_leaves_no_worker(
     assert run.info.status == "KILLED"
     children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
-    assert not [pid for pid in pool if alive(pid)]
+    assert not [pid for pid in pool if pid_alive(pid)]
 
 
 def test_a_worker_killed_while_training_fails_the_run_in_one_line(write_config, store, tmp_path):
@@ -213,7 +213,7 @@ def test_a_worker_killed_while_training_fails_the_run_in_one_line(write_config, 
     assert not [line for line in lines if line.startswith("Traceback")]
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
-    assert not [pid for pid in children if alive(pid)]
+    assert not [pid for pid in children if pid_alive(pid)]
 
 
 def _niceness(pid: int) -> int:
