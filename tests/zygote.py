@@ -36,7 +36,9 @@ import sys
 # What nearly every run imports, measured with `python -X importtime -m pipeline run`: besides the libraries
 # themselves, torch.export's tracer with torch._dynamo and sympy (2.7 s; logging and loading 'pt2' models) and
 # MLflow's SQLAlchemy store with alembic (1.0 s; every SQLite store), GitPython (MLflow's source tags); then pyplot
-# on the file-only backend, as pipeline/record/report.py selects it (0.4 s; every report's plots).
+# on the file-only backend, as pipeline/record/report.py selects it (0.4 s; every report's plots). And MLflow's map
+# of the installed packages, which it builds once per process to check a model's requirements when it logs one
+# (0.4-0.7 s; every audit).
 WARM = ("numpy", "pandas", "pyarrow", "pyarrow.parquet", "torch", "torch.export._trace", "mlflow", "mlflow.tracking",
         "mlflow.store.tracking.sqlalchemy_store", "yaml", "click", "jinja2", "git")
 
@@ -48,6 +50,7 @@ def _serve(address: str) -> dict | None:
     matplotlib = importlib.import_module("matplotlib")
     matplotlib.use("Agg")
     importlib.import_module("matplotlib.pyplot")
+    importlib.import_module("mlflow.utils.requirements_utils").warn_dependency_requirement_mismatches(["mlflow"])
     base_path = list(sys.path)  # started without PYTHONPATH: the interpreter's own path
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # watchers are reaped by the kernel
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
