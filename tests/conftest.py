@@ -363,6 +363,16 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _report_prepared():
+    """An audit renders its plots and report in a process it forks (``executor.beside``), which first imports pyplot
+    and compiles the report's template (``report.prepare``, 0.5 s). Done once here, every audit this process runs
+    forks it ready, as the warm interpreter's runs are (tests/zygote.py)."""
+    from pipeline.record import report
+
+    report.prepare()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _stop_zygote():
     yield
     _ZYGOTE.close()

@@ -178,7 +178,8 @@ def ray_cluster(*, num_cpus: int = 2, workers: int = 0, worker_cpus: int = 1,
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
     client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
-    # No drain on SIGTERM: a test cluster has nothing to drain, and the drain waits up to 30 s.
+    # No drain on SIGTERM: a test cluster has nothing to drain, and the drain waits up to 30 s. No log monitor
+    # either: it sends workers' output to drivers, and the audit's driver asks for none (log_to_driver=False).
     env = {**os.environ, **client_env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     env.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
     env.pop("RAY_ADDRESS", None)
@@ -187,7 +188,8 @@ def ray_cluster(*, num_cpus: int = 2, workers: int = 0, worker_cpus: int = 1,
     started = time.monotonic()
     proc = subprocess.Popen(
         [str(RAY), "start", "--head", "--node-ip-address", HOST, "--port", str(port), "--num-cpus", str(num_cpus),
-         "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(temp_dir), "--block"],
+         "--include-dashboard=false", "--include-log-monitor=false", "--disable-usage-stats", "--temp-dir",
+         str(temp_dir), "--block"],
         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     nodes: list[subprocess.Popen] = []
@@ -209,7 +211,7 @@ def ray_cluster(*, num_cpus: int = 2, workers: int = 0, worker_cpus: int = 1,
             node_log = (temp_dir / f"ray-worker-{number}.log").open("wb")
             nodes.append(subprocess.Popen(
                 [str(RAY), "start", "--address", address, "--node-ip-address", HOST, "--num-cpus", str(worker_cpus),
-                 "--disable-usage-stats", "--block"],
+                 "--include-log-monitor=false", "--disable-usage-stats", "--block"],
                 env=env, stdin=subprocess.DEVNULL, stdout=node_log, stderr=subprocess.STDOUT, start_new_session=True))
             node_log.close()
         while workers and not _nodes_alive(address, env, workers + 1, timeout=10):

@@ -38,9 +38,12 @@ import sys
 # MLflow's SQLAlchemy store with alembic (1.0 s; every SQLite store), GitPython (MLflow's source tags); then pyplot
 # on the file-only backend, as pipeline/record/report.py selects it (0.4 s; every report's plots). And MLflow's map
 # of the installed packages, which it builds once per process to check a model's requirements when it logs one
-# (0.4-0.7 s; every audit).
+# (0.4-0.7 s; every audit). Also scikit-learn with the parts fairlearn's mitigations and the tests' team models use,
+# and MLflow's pyfunc (0.8 s; every mitigation run and every audit of a team's pyfunc: about 15 s per suite).
 WARM = ("numpy", "pandas", "pyarrow", "pyarrow.parquet", "torch", "torch.export._trace", "mlflow", "mlflow.tracking",
-        "mlflow.store.tracking.sqlalchemy_store", "yaml", "click", "jinja2", "git")
+        "mlflow.store.tracking.sqlalchemy_store", "yaml", "click", "jinja2", "git", "mlflow.pyfunc", "sklearn.compose",
+        "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing", "fairlearn.reductions",
+        "fairlearn.postprocessing")
 
 
 def _serve(address: str) -> dict | None:
