@@ -450,6 +450,8 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     model_info = _log_model(model, encoder.feature_names) if model is not None else None
     if encoder is not None:  # the pipeline's encoding (a team's model encodes its inputs itself)
         mlflow.log_dict(encoder.to_dict(), "model_inputs/encoder.json")
+    # The tables before the params and metrics: MLflow reads the whole run back for each table it logs.
+    _log_tables(doc)
     mlflow.log_params(config_mod.flatten(cfg))
     # Every audit number, and the audited model's training curve as step metrics, in one batch.
     now = int(time.time() * 1000)
@@ -457,7 +459,6 @@ def log_audit(doc: AuditDocument, primary: SeedAudit, model, encoder, table, out
     metrics += _timeline_metrics(primary, now)
     _log_metric_list(doc.run_id, metrics)
 
-    _log_tables(doc)
     # The dataset by reference: name, absolute source path, digest, schema and row count; never its rows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hints on source resolution and int columns
