@@ -194,7 +194,20 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, fresh: bool =
     if fresh:
         return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
-    proc = cli_popen(*args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _completed(cli_popen(*args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True), timeout)
+
+
+def run_script(script: Path, *args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python SCRIPT ...` (a script that imports nothing of the project, such as tests/team_script.py), run to its
+    end in a process forked from the session's warm interpreter, with this process's environment."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return _completed(_ZYGOTE.popen(list(args), cwd=Path(cwd), env=env, text=True, new_session=False, script=script,
+                                    streams=(subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE)), timeout)
+
+
+def _completed(proc: ForkedRun, timeout: float) -> subprocess.CompletedProcess:
+    """Wait for ``proc`` with its output read; killed if still running after ``timeout`` seconds."""
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:
@@ -304,8 +317,9 @@ class _Zygote:
             return self._socket
 
     def popen(self, args: list[str], *, cwd: Path, env: dict, streams: tuple, text: bool,
-              new_session: bool) -> ForkedRun:
-        """Connect, pass the run's three streams with the request, and return it once the zygote named its PID."""
+              new_session: bool, script: Path | None = None) -> ForkedRun:
+        """Connect, pass the run's three streams with the request, and return it once the zygote named its PID
+        (``python -m pipeline args``, or ``python script args``)."""
         passed, ours = [], []  # the run's ends (closed here once sent); this process's ends of new pipes
         with contextlib.ExitStack() as opened:
             for number, how in enumerate(streams):
@@ -324,7 +338,8 @@ class _Zygote:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 conn.connect(self._start())
-                request = json.dumps({"argv": args, "cwd": str(cwd), "env": env, "new_session": new_session})
+                request = json.dumps({"argv": args, "cwd": str(cwd), "env": env, "new_session": new_session,
+                                      "script": str(script) if script else None})
                 line = (request + "\n").encode()
                 socket.send_fds(conn, [line[:1]], passed)
                 conn.sendall(line[1:])
@@ -334,7 +349,7 @@ class _Zygote:
                     if end is not None:
                         os.close(end)
                 raise
-        return ForkedRun([sys.executable, "-m", "pipeline", *args], conn, ours, text)
+        return ForkedRun([sys.executable, *([str(script)] if script else ["-m", "pipeline"]), *args], conn, ours, text)
 
     def close(self) -> None:
         if self._proc is not None:
@@ -384,8 +399,7 @@ def team(tmp_path_factory):
     own; test_team_models and test_team_leakage audit them (one scheduling unit, ONE_WORKER: logged once)."""
     folder = tmp_path_factory.mktemp("team")
     store = f"sqlite:///{folder / 'team.db'}"
-    done = subprocess.run([sys.executable, str(ROOT / "tests/team_script.py"), store, str(GERMAN), str(folder)],
-                          capture_output=True, text=True, timeout=600, cwd=folder)  # not the repository: no pipeline
+    done = run_script(ROOT / "tests/team_script.py", store, str(GERMAN), str(folder), cwd=folder)  # not the repository
     assert done.returncode == 0, done.stderr[-3000:]
     return {"folder": folder, "store": store, **json.loads((folder / "team.json").read_text())}
 

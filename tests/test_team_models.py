@@ -9,8 +9,6 @@ with MLflow, not with the pipeline) or from the network's weights with numpy.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -19,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import GERMAN, run_cli
+from conftest import GERMAN, run_cli, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TEAM = {"name": "german-team", "path": str(GERMAN), "target": "credit_risk", "positive_label": "good",
@@ -152,8 +150,8 @@ def test_a_file_of_the_models_scores_gives_the_same_fairness_numbers(team, tmp_p
 def test_the_alias_moves_on_a_pass_only_on_a_real_server(team, mlflow_server, tmp_path):
     """On a real `mlflow server`: the team logs there, the audit reads the model there, tags the version,
     and moves the alias only when the verdict is pass."""
-    done = subprocess.run([sys.executable, str(ROOT / "tests/team_script.py"), mlflow_server, str(GERMAN),
-                           str(tmp_path), "team-scorer"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = run_script(ROOT / "tests/team_script.py", mlflow_server, str(GERMAN), str(tmp_path), "team-scorer",
+                      cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(mlflow_server)
     version = client.get_latest_versions("team-scorer")[0].version
@@ -187,8 +185,7 @@ def odd(tmp_path_factory):
     """Small pyfuncs that misbehave (tests/odd_models.py), each registered as odd-<kind>, in a store of their own."""
     folder = tmp_path_factory.mktemp("odd")
     store = f"sqlite:///{folder / 'odd.db'}"
-    done = subprocess.run([sys.executable, str(ROOT / "tests/odd_models.py"), store, str(GERMAN)],
-                          capture_output=True, text=True, timeout=600, cwd=folder)
+    done = run_script(ROOT / "tests/odd_models.py", store, str(GERMAN), cwd=folder)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"folder": folder, "store": store}
 

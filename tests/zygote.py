@@ -1,5 +1,5 @@
-"""A warm interpreter for the tests' ``python -m pipeline ...`` runs: the third-party imports made once, each run
-a forked child.
+"""A warm interpreter for the tests' ``python -m pipeline ...`` runs (and their scripts that stand for a team's own
+code, such as tests/team_script.py): the third-party imports made once, each run a forked child.
 
 Every run of the command imports torch, MLflow, pandas and pyarrow (about 3 s of CPU on this machine) before it does
 anything, and the suite runs the command a few hundred times. This script, started at the first such run of each
@@ -17,7 +17,7 @@ determinism across hash seeds) use a fresh interpreter: ``run_cli(..., fresh=Tru
 
 Protocol: the zygote listens on the Unix socket named by its first argument and says ``ready`` on stdout; it stops
 when its stdin closes. Each run is one connection: one JSON request line (``argv``, ``cwd``, ``env``,
-``new_session``) whose first byte carries the run's stdin, stdout and stderr (SCM_RIGHTS); for it the zygote forks
+``new_session``, and ``script`` for ``python SCRIPT argv`` instead of ``python -m pipeline argv``) whose first byte carries the run's stdin, stdout and stderr (SCM_RIGHTS); for it the zygote forks
 a watcher, which forks the run and answers ``{"pid": ...}`` and, once the run ended, ``{"returncode": ...}``.
 Runs may overlap (tests start two at once).
 """
@@ -39,11 +39,12 @@ import sys
 # on the file-only backend, as pipeline/record/report.py selects it (0.4 s; every report's plots). And MLflow's map
 # of the installed packages, which it builds once per process to check a model's requirements when it logs one
 # (0.4-0.7 s; every audit). Also scikit-learn with the parts fairlearn's mitigations and the tests' team models use,
-# and MLflow's pyfunc (0.8 s; every mitigation run and every audit of a team's pyfunc: about 15 s per suite).
+# and MLflow's pyfunc (0.8 s; every mitigation run and every audit of a team's pyfunc: about 15 s per suite), and
+# what logging a 'pt2' model and ending a run import late (torch's serializer's IR, MLflow's trace processor).
 WARM = ("numpy", "pandas", "pyarrow", "pyarrow.parquet", "torch", "torch.export._trace", "mlflow", "mlflow.tracking",
         "mlflow.store.tracking.sqlalchemy_store", "yaml", "click", "jinja2", "git", "mlflow.pyfunc", "sklearn.compose",
         "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing", "fairlearn.reductions",
-        "fairlearn.postprocessing")
+        "fairlearn.postprocessing", "torch._inductor.ir", "mlflow.tracing.processor.base_mlflow")
 
 
 def _serve(address: str) -> dict | None:
@@ -103,7 +104,7 @@ def _watch(conn: socket.socket, base_path: list[str]) -> dict | None:
 
 def _become(request: dict) -> None:
     """In the child: the streams, session, environment, directory, argv and sys.path of ``python -m pipeline
-    <argv>``."""
+    <argv>``, or of ``python <script> <argv>`` (the script's folder first on the path, as Python puts it)."""
     for fd, passed in enumerate(request["fds"]):
         os.dup2(passed, fd)
     for passed in set(request["fds"]) - {0, 1, 2}:
@@ -114,8 +115,9 @@ def _become(request: dict) -> None:
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
     extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:] = [os.getcwd(), *extra, *request["base_path"]]
-    sys.argv = ["-m", *request["argv"]]
+    script = request.get("script")
+    sys.path[:] = [os.path.dirname(script) if script else os.getcwd(), *extra, *request["base_path"]]
+    sys.argv = [script or "-m", *request["argv"]]
 
 
 if __name__ == "__main__":
@@ -124,4 +126,7 @@ if __name__ == "__main__":
     if found is None:
         sys.exit(0)
     _become(found)
-    runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+    if found.get("script"):
+        runpy.run_path(found["script"], run_name="__main__")
+    else:
+        runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
