@@ -35,12 +35,14 @@ SLOW_MODULES = {
     "test_streaming_scale", "test_team_leakage", "test_team_models", "test_ui", "test_verdict", "test_workers",
 }
 BROWSER_MODULES = {"test_browser", "test_report_browser"}
+RAY_FIXTURES = {"ray_head", "ray_address"}  # the session's Ray cluster (see _SessionRay)
 # Modules that share a costly session fixture run on one test worker, as one unit (see pytest_xdist_make_scheduler).
 ONE_WORKER = {"test_team_leakage": "test_team_models"}  # the team's models (`team`): a script logging four models
 # The longest units (measured, 30-150 s each on two workers) are handed out first, so the last unit to finish is a
 # short one; the others follow in file order.
 LONGEST_FIRST = ("test_hardening", "test_team_leakage", "test_team_models", "test_scale", "test_streaming",
-                 "test_workers", "test_hardening_cli", "test_attacks", "test_streaming_reduce", "test_cli")
+                 "test_workers", "test_executor", "test_hardening_cli", "test_attacks", "test_streaming_reduce",
+                 "test_cli")  # and test_executor, short, with the other users of the session's Ray cluster (ray_head)
 
 
 def pytest_configure(config):
@@ -94,9 +96,9 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: first.get(item.path.stem, len(first)))  # stable: file order otherwise
     for item in items:
         module = item.path.stem
-        if module in SLOW_MODULES or {"mlflow_server", "ray_head", "ray_address"} & set(item.fixturenames):
+        if module in SLOW_MODULES or {"mlflow_server", *RAY_FIXTURES} & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-        if {"ray_head", "ray_address"} & set(item.fixturenames) or module == "test_executor":
+        if RAY_FIXTURES & set(item.fixturenames) or module == "test_executor":
             item.add_marker(pytest.mark.ray)
         if module in BROWSER_MODULES:
             item.add_marker(pytest.mark.browser)
@@ -388,8 +390,9 @@ def _report_prepared():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _stop_zygote():
+def _stop_session_processes():
     yield
+    _RAY.stop()  # already stopped unless the session was cut short
     _ZYGOTE.close()
 
 
@@ -476,11 +479,42 @@ def mlflow_server(tmp_path_factory):
         assert not left, f"mlflow server processes {left} survived SIGTERM and SIGKILL; log tail:\n{log_tail()}"
 
 
-@pytest.fixture(scope="session")
-def ray_head():
-    """One real Ray cluster for the session (``ray start --head`` on 127.0.0.1, token auth, own process group);
-    this process holds its token while it runs (``raycluster.client_env``)."""
-    from raycluster import client_env, ray_cluster
+class _SessionRay:
+    """This test worker's Ray cluster (``ray start --head`` on 127.0.0.1, token auth, own process group), while
+    this process holds its token (``raycluster.client_env``): started by the first test that needs it, stopped when
+    the next test on this worker is in another module and needs none. An idle test cluster takes 5% of a core
+    (raylet, GCS, autoscaler), and the Ray tests run first (LONGEST_FIRST); a later one starts it again."""
 
-    with ray_cluster() as cluster, client_env(cluster):
-        yield cluster
+    def __init__(self) -> None:
+        self._running: contextlib.ExitStack | None = None
+        self.cluster = None
+
+    def get(self):
+        if self._running is None:
+            from raycluster import client_env, ray_cluster
+
+            with contextlib.ExitStack() as stack:
+                self.cluster = stack.enter_context(ray_cluster())
+                stack.enter_context(client_env(self.cluster))
+                self._running = stack.pop_all()
+        return self.cluster
+
+    def stop(self) -> None:
+        if self._running is not None:
+            running, self._running, self.cluster = self._running, None, None
+            running.close()
+
+
+_RAY = _SessionRay()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """The Ray cluster of this test worker (:class:`_SessionRay`), running until the module's tests are done."""
+    return _RAY.get()
+
+
+@pytest.hookimpl(trylast=True)  # after the module's own fixtures are torn down (a connected executor first)
+def pytest_runtest_teardown(item, nextitem):
+    if nextitem is None or (nextitem.module is not item.module and not RAY_FIXTURES & set(nextitem.fixturenames)):
+        _RAY.stop()

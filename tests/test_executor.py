@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMINGS: dict[str, float] = {}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_address(ray_head):
     """The session's Ray head (conftest.ray_head); this process holds its token while it runs."""
     TIMINGS["cluster start (s)"] = ray_head.startup_seconds
@@ -35,9 +35,9 @@ def ray_address(ray_head):
     print("\nexecutor timings:", {k: round(v, 3) for k, v in TIMINGS.items()})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_executor(ray_address):
-    """One connection for the session: Ray 2.60's driver once segfaulted in ray.shutdown() (its io thread) in
+    """One connection for the module: Ray 2.60's driver once segfaulted in ray.shutdown() (its io thread) in
     this suite when it connected and disconnected six times; one connection keeps that window small."""
     with RayExecutor(ray_address.address, max_retries=3) as executor:
         TIMINGS["connect (s)"] = executor.connect_seconds

@@ -322,11 +322,11 @@ RAY_CLIENT = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_address(ray_head):
     """The session's Ray head (conftest.ray_head). The driver is a subprocess with the cluster's token in its
-    environment: Ray allows one connection per process, and tests/test_executor.py's session executor may
-    hold this process's."""
+    environment: Ray allows one connection per process, and tests/test_executor.py's executor holds this
+    process's while its module runs."""
     TIMINGS["ray cluster start (s)"] = ray_head.startup_seconds
     return ray_head
 
