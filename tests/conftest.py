@@ -425,7 +425,7 @@ def mlflow_server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # The GenAI job runner starts seven worker processes the audit never uses; they slow start and stop.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", new_store(tmp / "mlflow.db"),
            "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
 

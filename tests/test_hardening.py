@@ -461,7 +461,7 @@ def _mlflow_server(folder: Path):
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with open(folder / "server.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                 f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "art"),
+                                 new_store(folder / "server.db"), "--artifacts-destination", str(folder / "art"),
                                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                                 cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     pgid = os.getpgid(proc.pid)

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import yaml
-from conftest import cli_env, cli_popen, run_cli, small_config
+from conftest import cli_env, cli_popen, new_store, run_cli, small_config
 from mlflow.tracking import MlflowClient
 from raycluster import child_pids, pid_alive
 
@@ -34,14 +34,14 @@ def _wait_for_running(client: MlflowClient, experiment: str, proc, timeout: floa
 
 
 def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = new_store(tmp_path / "mlflow.db")
     config = tmp_path / "slow.yaml"
     # Many epochs: the audit is still training its first seed when it is killed.
     config.write_text(yaml.safe_dump(small_config(**{"training.epochs": 400, "tracking.experiment": "orphans"})))
     env = cli_env()
-    # The store made first: this test's client would otherwise migrate a new SQLite file while the run does.
+    # The store made first (new_store): this test's client would otherwise migrate a new SQLite file while the run
+    # does.
     client = MlflowClient(store)
-    client.search_experiments()
     proc = cli_popen("run", "--config", str(config), "--tracking-uri", store, "--reports-dir", str(tmp_path / "reports"),
                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -97,7 +97,7 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
 
 def test_other_commands_mark_orphans_too(tmp_path, write_config):
     """A later audit on the same store marks a dead owner's run (here: a PID no process has)."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = new_store(tmp_path / "mlflow.db")
     exp_id = tracking.experiment_id(store, "tests")
     client = MlflowClient(store)
     dead = client.create_run(exp_id, tags={**tracking.owner_tags(), tracking.OWNER_PID: "4194303",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlflow
+from conftest import new_store
 from mlflow.tracking import MlflowClient
 
 from pipeline.core import vocabulary as vocab
@@ -38,7 +39,7 @@ def _seed_audit(run_id: str) -> SeedAudit:
 
 
 def test_epoch_metrics_number_layers_from_one_as_every_other_key(tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = new_store(tmp_path / "mlflow.db")
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment("timeline")).info.run_id
     previous = mlflow.get_tracking_uri()

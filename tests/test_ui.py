@@ -10,8 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import cli_env, cli_popen
-from mlflow.tracking import MlflowClient
+from conftest import cli_env, cli_popen, new_store
 from raycluster import group_pids
 
 
@@ -32,8 +31,8 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in cli_env().items() if k != "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"}
-    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # ui opens a store, never creates one
-    proc = cli_popen("ui", "--port", str(port), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    store = new_store(tmp_path / "mlflow.db")  # ui opens a store, never creates one
+    proc = cli_popen("ui", "--port", str(port), "--tracking-uri", store,
                      cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                      start_new_session=True)
     try:
