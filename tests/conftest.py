@@ -83,7 +83,7 @@ def pytest_xdist_make_scheduler(config, log):
     class Scheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = Path(super()._split_scope(nodeid))
-            return str(path.with_stem(ONE_WORKER.get(path.stem, path.stem)))
+            return str(path.with_stem(ONE_WORKER.get(path.stem, path.stem)))  # as _unit
 
     if config.getvalue("dist") != "loadfile":
         return None
@@ -91,9 +91,18 @@ def pytest_xdist_make_scheduler(config, log):
     return Scheduling(config, log)
 
 
+def _unit(item) -> str:
+    """A test's scheduling unit: its module's name, or that of the module it is joined to (ONE_WORKER)."""
+    return ONE_WORKER.get(item.path.stem, item.path.stem)
+
+
+_RAY_UNITS: set[str] = set()  # the units with a test that uses the session's Ray cluster (found at collection)
+
+
 def pytest_collection_modifyitems(items):
     first = {module: rank for rank, module in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: first.get(item.path.stem, len(first)))  # stable: file order otherwise
+    _RAY_UNITS.update(_unit(item) for item in items if RAY_FIXTURES & set(item.fixturenames))
     for item in items:
         module = item.path.stem
         if module in SLOW_MODULES or {"mlflow_server", *RAY_FIXTURES} & set(item.fixturenames):
@@ -482,8 +491,9 @@ def mlflow_server(tmp_path_factory):
 class _SessionRay:
     """This test worker's Ray cluster (``ray start --head`` on 127.0.0.1, token auth, own process group), while
     this process holds its token (``raycluster.client_env``): started by the first test that needs it, stopped when
-    the next test on this worker is in another module and needs none. An idle test cluster takes 5% of a core
-    (raylet, GCS, autoscaler), and the Ray tests run first (LONGEST_FIRST); a later one starts it again."""
+    the next test on this worker is in a unit none of whose tests needs it. An idle test cluster takes 5% of a core
+    (raylet, GCS, autoscaler); the units that use it are handed out first (LONGEST_FIRST), so a worker that moves
+    on to another unit has none left, and if one comes all the same, it starts the cluster again."""
 
     def __init__(self) -> None:
         self._running: contextlib.ExitStack | None = None
@@ -516,5 +526,5 @@ def ray_head():
 
 @pytest.hookimpl(trylast=True)  # after the module's own fixtures are torn down (a connected executor first)
 def pytest_runtest_teardown(item, nextitem):
-    if nextitem is None or (nextitem.module is not item.module and not RAY_FIXTURES & set(nextitem.fixturenames)):
+    if nextitem is None or (_unit(nextitem) != _unit(item) and _unit(nextitem) not in _RAY_UNITS):
         _RAY.stop()
