@@ -83,7 +83,7 @@ def pytest_xdist_make_scheduler(config, log):
     class Scheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = Path(super()._split_scope(nodeid))
-            return str(path.with_stem(ONE_WORKER.get(path.stem, path.stem)))  # as _unit
+            return str(path.with_stem(_unit(path.stem)))
 
     if config.getvalue("dist") != "loadfile":
         return None
@@ -91,9 +91,9 @@ def pytest_xdist_make_scheduler(config, log):
     return Scheduling(config, log)
 
 
-def _unit(item) -> str:
-    """A test's scheduling unit: its module's name, or that of the module it is joined to (ONE_WORKER)."""
-    return ONE_WORKER.get(item.path.stem, item.path.stem)
+def _unit(module: str) -> str:
+    """A module's scheduling unit: its own name, or that of the module it is joined to (ONE_WORKER)."""
+    return ONE_WORKER.get(module, module)
 
 
 _RAY_UNITS: set[str] = set()  # the units with a test that uses the session's Ray cluster (found at collection)
@@ -102,7 +102,7 @@ _RAY_UNITS: set[str] = set()  # the units with a test that uses the session's Ra
 def pytest_collection_modifyitems(items):
     first = {module: rank for rank, module in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: first.get(item.path.stem, len(first)))  # stable: file order otherwise
-    _RAY_UNITS.update(_unit(item) for item in items if RAY_FIXTURES & set(item.fixturenames))
+    _RAY_UNITS.update(_unit(item.path.stem) for item in items if RAY_FIXTURES & set(item.fixturenames))
     for item in items:
         module = item.path.stem
         if module in SLOW_MODULES or {"mlflow_server", *RAY_FIXTURES} & set(item.fixturenames):
@@ -526,5 +526,6 @@ def ray_head():
 
 @pytest.hookimpl(trylast=True)  # after the module's own fixtures are torn down (a connected executor first)
 def pytest_runtest_teardown(item, nextitem):
-    if nextitem is None or (_unit(nextitem) != _unit(item) and _unit(nextitem) not in _RAY_UNITS):
+    next_unit = None if nextitem is None else _unit(nextitem.path.stem)
+    if next_unit is None or (next_unit != _unit(item.path.stem) and next_unit not in _RAY_UNITS):
         _RAY.stop()
