@@ -29,8 +29,10 @@ import functools
 import json
 import logging
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 
 def _timed(owner, name: str, seconds: dict, key: str) -> None:
@@ -87,43 +89,44 @@ def main(argv: list[str] | None = None) -> int:
 
     model_mod.one_thread()
     cfg = config_mod.load(args.config)[0]
-    scorer = mlflow_models.open_model(args.model_uri, tracking_uri=args.tracking_uri, cfg=cfg).scorer
-    found = stream.shards(args.data, source=args.config)
-    columns = stream.audit_columns(cfg.dataset, scorer.kinds())
-    scorer.check(stream.head(found, columns=columns, source=args.config, dataset=cfg.dataset), data=args.data,
-                 output=cfg.model.output)
-    chosen, rows = [], 0
-    for shard in found:
-        if rows >= args.rows:
-            break
-        chosen.append(shard)
-        rows += shard.rows
+    with tempfile.TemporaryDirectory(prefix="pipeline-model-") as into:  # the model's files, removed at the end
+        scorer = mlflow_models.open_model(args.model_uri, tracking_uri=args.tracking_uri, cfg=cfg, into=Path(into)).scorer
+        found = stream.shards(args.data, source=args.config)
+        columns = stream.audit_columns(cfg.dataset, scorer.kinds())
+        scorer.check(stream.head(found, columns=columns, source=args.config, dataset=cfg.dataset), data=args.data,
+                     output=cfg.model.output)
+        chosen, rows = [], 0
+        for shard in found:
+            if rows >= args.rows:
+                break
+            chosen.append(shard)
+            rows += shard.rows
 
-    seconds: dict[str, float] = defaultdict(float)
-    _timed_generator(stream, "batches", seconds, "read")
-    _timed(tables, "profile", seconds, "checks")
-    _timed(streaming, "audit_batch", seconds, "audit_batch")
-    _timed(type(scorer), "score", seconds, "scorer")
-    encoder_method = "encode" if hasattr(tables.Encoder, "encode") else "transform"
-    _timed(tables.Encoder, encoder_method, seconds, "encode")
-    _timed(streaming._Tally, "add", seconds, "tally")
-    _timed(partials, "score_partial", seconds, "partials")
-    _timed(streaming, "reduce", seconds, "merge")
-    _timed(partials, "bootstrap_scores", seconds, "bootstrap")
-    from pipeline.core import fairness
+        seconds: dict[str, float] = defaultdict(float)
+        _timed_generator(stream, "batches", seconds, "read")
+        _timed(tables, "profile", seconds, "checks")
+        _timed(streaming, "audit_batch", seconds, "audit_batch")
+        _timed(type(scorer), "score", seconds, "scorer")
+        encoder_method = "encode" if hasattr(tables.Encoder, "encode") else "transform"
+        _timed(tables.Encoder, encoder_method, seconds, "encode")
+        _timed(streaming._Tally, "add", seconds, "tally")
+        _timed(partials, "score_partial", seconds, "partials")
+        _timed(streaming, "reduce", seconds, "merge")
+        _timed(partials, "bootstrap_scores", seconds, "bootstrap")
+        from pipeline.core import fairness
 
-    _timed(fairness, "overall_count_intervals", seconds, "bootstrap")
-    started = time.process_time()
-    results = [streaming.audit_shard(shard, scorer=scorer, cfg=cfg) for shard in chosen]
-    seconds["map"] = time.process_time() - started
-    merged = streaming.reduce(results)
-    started = time.process_time()
-    streaming.evaluation_from(merged, audit=cfg.audit, views=streaming.audited_views(cfg.dataset))
-    seconds["evaluate"] = time.process_time() - started
-    with contextlib.suppress(KeyError):
-        seconds["groups"] = seconds.pop("audit_batch") - seconds["scorer"]
-    seconds["score"] = seconds.pop("scorer") - seconds["encode"]
-    seconds["activations"] = seconds.pop("tally") - seconds["partials"]
+        _timed(fairness, "overall_count_intervals", seconds, "bootstrap")
+        started = time.process_time()
+        results = [streaming.audit_shard(shard, scorer=scorer, cfg=cfg) for shard in chosen]
+        seconds["map"] = time.process_time() - started
+        merged = streaming.reduce(results)
+        started = time.process_time()
+        streaming.evaluation_from(merged, audit=cfg.audit, views=streaming.audited_views(cfg.dataset))
+        seconds["evaluate"] = time.process_time() - started
+        with contextlib.suppress(KeyError):
+            seconds["groups"] = seconds.pop("audit_batch") - seconds["scorer"]
+        seconds["score"] = seconds.pop("scorer") - seconds["encode"]
+        seconds["activations"] = seconds.pop("tally") - seconds["partials"]
     print(json.dumps({"rows": merged.rows, "seconds": dict(seconds)}))
     return 0
 

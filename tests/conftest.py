@@ -403,6 +403,8 @@ def _stop_session_processes():
     yield
     _RAY.stop()  # already stopped unless the session was cut short
     _ZYGOTE.close()
+    for empty in _EMPTY_STORE:
+        shutil.rmtree(empty.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ def test_every_other_number_is_the_same_with_both_parts_off(runs):
     assert on["training"]["history"] == off["training"]["history"]
 
 
-def test_mlflow_has_the_leakage_metrics_and_the_slices_table(runs, store):
+def test_mlflow_has_the_leakage_metrics_and_the_slices_table(runs, store, tmp_path):
     (result, audit), _ = runs
     client = MlflowClient(store)
     metrics = client.get_run(result.run_id).data.metrics
@@ -72,7 +72,7 @@ def test_mlflow_has_the_leakage_metrics_and_the_slices_table(runs, store):
     assert metrics["leakage/sex/max_layer/roc_auc"] == pytest.approx(best)
     assert metrics["slices/tests"] == audit["slices"]["tests"]
     if audit["slices"]["rows"]:
-        local = client.download_artifacts(result.run_id, "slices/top.json")
+        local = client.download_artifacts(result.run_id, "slices/top.json", str(tmp_path))
         assert len(json.loads(open(local).read())["data"]) == len(audit["slices"]["rows"])
 
 

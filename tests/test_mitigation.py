@@ -112,16 +112,16 @@ def test_each_candidate_is_a_nested_run_with_its_verdict(registered):
         "candidate/candidate.json", "candidate/weights.pt"}
 
 
-def _reproduces(summary: dict, audit: dict, chosen: dict, model_uri: str) -> None:
+def _reproduces(summary: dict, audit: dict, chosen: dict, model_uri: str, into: Path) -> None:
     """The model at ``model_uri`` decides the run's test rows as ``chosen`` was audited: same accuracy and
     selection rate per group, recounted here from its decisions."""
     client = MlflowClient(STORE[0])
     mlflow.set_tracking_uri(STORE[0])
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(model_uri, dst_path=str(into))
     # The test rows, encoded with the run's encoder, as a deployer would feed them (plus sex if group-aware).
     cfg = from_dict(audit["config"])
     table = data.load(cfg.dataset, source="test")
-    rows = np.load(client.download_artifacts(summary["run_id"], "split/test_rows.npz"))["rows"]
+    rows = np.load(client.download_artifacts(summary["run_id"], "split/test_rows.npz", str(into)))["rows"]
     encoder = data.Encoder.from_dict(mlflow.artifacts.load_dict(f"runs:/{summary['run_id']}/model_inputs/encoder.json"))
     frame = table.frame.set_index(table.row_numbers).loc[rows]  # file row numbers -> the test rows, in order
     inputs = pd.DataFrame(encoder.transform(frame), columns=encoder.feature_names)
@@ -133,7 +133,7 @@ def _reproduces(summary: dict, audit: dict, chosen: dict, model_uri: str) -> Non
         assert decisions[inputs["sex"].to_numpy() == group].mean() == pytest.approx(rate, abs=1e-12)
 
 
-def test_register_recommended_registers_from_the_finished_run_and_says_so(registered):
+def test_register_recommended_registers_from_the_finished_run_and_says_so(registered, tmp_path):
     summary, audit, _, _ = registered
     m = audit["mitigation"]
     chosen = next(c for c in m["candidates"] if c["name"] == m["recommended"])
@@ -141,10 +141,10 @@ def test_register_recommended_registers_from_the_finished_run_and_says_so(regist
     assert version.tags["mitigation.candidate"] == chosen["name"] and version.tags["fairness_audit.verdict"] == "pass"
     assert summary["registered"]["version"] == str(version.version) and summary["registered"]["alias"] == "audited"
     assert summary["registered"]["candidate"] == chosen["name"]
-    _reproduces(summary, audit, chosen, f"models:/{NAME}@audited")
+    _reproduces(summary, audit, chosen, f"models:/{NAME}@audited", tmp_path)
 
 
-def test_pipeline_register_of_a_finished_runs_candidate_reproduces_its_audited_decisions(registered):
+def test_pipeline_register_of_a_finished_runs_candidate_reproduces_its_audited_decisions(registered, tmp_path):
     summary, audit, _, _ = registered
     name = "threshold_optimizer:demographic_parity"  # group-aware: never recommended here unless allowed
     chosen = next(c for c in audit["mitigation"]["candidates"] if c["name"] == name)
@@ -156,7 +156,7 @@ def test_pipeline_register_of_a_finished_runs_candidate_reproduces_its_audited_d
     assert version.tags["mitigation.candidate"] == name and version.tags["fairness_audit.run_id"] == summary["run_id"]
     # The alias moves only on a pass.
     assert (out["alias"] == "audited") == (chosen["verdict"] == "pass")
-    _reproduces(summary, audit, chosen, f"models:/{NAME}/{out['version']}")
+    _reproduces(summary, audit, chosen, f"models:/{NAME}/{out['version']}", tmp_path)
     # Again: the same version, not a second one; an unknown name is one line naming the run's candidates.
     again = json.loads(run_cli("register", summary["run_id"], "--candidate", name, "--tracking-uri", STORE[0],
                                "--json").stdout)

@@ -112,7 +112,7 @@ def test_the_dataset_source_is_the_absolute_path_of_the_file(audited, store):
 
 @pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # inside MLflow's pyfunc
 def test_the_signature_names_the_encoder_features_and_the_module_takes_an_array(audited, store, tmp_path):
-    result, _, _ = audited
+    result, _, folder = audited
     mlflow.set_tracking_uri(store)
     uri = f"runs:/{result.run_id}/model"
     encoder = data.read_encoder(_artifact(store, result.run_id, "model_inputs/encoder.json", tmp_path))
@@ -122,16 +122,16 @@ def test_the_signature_names_the_encoder_features_and_the_module_takes_an_array(
     # The torch module takes the float32 array, whatever the signature says.
     x = np.zeros((3, len(encoder.feature_names)), dtype=np.float32)
     with torch.no_grad():
-        logits = mlflow.pytorch.load_model(uri)(torch.from_numpy(x))
+        logits = mlflow.pytorch.load_model(uri, dst_path=str(tmp_path))(torch.from_numpy(x))
     assert logits.shape == (3,)
     # MLflow's pyfunc follows the named signature: a DataFrame with these columns.
-    predicted = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame(x, columns=encoder.feature_names))
+    predicted = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path)).predict(pd.DataFrame(x, columns=encoder.feature_names))
     np.testing.assert_allclose(np.asarray(predicted).ravel(), logits.numpy(), rtol=1e-6)
-    # And the pipeline's own loader, which checks the signature against the run's encoder.
-    from pipeline.record.tracking import load_logged_model
+    # And the pipeline's own loader (`audit --model-uri`), which checks the signature against the run's encoder.
+    from pipeline.audited.mlflow_models import open_model
 
-    net, loaded, _ = load_logged_model(uri, store)
-    assert loaded == encoder
+    opened = open_model(uri, tracking_uri=store, cfg=config.load(folder / "config.yaml")[0], into=tmp_path / "audited")
+    assert opened.scorer.kind == "pipeline" and opened.scorer.encoder == encoder
 
 
 def test_dropped_rows_keep_their_file_row_numbers(tmp_path):

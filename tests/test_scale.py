@@ -67,7 +67,10 @@ def _doc(done: subprocess.CompletedProcess) -> dict:
 
 @pytest.fixture(scope="module")
 def local_doc(trained, store):
-    return _doc(_audit(trained, store, "local"))
+    """The local executor's audit, with a temporary folder of its own (TMPDIR): a scheduled job's audits must not
+    fill the machine's with copies of the model."""
+    (trained["tmp"] / "tmpdir").mkdir()
+    return _doc(_audit(trained, store, "local", env={"TMPDIR": str(trained["tmp"] / "tmpdir")}))
 
 
 def test_a_streamed_audit_counts_every_row_of_every_shard(local_doc, trained):
@@ -85,6 +88,7 @@ def test_a_streamed_audit_counts_every_row_of_every_shard(local_doc, trained):
     listed = json.loads((trained["tmp"] / "local" / local_doc["run_id"] / "split" / "shards.json").read_text())
     assert listed == streaming["files"]
     assert [f["offset"] for f in listed] == [i * PER_FILE for i in range(ROWS // PER_FILE)]
+    assert not list((trained["tmp"] / "tmpdir").iterdir())  # the model downloaded from runs:/ is removed
 
 
 def test_ray_and_local_stream_give_the_same_numbers(local_doc, trained, store, ray_head):

@@ -8,7 +8,11 @@ with MLflow, not with the pipeline) or from the network's weights with numpy.
 
 from __future__ import annotations
 
+import gc
 import json
+import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -34,9 +38,9 @@ def _config(folder: Path, name: str, **overrides) -> Path:
     return path
 
 
-def _audit(team, *args, config: Path, store: str | None = None):
+def _audit(team, *args, config: Path, store: str | None = None, env: dict | None = None):
     done = run_cli("audit", "--config", str(config), "--tracking-uri", store or team["store"], "--reports-dir",
-                   str(team["folder"] / "reports"), "--json", *args)
+                   str(team["folder"] / "reports"), "--json", *args, env=env)
     summary = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
     doc = json.loads(Path(summary["audit_json"]).read_text()) if summary.get("audit_json") else None
     return done, summary, doc
@@ -172,10 +176,14 @@ def test_the_alias_moves_on_a_pass_only_on_a_real_server(team, mlflow_server, tm
     assert passed.returncode == 0 and summary["verdict"] == "pass", passed.stderr[-3000:]
     assert client.get_model_version_by_alias("team-scorer", "champion").version == version
     assert client.get_model_version("team-scorer", version).tags["fairness_audit.run_id"] == summary["run_id"]
-    # The alias named in the URI is how a scheduled job re-audits the model in production.
+    # The alias named in the URI is how a scheduled job re-audits the model in production; the copy of the model
+    # it downloads from the server is removed (TMPDIR: a temporary folder of the job's own, left empty).
+    (tmp_path / "tmpdir").mkdir()
     again, summary, _ = _audit(team, "--model-uri", "models:/team-scorer@champion",
-                               config=_config(tmp_path, "lenient", **lenient), store=mlflow_server)
+                               config=_config(tmp_path, "lenient", **lenient), store=mlflow_server,
+                               env={"TMPDIR": str(tmp_path / "tmpdir")})
     assert again.returncode == 0 and "version " + version in summary["registry"]
+    assert not list((tmp_path / "tmpdir").iterdir())
 
 
 # --- bad input: one line, exit 2, no run; the model's own failure: exit 3 ------------------------
@@ -284,6 +292,42 @@ def test_a_team_pyfunc_streamed_on_ray_gives_the_local_numbers(team, ray_head, t
     for key in ("overall", "groups", "disparities", "capacity", "findings", "verdict"):
         assert docs["local"][key] == docs["ray"][key], key
     assert [layer["units"] for layer in docs["ray"]["capacity"]["layers"]] == [16, 8]
+
+
+@pytest.mark.parametrize("name", ["team-scorer", "team-net"])
+def test_a_worker_without_the_drivers_copy_downloads_the_model_into_a_folder_removed_with_it(team, tmp_path,
+                                                                                              monkeypatch, name):
+    """A worker on another machine does not have the files the driver downloaded: it loads the model from its URI,
+    into a folder of the temporary folder that goes with the loaded model (here: when the scorer is collected; a
+    network is in memory once loaded, so its folder goes with the module torch.export loaded)."""
+    from pipeline.audited.mlflow_models import open_model
+    from pipeline.core import config as config_mod
+
+    if name == "team-net":
+        frame = pd.read_csv(team["folder"] / "encoded.csv")
+        config = _config(tmp_path, name, **{"dataset.path": str(team["folder"] / "encoded.csv"), "dataset.drop": [],
+                                            "model.inputs": team["inputs"]})
+    else:
+        frame, config = pd.read_csv(GERMAN, skipinitialspace=True), _config(tmp_path, name)
+    opened = open_model(f"models:/{name}/1", tracking_uri=team["store"], cfg=config_mod.load(config)[0],
+                        into=tmp_path / "driver")
+    assert (tmp_path / "driver" / "MLmodel").is_file()
+    shutil.rmtree(tmp_path / "driver")
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    worker = pickle.loads(pickle.dumps(opened.scorer))  # as a task receives it
+    worker.check(frame.head(20), data="the data")  # loads the model and scores the first rows
+
+    def left() -> list[Path]:  # but torch's compile cache (torchinductor_<user>), one reused by every process
+        return [p for p in scratch.iterdir() if not p.name.startswith("torchinductor_")]
+
+    if name == "team-scorer":  # a pyfunc may read its files while it predicts: they stay while it is loaded
+        (copy,) = left()
+        assert copy.name.startswith("pipeline-model-") and (copy / "MLmodel").is_file()
+    del worker
+    gc.collect()
+    assert not left()
 
 
 # --- init --model-uri ------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import select
 import signal
 import socket
 import sys
+import tempfile
 
 # What nearly every run imports, measured with `python -X importtime -m pipeline run`: besides the libraries
 # themselves, torch.export's tracer with torch._dynamo and sympy (2.7 s; logging and loading 'pt2' models) and
@@ -113,6 +114,7 @@ def _become(request: dict) -> None:
         os.setsid()
     os.environ.clear()
     os.environ.update(request["env"])
+    tempfile.tempdir = None  # found again from TMPDIR, as a fresh interpreter finds it
     os.chdir(request["cwd"])
     extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
     script = request.get("script")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -132,7 +133,8 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
     sources.check_options(model_uri=model_uri, module=module, state_dict=state_dict, encoder=encoder,
                           predictions=predictions, score_column=score_column, alias=alias, layers=layers)
     reports_dir = jobs.checked_outputs(tracking_uri, Path(reports_dir))
-    with jobs.job_lock(reports_dir, config_path, model_uri or module or str(predictions)):
+    with jobs.job_lock(reports_dir, config_path, model_uri or module or str(predictions)), \
+            tempfile.TemporaryDirectory(prefix="pipeline-model-") as downloads:  # the model's files, while audited
         timer = timer or StageTimer()
         cfg = config_mod.with_execution(config_mod.load(config_path)[0], **(execution or {}))
         data_path = predictions if predictions is not None else data_path
@@ -148,8 +150,8 @@ def audit(config_path: str | Path = config_mod.DEFAULT_CONFIG, *, model_uri: str
         model_mod.one_thread()
         session = _session(cfg, table, f"{table.name}-audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
                            tracking_uri, reports_dir, baseline, timer)
-        opened = sources.open_source(cfg=cfg, store=session.store, model_uri=model_uri, module=module,
-                                     state_dict=state_dict, encoder=encoder, predictions=predictions,
+        opened = sources.open_source(cfg=cfg, store=session.store, into=Path(downloads), model_uri=model_uri,
+                                     module=module, state_dict=state_dict, encoder=encoder, predictions=predictions,
                                      score_column=score_column, layers=layers)
         scorer = opened.scorer
         # Before the run: a missing column, a model that refuses the rows or an unreadable output leaves no run.

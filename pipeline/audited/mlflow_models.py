@@ -18,13 +18,17 @@ pickled PyTorch model is a pickle): audit models from a registry you trust. File
 ``--state-dict`` are read with ``torch.load(weights_only=True)`` instead.
 
 A scorer travels to workers without its model and loads it there: from the files downloaded on
-this machine when they exist, else from the model's URI.
+this machine when they exist, else from the model's URI. Every download lands in a folder that is removed
+afterwards (the audit's, or one removed with the loaded model): a scheduled audit leaves no model copies behind.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import warnings
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +69,9 @@ MESSAGE_UNLOADABLE = ("{uri}: the model cannot be loaded here: {error} (its code
 ENCODER_ARTIFACT = "model_inputs/encoder.json"
 
 
-def open_model(uri: str, *, tracking_uri: str, cfg: Config, layers: list[str] | None = None) -> Opened:
-    """The scorer of the MLflow model at ``uri`` (see the module docstring), checked against the config.
+def open_model(uri: str, *, tracking_uri: str, cfg: Config, into: Path, layers: list[str] | None = None) -> Opened:
+    """The scorer of the MLflow model at ``uri`` (see the module docstring), checked against the config. The
+    model's files are downloaded into ``into``, a folder the caller removes once the audit is done.
 
     Raises
     ------
@@ -74,7 +79,7 @@ def open_model(uri: str, *, tracking_uri: str, cfg: Config, layers: list[str] | 
         The model cannot be loaded, its inputs are unknown (no signature and no ``model.inputs``),
         or it reads the target column.
     """
-    info, local = _model_info(uri, tracking_uri=tracking_uri, download=True)
+    info, local = _model_info(uri, tracking_uri=tracking_uri, into=into, whole=True)
     flavors = info.flavors or {}
     encoder = _pipeline_encoder(info.run_id) if "pytorch" in flavors else None
     inputs = info.signature.inputs if info.signature is not None else None
@@ -119,15 +124,20 @@ class Signature:
     kind: str  # "pipeline", "pytorch" or "pyfunc (...)"
 
 
-def _model_info(uri: str, *, tracking_uri: str, download: bool):
-    """The model's MLflow info and (``download``) its local copy; what the store or artifact store refuses is one
-    line naming the model and the store."""
-    from mlflow.models import get_model_info
+def _model_info(uri: str, *, tracking_uri: str, into: Path | str, whole: bool):
+    """The model's MLflow info (what ``mlflow.models.get_model_info`` reads) and, when ``whole``, its local copy,
+    both downloaded into ``into`` (``get_model_info`` itself would leave its copy of the MLmodel file in the
+    system's temporary folder); what the store or artifact store refuses is one line naming the model and the
+    store."""
+    from mlflow.models import Model
 
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        info = get_model_info(uri)
-        return info, mlflow.artifacts.download_artifacts(uri) if download else None
+        if whole:
+            local = mlflow.artifacts.download_artifacts(uri, dst_path=str(into))
+            return Model.load(local).get_model_info(), local
+        mlmodel = mlflow.artifacts.download_artifacts(f"{uri.rstrip('/')}/MLmodel", dst_path=str(into))
+        return Model.load(mlmodel).get_model_info(), None
     except MlflowException as err:
         raise UserError(MESSAGE_CANNOT_LOAD.format(uri=uri, store=tracking_uri, why=_first_line(err.message))) from err
     except OSError as err:  # an artifact store that cannot be reached or read
@@ -136,7 +146,8 @@ def _model_info(uri: str, *, tracking_uri: str, download: bool):
 
 def read_signature(uri: str, *, tracking_uri: str) -> Signature:
     """The input columns (or tensor width) an MLflow model's signature names, and its kind."""
-    info, _ = _model_info(uri, tracking_uri=tracking_uri, download=False)
+    with tempfile.TemporaryDirectory(prefix="pipeline-model-") as into:
+        info, _ = _model_info(uri, tracking_uri=tracking_uri, into=into, whole=False)
     flavors = info.flavors or {}
     inputs = info.signature.inputs if info.signature is not None else None
     kind = ("pipeline" if "pytorch" in flavors and _pipeline_encoder(info.run_id) is not None
@@ -232,11 +243,19 @@ def _registered(uri: str) -> Registered | None:
 
 
 def _load_local_or_uri(loader, local: str, uri: str, tracking_uri: str):
-    """``loader`` on the files downloaded on the driver when this machine has them, else on the URI."""
+    """``loader`` on the files downloaded on the driver when this machine has them, else on the URI, downloaded
+    into a folder that is removed with the loaded model (at the latest when this process exits)."""
     if local and Path(local).exists():
         return loader(local)
     mlflow.set_tracking_uri(tracking_uri)
-    return loader(uri)
+    into = tempfile.mkdtemp(prefix="pipeline-model-")
+    try:
+        model = loader(uri, dst_path=into)
+    except BaseException:
+        shutil.rmtree(into, ignore_errors=True)
+        raise
+    weakref.finalize(model, shutil.rmtree, into, True)
+    return model
 
 
 @dataclass

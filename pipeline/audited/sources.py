@@ -50,20 +50,21 @@ def check_options(*, model_uri: str | None, module: str | None, state_dict, enco
         raise UserError(MESSAGE_ALIAS_NEEDS_REGISTRY.format(given=model_uri or module or predictions))
 
 
-def open_source(*, cfg: Config, store, model_uri: str | None = None, module: str | None = None,
+def open_source(*, cfg: Config, store, into: Path, model_uri: str | None = None, module: str | None = None,
                 state_dict: str | Path | None = None, encoder: str | Path | None = None,
                 predictions: str | Path | None = None, score_column: str | None = None,
                 layers: list[str] | None = None):
     """The audited model as an ``Opened`` (scorer, model info, registered version, LoggedModel id).
 
-    ``store``: the tracking store the audit logs to (``record.tracking.Store``), where a model URI is read.
+    ``store``: the tracking store the audit logs to (``record.tracking.Store``), where a model URI is read;
+    ``into``: the folder its files are downloaded to, which the caller removes when the audit is done.
     """
     if model_uri is not None:
         from pipeline.audited.mlflow_models import open_model
 
         if store.not_logged and model_uri.startswith(("models:/", "runs:/")):
             raise UserError(MESSAGE_NO_REGISTRY.format(why=store.not_logged, uri=model_uri))
-        return open_model(model_uri, tracking_uri=store.uri, cfg=cfg, layers=layers)
+        return open_model(model_uri, tracking_uri=store.uri, cfg=cfg, into=into, layers=layers)
     if module is not None:
         from pipeline.data.tables import read_encoder
         from pipeline.nn.model import load_from_module

@@ -210,13 +210,13 @@ class Pt2State:
     """A network logged in MLflow's 'pt2' format, as the bytes of its ``torch.export`` archive.
 
     Such a module does not pickle; :func:`network` loads the archive with ``torch.export.load``
-    (no pickle) into the same GraphModule ``tracking.load_logged_model`` builds.
+    (no pickle) into a plain GraphModule of its graph (``pipeline.audited.mlflow_models`` sends it so).
     """
 
     archive: bytes
 
 
-def net_state(net: nn.Module) -> NetState | Pt2State | nn.Module:
+def net_state(net: nn.Module) -> NetState | nn.Module:
     """What :func:`audit_shard` receives as ``net_state``: plain data for a ReLUMLP, else the module itself.
 
     A module of another class (a user's ``--model-module`` network, an MLflow-logged model) is sent
@@ -224,8 +224,6 @@ def net_state(net: nn.Module) -> NetState | Pt2State | nn.Module:
     (or pickled by value). It is the driver's own object sent to its own workers: nothing is
     unpickled that the driver did not pickle.
     """
-    if getattr(net, "pt2_archive", None) is not None:  # set by tracking.load_logged_model
-        return Pt2State(net.pt2_archive)
     if type(net) is not ReLUMLP:
         return net
     dropout = getattr(net.dropout, "p", 0.0)

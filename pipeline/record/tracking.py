@@ -826,55 +826,6 @@ def _log_model(model, feature_names: list[str]):
     return info
 
 
-def load_logged_model(model_uri: str, tracking_uri: str):
-    """A model logged by a pipeline run ('pt2' format: torch.export, no pickle), with its encoder.
-
-    Returns the network, the encoder of the run that logged it, and what was audited
-    (URI, registered name and version when the URI names one, source run).
-    """
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import get_model_info
-
-    from pipeline.data.tables import Encoder
-
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        info = get_model_info(model_uri)
-        local = Path(mlflow.artifacts.download_artifacts(model_uri))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            exported = mlflow.pytorch.load_model(str(local))
-        # torch.export's module refuses train()/eval(); a plain GraphModule of the same graph does not.
-        net = torch.fx.GraphModule(exported, exported.graph)
-        archive = local / "data" / "model.pt2"
-        if archive.is_file():  # what a streamed audit sends its workers (such a module does not pickle)
-            net.pt2_archive = archive.read_bytes()
-    except MlflowException as err:
-        raise UserError(f"--model-uri: cannot load '{model_uri}' from {tracking_uri}: {err.message}") from err
-    if info.run_id is None:
-        raise UserError(f"--model-uri: '{model_uri}' has no source run, so its feature encoding is unknown")
-    try:
-        encoder = Encoder.from_dict(mlflow.artifacts.load_dict(f"runs:/{info.run_id}/model_inputs/encoder.json"))
-    except MlflowException as err:
-        raise UserError(f"--model-uri: run {info.run_id} has no model_inputs/encoder.json; was it logged by "
-                        "this pipeline?") from err
-    inputs = info.signature.inputs if info.signature is not None else None
-    if inputs is not None and not inputs.is_tensor_spec() and inputs.input_names() != encoder.feature_names:
-        # Models logged before the signature named its inputs have a tensor signature: nothing to compare.
-        raise UserError(f"--model-uri: the signature of '{model_uri}' names inputs {', '.join(inputs.input_names())}; "
-                        f"its run's model_inputs/encoder.json gives {', '.join(encoder.feature_names)}")
-    audited = {"uri": model_uri, "model_id": getattr(info, "model_id", None), "source_run_id": info.run_id,
-               "name": None, "version": None}
-    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
-        name, _, ref = model_uri.removeprefix("models:/").partition("/")
-        name, _, alias = name.partition("@")
-        client = MlflowClient()
-        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, ref)
-        audited.update(name=name, version=str(version.version))
-    return net, encoder, audited
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _PACKAGES:
