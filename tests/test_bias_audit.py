@@ -110,7 +110,7 @@ def audited(tmp_path_factory, store):
 def test_real_audit_table_equals_a_count_of_the_model_s_decisions(audited, store, tmp_path):
     result, audit = audited
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(MLFLOW_TRACKING_URI=store, RUN_ID=result.run_id, FEATURE="sex")
+    env.update(MLFLOW_TRACKING_URI=store, RUN_ID=result.run_id, FEATURE="sex", TMPDIR=str(tmp_path))  # MLflow's copies
     code = doc_recipe() + COUNTS + '\nimport sys\nassert "pipeline" not in sys.modules\n'
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)

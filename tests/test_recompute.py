@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, run_audit, small_config
-from mlflow.models import get_model_info
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from pipeline.core import config
@@ -62,7 +62,7 @@ def test_predictions_and_disparity_are_recomputed_from_the_run_alone(audited, st
     assert not re.search(r"^\s*(import|from)\s+pipeline\b", recipe, re.M)
     code = recipe + '\nimport sys\nassert "pipeline" not in sys.modules, "the recipe used the pipeline"\n'
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(MLFLOW_TRACKING_URI=store, RUN_ID=result.run_id, FEATURE="sex")
+    env.update(MLFLOW_TRACKING_URI=store, RUN_ID=result.run_id, FEATURE="sex", TMPDIR=str(tmp_path))  # MLflow's copies
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -116,7 +116,7 @@ def test_the_signature_names_the_encoder_features_and_the_module_takes_an_array(
     mlflow.set_tracking_uri(store)
     uri = f"runs:/{result.run_id}/model"
     encoder = data.read_encoder(_artifact(store, result.run_id, "model_inputs/encoder.json", tmp_path))
-    inputs = get_model_info(uri).signature.inputs
+    inputs = Model.load(mlflow.artifacts.download_artifacts(f"{uri}/MLmodel", dst_path=str(tmp_path))).signature.inputs
     assert inputs.input_names() == encoder.feature_names and len(encoder.feature_names) == 56
     assert {spec.type.name for spec in inputs.inputs} == {"float"}  # float32 columns
     # The torch module takes the float32 array, whatever the signature says.

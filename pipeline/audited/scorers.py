@@ -85,7 +85,9 @@ def numeric_inputs(frame: pd.DataFrame, columns: Sequence[str], *, source: str, 
         series = frame[column]
         if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
             raise UserError(MESSAGE_NOT_NUMERIC.format(source=source, column=column, data=data, dtype=series.dtype))
-    return frame[list(columns)].to_numpy(dtype=np.float32, na_value=np.nan)
+    x = frame[list(columns)].to_numpy(dtype=np.float32, na_value=np.nan)
+    # A slice of a frame (its first rows, a block) gives a read-only array under copy-on-write; torch warns on each.
+    return x if x.flags.writeable else x.copy()
 
 
 @dataclass
