@@ -86,6 +86,15 @@ def child_pids(pid: int) -> list[int]:
             if entry.isdigit() and (fields := _stat_fields(entry)) is not None and int(fields[1]) == pid]
 
 
+def children_of_group(pgid: int) -> list[int]:
+    """Processes whose parent is a live member of process group ``pgid`` (Ray's workers, which start sessions of
+    their own, are children of the cluster's raylet): one pass over /proc, for loops that poll."""
+    stats = {int(entry): fields for entry in os.listdir("/proc")
+             if entry.isdigit() and (fields := _stat_fields(entry)) is not None}
+    members = {pid for pid, fields in stats.items() if int(fields[2]) == pgid and fields[0] != "Z"}
+    return [pid for pid, fields in stats.items() if int(fields[1]) in members]
+
+
 def pid_alive(pid: int) -> bool:
     """``pid`` exists and is not a zombie."""
     fields = _stat_fields(pid)

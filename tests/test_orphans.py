@@ -45,11 +45,14 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path):
     proc = cli_popen("run", "--config", str(config), "--tracking-uri", store, "--reports-dir", str(tmp_path / "reports"),
                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        running = _wait_for_running(client, "orphans", proc)
+        _wait_for_running(client, "orphans", proc)
         workers = child_pids(proc.pid)
     finally:
         os.kill(proc.pid, signal.SIGKILL)  # by its own PID; nothing else is touched
         proc.wait(timeout=30)
+    # What it left RUNNING when killed (it may have started another seed's run since the wait saw two).
+    running = client.search_runs([client.get_experiment_by_name("orphans").experiment_id],
+                                 "attributes.status = 'RUNNING'")
     # Its forked workers (training, the report) die with it: none is left to run for nobody.
     assert workers
     deadline = time.monotonic() + 10

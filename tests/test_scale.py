@@ -104,10 +104,10 @@ def _kill_workers(cluster_pid: int, stop: threading.Event, killed: list[int], *,
     """SIGKILL Ray workers of this cluster running a task (Ray titles them 'ray::<function>'): the first one, or
     every one. Ray's workers start sessions of their own, so they are found as children of the cluster's raylet
     (in its process group), never by title alone: the other test worker may run tasks on its own cluster."""
-    from raycluster import child_pids, group_pids
+    from raycluster import children_of_group
 
     while not stop.is_set() and (every or not killed):
-        for pid in [child for node in group_pids(cluster_pid) for child in child_pids(node)]:
+        for pid in children_of_group(cluster_pid):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
@@ -120,7 +120,7 @@ def _kill_workers(cluster_pid: int, stop: threading.Event, killed: list[int], *,
                 killed.append(pid)
                 if not every:
                     return
-        time.sleep(0.01)
+        time.sleep(0.05)  # a shard task runs for seconds; each look reads every process's stat
 
 
 def _audit_while_killing(trained, store, ray_head, out: str, *, every: bool):
