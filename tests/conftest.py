@@ -420,15 +420,23 @@ def team(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` for the whole session; yields its URL.
+    """A real `mlflow server` for the whole session (:func:`mlflow_server_at`); yields its URL."""
+    with mlflow_server_at(tmp_path_factory.mktemp("mlflow-server")) as (url, _):
+        yield url
 
-    SQLite backend and an artifact store in a temp dir; clients log and read artifacts
+
+@contextlib.contextmanager
+def mlflow_server_at(folder: Path):
+    """A real `mlflow server` on 127.0.0.1 with its files in ``folder``; yields its URL and process group.
+
+    SQLite backend and an artifact store in ``folder``; clients log and read artifacts
     through the server over HTTP (``mlflow-artifacts:/``), as on a shared team server.
-    The server runs in its own process group (it starts uvicorn as a child), so teardown
-    stops the whole group and checks that no process of it is left.
+    The server runs in its own process group (it starts uvicorn as a child), so at the end
+    the whole group is stopped (a test may have killed it already) and no process of it may be left.
     """
-    tmp = tmp_path_factory.mktemp("mlflow-server")
-    log_path = tmp / "server.log"
+    from raycluster import group_pids
+
+    log_path = folder / "server.log"
     with socket.socket() as sock:  # a free port; the server binds it a moment later
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -436,27 +444,16 @@ def mlflow_server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # The GenAI job runner starts seven worker processes the audit never uses; they slow start and stop.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", new_store(tmp / "mlflow.db"),
-           "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", new_store(folder / "mlflow.db"),
+           "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
 
     def log_tail() -> str:
         return "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
 
-    def group_members(pgid: int) -> list[int]:
-        """Processes of the group that still run (zombies excluded: PID 1 here may never reap them)."""
-        alive = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue  # exited while we looked
-            if int(group) == pgid and state != "Z":
-                alive.append(int(stat.parent.name))
-        return alive
-
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     pgid = os.getpgid(proc.pid)
     try:
         started = time.monotonic()
@@ -473,20 +470,20 @@ def mlflow_server(tmp_path_factory):
             if time.monotonic() - started > 90:
                 pytest.fail(f"mlflow server did not answer {url}/health within 90 s; log {log_path}:\n{log_tail()}")
             time.sleep(0.5)
-        yield url
+        yield url, pgid
     finally:
         try:
             os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
             pass  # already gone
         deadline = time.monotonic() + 20
-        while group_members(pgid) and time.monotonic() < deadline:
+        while group_pids(pgid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if group_members(pgid):
+        if group_pids(pgid):
             os.killpg(pgid, signal.SIGKILL)
             time.sleep(1)
         proc.wait(timeout=10)
-        left = group_members(pgid)
+        left = group_pids(pgid)
         assert not left, f"mlflow server processes {left} survived SIGTERM and SIGKILL; log tail:\n{log_tail()}"
 
 

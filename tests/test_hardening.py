@@ -8,20 +8,28 @@ import json
 import math
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, ForkedRun, cli_env, cli_popen, new_store, one_error_line, run_cli, small_config
+from conftest import (
+    ROOT,
+    ForkedRun,
+    cli_env,
+    cli_popen,
+    mlflow_server_at,
+    new_store,
+    one_error_line,
+    run_cli,
+    small_config,
+)
 
 from pipeline.data import shards as stream
 from pipeline.data import tables as data
@@ -448,44 +456,6 @@ def test_a_sigterm_lost_inside_a_gc_callback_still_ends_the_run_killed_with_exit
 
 # --- 14: the tracking server killed mid-run ------------------------------------------------------------
 
-@contextlib.contextmanager
-def _mlflow_server(folder: Path):
-    """A real `mlflow server` on 127.0.0.1 in its own process group (as the session fixture ``mlflow_server``
-    starts one), for a test that kills it: yields its URL and process group; whatever is left is killed after."""
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with open(folder / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                 new_store(folder / "server.db"), "--artifacts-destination", str(folder / "art"),
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    pgid = os.getpgid(proc.pid)
-    try:
-        started = time.monotonic()
-        while True:
-            assert proc.poll() is None, (folder / "server.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() - started < 90, "mlflow server did not start"
-            time.sleep(0.5)
-        yield url, pgid
-    finally:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
-
-
 @pytest.mark.slow
 def test_a_tracking_server_killed_mid_run_leaves_a_complete_local_audit_and_exit_4(tmp_path):
     """Item 14: the server is killed (its whole process group) once the run exists on it: the command ends with
@@ -497,7 +467,7 @@ def test_a_tracking_server_killed_mid_run_leaves_a_complete_local_audit_and_exit
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config(**{"training.seeds": [0]})), encoding="utf-8")
     env = cli_env()
-    with _mlflow_server(tmp_path) as (url, pgid):
+    with mlflow_server_at(tmp_path) as (url, pgid):  # killed below; nothing of it may be left
         proc, server_run, stdout, stderr = _killed_mid_run(
             ["run", "--config", str(config_path), "--tracking-uri", url,
              "--reports-dir", str(tmp_path / "reports"), "--json"], env, lambda: os.killpg(pgid, signal.SIGKILL))
