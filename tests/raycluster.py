@@ -66,9 +66,26 @@ def free_port() -> int:
 
 def group_pids(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``, read from /proc."""
-    return [int(entry) for entry in os.listdir("/proc")
-            if entry.isdigit() and (fields := _stat_fields(entry)) is not None and int(fields[2]) == pgid
-            and fields[0] != "Z"]
+    return [pid for pid, fields in _processes().items() if int(fields[2]) == pgid and fields[0] != "Z"]
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live or zombie processes whose parent is ``pid``, read from /proc."""
+    return [child for child, fields in _processes().items() if int(fields[1]) == pid]
+
+
+def children_of_group(pgid: int) -> list[int]:
+    """Processes whose parent is a live member of process group ``pgid`` (Ray's workers, which start sessions of
+    their own, are children of the cluster's raylet), from one read of /proc: for loops that poll."""
+    processes = _processes()
+    members = {pid for pid, fields in processes.items() if int(fields[2]) == pgid and fields[0] != "Z"}
+    return [pid for pid, fields in processes.items() if int(fields[1]) in members]
+
+
+def _processes() -> dict[int, list[str]]:
+    """Every process's /proc/PID/stat fields after "(comm)", by PID."""
+    return {int(entry): fields for entry in os.listdir("/proc")
+            if entry.isdigit() and (fields := _stat_fields(entry)) is not None}
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:
@@ -78,21 +95,6 @@ def _stat_fields(pid: int | str) -> list[str] | None:
     except OSError:
         return None
     return stat[stat.rindex(")") + 2:].split()  # comm may contain spaces or parentheses
-
-
-def child_pids(pid: int) -> list[int]:
-    """Live or zombie processes whose parent is ``pid``, read from /proc."""
-    return [int(entry) for entry in os.listdir("/proc")
-            if entry.isdigit() and (fields := _stat_fields(entry)) is not None and int(fields[1]) == pid]
-
-
-def children_of_group(pgid: int) -> list[int]:
-    """Processes whose parent is a live member of process group ``pgid`` (Ray's workers, which start sessions of
-    their own, are children of the cluster's raylet): one pass over /proc, for loops that poll."""
-    stats = {int(entry): fields for entry in os.listdir("/proc")
-             if entry.isdigit() and (fields := _stat_fields(entry)) is not None}
-    members = {pid for pid, fields in stats.items() if int(fields[2]) == pgid and fields[0] != "Z"}
-    return [pid for pid, fields in stats.items() if int(fields[1]) in members]
 
 
 def pid_alive(pid: int) -> bool:
