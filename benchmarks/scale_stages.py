@@ -70,6 +70,51 @@ def _timed_generator(owner, name: str, seconds: dict, key: str) -> None:
     setattr(owner, name, wrapper)
 
 
+def _measure(args, cfg, scorer) -> tuple[int, dict[str, float]]:
+    """Audit the first shards of ``args.data`` in this process, with each stage's CPU seconds."""
+    from pipeline.data import shards as stream
+    from pipeline.data import tables
+    from pipeline.scale import partials, streaming
+
+    found = stream.shards(args.data, source=args.config)
+    columns = stream.audit_columns(cfg.dataset, scorer.kinds())
+    scorer.check(stream.head(found, columns=columns, source=args.config, dataset=cfg.dataset), data=args.data,
+                 output=cfg.model.output)
+    chosen, rows = [], 0
+    for shard in found:
+        if rows >= args.rows:
+            break
+        chosen.append(shard)
+        rows += shard.rows
+
+    seconds: dict[str, float] = defaultdict(float)
+    _timed_generator(stream, "batches", seconds, "read")
+    _timed(tables, "profile", seconds, "checks")
+    _timed(streaming, "audit_batch", seconds, "audit_batch")
+    _timed(type(scorer), "score", seconds, "scorer")
+    encoder_method = "encode" if hasattr(tables.Encoder, "encode") else "transform"
+    _timed(tables.Encoder, encoder_method, seconds, "encode")
+    _timed(streaming._Tally, "add", seconds, "tally")
+    _timed(partials, "score_partial", seconds, "partials")
+    _timed(streaming, "reduce", seconds, "merge")
+    _timed(partials, "bootstrap_scores", seconds, "bootstrap")
+    from pipeline.core import fairness
+
+    _timed(fairness, "overall_count_intervals", seconds, "bootstrap")
+    started = time.process_time()
+    results = [streaming.audit_shard(shard, scorer=scorer, cfg=cfg) for shard in chosen]
+    seconds["map"] = time.process_time() - started
+    merged = streaming.reduce(results)
+    started = time.process_time()
+    streaming.evaluation_from(merged, audit=cfg.audit, views=streaming.audited_views(cfg.dataset))
+    seconds["evaluate"] = time.process_time() - started
+    with contextlib.suppress(KeyError):
+        seconds["groups"] = seconds.pop("audit_batch") - seconds["scorer"]
+    seconds["score"] = seconds.pop("scorer") - seconds["encode"]
+    seconds["activations"] = seconds.pop("tally") - seconds["partials"]
+    return merged.rows, seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", required=True)
@@ -82,52 +127,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.audited import mlflow_models
     from pipeline.core import config as config_mod
-    from pipeline.data import shards as stream
-    from pipeline.data import tables
     from pipeline.nn import model as model_mod
-    from pipeline.scale import partials, streaming
 
     model_mod.one_thread()
     cfg = config_mod.load(args.config)[0]
     with tempfile.TemporaryDirectory(prefix="pipeline-model-") as into:  # the model's files, removed at the end
         scorer = mlflow_models.open_model(args.model_uri, tracking_uri=args.tracking_uri, cfg=cfg, into=Path(into)).scorer
-        found = stream.shards(args.data, source=args.config)
-        columns = stream.audit_columns(cfg.dataset, scorer.kinds())
-        scorer.check(stream.head(found, columns=columns, source=args.config, dataset=cfg.dataset), data=args.data,
-                     output=cfg.model.output)
-        chosen, rows = [], 0
-        for shard in found:
-            if rows >= args.rows:
-                break
-            chosen.append(shard)
-            rows += shard.rows
-
-        seconds: dict[str, float] = defaultdict(float)
-        _timed_generator(stream, "batches", seconds, "read")
-        _timed(tables, "profile", seconds, "checks")
-        _timed(streaming, "audit_batch", seconds, "audit_batch")
-        _timed(type(scorer), "score", seconds, "scorer")
-        encoder_method = "encode" if hasattr(tables.Encoder, "encode") else "transform"
-        _timed(tables.Encoder, encoder_method, seconds, "encode")
-        _timed(streaming._Tally, "add", seconds, "tally")
-        _timed(partials, "score_partial", seconds, "partials")
-        _timed(streaming, "reduce", seconds, "merge")
-        _timed(partials, "bootstrap_scores", seconds, "bootstrap")
-        from pipeline.core import fairness
-
-        _timed(fairness, "overall_count_intervals", seconds, "bootstrap")
-        started = time.process_time()
-        results = [streaming.audit_shard(shard, scorer=scorer, cfg=cfg) for shard in chosen]
-        seconds["map"] = time.process_time() - started
-        merged = streaming.reduce(results)
-        started = time.process_time()
-        streaming.evaluation_from(merged, audit=cfg.audit, views=streaming.audited_views(cfg.dataset))
-        seconds["evaluate"] = time.process_time() - started
-        with contextlib.suppress(KeyError):
-            seconds["groups"] = seconds.pop("audit_batch") - seconds["scorer"]
-        seconds["score"] = seconds.pop("scorer") - seconds["encode"]
-        seconds["activations"] = seconds.pop("tally") - seconds["partials"]
-    print(json.dumps({"rows": merged.rows, "seconds": dict(seconds)}))
+        rows, seconds = _measure(args, cfg, scorer)
+    print(json.dumps({"rows": rows, "seconds": dict(seconds)}))
     return 0
 
 
