@@ -17,8 +17,9 @@ determinism across hash seeds) use a fresh interpreter: ``run_cli(..., fresh=Tru
 
 Protocol: the zygote listens on the Unix socket named by its first argument and says ``ready`` on stdout; it stops
 when its stdin closes. Each run is one connection: one JSON request line (``argv``, ``cwd``, ``env``,
-``new_session``, and ``script`` for ``python SCRIPT argv`` instead of ``python -m pipeline argv``) whose first byte carries the run's stdin, stdout and stderr (SCM_RIGHTS); for it the zygote forks
-a watcher, which forks the run and answers ``{"pid": ...}`` and, once the run ended, ``{"returncode": ...}``.
+``new_session``, and ``script`` for ``python SCRIPT argv`` instead of ``python -m pipeline argv``) whose first byte
+carries the run's stdin, stdout and stderr (SCM_RIGHTS); for it the zygote forks a watcher, which forks the run and
+answers ``{"pid": ...}`` and, once the run ended, ``{"returncode": ...}``.
 Runs may overlap (tests start two at once).
 """
 
