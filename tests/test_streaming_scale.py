@@ -60,7 +60,10 @@ def generated(tmp_path_factory):
     generate(folder, ROWS, seed=5, rows_per_file=80_000)
     single = tmp / "all.parquet"  # the same rows in one file, read whole by the in-memory audit
     pq.write_table(pq.ParquetDataset(sorted(str(p) for p in folder.glob("*.parquet"))).read(), single)
-    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(single)))
+    # No leakage probes or slice discovery: this test compares the evaluation and capacity (tests/test_sampled.py
+    # compares those analyses streamed and in memory).
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(single)),
+                              leakage=config.LeakageConfig(enabled=False), slices=config.SlicesConfig(enabled=False))
     assert PLANTED_DIFFERENCE == pytest.approx(0.2)
     return cfg, split.encoder, net.eval(), folder, single
 
