@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -134,6 +135,12 @@ def small_config(**overrides) -> dict:
         section, key = dotted.split(".")
         cfg[section][key] = value
     return cfg
+
+
+def without_analyses(cfg):
+    """``cfg`` (a ``Config``) with leakage probes and slice discovery off, for tests that compare other numbers."""
+    return dataclasses.replace(cfg, leakage=dataclasses.replace(cfg.leakage, enabled=False),
+                               slices=dataclasses.replace(cfg.slices, enabled=False))
 
 
 def run_audit(folder: Path, cfg: dict, store: str):

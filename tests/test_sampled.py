@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import without_analyses
 
 from pipeline.audited.scorers import NetScorer
 from pipeline.core import config
@@ -101,8 +102,7 @@ def test_streamed_and_in_memory_audits_give_the_same_leakage_and_slices(adult):
 
 def test_nothing_is_kept_when_neither_part_is_asked_for(adult):
     cfg, table, encoder, net, _ = adult
-    off = dataclasses.replace(cfg, leakage=dataclasses.replace(cfg.leakage, enabled=False),
-                              slices=dataclasses.replace(cfg.slices, enabled=False))
+    off = without_analyses(cfg)
     assert sampled.new_sample(off, NetScorer.of(net, encoder=encoder), rows=100) is None
     found = streaming.audit_table(table, scorer=NetScorer.of(net, encoder=encoder), cfg=off, bootstrap=False)
     assert found.analysed == (None, None)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import without_analyses
 from sklearn.metrics import roc_auc_score
 
 from pipeline.audited.scorers import NetScorer
@@ -117,8 +118,7 @@ def _boot200(a: Adult) -> config.Config:
     a reference. No leakage probes or slice discovery: this module compares the evaluation and capacity, and the
     probes and slices on a 20,000-row sample took 26 of its 89 s; tests/test_sampled.py compares their numbers between
     shardings and with the in-memory audit, tests/test_scale.py between Ray and the local executor."""
-    return dataclasses.replace(_with_audit(a.cfg, n_boot=200), leakage=config.LeakageConfig(enabled=False),
-                               slices=config.SlicesConfig(enabled=False))
+    return without_analyses(_with_audit(a.cfg, n_boot=200))
 
 
 @pytest.fixture(scope="module")

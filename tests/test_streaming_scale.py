@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import without_analyses
 from sklearn.metrics import roc_auc_score
 
 from pipeline.audited.scorers import NetScorer
@@ -62,8 +63,7 @@ def generated(tmp_path_factory):
     pq.write_table(pq.ParquetDataset(sorted(str(p) for p in folder.glob("*.parquet"))).read(), single)
     # No leakage probes or slice discovery: this test compares the evaluation and capacity (tests/test_sampled.py
     # compares those analyses streamed and in memory).
-    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(single)),
-                              leakage=config.LeakageConfig(enabled=False), slices=config.SlicesConfig(enabled=False))
+    cfg = without_analyses(dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(single))))
     assert PLANTED_DIFFERENCE == pytest.approx(0.2)
     return cfg, split.encoder, net.eval(), folder, single
 
